@@ -1,0 +1,3 @@
+from iotfleet.cli import main
+
+main()
