@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages iotfleet needs on the control machine (Debian 12, as root).
+# Idempotent. Mosquitto is installed for its binaries only: a policy-rc.d guard keeps the
+# package from starting a broker on the control machine.
+set -euo pipefail
+
+packages=(
+  debootstrap systemd-container iproute2 nftables   # the lab: real Debian hosts
+  apt-utils                                          # apt-ftparchive: the lab's own package source
+  openssh-client openssl ca-certificates             # ssh to lab hosts, openssl verify in tests
+  mosquitto mosquitto-clients                        # real broker and clients for tests
+  python3-venv
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "iotfleet: installing ${missing[*]} needs root (run as root or with sudo)" >&2
+  exit 1
+fi
+
+guard=/usr/sbin/policy-rc.d
+made_guard=0
+if [ ! -e "$guard" ]; then
+  printf '#!/bin/sh\n# iotfleet: do not start services while installing\nexit 101\n' >"$guard"
+  chmod 0755 "$guard"
+  made_guard=1
+fi
+trap '[ "$made_guard" -eq 1 ] && rm -f "$guard"' EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
