@@ -1,0 +1,13 @@
+"""Tier 2: every host of the ``brokers`` group gets a hardened, TLS-only Mosquitto."""
+
+from pyinfra import host
+
+from iotfleet.model import BROKERS_GROUP
+from roles.firewall import deploy_firewall
+from roles.fleet_context import reconciled_fleet
+from roles.mosquitto import deploy_mosquitto
+
+ctx = reconciled_fleet()
+if BROKERS_GROUP in host.groups:
+    deploy_mosquitto(ctx)
+    deploy_firewall(ctx.fleet.broker(host.name))

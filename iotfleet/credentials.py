@@ -1,0 +1,60 @@
+"""MQTT passwords of the fleet: resolved once, checked against every broker's minimum."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from iotfleet.health import health_identity_name
+from iotfleet.model import Fleet, InventoryError, Problem
+from iotfleet.secrets import SecretError, SecretStore
+
+
+def password_slot(username: str) -> str:
+    """Where a generated password of ``username`` is kept in the secret store."""
+    return f"mqtt-password/{username}"
+
+
+def mqtt_passwords(fleet: Fleet, store: SecretStore) -> dict[str, SecretStr]:
+    """``{username: password}`` for every active device and client that has a password.
+
+    Raises ``InventoryError`` naming the owner and key when a secret is missing or shorter than
+    a broker's ``mosquitto_password_min_length`` (brokers without password listeners excepted).
+    """
+    problems: list[Problem] = []
+    passwords: dict[str, SecretStr] = {}
+    owners = [
+        *((f"device {d.id}", d.id, d.password) for d in fleet.active_devices),
+        *((f"client {c.name}", c.name, c.password) for c in fleet.active_clients),
+    ]
+    for where, username, ref in owners:
+        if ref is None:
+            continue
+        try:
+            passwords[username] = store.resolve(
+                ref, password_slot(username), where=where, key="password"
+            )
+        except SecretError as exc:
+            problems.append(Problem(where, "password", str(exc).split(": ", 2)[-1]))
+    for broker in fleet.brokers:
+        if not any(listener.requires_password for listener in broker.mosquitto.listeners):
+            continue
+        minimum = broker.mosquitto.password_min_length
+        for where, username, _ in owners:
+            secret = passwords.get(username)
+            if secret is not None and len(secret.get_secret_value()) < minimum:
+                problems.append(
+                    Problem(
+                        where,
+                        "password",
+                        f"shorter than {minimum} characters, the minimum of broker "
+                        f"{broker.name} (mosquitto_password_min_length)",
+                    )
+                )
+    if problems:
+        raise InventoryError(problems)
+    return passwords
+
+
+def health_password(store: SecretStore, broker_name: str) -> SecretStr:
+    """Generated password of the broker's own health-check identity."""
+    return SecretStr(store.generated(password_slot(health_identity_name(broker_name))))

@@ -1,0 +1,43 @@
+"""Read a pyinfra inventory (file or live object) into the validated fleet model.
+
+Used by the CLI (``iotfleet check``, ``iotfleet pki``) and, through ``roles.fleet_context``, by
+the deploys, so both see exactly the same fleet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from iotfleet.model import Fleet, RawHost, build_fleet
+
+if TYPE_CHECKING:
+    from pyinfra.api import Inventory
+
+
+def raw_hosts(inventory: Inventory) -> list[RawHost]:
+    """The inventory's hosts with their groups and merged data, as the model wants them."""
+    return [
+        RawHost(name=host.name, groups=tuple(host.groups), data=host.data.dict())
+        for host in inventory
+    ]
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Load an inventory file the way the ``pyinfra`` CLI does (with ``group_data/``)."""
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    inventory_path = Path(path)
+    if not inventory_path.is_file():
+        raise FileNotFoundError(f"inventory file {inventory_path} does not exist")
+    # Inventory and group_data files are executed under a pyinfra state, as in the CLI.
+    with ctx_state.use(State()):
+        return make_inventory(str(inventory_path), cwd=str(Path.cwd()))
+
+
+def load_fleet(path: str | Path) -> tuple[Fleet, Inventory]:
+    """Load and validate an inventory file; raises ``InventoryError`` with every problem."""
+    inventory = load_inventory(path)
+    return build_fleet(raw_hosts(inventory)), inventory

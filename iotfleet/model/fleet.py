@@ -1,0 +1,210 @@
+"""The validated fleet: brokers, devices, clients, roles, flash stations and PKI settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from iotfleet.model.names import (
+    check_identity_name,
+    check_mac,
+    check_topic_filter,
+    check_topic_name,
+)
+from iotfleet.model.secretref import SecretRef
+from iotfleet.model.settings import (
+    Auth,
+    Board,
+    FirewallSettings,
+    GatewaySettings,
+    MosquittoSettings,
+)
+
+KeyType = Literal["ec-p256", "rsa-2048"]
+RevocationReason = Literal[
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Role(_Model):
+    """Topic permissions granted to the clients (or devices) that hold the role.
+
+    ``%u`` (username) and ``%c`` (client id) are substituted by Mosquitto.
+    """
+
+    read: list[str] = Field(default_factory=list, description="filters the role may subscribe to")
+    write: list[str] = Field(default_factory=list, description="topics the role may publish to")
+    readwrite: list[str] = Field(default_factory=list, description="both")
+
+    @field_validator("read", "write", "readwrite")
+    @classmethod
+    def _filters(cls, topics: list[str]) -> list[str]:
+        return [check_topic_filter(t) for t in topics]
+
+    def all_filters(self) -> list[str]:
+        return [*self.read, *self.write, *self.readwrite]
+
+
+# Roles every fleet has; the inventory may add roles or override these by name.
+BUILTIN_ROLES: dict[str, Role] = {
+    "admin": Role(readwrite=["#"], read=["$SYS/#"]),
+    "dashboard": Role(read=["{root}/+/telemetry/#", "{root}/+/status"]),
+    "operator": Role(
+        read=["{root}/+/telemetry/#", "{root}/+/status"], write=["{root}/+/commands/#"]
+    ),
+}
+
+
+class Device(_Model):
+    """A gateway or other device with its own identity (``fleet_devices``)."""
+
+    id: str = Field(description="MQTT client id, certificate CN and username")
+    group: str | None = Field(None, description="free-form group, e.g. a site")
+    mac: str | None = Field(None, description="expected MAC of the board (binds the identity)")
+    key_type: KeyType = Field("ec-p256", description="ec-p256 (default) or rsa-2048")
+    password: SecretRef | None = Field(None, description="MQTT password for password listeners")
+    roles: list[str] = Field(default_factory=list, description="extra roles (never beyond own)")
+    topic_prefix: str | None = Field(None, description="default: <fleet_topic_root>/<id>")
+    revoked: RevocationReason | None = Field(None, description="revoke with this reason")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return check_identity_name(value)
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        return None if value is None else check_mac(value)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        return None if value is None else check_topic_name(value.rstrip("/"))
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _secret(cls, value: object) -> SecretRef | None:
+        return None if value is None else SecretRef.parse(value)
+
+
+class Client(_Model):
+    """A person or service that talks to the brokers (``fleet_clients``)."""
+
+    name: str = Field(description="MQTT username and certificate CN")
+    roles: list[str] = Field(default_factory=list, description="roles from fleet_roles")
+    auth: Auth = Field("certificate", description="credentials to issue")
+    password: SecretRef | None = Field(None, description="env:NAME, file:PATH or generated")
+    key_type: KeyType = Field("ec-p256", description="ec-p256 (default) or rsa-2048")
+    revoked: RevocationReason | None = Field(None, description="revoke with this reason")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_identity_name(value)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _secret(cls, value: object) -> SecretRef | None:
+        return None if value is None else SecretRef.parse(value)
+
+    @model_validator(mode="after")
+    def _password_when_needed(self) -> Client:
+        if self.auth != "certificate" and self.password is None:
+            raise ValueError(f"auth {self.auth} needs a password (env:NAME, file:PATH, generated)")
+        return self
+
+    @property
+    def has_certificate(self) -> bool:
+        return self.auth in ("certificate", "certificate+password")
+
+
+class PkiConfig(_Model):
+    """``pki_*`` keys: where the fleet's private CA lives and how long things are valid."""
+
+    state_dir: Path | None = Field(None, description="PKI state directory (outside git)")
+    passphrase_env: str = Field(
+        "IOTFLEET_PKI_PASSPHRASE", description="environment variable holding the CA passphrase"
+    )
+    passphrase_file: Path | None = Field(None, description="or a 0600 file holding it")
+    ca_name: str = Field("iotfleet", description="name used in the CA subjects")
+    renew_before_days: int = Field(30, ge=1, le=365, description="renew inside this window")
+    broker_days: int = Field(397, ge=2, le=3650, description="validity of broker certificates")
+    device_days: int = Field(825, ge=2, le=7300, description="validity of device certificates")
+    client_days: int = Field(397, ge=2, le=3650, description="validity of client certificates")
+    crl_days: int = Field(7, ge=1, le=365, description="validity of each CRL (nextUpdate)")
+    crl_refresh_before_days: int = Field(
+        3, ge=0, le=364, description="re-sign the CRL when nextUpdate is closer than this"
+    )
+
+
+class Broker(_Model):
+    """A broker host from the ``brokers`` group."""
+
+    name: str
+    ssh_hostname: str
+    ssh_port: int = 22
+    mosquitto: MosquittoSettings
+    firewall: FirewallSettings
+
+    @property
+    def firewall_ssh_port(self) -> int:
+        return self.firewall.ssh_port or self.ssh_port
+
+
+class FlashStation(_Model):
+    """A host of the ``flash_stations`` group (``@local`` by default) with boards attached."""
+
+    name: str
+    gateway: GatewaySettings
+
+    @property
+    def boards(self) -> list[Board]:
+        return self.gateway.boards
+
+
+class Fleet(_Model):
+    """Everything the inventory says, validated once."""
+
+    name: str
+    topic_root: str = "devices"
+    brokers: list[Broker]
+    devices: list[Device]
+    clients: list[Client]
+    roles: dict[str, Role]
+    stations: list[FlashStation]
+    pki: PkiConfig
+
+    def device(self, device_id: str) -> Device:
+        for device in self.devices:
+            if device.id == device_id:
+                return device
+        raise KeyError(device_id)
+
+    def broker(self, name: str) -> Broker:
+        for broker in self.brokers:
+            if broker.name == name:
+                return broker
+        raise KeyError(name)
+
+    def topic_prefix(self, device: Device) -> str:
+        return device.topic_prefix or f"{self.topic_root}/{device.id}"
+
+    @property
+    def active_devices(self) -> list[Device]:
+        return [d for d in self.devices if d.revoked is None]
+
+    @property
+    def active_clients(self) -> list[Client]:
+        return [c for c in self.clients if c.revoked is None]

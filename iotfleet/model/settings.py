@@ -1,0 +1,251 @@
+"""Per-host settings of each role, with their defaults and a one-line description each.
+
+These models are the single source of truth for role data keys: a key ``mosquitto_<field>`` in
+the inventory sets ``MosquittoSettings.<field>``. The roles' ``defaults.py`` derive their
+``DEFAULTS`` from here and ``iotfleet keys`` prints the table for the README.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import to_jsonable_python
+
+from iotfleet.model.names import check_dns_name, check_mac
+from iotfleet.model.secretref import SecretRef
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Auth = Literal["certificate", "certificate+password", "password"]
+LogType = Literal["error", "warning", "notice", "information", "debug", "all"]
+DEFAULT_LOG_TYPES: list[LogType] = ["error", "warning", "notice", "information"]
+
+# TLS 1.2 suites: ECDHE key exchange and AEAD only (no CBC, no RSA key exchange). The ECDSA
+# suites are what an EC broker certificate uses; the RSA ones serve RSA broker keys.
+STRONG_TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ]
+)
+STRONG_TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listener(_Settings):
+    """One network listener of a broker."""
+
+    port: Port = Field(description="TCP port")
+    protocol: Literal["mqtt", "websockets"] = Field("mqtt", description="mqtt or websockets")
+    bind_address: str | None = Field(
+        None, description="address to listen on; none means every address"
+    )
+    tls: bool = Field(True, description="TLS on this listener; false only allowed on loopback")
+    auth: Auth = Field(
+        "certificate",
+        description="certificate (CN is the username), certificate+password, or password",
+    )
+
+    @field_validator("bind_address")
+    @classmethod
+    def _valid_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _plain_only_on_loopback(self) -> Listener:
+        if not self.tls:
+            loopback = self.bind_address is not None and ipaddress.ip_address(
+                self.bind_address
+            ).is_loopback
+            if not loopback:
+                raise ValueError(
+                    f"listener on port {self.port} has no certificates (tls: false): plain MQTT "
+                    "is only allowed with bind_address 127.0.0.1 or ::1"
+                )
+            if self.auth != "password":
+                raise ValueError(
+                    f"listener on port {self.port} has no TLS, so it cannot check client "
+                    "certificates: set auth: password"
+                )
+        return self
+
+    @property
+    def requires_certificate(self) -> bool:
+        return self.auth in ("certificate", "certificate+password")
+
+    @property
+    def requires_password(self) -> bool:
+        return self.auth in ("password", "certificate+password")
+
+
+class MosquittoSettings(_Settings):
+    """``mosquitto_*`` keys: how a broker host runs Mosquitto."""
+
+    listeners: list[Listener] = Field(
+        default_factory=lambda: [Listener(port=8883)],
+        description="listeners; default one TLS listener on 8883 with client certificates",
+    )
+    dns_names: list[str] | None = Field(
+        None, description="DNS names clients use (certificate SANs); default: the host's name"
+    )
+    ip_addresses: list[str] | None = Field(
+        None, description="IP addresses clients use (certificate SANs); default: ssh_hostname"
+    )
+    package_version: str | None = Field(
+        None, description="pin the Debian package version (e.g. 2.0.11-1.2+deb12u1)"
+    )
+    max_connections: int = Field(20000, ge=1, le=1_000_000, description="per listener")
+    message_size_limit: int = Field(
+        262144, ge=1, le=268435455, description="largest accepted payload in bytes"
+    )
+    persistence: bool = Field(True, description="keep retained messages and sessions on disk")
+    log_types: list[LogType] = Field(
+        default_factory=lambda: list(DEFAULT_LOG_TYPES),
+        description="what Mosquitto logs (to the journal)",
+    )
+    tls_version: Literal["tlsv1.2", "tlsv1.3"] = Field(
+        "tlsv1.2", description="lowest TLS version accepted"
+    )
+    ciphers: str = Field(STRONG_TLS12_CIPHERS, description="TLS 1.2 cipher list (AEAD + ECDHE)")
+    ciphers_tls13: str = Field(STRONG_TLS13_SUITES, description="TLS 1.3 cipher suites")
+    password_min_length: int = Field(
+        16, ge=8, le=1024, description="shortest password accepted for MQTT users"
+    )
+    health_timeout: int = Field(
+        20, ge=2, le=300, description="seconds a (re)started broker has to answer health checks"
+    )
+
+    @field_validator("listeners")
+    @classmethod
+    def _listeners_sane(cls, listeners: list[Listener]) -> list[Listener]:
+        if not listeners:
+            raise ValueError("at least one listener is needed")
+        seen: set[tuple[str | None, int]] = set()
+        for listener in listeners:
+            key = (listener.bind_address, listener.port)
+            if key in seen or (None, listener.port) in seen:
+                raise ValueError(f"port {listener.port} is used by two listeners")
+            seen.add(key)
+        if not any(listener.tls for listener in listeners):
+            raise ValueError("every broker needs at least one TLS listener")
+        return listeners
+
+    @field_validator("dns_names")
+    @classmethod
+    def _dns(cls, names: list[str] | None) -> list[str] | None:
+        return None if names is None else [check_dns_name(n) for n in names]
+
+    @field_validator("ip_addresses")
+    @classmethod
+    def _ips(cls, addresses: list[str] | None) -> list[str] | None:
+        return None if addresses is None else [str(ipaddress.ip_address(a)) for a in addresses]
+
+    @field_validator("ciphers", "ciphers_tls13")
+    @classmethod
+    def _no_weak_ciphers(cls, value: str) -> str:
+        weak = [c for c in value.split(":") if _is_weak_cipher(c)]
+        if weak:
+            raise ValueError(f"weak ciphers not allowed: {', '.join(weak)} (use AEAD with ECDHE)")
+        return value
+
+
+def _is_weak_cipher(name: str) -> bool:
+    upper = name.upper()
+    if upper.startswith("TLS_"):  # TLS 1.3 suites are all AEAD
+        return not any(tag in upper for tag in ("GCM", "CHACHA20", "CCM"))
+    return not upper.startswith(("ECDHE-", "DHE-")) or not any(
+        tag in upper for tag in ("GCM", "CHACHA20", "CCM")
+    )
+
+
+class FirewallSettings(_Settings):
+    """``firewall_*`` keys: nftables on brokers."""
+
+    enabled: bool = Field(True, description="manage an nftables input filter on brokers")
+    ssh_port: Port | None = Field(None, description="SSH port to keep open; default: ssh_port")
+    ssh_sources: list[str] = Field(
+        default_factory=list, description="networks allowed to SSH (CIDR); empty means anywhere"
+    )
+    extra_tcp_ports: list[Port] = Field(
+        default_factory=list, description="more TCP ports to open (e.g. a metrics exporter)"
+    )
+
+    @field_validator("ssh_sources")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(v, strict=False)) for v in values]
+
+
+class Board(_Settings):
+    """One ESP8266 board attached to a flash station."""
+
+    port: str = Field(description="serial port: /dev/ttyUSB0, socket://host:port, rfc2217://…")
+    device: str = Field(description="id of the device (fleet_devices) this board becomes")
+    mac: str | None = Field(None, description="expected MAC; must match the board when given")
+    firmware: Path | None = Field(None, description="firmware image for this board")
+    layout: str | None = Field(None, description="flash layout for this board (e.g. 4M2M)")
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        return None if value is None else check_mac(value)
+
+
+class GatewaySettings(_Settings):
+    """``espgw_*`` keys: flash stations and the gateways they flash."""
+
+    boards: list[Board] = Field(default_factory=list, description="boards on this station")
+    firmware: Path = Field(
+        Path("files/firmware/iotfleet-gateway.bin"), description="default firmware image"
+    )
+    layout: str = Field("4M2M", description="default flash layout")
+    wifi_ssid: str | None = Field(None, description="Wi-Fi network gateways join (required)")
+    wifi_passphrase: SecretRef | None = Field(
+        None, description="Wi-Fi passphrase: env:NAME, file:PATH or generated (required)"
+    )
+    brokers: list[str] | None = Field(
+        None, description="broker hosts gateways connect to; default: every broker"
+    )
+    broker_port: Port = Field(8883, description="broker port gateways connect to")
+    parallel: int = Field(8, ge=1, le=64, description="boards flashed at once")
+    reenroll: bool = Field(False, description="accept a new MAC for an enrolled device id")
+    baud: int = Field(460800, ge=9600, le=4_000_000, description="serial speed for flashing")
+
+    @field_validator("wifi_passphrase", mode="before")
+    @classmethod
+    def _secret(cls, value: object) -> SecretRef | None:
+        return None if value is None else SecretRef.parse(value)
+
+    @field_validator("wifi_ssid")
+    @classmethod
+    def _ssid(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= len(value.encode()) <= 32:
+            raise ValueError("a Wi-Fi SSID is 1..32 bytes")
+        return value
+
+
+ROLE_SETTINGS: dict[str, type[_Settings]] = {
+    "mosquitto": MosquittoSettings,
+    "firewall": FirewallSettings,
+    "espgw": GatewaySettings,
+}
+
+
+def role_defaults(model: type[_Settings], prefix: str) -> dict[str, object]:
+    """``{prefixed key: default}`` of a settings model (``None`` where a value is required)."""
+    defaults: dict[str, object] = {}
+    for name, info in model.model_fields.items():
+        value = info.get_default(call_default_factory=True)
+        defaults[prefix + name] = to_jsonable_python(value)
+    return defaults

@@ -1,0 +1,1 @@
+"""Mosquitto engine parts: password hashing, ACL and configuration rendering (no pyinfra)."""

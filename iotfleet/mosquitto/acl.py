@@ -1,0 +1,67 @@
+"""Mosquitto ACL file from the fleet, deny by default.
+
+Every user gets an explicit block: Mosquitto denies whatever no line allows. ``pattern`` lines
+are never used because they apply to every user; ``%u`` in a role is expanded per user here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from iotfleet.health import health_identity_name, health_topic
+from iotfleet.model import Device, Fleet, Role
+
+HEADER = "# managed by iotfleet: rendered from the inventory, edits are overwritten\n"
+
+
+def device_rules(fleet: Fleet, device: Device) -> list[tuple[str, str]]:
+    """(access, topic) pairs of one device: its own prefix only, plus its extra roles."""
+    prefix = fleet.topic_prefix(device)
+    rules = [
+        ("write", f"{prefix}/telemetry/#"),
+        ("write", f"{prefix}/status"),
+        ("read", f"{prefix}/commands/#"),
+    ]
+    for role in device.roles:
+        rules.extend(_role_rules(fleet.roles[role], device.id))
+    return rules
+
+
+def _role_rules(role: Role, username: str) -> list[tuple[str, str]]:
+    def expand(topic: str) -> str:
+        return topic.replace("%u", username)
+
+    return [
+        *(("read", expand(t)) for t in role.read),
+        *(("write", expand(t)) for t in role.write),
+        *(("readwrite", expand(t)) for t in role.readwrite),
+    ]
+
+
+def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]]:
+    """``{username: [(access, topic), ...]}`` for every active user of one broker."""
+    users: dict[str, list[tuple[str, str]]] = {}
+    for device in fleet.active_devices:
+        users[device.id] = device_rules(fleet, device)
+    for client in fleet.active_clients:
+        rules: list[tuple[str, str]] = []
+        for role in client.roles:
+            rules.extend(_role_rules(fleet.roles[role], client.name))
+        users[client.name] = rules
+    users[health_identity_name(broker_name)] = [("readwrite", health_topic(broker_name))]
+    return users
+
+
+def render_acl(users: dict[str, list[tuple[str, str]]]) -> str:
+    """The ACL file text, users sorted so the same fleet renders the same bytes."""
+    return HEADER + "".join(_user_block(u, users[u]) for u in sorted(users))
+
+
+def _user_block(username: str, rules: Iterable[tuple[str, str]]) -> str:
+    lines = [f"\nuser {username}\n"]
+    seen: set[tuple[str, str]] = set()
+    for access, topic in rules:
+        if (access, topic) not in seen:
+            seen.add((access, topic))
+            lines.append(f"topic {access} {topic}\n")
+    return "".join(lines)

@@ -1,0 +1,84 @@
+"""Resolve secret references (env, file, generated) without ever echoing a value.
+
+Generated secrets are created once and kept, 0600, in the fleet's state directory, so a
+rerun (or a classroom regenerated from the same roster) reuses them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+import stat
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from iotfleet.atomic import write_new_file
+from iotfleet.model import SecretRef
+
+GENERATED_BYTES = 24  # 32 URL-safe characters
+
+
+class SecretError(ValueError):
+    """A secret could not be read; the message names where and which key, never the value."""
+
+
+class SecretStore:
+    """Reads ``env:``/``file:`` references and keeps ``generated`` secrets under ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def resolve(self, ref: SecretRef, slot: str, *, where: str, key: str) -> SecretStr:
+        """Return the secret ``ref`` points to.
+
+        Args:
+            ref: the reference from the inventory.
+            slot: stable name of a generated secret, e.g. ``password/dashboard``.
+            where: who owns the secret (``client dashboard``), for messages.
+            key: the inventory key (``password``), for messages.
+        """
+        if ref.kind == "env":
+            value = os.environ.get(ref.target)
+            if not value:
+                raise SecretError(f"{where}: {key}: environment variable {ref.target} is not set")
+            return SecretStr(value)
+        if ref.kind == "file":
+            return SecretStr(_read_secret_file(Path(ref.target).expanduser(), where, key))
+        return SecretStr(self.generated(slot))
+
+    def generated(self, slot: str) -> str:
+        """Return the generated secret for ``slot``, creating it on first use."""
+        path = self._slot_path(slot)
+        if not path.exists():
+            value = _random.token_urlsafe(GENERATED_BYTES)
+            # Two concurrent runs may race here: the first writer wins, both read its value.
+            write_new_file(path, (value + "\n").encode(), mode=0o600)
+        return path.read_text().strip()
+
+    def forget(self, slot: str) -> None:
+        """Drop a generated secret so the next use creates a new one (e.g. a student reset)."""
+        self._slot_path(slot).unlink(missing_ok=True)
+
+    def _slot_path(self, slot: str) -> Path:
+        parts = slot.split("/")
+        if not all(p and p not in {".", ".."} for p in parts):
+            raise ValueError(f"invalid secret slot {slot!r}")
+        return self.directory.joinpath(*parts)
+
+
+def _read_secret_file(path: Path, where: str, key: str) -> str:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise SecretError(f"{where}: {key}: secret file {path} does not exist") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretError(
+            f"{where}: {key}: secret file {path} is readable by others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 it"
+        )
+    lines = path.read_text().splitlines()
+    value = lines[0].strip() if lines else ""
+    if not value:
+        raise SecretError(f"{where}: {key}: secret file {path} is empty")
+    return value

@@ -1,0 +1,1 @@
+"""Reusable pyinfra deploys, one package per role."""

@@ -1,0 +1,128 @@
+"""Firewall role: nftables input filter allowing SSH and the broker's listeners only."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from io import BytesIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.api.util import get_template
+from pyinfra.operations import apt, files, systemd
+
+from iotfleet.model import Broker
+from roles.firewall.defaults import DEFAULTS
+from roles.firewall.facts import LoadedRulesetDigest, SshConnection
+
+TEMPLATES = Path(__file__).parent / "templates"
+RULES_PATH = "/etc/iotfleet/firewall.nft"
+UNIT_PATH = "/etc/systemd/system/iotfleet-firewall.service"
+_JINJA = {"trim_blocks": True, "lstrip_blocks": True}
+
+
+class FirewallWouldCutSshError(Exception):
+    """Applying the ruleset would drop the SSH connection the rollout runs on."""
+
+
+def open_tcp_ports(broker: Broker) -> list[int]:
+    """Ports reachable from the network: non-loopback listeners and extra ports."""
+    ports = {
+        listener.port
+        for listener in broker.mosquitto.listeners
+        if listener.bind_address is None
+        or not ipaddress.ip_address(listener.bind_address).is_loopback
+    }
+    ports.update(broker.firewall.extra_tcp_ports)
+    ports.discard(broker.firewall_ssh_port)
+    return sorted(ports)
+
+
+def render_ruleset(broker: Broker) -> str:
+    """The nftables file; its own digest sits in the table comment so drift is visible."""
+    sources = [ipaddress.ip_network(s) for s in broker.firewall.ssh_sources]
+    context = {
+        "host_name": broker.name,
+        "ssh_port": broker.firewall_ssh_port,
+        "ssh_sources_v4": [str(n) for n in sources if n.version == 4],
+        "ssh_sources_v6": [str(n) for n in sources if n.version == 6],
+        "tcp_ports": open_tcp_ports(broker),
+    }
+    template = get_template(str(TEMPLATES / "firewall.nft.j2"), dict(_JINJA))
+    digest = hashlib.sha256(template.render(digest="", **context).encode()).hexdigest()[:16]
+    return str(template.render(digest=digest, **context))
+
+
+def ruleset_digest(ruleset: str) -> str:
+    marker = 'comment "iotfleet ruleset '
+    start = ruleset.index(marker) + len(marker)
+    return ruleset[start : ruleset.index('"', start)]
+
+
+def check_ssh_survives(broker: Broker, connection: tuple[str, int] | None) -> None:
+    """Refuse a ruleset that would not let the rollout's own SSH session back in."""
+    if connection is None:
+        return
+    client, server_port = connection
+    if server_port != broker.firewall_ssh_port:
+        raise FirewallWouldCutSshError(
+            f"host {broker.name}: this rollout's SSH runs on port {server_port}, but "
+            f"firewall_ssh_port is {broker.firewall_ssh_port}: new SSH sessions would be dropped"
+        )
+    sources = [ipaddress.ip_network(s) for s in broker.firewall.ssh_sources]
+    if sources and not any(ipaddress.ip_address(client) in net for net in sources):
+        raise FirewallWouldCutSshError(
+            f"host {broker.name}: firewall_ssh_sources does not include {client}, the address "
+            "this rollout connects from: new SSH sessions would be dropped"
+        )
+
+
+@operation()
+def load_ruleset(ruleset: str) -> object:
+    """Load the ruleset atomically when the loaded one differs (checked with ``nft -c`` first)."""
+    if host.get_fact(LoadedRulesetDigest) == ruleset_digest(ruleset):
+        host.noop("the iotfleet nftables table is loaded and current")
+        return
+    yield StringCommand("nft", "-c", "-f", RULES_PATH, "&&", "nft", "-f", RULES_PATH)
+
+
+@deploy("nftables firewall", data_defaults=DEFAULTS)
+def deploy_firewall(broker: Broker) -> None:
+    """Allow SSH and the broker's listeners; drop every other inbound connection."""
+    if not broker.firewall.enabled:
+        systemd.service(
+            name="Stop the iotfleet firewall (firewall_enabled is false)",
+            service="iotfleet-firewall",
+            running=False,
+            enabled=False,
+        )
+        return
+    try:
+        check_ssh_survives(broker, host.get_fact(SshConnection))
+    except FirewallWouldCutSshError as exc:
+        raise SystemExit(f"iotfleet: {exc}") from None
+    ruleset = render_ruleset(broker)
+    apt.packages(name="Install nftables", packages=["nftables"], no_recommends=True)
+    files.directory(name="Create /etc/iotfleet", path="/etc/iotfleet", mode="755")
+    files.put(
+        name="Write the nftables ruleset",
+        src=BytesIO(ruleset.encode()),
+        dest=RULES_PATH,
+        user="root",
+        group="root",
+        mode="600",
+    )
+    unit = files.template(
+        name="Install the unit that loads the ruleset at boot",
+        src=str(TEMPLATES / "iotfleet-firewall.service.j2"),
+        dest=UNIT_PATH,
+        rules_path=RULES_PATH,
+        mode="644",
+        jinja_env_kwargs=dict(_JINJA),
+    )
+    load_ruleset(name="Load the nftables ruleset atomically", ruleset=ruleset)
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    systemd.service(
+        name="Enable the firewall at boot", service="iotfleet-firewall", enabled=True
+    )

@@ -1,0 +1,82 @@
+"""Mosquitto role: a TLS-only, sandboxed broker configured from the fleet inventory."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files, systemd
+
+from iotfleet.context import FleetContext
+from iotfleet.managed_file import ManagedFile
+from iotfleet.mosquitto import layout
+from roles.mosquitto.defaults import DEFAULTS
+from roles.mosquitto.facts import MosquittoPasswordHashes
+from roles.mosquitto.operations import apply_files, install_packages
+from roles.mosquitto.render import health_options, health_topic_of, service_files
+from roles.pki import broker_pki_files, health_identity_files
+
+APPLY_SCRIPT_SOURCE = Path(__file__).parent / "files" / "mosquitto-apply"
+
+
+@deploy("Hardened Mosquitto", data_defaults=DEFAULTS)
+def deploy_mosquitto(ctx: FleetContext) -> None:
+    """Install Mosquitto and make it match the fleet: TLS only, certificates, ACLs, sandbox."""
+    broker = ctx.fleet.broker(host.name)
+    install_packages(
+        name="Install Mosquitto from Debian packages (not started yet)",
+        version=broker.mosquitto.package_version,
+    )
+    for path, group, mode in (
+        (layout.CONFIG_DIR, layout.GROUP, "750"),
+        (layout.CERT_DIR, layout.GROUP, "750"),
+        ("/etc/iotfleet", "root", "755"),
+        (layout.HEALTH_DIR, "root", "700"),
+        (layout.TOOLS_DIR, "root", "755"),
+    ):
+        files.directory(
+            name=f"Directory {path} (root:{group} {mode})",
+            path=path,
+            user="root",
+            group=group,
+            mode=mode,
+        )
+    files.put(
+        name="Install the apply script (test, restart, health check, rollback)",
+        src=str(APPLY_SCRIPT_SOURCE),
+        dest=layout.APPLY_SCRIPT,
+        user="root",
+        group="root",
+        mode="755",
+    )
+    health_files = [
+        *health_identity_files(ctx.pki, broker.name),
+        ManagedFile(layout.HEALTH_OPTIONS, health_options(ctx, broker), "root", "root", "600"),
+    ]
+    for managed in health_files:
+        files.put(
+            name=f"Health-check identity: {managed.path}",
+            src=BytesIO(managed.content),
+            dest=managed.path,
+            user=managed.owner,
+            group=managed.group,
+            mode=managed.mode,
+        )
+    existing = host.get_fact(MosquittoPasswordHashes, path=layout.PASSWORD_FILE)
+    config, managed_files = service_files(ctx, broker, existing)
+    apply_files(
+        name="Apply the broker configuration (tested on spare ports, health-checked, rollback)",
+        files=[*broker_pki_files(ctx.pki, broker.name), *managed_files],
+        listeners=config.listeners_table(),
+        candidate_config=lambda staged: config.text(staged, candidate=True),
+        health_topic=health_topic_of(broker),
+        health_timeout=broker.mosquitto.health_timeout,
+    )
+    systemd.service(
+        name="Mosquitto enabled at boot and running",
+        service=layout.SERVICE,
+        running=True,
+        enabled=True,
+    )

@@ -1,0 +1,112 @@
+"""Operations of the mosquitto role: install, and apply files with test, health and rollback."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from io import BytesIO
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.facts.deb import DebPackages
+
+from iotfleet.managed_file import ManagedFile
+from iotfleet.mosquitto import layout
+from roles.mosquitto.facts import ManagedFileStates, ServiceActive
+
+PACKAGES = ("mosquitto", "mosquitto-clients")
+# Keeps the package from starting a stock broker (plain, localhost:1883) before the hardened
+# configuration is in place: Debian's maintainer scripts honour policy-rc.d.
+POLICY_RC = "/usr/sbin/policy-rc.d"
+
+
+@operation()
+def install_packages(version: str | None = None) -> object:
+    """Install Mosquitto and its clients from the host's Debian archive, without starting it."""
+    installed = host.get_fact(DebPackages)
+    wanted = [f"{name}={version}" if version else name for name in PACKAGES]
+    missing = [
+        spec
+        for name, spec in zip(PACKAGES, wanted, strict=True)
+        if name not in installed or (version is not None and version not in installed[name])
+    ]
+    if not missing:
+        host.noop("mosquitto and mosquitto-clients are installed")
+        return
+    guard = shlex.quote(POLICY_RC)
+    yield StringCommand(
+        "sh",
+        "-c",
+        " ".join(
+            [
+                f"made=0; if [ ! -e {guard} ]; then printf '#!/bin/sh\\nexit 101\\n' >{guard};",
+                f"chmod 755 {guard}; made=1; fi;",
+                "DEBIAN_FRONTEND=noninteractive apt-get update -qq &&",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends",
+                "-o Dpkg::Options::=--force-confold",
+                *(shlex.quote(spec) for spec in wanted),
+                "; status=$?;",
+                f'[ "$made" = 1 ] && rm -f {guard}; exit $status',
+            ]
+        ),
+    )
+
+
+@operation()
+def apply_files(
+    files: Sequence[ManagedFile],
+    listeners: str,
+    candidate_config: Callable[[dict[str, str]], str],
+    health_topic: str,
+    health_timeout: int,
+) -> object:
+    """Put changed files live through the on-host apply script.
+
+    Only files whose content, owner, group or mode differ are staged. The script tests a new
+    configuration on spare ports, restarts or reloads as the changed files ask, checks health
+    and rolls back if the broker does not come up.
+    """
+    states = host.get_fact(ManagedFileStates, paths=tuple(f.path for f in files))
+    changed = [f for f in files if not f.matches(states.get(f.path))]
+    active = host.get_fact(ServiceActive, service=layout.SERVICE)
+    if not changed and active:
+        host.noop("Mosquitto files are up to date and the broker is running")
+        return
+    stage = layout.STAGING_DIR
+    yield StringCommand(
+        f"install -d -o root -g {layout.GROUP} -m 0755 /var/lib/iotfleet &&"
+        f" install -d -o root -g {layout.GROUP} -m 0750 {layout.STATE_DIR} &&"
+        f" rm -rf {stage} && install -d -o root -g {layout.GROUP} -m 0750 {stage}"
+    )
+    manifest = []
+    staged_paths = {}
+    for managed in changed:
+        dest = f"{stage}/{managed.staged_name}"
+        yield FileUploadCommand(BytesIO(managed.content), dest)
+        yield StringCommand("chown", f"root:{managed.group}", dest, "&&", "chmod", "640", dest)
+        manifest.append(
+            f"{managed.action} {managed.owner} {managed.group} {managed.mode} "
+            f"{managed.staged_name} {managed.path}\n"
+        )
+        staged_paths[managed.path] = dest
+    by_key = {
+        "ca_chain": layout.CA_CHAIN,
+        "server_cert": layout.SERVER_CERT,
+        "server_key": layout.SERVER_KEY,
+        "crl": layout.CRL,
+        "passwd": layout.PASSWORD_FILE,
+        "acl": layout.ACL_FILE,
+    }
+    candidate = candidate_config(
+        {key: staged_paths[path] for key, path in by_key.items() if path in staged_paths}
+    )
+    for name, content in (
+        ("manifest", "".join(manifest)),
+        ("listeners", listeners),
+        ("candidate.conf", candidate),
+        ("health-topic", health_topic + "\n"),
+    ):
+        yield FileUploadCommand(BytesIO(content.encode()), f"{stage}/{name}")
+    yield StringCommand(f"IOTFLEET_HEALTH_TIMEOUT={int(health_timeout)}", layout.APPLY_SCRIPT)
+
+

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian 12 machine, as root: lint, types, unit tests, and the
+# integration tests on a real lab (Debian hosts under systemd-nspawn, bookworm and trixie).
+# Extra arguments go to pytest (e.g. scripts/test.sh -k mosquitto).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/bootstrap.sh
+
+echo "== lint (ruff)"
+.venv/bin/ruff check .
+echo "== types (mypy)"
+.venv/bin/mypy
+echo "== unit and integration tests (pytest)"
+exec .venv/bin/python -m pytest tests/unit tests/integration "$@"

@@ -1,0 +1,53 @@
+"""ACL rendering: deny by default, each device confined to its own topics."""
+
+from __future__ import annotations
+
+from iotfleet.health import health_identity_name
+from iotfleet.model import RawHost, build_fleet
+from iotfleet.mosquitto.acl import acl_rules, render_acl
+
+BROKER = "mqtt1.example.net"
+
+
+def fleet(**data: object):
+    return build_fleet([RawHost(BROKER, ("brokers",), {"fleet_name": "demo", **data})])
+
+
+def test_device_gets_only_its_own_prefix() -> None:
+    rules = acl_rules(fleet(fleet_devices=[{"id": "gw-1"}, {"id": "gw-2"}]), BROKER)
+    assert rules["gw-1"] == [
+        ("write", "devices/gw-1/telemetry/#"),
+        ("write", "devices/gw-1/status"),
+        ("read", "devices/gw-1/commands/#"),
+    ]
+    assert all("gw-1" not in topic for _, topic in rules["gw-2"])
+
+
+def test_roles_expand_per_user_and_admin_alone_sees_sys() -> None:
+    f = fleet(
+        fleet_roles={"own-config": {"read": ["config/%u"]}},
+        fleet_devices=[{"id": "gw-1", "roles": ["own-config"]}],
+        fleet_clients=[
+            {"name": "ops", "roles": ["admin"]},
+            {"name": "dash", "roles": ["dashboard"]},
+        ],
+    )
+    rules = acl_rules(f, BROKER)
+    assert ("read", "config/gw-1") in rules["gw-1"]
+    sys_readers = {u for u, r in rules.items() if any(t.startswith("$SYS") for _, t in r)}
+    assert sys_readers == {"ops"}
+    assert rules["dash"] == [("read", "devices/+/telemetry/#"), ("read", "devices/+/status")]
+
+
+def test_revoked_identities_lose_every_rule() -> None:
+    f = fleet(fleet_devices=[{"id": "gw-1", "revoked": "keyCompromise"}, {"id": "gw-2"}])
+    assert set(acl_rules(f, BROKER)) == {"gw-2", health_identity_name(BROKER)}
+
+
+def test_rendering_is_deterministic_and_has_no_pattern_lines() -> None:
+    f = fleet(fleet_devices=[{"id": f"gw-{i}"} for i in range(50)])
+    text = render_acl(acl_rules(f, BROKER))
+    assert text == render_acl(acl_rules(f, BROKER))
+    assert text.startswith("# managed by iotfleet")
+    assert "\npattern " not in text and "topic read #\n" not in text
+    assert text.index("user gw-1\n") < text.index("user gw-2\n")

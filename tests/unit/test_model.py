@@ -1,0 +1,184 @@
+"""The inventory model: what a user writes, what is accepted, and how errors read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from iotfleet.model import InventoryError, RawHost, build_fleet
+
+
+def broker(name: str = "mqtt1.example.net", **data: Any) -> RawHost:
+    return RawHost(name, ("brokers",), {"fleet_name": "demo", "ssh_hostname": "192.0.2.10", **data})
+
+
+def problems_of(*hosts: RawHost) -> list[str]:
+    with pytest.raises(InventoryError) as caught:
+        build_fleet(list(hosts))
+    return [str(p) for p in caught.value.problems]
+
+
+def test_minimal_inventory_gets_secure_defaults() -> None:
+    fleet = build_fleet([broker(fleet_devices=[{"id": "gw-1"}])])
+    (listener,) = fleet.brokers[0].mosquitto.listeners
+    assert (listener.port, listener.tls, listener.auth) == (8883, True, "certificate")
+    assert fleet.brokers[0].mosquitto.tls_version == "tlsv1.2"
+    assert fleet.topic_prefix(fleet.devices[0]) == "devices/gw-1"
+    assert fleet.roles["dashboard"].read == ["devices/+/telemetry/#", "devices/+/status"]
+
+
+def test_unknown_key_is_named_with_a_suggestion() -> None:
+    assert problems_of(broker(mosquitto_listners=[])) == [
+        "host mqtt1.example.net: mosquitto_listners: unknown key "
+        "(did you mean mosquitto_listeners?)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("listeners", "expected"),
+    [
+        ([{"port": 70000}], "mosquitto_listeners[0].port: Input should be less than or equal"),
+        ([{"port": 1883, "tls": False}], "plain MQTT is only allowed with bind_address"),
+        ([{"port": 8883}, {"port": 8883}], "port 8883 is used by two listeners"),
+        ([{"port": 22}], "mosquitto_listeners[0].port: 22 is the SSH port"),
+        (
+            [{"port": 1883, "tls": False, "bind_address": "127.0.0.1", "auth": "password"}],
+            "every broker needs at least one TLS listener",
+        ),
+        (
+            [{"port": 8883}, {"port": 1883, "tls": False, "bind_address": "127.0.0.1"}],
+            "has no TLS, so it cannot check client certificates: set auth: password",
+        ),
+    ],
+)
+def test_bad_listeners_are_refused_naming_host_and_key(listeners: Any, expected: str) -> None:
+    problems = problems_of(broker(mosquitto_listeners=listeners))
+    assert any(expected in p and p.startswith("host mqtt1.example.net: ") for p in problems), problems
+
+
+def test_plain_listener_on_loopback_is_allowed_with_passwords() -> None:
+    fleet = build_fleet(
+        [
+            broker(
+                mosquitto_listeners=[
+                    {"port": 8883},
+                    {"port": 1883, "tls": False, "bind_address": "127.0.0.1", "auth": "password"},
+                ]
+            )
+        ]
+    )
+    assert len(fleet.brokers[0].mosquitto.listeners) == 2
+
+
+def test_weak_ciphers_are_refused() -> None:
+    problems = problems_of(broker(mosquitto_ciphers="AES128-SHA:ECDHE-RSA-AES128-GCM-SHA256"))
+    assert any("weak ciphers not allowed: AES128-SHA" in p for p in problems)
+
+
+def test_device_ids_must_be_safe_mqtt_identities() -> None:
+    problems = problems_of(broker(fleet_devices=[{"id": "gw/1"}, {"id": "a b"}, {"id": "ok"}]))
+    assert [p.split(":")[0] for p in problems] == ["device gw/1", "device a b"]
+
+
+def test_duplicate_names_across_kinds_are_refused() -> None:
+    problems = problems_of(
+        broker(fleet_devices=[{"id": "gw-1"}, {"id": "gw-1"}], fleet_clients=[{"name": "gw-1"}])
+    )
+    assert problems == ["gw-1: name: used 3 times across brokers, devices and clients"]
+
+
+def test_reserved_prefix_is_refused() -> None:
+    problems = problems_of(broker(fleet_clients=[{"name": "iotfleet-health-x"}]))
+    assert "reserved" in problems[0]
+
+
+def test_clear_text_password_is_refused_without_echoing_it() -> None:
+    problems = problems_of(
+        broker(fleet_clients=[{"name": "dash", "auth": "password", "password": "hunter2hunter2"}])
+    )
+    assert problems and "hunter2" not in "".join(problems)
+    assert "never written in the inventory in clear" in problems[0]
+
+
+def test_device_role_that_opens_every_device_is_refused() -> None:
+    problems = problems_of(
+        broker(
+            fleet_roles={"spy": {"read": ["#"]}, "fine": {"read": ["firmware/announcements"]}},
+            fleet_devices=[{"id": "gw-1", "roles": ["spy"]}, {"id": "gw-2", "roles": ["fine"]}],
+        )
+    )
+    assert len(problems) == 1 and problems[0].startswith("device gw-1: roles: role 'spy'")
+
+
+def test_unknown_roles_and_bad_topic_filters_are_refused() -> None:
+    problems = problems_of(
+        broker(
+            fleet_roles={"bad": {"read": ["a/#/b"]}},
+            fleet_clients=[{"name": "dash", "roles": ["nope"]}],
+        )
+    )
+    assert any(p.startswith("role bad: read: 'a/#/b'") and "'#' must be a whole level" in p for p in problems)
+    assert any(p == "client dash: roles: unknown role 'nope'" for p in problems)
+
+
+def test_fleet_wide_keys_must_agree_between_hosts() -> None:
+    problems = problems_of(broker("a.example.net"), broker("b.example.net", fleet_name="other"))
+    assert problems == [
+        "host b.example.net: fleet_name: differs from host a.example.net: fleet-wide keys must "
+        "be set once (group_data/all.py or the inventory's own group)"
+    ]
+
+
+def test_missing_fleet_name_is_named() -> None:
+    host = RawHost("b", ("brokers",), {})
+    assert problems_of(host) == ["inventory: fleet_name: required: a short name such as 'plant-a'"]
+
+
+def test_boards_must_name_known_devices_and_matching_macs() -> None:
+    station = RawHost(
+        "@local",
+        ("flash_stations",),
+        {
+            "fleet_name": "demo",
+            "espgw_wifi_ssid": "plant",
+            "espgw_wifi_passphrase": "env:WIFI",
+            "espgw_boards": [
+                {"port": "socket://127.0.0.1:5000", "device": "ghost"},
+                {"port": "/dev/ttyUSB0", "device": "gw-1", "mac": "18:FE:34:00:00:02"},
+            ],
+        },
+    )
+    problems = problems_of(
+        broker(fleet_devices=[{"id": "gw-1", "mac": "18:fe:34:00:00:01"}]), station
+    )
+    assert problems == [
+        "host @local: espgw_boards[0].device: 'ghost' is not in fleet_devices",
+        "host @local: espgw_boards[1].mac: 18:fe:34:00:00:02 differs from device gw-1's mac "
+        "18:fe:34:00:00:01",
+    ]
+
+
+def test_boards_without_wifi_settings_are_refused() -> None:
+    station = RawHost(
+        "@local",
+        ("flash_stations",),
+        {"fleet_name": "demo", "espgw_boards": [{"port": "/dev/ttyUSB0", "device": "gw-1"}]},
+    )
+    problems = problems_of(broker(fleet_devices=[{"id": "gw-1"}]), station)
+    assert problems == [
+        "host @local: espgw_wifi_ssid: required when boards are listed",
+        "host @local: espgw_wifi_passphrase: required when boards are listed",
+    ]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = problems_of(
+        broker(
+            mosquitto_max_connections=0,
+            firewall_ssh_sources=["not-a-net"],
+            fleet_devices=[{"id": "gw/1"}],
+            pki_renew_before_days=0,
+        )
+    )
+    assert len(problems) == 4
