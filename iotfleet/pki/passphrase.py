@@ -48,8 +48,8 @@ def read_passphrase(settings: PkiSettings) -> Passphrase:
         env_value = os.environ.get(settings.passphrase_env)
         if env_value is None:
             raise PassphraseError(
-                f"no CA passphrase: the {source} is not set (or set "
-                "PkiSettings.passphrase_file to a 0600 file holding it)"
+                f"no CA passphrase: the {source} is not set (or point passphrase_file / "
+                "--passphrase-file at a 0600 file holding it)"
             )
         value = env_value.encode()
     if not value:

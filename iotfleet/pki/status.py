@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from iotfleet.pki.reconcile import utc_now, within
 from iotfleet.pki.spec import PkiSettings
 from iotfleet.pki.state import load_state, locked_layout
@@ -52,6 +55,11 @@ class StatusReport:
         return tuple(row for row in self.rows if row.needs_attention)
 
 
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
+
+
 def _days_left(deadline: datetime, now: datetime) -> int:
     return math.floor((deadline - now).total_seconds() / 86400)
 
@@ -86,14 +94,14 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
     index = state.index
     offline = "" if ca.root_key_online else "root key offline"
     rows.append(StatusRow(
-        "root-ca", ca.root.subject.rfc4514_string(), f"{ca.root.serial_number:040x}",
+        "root-ca", _common_name(ca.root), f"{ca.root.serial_number:040x}",
         ca.root.not_valid_after_utc, _days_left(ca.root.not_valid_after_utc, moment),
         _cert_state(ca.root.not_valid_after_utc, moment, settings.intermediate_renew_before_days),
         offline,
     ))
     inter = ca.intermediate
     rows.append(StatusRow(
-        "intermediate-ca", inter.subject.rfc4514_string(), f"{inter.serial_number:040x}",
+        "intermediate-ca", _common_name(inter), f"{inter.serial_number:040x}",
         inter.not_valid_after_utc, _days_left(inter.not_valid_after_utc, moment),
         _cert_state(inter.not_valid_after_utc, moment, settings.intermediate_renew_before_days),
         "renewal needs the root key" if offline and within(
