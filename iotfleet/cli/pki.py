@@ -61,6 +61,8 @@ def cli() -> None:
     """Fleet PKI: status, manual revocation, intermediate renewal."""
 
 
+_KIND_LABEL = {"root-ca": "root CA", "intermediate-ca": "intermediate", "root-crl": "root CRL",
+               "crl": "CRL"}
 _STYLE = {"ok": "green", "renew": "yellow", "expired": "bold red", "stale": "bold red",
           "missing": "bold red"}
 
@@ -69,7 +71,7 @@ def _row_cells(row: StatusRow) -> list[str]:
     style = _STYLE.get(row.state, "")
     days = "-" if row.days_left is None else str(row.days_left)
     return [
-        row.kind, row.name, row.serial[:12],
+        _KIND_LABEL.get(row.kind, row.kind), row.name, row.serial[:12],
         f"{row.expires:%Y-%m-%d}" if row.expires else "-",
         f"[{style}]{days}[/]", f"[{style}]{row.state}[/]", row.note,
     ]
@@ -79,13 +81,15 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
     """The status table; large fleets list only CA rows and what needs attention by default."""
     table = Table(title=f"PKI {report.state_dir}", title_justify="left")
     table.add_column("kind", no_wrap=True)
-    table.add_column("name", overflow="fold")
+    table.add_column("name", overflow="fold", min_width=12)
     table.add_column("serial", no_wrap=True)
     table.add_column("expires", no_wrap=True)
     table.add_column("days left", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
-    table.add_column("note", overflow="fold")
     rows = report.rows
+    with_notes = any(row.note for row in rows)
+    if with_notes:
+        table.add_column("note", overflow="fold")
     hidden = 0
     if not show_all and len(rows) > _LIST_LIMIT:
         shown = [r for r in rows if r.kind in ("root-ca", "intermediate-ca", "crl", "root-crl")
@@ -93,7 +97,8 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
         hidden = len(rows) - len(shown)
         rows = tuple(shown)
     for row in rows:
-        table.add_row(*_row_cells(row))
+        cells = _row_cells(row)
+        table.add_row(*(cells if with_notes else cells[:-1]))
     console.print(table)
     if hidden:
         console.print(f"{hidden} more identities are ok (--all lists them).")
