@@ -5,21 +5,18 @@ Why each piece:
   serialize instead of both issuing;
 - atomic replace (temp in the same dir + fsync + rename + fsync dir) for files that change (index,
   CRL, chain), so a reader or a crash sees the old or the new file, never half of one;
-- exclusive create for keys, so an existing key is never overwritten, whatever the bug or race;
-- one sync for a batch instead of one fsync per file: 10,000 fsyncs cost seconds, one syncfs()
-  costs tens of milliseconds and gives the same guarantee once it returns.
+- exclusive create (link(), which fails on an existing name) for keys, so an existing key is
+  never overwritten, whatever the bug or race.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from iotfleet.pki.errors import StateError
@@ -28,8 +25,6 @@ DIR_MODE = 0o700
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
 _TMP_PREFIX = ".tmp-"
-# Below this many new files, fsync each one (touches only our files); above, sync the file system.
-_FSYNC_EACH_LIMIT = 64
 
 
 def ensure_dir(path: Path) -> None:
@@ -63,19 +58,6 @@ def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
     fsync_dir(path.parent)
 
 
-def create_exclusive(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with ``data``; fail if it exists. Not synced: call ``sync_batch`` after.
-
-    Used for immutable, uniquely named files (leaf keys and certificates). A crash may leave a
-    partial file, but no index record points at it yet, so the next run removes it as an orphan.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
-
-
 def create_exclusive_durable(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` complete or not at all, never replacing an existing file (CA keys)."""
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
@@ -88,7 +70,7 @@ def create_exclusive_durable(path: Path, data: bytes, mode: int) -> None:
     try:
         os.link(tmp, path)  # link() fails with EEXIST instead of replacing, unlike rename()
     except FileExistsError:
-        raise StateError(f"{path} already exists: refusing to overwrite an existing key") from None
+        raise StateError(f"{path} already exists: refusing to overwrite it") from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
@@ -99,40 +81,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def sync_batch(files: Iterable[Path], dirs: Iterable[Path]) -> None:
-    """Make newly created ``files`` and the entries of ``dirs`` durable."""
-    file_list = list(files)
-    dir_list = list(dirs)
-    if len(file_list) > _FSYNC_EACH_LIMIT and dir_list and _syncfs(dir_list[0]):
-        return
-    for path in file_list:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    for directory in dir_list:
-        fsync_dir(directory)
-
-
-def _syncfs(path: Path) -> bool:
-    """syncfs(2) on the file system holding ``path``; False when unavailable (non-Linux)."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    if not hasattr(libc, "syncfs"):
-        return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if libc.syncfs(fd) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"syncfs failed for {path}: {os.strerror(errno)}")
-    finally:
-        os.close(fd)
-    return True
 
 
 def remove_temp_files(directory: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -28,8 +29,9 @@ from iotfleet.pki.spec import KINDS, REVOCATION_REASONS, validate_name
 FORMAT = "iotfleet-pki-index/1"
 _RECORD_KEYS = frozenset({
     "name", "kind", "serial", "subject", "key_type", "spec", "not_before", "not_after",
-    "status", "reason", "revoked_at", "digest",
+    "status", "reason", "revoked_at", "pack", "cert", "key", "digest",
 })
+_PACK_RE = re.compile(r"[0-9A-Za-z-]{1,64}")
 _TXT_HEADER = (
     "# iotfleet PKI index, generated from index.json. Do not edit: revoke with"
     " `iotfleet pki revoke NAME --reason R`.\n"
@@ -65,6 +67,10 @@ class IndexRecord:
     status: Literal["valid", "revoked"]
     reason: str | None = None
     revoked_at: datetime | None = None
+    # Where the PEM lives: packs/<pack>.certs.pem / .keys.pem, (offset, length) of its block.
+    pack: str = ""
+    cert_span: tuple[int, int] = (0, 0)
+    key_span: tuple[int, int] = (0, 0)
 
     @property
     def serial_hex(self) -> str:
@@ -91,6 +97,7 @@ def _record_dict(record: IndexRecord) -> dict[str, Any]:
         "not_before": format_time(record.not_before), "not_after": format_time(record.not_after),
         "status": record.status, "reason": record.reason,
         "revoked_at": format_time(record.revoked_at) if record.revoked_at else None,
+        "pack": record.pack, "cert": list(record.cert_span), "key": list(record.key_span),
     }
 
 
@@ -221,6 +228,13 @@ def _parse_crl_info(data: object, where: str) -> CrlInfo | None:
         raise _bad(where, "malformed CRL entry") from None
 
 
+def _span(value: object) -> tuple[int, int]:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and v >= 0 for v in value)):
+        raise ValueError(f"bad file span {value!r}")
+    return (value[0], value[1])
+
+
 def _parse_record(raw: object, where: str) -> IndexRecord:
     if not isinstance(raw, dict) or set(raw) != _RECORD_KEYS:
         raise _bad(where, "not a record with the expected fields")
@@ -231,9 +245,12 @@ def _parse_record(raw: object, where: str) -> IndexRecord:
             not_before=parse_time(raw["not_before"]), not_after=parse_time(raw["not_after"]),
             status=raw["status"], reason=raw["reason"],
             revoked_at=parse_time(raw["revoked_at"]) if raw["revoked_at"] else None,
+            pack=raw["pack"], cert_span=_span(raw["cert"]), key_span=_span(raw["key"]),
         )
     except (TypeError, ValueError) as exc:
         raise _bad(where, f"a field has the wrong type or format ({exc})") from None
+    if not isinstance(record.pack, str) or not _PACK_RE.fullmatch(record.pack):
+        raise _bad(where, f"invalid pack name {record.pack!r}")
     if validate_name(record.name) or record.kind not in KINDS:
         raise _bad(where, "invalid name or kind")
     if record.status == "valid" and (record.reason or record.revoked_at):

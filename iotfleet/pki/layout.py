@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+CERT_PACK_SUFFIX = ".certs.pem"
+KEY_PACK_SUFFIX = ".keys.pem"
+
 
 def serial_hex(serial: int) -> str:
     """Serial as 40 lowercase hex digits (159-bit serials always fit)."""
@@ -66,20 +69,16 @@ class StateLayout:
         return self.root / "index.txt"
 
     @property
-    def issued_dir(self) -> Path:
-        return self.root / "issued"
+    def packs_dir(self) -> Path:
+        return self.root / "packs"
 
-    @property
-    def private_dir(self) -> Path:
-        return self.root / "private"
+    def cert_pack(self, pack: str) -> Path:
+        """Certificates issued by one run, concatenated PEM (immutable once written)."""
+        return self.packs_dir / f"{pack}{CERT_PACK_SUFFIX}"
 
-    def cert_path(self, name: str, serial: int) -> Path:
-        """Every certificate ever issued keeps its own immutable file."""
-        return self.issued_dir / f"{name}.{serial_hex(serial)}.crt"
-
-    def key_path(self, name: str, serial: int) -> Path:
-        """A fresh key per certificate: a new file, never an overwrite."""
-        return self.private_dir / f"{name}.{serial_hex(serial)}.key"
+    def key_pack(self, pack: str) -> Path:
+        """Their keys (0600, immutable; removed once none of its certificates is valid)."""
+        return self.packs_dir / f"{pack}{KEY_PACK_SUFFIX}"
 
     def is_fresh(self) -> bool:
         """True when no CA has been created here yet."""

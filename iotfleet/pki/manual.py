@@ -22,6 +22,7 @@ from iotfleet.pki.passphrase import read_passphrase
 from iotfleet.pki.reconcile import utc_now
 from iotfleet.pki.spec import PkiSettings, validate_name, validate_reason, validate_settings
 from iotfleet.pki.state import (
+    dead_key_packs,
     leaf_crl_entries,
     load_state,
     locked_layout,
@@ -66,7 +67,7 @@ def revoke(settings: PkiSettings, name: str, reason: str, *,
         index.crl = write_crl(layout.crl, state.ca.intermediate, issuer.key,
                               leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
         save_index(layout, index)
-        remove_files([layout.key_path(record.name, record.serial), *state.leftovers])
+        remove_files([*dead_key_packs(layout, index, [record.pack]), *state.leftovers])
         return record
 
 

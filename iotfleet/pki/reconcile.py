@@ -33,8 +33,8 @@ from iotfleet.pki.ca import (
     write_new_ca,
 )
 from iotfleet.pki.certs import BACKDATE
-from iotfleet.pki.index import Index, IndexRecord
-from iotfleet.pki.issue import IssueJob, issue_batch
+from iotfleet.pki.index import Index
+from iotfleet.pki.issue import IssueJob, new_pack_name, sign_batch, write_pack
 from iotfleet.pki.keys import PrivateKey
 from iotfleet.pki.layout import StateLayout
 from iotfleet.pki.passphrase import check_new_passphrase, read_passphrase
@@ -46,6 +46,7 @@ from iotfleet.pki.spec import (
     validate_settings,
 )
 from iotfleet.pki.state import (
+    dead_key_packs,
     leaf_crl_entries,
     load_state,
     locked_layout,
@@ -171,23 +172,19 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
             return ReconcileReport(warnings=tuple(warnings))
 
         # ---- nothing above wrote a byte; from here on we write ----
+        pems = sign_batch(plan.jobs, issuer, settings.workers)  # CPU only, still no write
         if new_ca is not None:
             write_new_ca(layout, new_ca, passphrase)
-        fsio.ensure_dir(layout.issued_dir)
-        fsio.ensure_dir(layout.private_dir)
-        created = issue_batch(plan.jobs, issuer, layout, settings.workers)
-        if created:
-            fsio.sync_batch(created, [layout.issued_dir, layout.private_dir])
+        fsio.ensure_dir(layout.packs_dir)
+        issued = write_pack(layout, new_pack_name(moment), plan.jobs, pems) if plan.jobs else []
         if new_intermediate is not None:
             fsio.atomic_write(layout.intermediate_cert, pem(new_intermediate))
             fsio.atomic_write(layout.chain, chain_pem(ca))
 
-        dropped_keys = []
-        for name, reason in plan.revocations:
-            record = index.revoke(name, reason, moment)
-            dropped_keys.append(layout.key_path(record.name, record.serial))
-        for job in plan.jobs:
-            index.add(_record_for(job))
+        touched_packs = [index.revoke(name, reason, moment).pack
+                         for name, reason in plan.revocations]
+        for record in issued:
+            index.add(record)
         if need_root_crl:
             assert root_key is not None
             index.root_crl = write_crl(layout.root_crl, ca.root, root_key, [], index.root_crl,
@@ -197,7 +194,7 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
                                   leaf_crl_entries(index, moment), index.crl, moment,
                                   settings.crl_days)
         save_index(layout, index)
-        remove_files(dropped_keys + state.leftovers)
+        remove_files(dead_key_packs(layout, index, touched_packs) + state.leftovers)
         return ReconcileReport(
             issued=tuple(plan.issued), renewed=tuple(plan.renewed),
             revoked=tuple(name for name, _ in plan.revocations),
@@ -252,12 +249,3 @@ def _new_serial(index: Index, taken: set[int]) -> int:
         if serial not in taken and not index.has_serial(serial):
             taken.add(serial)
             return serial
-
-
-def _record_for(job: IssueJob) -> IndexRecord:
-    return IndexRecord(
-        name=job.spec.name, kind=job.spec.kind, serial=job.serial, subject=f"CN={job.spec.name}",
-        key_type=job.spec.key_type, spec=spec_fingerprint(job.spec), not_before=job.not_before,
-        not_after=job.not_after, status="valid",
-    )
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from iotfleet.pki.ca import CaCerts, load_ca_certs, remove_stale_staging
 from iotfleet.pki.crl import RevokedEntry, build_crl, crl_number
 from iotfleet.pki.errors import IndexCorruptError, StateError
 from iotfleet.pki.index import CrlInfo, Index, load_index
-from iotfleet.pki.layout import StateLayout
+from iotfleet.pki.layout import CERT_PACK_SUFFIX, KEY_PACK_SUFFIX, StateLayout
 
 
 @contextlib.contextmanager
@@ -83,49 +83,55 @@ def load_state(layout: StateLayout) -> LoadedState:
 
 
 def _scan_files(layout: StateLayout, index: Index) -> list[Path]:
-    """Check valid records have their files; return files left by interrupted runs."""
-    certs = {layout.cert_path(r.name, r.serial).name: r for r in index.records}
-    keys = {layout.key_path(r.name, r.serial).name: r for r in index.records}
-    leftovers: list[Path] = []
-    present: set[str] = set()
-    for directory, known, suffix in ((layout.issued_dir, certs, ".crt"),
-                                     (layout.private_dir, keys, ".key")):
-        if not directory.is_dir():
-            continue
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                name = entry.name
-                record = known.get(name)
-                if record is not None:
-                    if suffix == ".key" and record.status == "revoked":
-                        leftovers.append(Path(entry.path))  # keys of revoked certs are dropped
-                    else:
-                        present.add(name)
-                elif fsio.is_temp_name(name) or _looks_issued(name, suffix):
-                    leftovers.append(Path(entry.path))
+    """Check that valid records have their packs; return files left by interrupted runs
+    (packs no record points at) and key packs whose certificates are all revoked."""
+    cert_end: dict[str, tuple[int, str]] = {}
+    key_end: dict[str, tuple[int, str]] = {}
+    history: set[str] = set()
     for record in index.records:
+        history.add(record.pack)
         if record.status != "valid":
             continue
-        for path in (layout.cert_path(record.name, record.serial),
-                     layout.key_path(record.name, record.serial)):
-            if path.name not in present:
+        end = sum(record.cert_span)
+        if end > cert_end.get(record.pack, (0, ""))[0]:
+            cert_end[record.pack] = (end, record.name)
+        end = sum(record.key_span)
+        if end > key_end.get(record.pack, (0, ""))[0]:
+            key_end[record.pack] = (end, record.name)
+    leftovers: list[Path] = []
+    sizes: dict[str, int] = {}
+    if layout.packs_dir.is_dir():
+        with os.scandir(layout.packs_dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(CERT_PACK_SUFFIX):
+                    keep = name[: -len(CERT_PACK_SUFFIX)] in history  # certs stay as history
+                elif name.endswith(KEY_PACK_SUFFIX):
+                    keep = name[: -len(KEY_PACK_SUFFIX)] in key_end
+                else:
+                    keep = not fsio.is_temp_name(name)  # not ours: leave it alone
+                if keep:
+                    sizes[name] = entry.stat().st_size
+                else:
+                    leftovers.append(Path(entry.path))
+    for needed, path_of in ((cert_end, layout.cert_pack), (key_end, layout.key_pack)):
+        for pack, (end, name) in needed.items():
+            path = path_of(pack)
+            if sizes.get(path.name, -1) < end:
+                problem = "is missing" if path.name not in sizes else "is truncated"
                 raise IndexCorruptError(
-                    f"{path} is missing but the index lists {record.name!r} (serial "
-                    f"{record.serial_hex}) as valid: restore it from a backup, or revoke it "
-                    f"(`iotfleet pki revoke {record.name} --reason keyCompromise`) so the next "
-                    "run issues a new one"
+                    f"{path} {problem} but the index lists certificates in it as valid (e.g. "
+                    f"{name!r}): restore it from a backup, or revoke those identities "
+                    f"(`iotfleet pki revoke {name} --reason keyCompromise`) to have them re-issued"
                 )
     remove_stale_staging(layout)
     return leftovers
 
 
-def _looks_issued(filename: str, suffix: str) -> bool:
-    """Our naming scheme <name>.<40 hex serial><suffix> (other files are left alone)."""
-    if not filename.endswith(suffix):
-        return False
-    parts = filename[: -len(suffix)].rsplit(".", 1)
-    return (len(parts) == 2 and len(parts[1]) == 40
-            and all(c in "0123456789abcdef" for c in parts[1]))
+def dead_key_packs(layout: StateLayout, index: Index, packs: Iterable[str]) -> list[Path]:
+    """Key packs among ``packs`` that no valid certificate needs any more (to be removed)."""
+    alive = {record.pack for record in index.records if record.status == "valid"}
+    return [layout.key_pack(pack) for pack in set(packs) - alive]
 
 
 def next_crl_number(layout_crl: Path, info: CrlInfo | None) -> int:
@@ -169,7 +175,7 @@ def save_index(layout: StateLayout, index: Index) -> None:
 
 
 def remove_files(paths: list[Path]) -> None:
-    """Delete files (keys of revoked certificates, leftovers) and make the removal durable."""
+    """Delete files (dead key packs, leftovers) and make the removal durable."""
     dirs = {p.parent for p in paths}
     for path in paths:
         path.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iotfleet.pki import fsio
-from iotfleet.pki.errors import PkiError, StateError
+from iotfleet.pki.errors import IndexCorruptError, PkiError, StateError
 from iotfleet.pki.index import Index, IndexRecord, load_index
 from iotfleet.pki.layout import StateLayout
 
@@ -58,22 +58,15 @@ class PkiStore:
             return current
         return next((r for r in reversed(index.records) if r.name == name), None)
 
-    def certificate_path(self, name: str) -> Path:
-        """File of the valid certificate of ``name`` (for pyinfra ``files.put``)."""
-        record = self._current(name)
-        return self.layout.cert_path(record.name, record.serial)
-
-    def private_key_path(self, name: str) -> Path:
-        """File (0600) of the key of the valid certificate of ``name``."""
-        record = self._current(name)
-        return self.layout.key_path(record.name, record.serial)
-
     def certificate_pem(self, name: str) -> bytes:
-        return self._read(self.certificate_path(name))
+        """PEM of the valid certificate of ``name``."""
+        record = self._current(name)
+        return self._read_span(self.layout.cert_pack(record.pack), record.cert_span, name)
 
     def private_key_pem(self, name: str) -> bytes:
         """Unencrypted PKCS#8 PEM. Treat as a secret: never log it or leave it in /tmp."""
-        return self._read(self.private_key_path(name))
+        record = self._current(name)
+        return self._read_span(self.layout.key_pack(record.pack), record.key_span, name)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -96,6 +89,21 @@ class PkiStore:
                 self._index = load_index(self.layout)
             self._stamp = stamp
         return self._index
+
+    def _read_span(self, path: Path, span: tuple[int, int], name: str) -> bytes:
+        offset, length = span
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(length)
+        except FileNotFoundError:
+            raise StateError(f"{path} (holding {name!r}) is missing; restore it from a backup "
+                             "or revoke the identity to have it re-issued") from None
+        if len(data) != length or not data.startswith(b"-----BEGIN ") or not data.rstrip(
+                ).endswith(b"-----"):
+            raise IndexCorruptError(f"{path} does not hold a PEM block for {name!r} where the "
+                                    "index says: the pack was edited or damaged")
+        return data
 
     def _read(self, path: Path) -> bytes:
         try:

@@ -182,11 +182,15 @@ def test_index_txt_edited_by_hand_names_the_line(state: Path) -> None:
         _fails_cleanly(state, action, IndexCorruptError, r"index\.txt line 4 .*edited by hand")
 
 
-def test_missing_key_file_is_reported(state: Path) -> None:
-    key = next((state / "private").glob("gw-0001.*.key"))
-    key.unlink()
+def test_missing_or_truncated_key_pack_is_reported(state: Path) -> None:
+    key_pack = next((state / "packs").glob("*.keys.pem"))
+    data = key_pack.read_bytes()
+    key_pack.write_bytes(data[:100])
     _fails_cleanly(state, lambda: reconcile(settings_for(state), FLEET, now=T0),
-                   IndexCorruptError, r"gw-0001.*missing.*revoke gw-0001")
+                   IndexCorruptError, r"keys\.pem is truncated.*revoke")
+    key_pack.unlink()
+    _fails_cleanly(state, lambda: reconcile(settings_for(state), FLEET, now=T0),
+                   IndexCorruptError, r"keys\.pem is missing .*valid.*iotfleet pki revoke")
 
 
 def test_expired_intermediate_is_refused(state: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import VerificationError
 
 from iotfleet.pki import IdentitySpec, PkiStore, reconcile
@@ -40,11 +41,12 @@ def test_two_concurrent_reconciles_issue_each_identity_once(tmp_path: Path) -> N
     index = load_index(layout)
     assert len(index.records) == len(DEVICES)  # one issuance per name, nothing revoked
     assert {r.name for r in index.records} == {s.name for s in DEVICES}
-    assert len(list(layout.issued_dir.iterdir())) == len(DEVICES)
-    assert len(list(layout.private_dir.iterdir())) == len(DEVICES)
+    assert len({record.pack for record in index.records}) == 1  # one run issued, the other saw it
+    assert len(list(layout.packs_dir.iterdir())) == 2
+    store = PkiStore(state)
     for record in index.records:
-        assert layout.cert_path(record.name, record.serial).exists()
-        assert layout.key_path(record.name, record.serial).exists()
+        cert = x509.load_pem_x509_certificate(store.certificate_pem(record.name))
+        assert cert.serial_number == record.serial
 
 
 def test_large_batch_uses_the_process_pool_and_stays_consistent(
@@ -61,7 +63,9 @@ def test_large_batch_uses_the_process_pool_and_stays_consistent(
     for name in ("dev-00000", "dev-00599"):
         verify_leaf(x509.load_pem_x509_certificate(store.certificate_pem(name)), root,
                     intermediate, now)
-    assert len(list((state / "private").iterdir())) == 600
+    key = serialization.load_pem_private_key(store.private_key_pem("dev-00599"), None)
+    assert key.public_key() == x509.load_pem_x509_certificate(
+        store.certificate_pem("dev-00599")).public_key()
     assert not reconcile(settings_for(state, workers=2), specs).changed
 
 

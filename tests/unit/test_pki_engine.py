@@ -64,10 +64,11 @@ def test_first_run_creates_ca_and_every_identity_with_safe_modes(state: Path) ->
     assert report.ca_created and report.changed
     assert set(report.issued) == {"broker-1", "gw-0001", "ops.alice"}
     store = PkiStore(state)
-    for path in [state, state / "ca", state / "issued", state / "private"]:
+    for path in [state, state / "ca", state / "packs"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
-    keys = [*(state / "private").iterdir(), state / "ca/root.key", state / "ca/intermediate.key"]
-    assert len(keys) == 5
+    keys = [*(state / "packs").glob("*.keys.pem"), state / "ca/root.key",
+            state / "ca/intermediate.key"]
+    assert len(keys) == 3  # one key pack for the run + the two CA keys
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
     assert b"ENCRYPTED PRIVATE KEY" in (state / "ca/root.key").read_bytes()
@@ -176,7 +177,8 @@ def test_renewal_inside_window_supersedes_and_revokes_old(state: Path) -> None:
     assert revoked.status == "revoked" and revoked.reason == "superseded"
     entry = _crl(store).get_revoked_certificate_by_serial_number(old.serial)
     assert entry is not None
-    assert not (state / "private" / f"broker-1.{old.serial_hex}.key").exists()  # key dropped
+    # Only the renewed broker's key pack is still needed; the first run's pack keeps the others.
+    assert len(list((state / "packs").glob("*.keys.pem"))) == 2
     verify_with_cryptography(store, "broker-1", inside)
 
 
@@ -298,8 +300,8 @@ def test_intermediate_is_recertified_automatically_when_root_online(state: Path)
 def test_leftovers_of_an_interrupted_run_are_removed(state: Path) -> None:
     settings = settings_for(state)
     reconcile(settings, FLEET, now=T0)
-    orphan = state / "private" / f"gw-0002.{'ab' * 20}.key"
-    orphan.write_bytes(b"half-written")
+    orphan = state / "packs" / "20300115T120000Z-deadbeef.keys.pem"
+    orphan.write_bytes(b"half-written by a crashed run")
     (state / "index.txt").unlink()
     report = reconcile(settings, FLEET, now=T0)
     assert report.files_repaired == 2 and not orphan.exists()
