@@ -19,9 +19,10 @@ from iotfleet.pki.errors import (
     RootKeyOfflineError,
     StateError,
 )
+from iotfleet.pki.health import StatusReport, StatusRow, status
 from iotfleet.pki.index import IndexRecord
 from iotfleet.pki.manual import renew_intermediate, revoke
-from iotfleet.pki.reconcile import ReconcileReport, reconcile
+from iotfleet.pki.reconciler import ReconcileReport, reconcile
 from iotfleet.pki.spec import (
     NAME_RULE,
     REVOCATION_REASONS,
@@ -29,7 +30,6 @@ from iotfleet.pki.spec import (
     PkiSettings,
     default_state_dir,
 )
-from iotfleet.pki.status import StatusReport, StatusRow, status
 from iotfleet.pki.store import NotIssuedError, PkiStore
 
 __all__ = [

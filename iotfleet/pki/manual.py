@@ -19,7 +19,7 @@ from iotfleet.pki.errors import CaExpiredError, PkiInputError, StateError
 from iotfleet.pki.index import IndexRecord
 from iotfleet.pki.keys import load_encrypted_key
 from iotfleet.pki.passphrase import read_passphrase
-from iotfleet.pki.reconcile import utc_now
+from iotfleet.pki.reconciler import utc_now
 from iotfleet.pki.spec import PkiSettings, validate_name, validate_reason, validate_settings
 from iotfleet.pki.state import (
     dead_key_packs,

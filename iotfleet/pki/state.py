@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,8 +24,10 @@ from iotfleet.pki import fsio
 from iotfleet.pki.ca import CaCerts, load_ca_certs, remove_stale_staging
 from iotfleet.pki.crl import RevokedEntry, build_crl, crl_number
 from iotfleet.pki.errors import IndexCorruptError, StateError
-from iotfleet.pki.index import CrlInfo, Index, load_index
+from iotfleet.pki.index import CrlInfo, Index, IndexRecord, load_index
+from iotfleet.pki.keys import key_type_of
 from iotfleet.pki.layout import CERT_PACK_SUFFIX, KEY_PACK_SUFFIX, StateLayout
+from iotfleet.pki.spec import KINDS
 
 
 @contextlib.contextmanager
@@ -52,6 +55,9 @@ class LoadedState:
     ca: CaCerts | None
     index: Index
     leftovers: list[Path] = field(default_factory=list)  # to remove at the end of a run
+    # Cert packs no record points at: a crash before the index commit, or an index restored
+    # from an older backup. Reconcile records their certificates as revoked (see adopt_orphans).
+    orphan_cert_packs: list[Path] = field(default_factory=list)
     crl_ok: bool = True
     root_crl_ok: bool = True
     txt_missing: bool = False
@@ -71,10 +77,16 @@ def load_state(layout: StateLayout) -> LoadedState:
     index = load_index(layout)
     if ca is None and index.records:
         raise IndexCorruptError(f"{layout.index_json} lists certificates but there is no CA")
+    if ca is not None and not layout.index_json.exists() and any(
+            layout.packs_dir.glob("*" + CERT_PACK_SUFFIX)):
+        raise IndexCorruptError(
+            f"{layout.index_json} is missing but {layout.packs_dir} holds issued certificates: "
+            "restore index.json from a backup (the engine will not re-issue the whole fleet)"
+        )
     state = LoadedState(layout, ca, index)
     if ca is None:
         return state
-    state.leftovers = _scan_files(layout, index)
+    state.leftovers, state.orphan_cert_packs = _scan_files(layout, index)
     state.crl_ok = index.crl is not None and sha256_file(layout.crl) == index.crl.sha256
     state.root_crl_ok = (index.root_crl is not None
                          and sha256_file(layout.root_crl) == index.root_crl.sha256)
@@ -82,7 +94,7 @@ def load_state(layout: StateLayout) -> LoadedState:
     return state
 
 
-def _scan_files(layout: StateLayout, index: Index) -> list[Path]:
+def _scan_files(layout: StateLayout, index: Index) -> tuple[list[Path], list[Path]]:
     """Check that valid records have their packs; return files left by interrupted runs
     (packs no record points at) and key packs whose certificates are all revoked."""
     cert_end: dict[str, tuple[int, str]] = {}
@@ -99,6 +111,7 @@ def _scan_files(layout: StateLayout, index: Index) -> list[Path]:
         if end > key_end.get(record.pack, (0, ""))[0]:
             key_end[record.pack] = (end, record.name)
     leftovers: list[Path] = []
+    orphan_certs: list[Path] = []
     sizes: dict[str, int] = {}
     if layout.packs_dir.is_dir():
         with os.scandir(layout.packs_dir) as entries:
@@ -112,6 +125,8 @@ def _scan_files(layout: StateLayout, index: Index) -> list[Path]:
                     keep = not fsio.is_temp_name(name)  # not ours: leave it alone
                 if keep:
                     sizes[name] = entry.stat().st_size
+                elif name.endswith(CERT_PACK_SUFFIX):
+                    orphan_certs.append(Path(entry.path))
                 else:
                     leftovers.append(Path(entry.path))
     for needed, path_of in ((cert_end, layout.cert_pack), (key_end, layout.key_pack)):
@@ -125,13 +140,50 @@ def _scan_files(layout: StateLayout, index: Index) -> list[Path]:
                     f"(`iotfleet pki revoke {name} --reason keyCompromise`) to have them re-issued"
                 )
     remove_stale_staging(layout)
-    return leftovers
+    return leftovers, sorted(orphan_certs)
 
 
 def dead_key_packs(layout: StateLayout, index: Index, packs: Iterable[str]) -> list[Path]:
     """Key packs among ``packs`` that no valid certificate needs any more (to be removed)."""
     alive = {record.pack for record in index.records if record.status == "valid"}
     return [layout.key_pack(pack) for pack in set(packs) - alive]
+
+
+_BLOCK_RE = re.compile(
+    rb"# (?P<name>[A-Za-z0-9._-]{1,64}) serial (?P<serial>[0-9a-f]{40}) (?P<kind>[a-z]+)\n"
+    rb"(?P<pem>-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----\n)"
+)
+
+
+def adopt_orphans(paths: Iterable[Path], index: Index, now: datetime) -> int:
+    """Record the certificates of orphan cert packs as revoked (reason superseded).
+
+    After a crash they were never handed out and revoking them costs nothing; after a restore
+    from an older backup they may be in the field, and a certificate the index does not know
+    could never be revoked. Returns how many were adopted. Unparseable blocks are skipped.
+    """
+    adopted = 0
+    for path in paths:
+        pack = path.name[: -len(CERT_PACK_SUFFIX)]
+        data = path.read_bytes()
+        for match in _BLOCK_RE.finditer(data):
+            try:
+                cert = x509.load_pem_x509_certificate(match["pem"])
+            except ValueError:
+                continue
+            name, kind = match["name"].decode(), match["kind"].decode()
+            if (index.has_serial(cert.serial_number) or kind not in KINDS
+                    or cert.not_valid_after_utc <= now):
+                continue
+            index.add(IndexRecord(
+                name=name, kind=kind, serial=cert.serial_number, subject=f"CN={name}",
+                key_type=key_type_of(cert.public_key()), spec="", status="revoked",
+                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                reason="superseded", revoked_at=now, pack=pack,
+                cert_span=(match.start("pem"), len(match["pem"])), key_span=(0, 0),
+            ))
+            adopted += 1
+    return adopted
 
 
 def next_crl_number(layout_crl: Path, info: CrlInfo | None) -> int:

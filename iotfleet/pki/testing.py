@@ -18,7 +18,7 @@ from iotfleet.pki.errors import StateError
 from iotfleet.pki.keys import PrivateKey, generate_key, load_encrypted_key, plain_key_pem
 from iotfleet.pki.layout import StateLayout
 from iotfleet.pki.passphrase import read_passphrase
-from iotfleet.pki.reconcile import utc_now
+from iotfleet.pki.reconciler import utc_now
 from iotfleet.pki.spec import IdentitySpec, Kind, PkiSettings, validate_identities
 
 

@@ -318,3 +318,54 @@ def test_passphrase_file(state: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     assert reconcile(settings, FLEET, now=T0).ca_created
     monkeypatch.setenv(ENV, PASSPHRASE)
     assert not reconcile(settings_for(state), FLEET, now=T0).changed  # same secret via env
+
+
+def test_crash_before_the_index_commit_is_recovered(state: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_for(state)
+    reconcile(settings, (BROKER,), now=T0)
+
+    def crash(*_: object) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr("iotfleet.pki.reconciler.save_index", crash)
+    with pytest.raises(OSError, match="power cut"):
+        reconcile(settings, FLEET, now=T0)
+    monkeypatch.undo()
+    monkeypatch.setenv(ENV, PASSPHRASE)
+    orphan = sorted((state / "packs").glob("*.certs.pem"))[-1]
+    orphan_serials = {c.serial_number for c in x509.load_pem_x509_certificates(
+        orphan.read_bytes())}
+    report = reconcile(settings, FLEET, now=T0)
+    assert set(report.issued) == {"gw-0001", "ops.alice"} and report.crl_changed
+    assert any("recorded as revoked" in w for w in report.warnings)
+    store = PkiStore(state)
+    revoked = {r.serial for r in store.records() if r.status == "revoked"}
+    assert revoked == orphan_serials
+    crl_serials = {entry.serial_number for entry in _crl(store)}
+    assert crl_serials == orphan_serials
+    assert not reconcile(settings, FLEET, now=T0).changed
+
+
+def test_lost_index_with_issued_packs_is_refused(state: Path) -> None:
+    from iotfleet.pki import IndexCorruptError
+
+    settings = settings_for(state)
+    reconcile(settings, FLEET, now=T0)
+    (state / "index.json").unlink()
+    (state / "index.txt").unlink()
+    before = snapshot(state)
+    with pytest.raises(IndexCorruptError, match=r"index\.json is missing .*restore"):
+        reconcile(settings, FLEET, now=T0)
+    assert snapshot(state) == before
+
+
+def test_expired_intermediate_is_repaired_by_renew_intermediate(state: Path) -> None:
+    settings = settings_for(state)
+    reconcile(settings, FLEET, now=T0)
+    later = T0 + timedelta(days=settings.intermediate_days + 3)
+    renewed_until = renew_intermediate(settings, now=later)
+    assert renewed_until > later
+    report = reconcile(settings, FLEET, now=later)
+    assert set(report.renewed) == {"broker-1", "gw-0001", "ops.alice"}  # they had expired
+    verify_with_cryptography(PkiStore(state), "gw-0001", later)

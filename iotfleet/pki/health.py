@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from iotfleet.pki.reconcile import utc_now, within
+from iotfleet.pki.reconciler import utc_now, within
 from iotfleet.pki.spec import PkiSettings
 from iotfleet.pki.state import load_state, locked_layout
 

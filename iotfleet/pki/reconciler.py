@@ -46,6 +46,7 @@ from iotfleet.pki.spec import (
     validate_settings,
 )
 from iotfleet.pki.state import (
+    adopt_orphans,
     dead_key_packs,
     leaf_crl_entries,
     load_state,
@@ -168,7 +169,7 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
                         or within(index.crl.next_update, moment, settings.crl_refresh_before_days))
 
         if not (new_ca or new_intermediate or plan.jobs or need_root_crl or need_crl
-                or state.leftovers or state.txt_missing):
+                or state.leftovers or state.orphan_cert_packs or state.txt_missing):
             return ReconcileReport(warnings=tuple(warnings))
 
         # ---- nothing above wrote a byte; from here on we write ----
@@ -185,6 +186,12 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
                          for name, reason in plan.revocations]
         for record in issued:
             index.add(record)
+        adopted = adopt_orphans(state.orphan_cert_packs, index, moment)
+        if adopted:
+            need_crl = True
+            warnings.append(f"{adopted} certificate(s) in packs the index did not know (an "
+                            "interrupted run, or an older index restored) were recorded as "
+                            "revoked")
         if need_root_crl:
             assert root_key is not None
             index.root_crl = write_crl(layout.root_crl, ca.root, root_key, [], index.root_crl,
@@ -200,7 +207,8 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
             revoked=tuple(name for name, _ in plan.revocations),
             crl_changed=need_crl, root_crl_changed=need_root_crl, ca_created=new_ca is not None,
             intermediate_renewed=new_intermediate is not None,
-            files_repaired=len(state.leftovers) + int(state.txt_missing),
+            files_repaired=(len(state.leftovers) + len(state.orphan_cert_packs)
+                            + int(state.txt_missing)),
             warnings=tuple(warnings),
         )
 
