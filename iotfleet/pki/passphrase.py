@@ -45,13 +45,14 @@ def read_passphrase(settings: PkiSettings) -> Passphrase:
     if settings.passphrase_file is not None:
         value = _read_passphrase_file(settings, source)
     else:
-        env_value = os.environ.get(settings.passphrase_env)
+        # Raw bytes: decoding/encoding errors could otherwise quote parts of the secret.
+        env_value = os.environb.get(os.fsencode(settings.passphrase_env))
         if env_value is None:
             raise PassphraseError(
                 f"no CA passphrase: the {source} is not set (or point passphrase_file / "
                 "--passphrase-file at a 0600 file holding it)"
             )
-        value = env_value.encode()
+        value = env_value
     if not value:
         raise PassphraseError(f"the CA passphrase from the {source} is empty")
     return Passphrase(value, source)

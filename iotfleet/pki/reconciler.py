@@ -62,8 +62,8 @@ class ReconcileReport:
     """What a reconcile changed. ``changed`` is False exactly when no file was written."""
 
     issued: tuple[str, ...] = ()
-    renewed: tuple[str, ...] = ()
-    revoked: tuple[str, ...] = ()
+    renewed: tuple[str, ...] = ()  # their previous certificates were revoked as superseded
+    revoked: tuple[str, ...] = ()  # left the inventory, or marked revoked there
     crl_changed: bool = False
     root_crl_changed: bool = False
     ca_created: bool = False
@@ -83,7 +83,8 @@ class _Plan:
     jobs: list[IssueJob] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
     renewed: list[str] = field(default_factory=list)
-    revocations: list[tuple[str, str]] = field(default_factory=list)
+    revocations: list[tuple[str, str]] = field(default_factory=list)  # incl. superseded
+    revoked: list[str] = field(default_factory=list)  # removed from or marked in the inventory
     warnings: list[str] = field(default_factory=list)
 
 
@@ -204,7 +205,7 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
         remove_files(dead_key_packs(layout, index, touched_packs) + state.leftovers)
         return ReconcileReport(
             issued=tuple(plan.issued), renewed=tuple(plan.renewed),
-            revoked=tuple(name for name, _ in plan.revocations),
+            revoked=tuple(plan.revoked),
             crl_changed=need_crl, root_crl_changed=need_root_crl, ca_created=new_ca is not None,
             intermediate_renewed=new_intermediate is not None,
             files_repaired=(len(state.leftovers) + len(state.orphan_cert_packs)
@@ -225,6 +226,7 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
             # Marked revoked in the inventory: revoke what is valid, never issue again.
             if current is not None:
                 plan.revocations.append((spec.name, spec.revoked_reason))
+                plan.revoked.append(spec.name)
             continue
         fingerprint = spec_fingerprint(spec)
         not_after = min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)
@@ -243,8 +245,9 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
             continue
         plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE, not_after))
     wanted = {spec.name for spec in specs}
-    plan.revocations += [(name, "cessationOfOperation")
-                         for name in index.current_names() if name not in wanted]
+    removed = [name for name in index.current_names() if name not in wanted]
+    plan.revocations += [(name, "cessationOfOperation") for name in removed]
+    plan.revoked += removed
     if capped:
         plan.warnings.append(f"{capped} certificate(s) are due for renewal but cannot outlive the "
                              "intermediate: renew the intermediate first")

@@ -171,6 +171,7 @@ def test_renewal_inside_window_supersedes_and_revokes_old(state: Path) -> None:
     inside = old.not_after - timedelta(days=settings.renew_before_days - 1)
     report = reconcile(settings, FLEET, now=inside)
     assert "broker-1" in report.renewed and report.crl_changed
+    assert "broker-1" not in report.revoked  # superseded, not removed
     new = store.record("broker-1")
     assert new is not None and new.serial != old.serial and new.not_after > old.not_after
     revoked = next(r for r in store.records() if r.serial == old.serial)
