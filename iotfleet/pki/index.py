@@ -14,6 +14,7 @@ dir: such an attacker can already take the CA keys' ciphertext and the leaf keys
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -39,6 +40,7 @@ _TXT_HEADER = (
 )
 
 
+@functools.lru_cache(maxsize=4096)  # a batch shares a handful of timestamps
 def format_time(value: datetime) -> str:
     """UTC, second precision, Z suffix (also how index.txt shows times)."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -178,11 +180,11 @@ class Index:
         lines: list[str] = []
         digests: list[str] = []
         for record in self.records:
-            body = _record_dict(record)
-            digest = _digest(_canonical(body))
-            body["digest"] = digest
+            body = _canonical(_record_dict(record))
+            digest = _digest(body)
             digests.append(digest)
-            lines.append(_canonical(body))
+            # Key order inside a line does not matter: load_index re-canonicalizes without digest.
+            lines.append(f'{body[:-1]},"digest":"{digest}"}}')
         parts = [
             f'{{"format":{json.dumps(FORMAT)},\n',
             f'"crl":{crl},\n',
