@@ -1,0 +1,146 @@
+"""`iotfleet pki ...`: look at and act on the fleet PKI by hand (the inventory stays the truth)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from iotfleet.pki import (
+    REVOCATION_REASONS,
+    PkiError,
+    PkiSettings,
+    StatusReport,
+    StatusRow,
+    renew_intermediate,
+    revoke,
+    status,
+)
+
+EXIT_ATTENTION = 1  # status: something is inside its renewal window, expired, or a CRL is stale
+EXIT_ERROR = 2      # the command could not run (bad state dir, passphrase, input)
+_LIST_LIMIT = 200   # above this many rows, `status` lists only what needs attention unless --all
+
+
+class PkiCommandError(click.ClickException):
+    exit_code = EXIT_ERROR
+
+
+def resolve_settings(state_dir: Path | None, passphrase_file: Path | None) -> PkiSettings:
+    """Settings from the command line. (`--inventory INV` will resolve the state dir here.)"""
+    if state_dir is None:
+        raise click.UsageError("give the PKI state directory with --state-dir DIR")
+    return PkiSettings(state_dir=state_dir, passphrase_file=passphrase_file)
+
+
+def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options that locate the PKI and pass the resolved ``settings`` to ``command``."""
+
+    @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+                  envvar="IOTFLEET_PKI_STATE_DIR", help="PKI state directory.")
+    @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+                  help="0600 file holding the CA passphrase (default: $IOTFLEET_PKI_PASSPHRASE).")
+    @functools.wraps(command)
+    def wrapper(state_dir: Path | None, passphrase_file: Path | None, **kwargs: Any) -> Any:
+        settings = resolve_settings(state_dir, passphrase_file)
+        try:
+            return command(settings=settings, **kwargs)
+        except PkiError as exc:
+            raise PkiCommandError(str(exc)) from None
+
+    return wrapper
+
+
+@click.group()
+def cli() -> None:
+    """Fleet PKI: status, manual revocation, intermediate renewal."""
+
+
+_KIND_LABEL = {"root-ca": "root CA", "intermediate-ca": "intermediate", "root-crl": "root CRL",
+               "crl": "CRL"}
+_STYLE = {"ok": "green", "renew": "yellow", "expired": "bold red", "stale": "bold red",
+          "missing": "bold red"}
+
+
+def _row_cells(row: StatusRow) -> list[str]:
+    style = _STYLE.get(row.state, "")
+    days = "-" if row.days_left is None else str(row.days_left)
+    return [
+        _KIND_LABEL.get(row.kind, row.kind), row.name, row.serial[:12],
+        f"{row.expires:%Y-%m-%d}" if row.expires else "-",
+        f"[{style}]{days}[/]", f"[{style}]{row.state}[/]", row.note,
+    ]
+
+
+def render_status(report: StatusReport, console: Console, *, show_all: bool) -> None:
+    """The status table; large fleets list only CA rows and what needs attention by default."""
+    table = Table(title=f"PKI {report.state_dir}", title_justify="left")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("name", overflow="fold", min_width=12)
+    table.add_column("serial", no_wrap=True)
+    table.add_column("expires", no_wrap=True)
+    table.add_column("days left", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    rows = report.rows
+    with_notes = any(row.note for row in rows)
+    if with_notes:
+        table.add_column("note", overflow="fold")
+    hidden = 0
+    if not show_all and len(rows) > _LIST_LIMIT:
+        shown = [r for r in rows if r.kind in ("root-ca", "intermediate-ca", "crl", "root-crl")
+                 or r.needs_attention]
+        hidden = len(rows) - len(shown)
+        rows = tuple(shown)
+    for row in rows:
+        cells = _row_cells(row)
+        table.add_row(*(cells if with_notes else cells[:-1]))
+    console.print(table)
+    if hidden:
+        console.print(f"{hidden} more identities are ok (--all lists them).")
+    attention = len(report.attention_rows)
+    if attention:
+        console.print(f"[bold yellow]{attention} item(s) need attention[/]: run the PKI deploy "
+                      "(reconcile) or see docs/pki.md.")
+    else:
+        console.print("[green]Everything is valid and outside its renewal window.[/]")
+
+
+@cli.command("status")
+@settings_options
+@click.option("--all", "show_all", is_flag=True, help="List every identity, even in big fleets.")
+def status_command(settings: PkiSettings, show_all: bool) -> None:
+    """Days left for the CA, the CRLs and every identity; exit 1 if something needs attention."""
+    report = status(settings)
+    render_status(report, Console(), show_all=show_all)
+    if report.needs_attention:
+        raise SystemExit(EXIT_ATTENTION)
+
+
+@cli.command("revoke")
+@click.argument("name")
+@click.option("--reason", required=True, type=click.Choice(list(REVOCATION_REASONS)),
+              help="RFC 5280 reason.")
+@settings_options
+def revoke_command(settings: PkiSettings, name: str, reason: str) -> None:
+    """Revoke NAME's certificate now and re-sign the CRL.
+
+    If the inventory still lists NAME, the next reconcile issues a fresh key and certificate;
+    mark it revoked in the inventory to keep it out.
+    """
+    record = revoke(settings, name, reason)
+    click.echo(f"revoked {record.name} (serial {record.serial_hex}, reason {reason}); "
+               "the CRL was re-signed: redistribute it (deploy brokers).")
+
+
+@cli.command("renew-intermediate")
+@settings_options
+def renew_intermediate_command(settings: PkiSettings) -> None:
+    """Re-certify the issuing intermediate (needs ca/root.key online)."""
+    not_after = renew_intermediate(settings)
+    click.echo(f"intermediate renewed until {not_after:%Y-%m-%d}; redistribute ca/chain.pem "
+               "(deploy brokers and gateways), then take the root key offline again.")

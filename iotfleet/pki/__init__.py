@@ -1,0 +1,58 @@
+"""Fleet PKI engine: a private CA issuing broker, device and client identities from the inventory.
+
+Public API (see docs/pki.md):
+- ``reconcile(settings, identities, now=None) -> ReconcileReport``: make the state match.
+- ``PkiStore(state_dir)``: read certificates, keys, chain, CRL (no passphrase).
+- ``status(settings, now=None) -> StatusReport``: days left, ``needs_attention``.
+- ``revoke(settings, name, reason, now=None) -> IndexRecord``: manual revocation.
+- ``renew_intermediate(settings, now=None) -> datetime``: needs the root key online.
+"""
+
+from __future__ import annotations
+
+from iotfleet.pki.errors import (
+    CaExpiredError,
+    IndexCorruptError,
+    PassphraseError,
+    PkiError,
+    PkiInputError,
+    RootKeyOfflineError,
+    StateError,
+)
+from iotfleet.pki.health import StatusReport, StatusRow, status
+from iotfleet.pki.index import IndexRecord
+from iotfleet.pki.manual import renew_intermediate, revoke
+from iotfleet.pki.reconciler import ReconcileReport, reconcile
+from iotfleet.pki.spec import (
+    NAME_RULE,
+    REVOCATION_REASONS,
+    IdentitySpec,
+    PkiSettings,
+    default_state_dir,
+)
+from iotfleet.pki.store import NotIssuedError, PkiStore
+
+__all__ = [
+    "NAME_RULE",
+    "REVOCATION_REASONS",
+    "CaExpiredError",
+    "IdentitySpec",
+    "IndexCorruptError",
+    "IndexRecord",
+    "NotIssuedError",
+    "PassphraseError",
+    "PkiError",
+    "PkiInputError",
+    "PkiSettings",
+    "PkiStore",
+    "ReconcileReport",
+    "RootKeyOfflineError",
+    "StateError",
+    "StatusReport",
+    "StatusRow",
+    "default_state_dir",
+    "reconcile",
+    "renew_intermediate",
+    "revoke",
+    "status",
+]

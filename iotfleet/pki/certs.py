@@ -1,0 +1,168 @@
+"""Certificate builders: root CA, issuing intermediate, broker/device/client leaves.
+
+Profile (checked by cryptography's RFC 5280 verifier and `openssl verify` in the tests):
+random 159-bit serials, notBefore backdated for clock skew, SKI on every cert, AKI on every
+non-root cert, critical basicConstraints and keyUsage.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from iotfleet.pki.keys import PrivateKey
+from iotfleet.pki.spec import IdentitySpec
+
+# Devices with a slow or unset RTC must accept a certificate issued "just now".
+BACKDATE = timedelta(minutes=5)
+
+
+def root_subject(ca_name: str) -> x509.Name:
+    """Subject of the root CA."""
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca_name),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"{ca_name} Root CA"),
+    ])
+
+
+def intermediate_subject(ca_name: str) -> x509.Name:
+    """Subject of the issuing intermediate CA."""
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca_name),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"{ca_name} Issuing CA"),
+    ])
+
+
+def leaf_subject(name: str) -> x509.Name:
+    """Subject of a leaf: just the CN, which Mosquitto maps to the username."""
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+
+
+def _key_usage(*, digital_signature: bool = False, key_encipherment: bool = False,
+               cert_sign: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature, content_commitment=False,
+        key_encipherment=key_encipherment, data_encipherment=False, key_agreement=False,
+        key_cert_sign=cert_sign, crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+    )
+
+
+def _base(subject: x509.Name, issuer: x509.Name, public_key: CertificatePublicKeyTypes,
+          serial: int, not_before: datetime, not_after: datetime) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256:
+    """SHA-256: supported by BearSSL, Mosquitto and every verifier we target."""
+    del key
+    return hashes.SHA256()
+
+
+def build_root(key: CertificateIssuerPrivateKeyTypes, ca_name: str, serial: int,
+               not_before: datetime, not_after: datetime) -> x509.Certificate:
+    """Self-signed root. pathlen 1: root -> intermediate -> leaf and nothing deeper."""
+    subject = root_subject(ca_name)
+    builder = (
+        _base(subject, subject, key.public_key(), serial, not_before, not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+    )
+    return builder.sign(key, signature_hash(key))
+
+
+def build_intermediate(public_key: CertificatePublicKeyTypes,
+                       root_key: CertificateIssuerPrivateKeyTypes, root: x509.Certificate,
+                       ca_name: str, serial: int,
+                       not_before: datetime, not_after: datetime) -> x509.Certificate:
+    """Issuing intermediate: pathlen 0 (signs leaves only), keyCertSign + cRLSign."""
+    builder = (
+        _base(intermediate_subject(ca_name), root.subject, public_key, serial, not_before,
+              not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(authority_key_id(root), critical=False)
+    )
+    return builder.sign(root_key, signature_hash(root_key))
+
+
+def authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """AKI pointing at ``issuer``'s SKI."""
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+# Leaf extensions that never vary, built once (enrolling 10,000 devices builds 10,000 certs).
+_NOT_CA = x509.BasicConstraints(ca=False, path_length=None)
+_KU_EC = _key_usage(digital_signature=True)
+_KU_RSA = _key_usage(digital_signature=True, key_encipherment=True)
+_EKU_SERVER = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+_EKU_CLIENT = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """What signing a leaf needs from the intermediate (picklable parts precomputed once)."""
+
+    key: PrivateKey
+    subject: x509.Name
+    aki: x509.AuthorityKeyIdentifier
+
+
+def build_leaf(spec: IdentitySpec, public_key: CertificatePublicKeyTypes, issuer: Issuer,
+               serial: int, not_before: datetime, not_after: datetime) -> x509.Certificate:
+    """Broker (serverAuth + SANs) or device/client (clientAuth, CN = MQTT identity) certificate."""
+    # RSA keys also get keyEncipherment: TLS 1.2 RSA key exchange (BearSSL offers it) needs it.
+    usage = _KU_RSA if isinstance(public_key, rsa.RSAPublicKey) else _KU_EC
+    builder = (
+        _base(leaf_subject(spec.name), issuer.subject, public_key, serial, not_before, not_after)
+        .add_extension(_NOT_CA, critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(_EKU_SERVER if spec.kind == "broker" else _EKU_CLIENT, critical=False)
+        .add_extension(issuer.aki, critical=False)
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in spec.dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in spec.ip_addresses]
+    if not sans:
+        # Client certs carry their identity as a URI SAN too: RFC 5280 verifiers (cryptography's
+        # client verifier among them) require a SAN; Mosquitto keeps using the CN.
+        sans = [x509.UniformResourceIdentifier(identity_uri(spec.kind, spec.name))]
+    builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer.key, signature_hash(issuer.key))
+
+
+def identity_uri(kind: str, name: str) -> str:
+    """The URI SAN of a device/client certificate."""
+    return f"urn:iotfleet:{kind}:{name}"
+
+
+def public_key_of(key: CertificateIssuerPrivateKeyTypes) -> CertificatePublicKeyTypes:
+    """The public half (typed for the builders)."""
+    public = key.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+    return public
+
+
+def public_key_of_cert(cert: x509.Certificate) -> CertificatePublicKeyTypes:
+    """A certificate's public key (typed for the builders)."""
+    public = cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+    return public

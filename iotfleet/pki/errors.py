@@ -1,0 +1,39 @@
+"""PKI engine exceptions. Every message names what is wrong and where; none holds a secret."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PkiError(Exception):
+    """Base class: something stops a PKI operation. Nothing was written when it is raised."""
+
+
+class PkiInputError(PkiError):
+    """The identities or settings handed to the engine are invalid (all problems listed at once)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        head = "invalid PKI input" if count == 1 else f"invalid PKI input ({count} problems)"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class PassphraseError(PkiError):
+    """The CA passphrase is missing, unreadable or wrong. Says where it looked, never what it is."""
+
+
+class IndexCorruptError(PkiError):
+    """The index (index.json / index.txt) or its files do not match: edited by hand or damaged."""
+
+
+class CaExpiredError(PkiError):
+    """The root or the issuing intermediate has expired; a person must act before issuing."""
+
+
+class RootKeyOfflineError(PkiError):
+    """An operation needs the root key (renewing the intermediate) but ca/root.key is not there."""
+
+
+class StateError(PkiError):
+    """The state dir is in a shape the engine refuses to touch (e.g. a key without its cert)."""

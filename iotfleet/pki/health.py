@@ -1,0 +1,131 @@
+"""How much time is left: CA certificates, CRLs and every valid identity (no passphrase needed)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from iotfleet.pki.reconciler import utc_now, within
+from iotfleet.pki.spec import PkiSettings
+from iotfleet.pki.state import load_state, locked_layout
+
+OK = "ok"
+RENEW = "renew"      # inside its renewal / refresh window
+EXPIRED = "expired"  # certificate past notAfter
+STALE = "stale"      # CRL past nextUpdate, or not the one the index recorded
+MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One line of `iotfleet pki status`. ``expires`` is notAfter, or nextUpdate for a CRL."""
+
+    kind: str  # root-ca, intermediate-ca, crl, root-crl, broker, device, client
+    name: str
+    serial: str
+    expires: datetime | None
+    days_left: int | None
+    state: str
+    note: str = ""
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.state != OK
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Rows in display order: CA, CRLs, then identities in issuance order."""
+
+    state_dir: Path
+    rows: tuple[StatusRow, ...]
+    root_key_online: bool
+
+    @property
+    def needs_attention(self) -> bool:
+        return any(row.needs_attention for row in self.rows)
+
+    @property
+    def attention_rows(self) -> tuple[StatusRow, ...]:
+        return tuple(row for row in self.rows if row.needs_attention)
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
+
+
+def _days_left(deadline: datetime, now: datetime) -> int:
+    return math.floor((deadline - now).total_seconds() / 86400)
+
+
+def _cert_state(not_after: datetime, now: datetime, window: int) -> str:
+    if not_after <= now:
+        return EXPIRED
+    return RENEW if within(not_after, now, window) else OK
+
+
+def _crl_state(next_update: datetime, now: datetime, window: int, matches: bool) -> str:
+    if next_update <= now or not matches:
+        return STALE
+    return RENEW if within(next_update, now, window) else OK
+
+
+def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusReport:
+    """Read the state dir (verifying the index) and report days left for everything that expires.
+
+    ``needs_attention`` is True when anything is inside its renewal window, expired, or a CRL is
+    stale or close to nextUpdate.
+    """
+    moment = utc_now(now)
+    with locked_layout(settings.state_dir, shared=True) as layout:
+        state = load_state(layout)
+    rows: list[StatusRow] = []
+    ca = state.ca
+    if ca is None:
+        rows.append(StatusRow("root-ca", settings.ca_name, "", None, None, MISSING,
+                              "no CA yet: run a reconcile"))
+        return StatusReport(layout.root, tuple(rows), False)
+    index = state.index
+    offline = "" if ca.root_key_online else "root key offline"
+    rows.append(StatusRow(
+        "root-ca", _common_name(ca.root), f"{ca.root.serial_number:040x}",
+        ca.root.not_valid_after_utc, _days_left(ca.root.not_valid_after_utc, moment),
+        _cert_state(ca.root.not_valid_after_utc, moment, settings.intermediate_renew_before_days),
+        offline,
+    ))
+    inter = ca.intermediate
+    rows.append(StatusRow(
+        "intermediate-ca", _common_name(inter), f"{inter.serial_number:040x}",
+        inter.not_valid_after_utc, _days_left(inter.not_valid_after_utc, moment),
+        _cert_state(inter.not_valid_after_utc, moment, settings.intermediate_renew_before_days),
+        "renewal needs the root key" if offline and within(
+            inter.not_valid_after_utc, moment, settings.intermediate_renew_before_days) else "",
+    ))
+    for kind, info, matches, window, note in (
+        ("crl", index.crl, state.crl_ok, settings.crl_refresh_before_days, ""),
+        ("root-crl", index.root_crl, state.root_crl_ok, settings.renew_before_days, offline),
+    ):
+        if info is None:
+            rows.append(StatusRow(kind, "", "", None, None, MISSING, "run a reconcile"))
+            continue
+        rows.append(StatusRow(
+            kind, f"CRL number {info.number}", "", info.next_update,
+            _days_left(info.next_update, moment),
+            _crl_state(info.next_update, moment, window, matches),
+            note if matches else "file does not match the index: run a reconcile",
+        ))
+    for record in index.records:
+        if record.status != "valid":
+            continue
+        rows.append(StatusRow(
+            record.kind, record.name, record.serial_hex, record.not_after,
+            _days_left(record.not_after, moment),
+            _cert_state(record.not_after, moment, settings.renew_before_days),
+        ))
+    return StatusReport(layout.root, tuple(rows), ca.root_key_online)

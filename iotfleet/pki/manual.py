@@ -1,0 +1,105 @@
+"""Operations a person runs by hand: revoke one identity, renew the intermediate."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from iotfleet.pki import fsio
+from iotfleet.pki.ca import (
+    CaCerts,
+    chain_pem,
+    check_ca_valid,
+    issuer_from,
+    load_root_key,
+    pem,
+    recertify_intermediate,
+)
+from iotfleet.pki.ca import load_issuer as _load_issuer
+from iotfleet.pki.errors import CaExpiredError, PkiInputError, StateError
+from iotfleet.pki.index import IndexRecord
+from iotfleet.pki.keys import load_encrypted_key
+from iotfleet.pki.passphrase import read_passphrase
+from iotfleet.pki.reconciler import utc_now
+from iotfleet.pki.spec import PkiSettings, validate_name, validate_reason, validate_settings
+from iotfleet.pki.state import (
+    dead_key_packs,
+    leaf_crl_entries,
+    load_state,
+    locked_layout,
+    remove_files,
+    save_index,
+    write_crl,
+)
+
+
+def revoke(settings: PkiSettings, name: str, reason: str, *,
+           now: datetime | None = None) -> IndexRecord:
+    """Revoke the valid certificate of ``name`` now and re-sign the CRL.
+
+    The inventory stays the source of truth: if it still lists ``name`` (not marked revoked),
+    the next reconcile issues a fresh key and certificate (revoke-and-reissue).
+
+    Args:
+        settings: PKI settings (the passphrase is needed to sign the CRL).
+        name: identity name (certificate CN).
+        reason: RFC 5280 reason name, e.g. "keyCompromise", "cessationOfOperation".
+
+    Returns:
+        The revoked index record.
+    """
+    moment = utc_now(now)
+    validate_settings(settings)
+    problems = [p for p in (validate_name(name), validate_reason(reason)) if p]
+    if problems:
+        raise PkiInputError(problems)
+    passphrase = read_passphrase(settings)
+    with locked_layout(settings.state_dir) as layout:
+        state = load_state(layout)
+        if state.ca is None:
+            raise StateError(f"no CA in {layout.root}: nothing to revoke")
+        check_ca_valid(state.ca, moment)
+        issuer = _load_issuer(layout, state.ca, passphrase)
+        index = state.index
+        if index.current(name) is None:
+            raise PkiInputError([f"{name!r} has no valid certificate in {layout.root} "
+                                 "(never issued, or already revoked)"])
+        record = index.revoke(name, reason, moment)
+        index.crl = write_crl(layout.crl, state.ca.intermediate, issuer.key,
+                              leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
+        save_index(layout, index)
+        remove_files([*dead_key_packs(layout, index, [record.pack]), *state.leftovers])
+        return record
+
+
+def renew_intermediate(settings: PkiSettings, *, now: datetime | None = None) -> datetime:
+    """Re-certify the intermediate's key with the root key (works even after it expired).
+
+    Needs ``ca/root.key`` (bring the root online for this). Leaves stay valid: same key, same
+    SKI. Afterwards redistribute ca/chain.pem. Returns the new intermediate's notAfter.
+    """
+    moment = utc_now(now)
+    validate_settings(settings)
+    passphrase = read_passphrase(settings)
+    with locked_layout(settings.state_dir) as layout:
+        state = load_state(layout)
+        if state.ca is None:
+            raise StateError(f"no CA in {layout.root}: run a reconcile first")
+        if state.ca.root.not_valid_after_utc <= moment:
+            check_ca_valid(state.ca, moment)  # raises the root-expired message
+        root_key = load_root_key(layout, passphrase, "renewing the intermediate")
+        intermediate_key = load_encrypted_key(layout.intermediate_key, passphrase)
+        issuer_from(intermediate_key, state.ca.intermediate, layout)
+        new_intermediate = recertify_intermediate(state.ca, root_key, settings, moment)
+        if new_intermediate.not_valid_after_utc <= moment:
+            raise CaExpiredError("the root CA expires before a new intermediate could start")
+        certs = CaCerts(state.ca.root, new_intermediate, True)
+        fsio.atomic_write(layout.intermediate_cert, pem(new_intermediate))
+        fsio.atomic_write(layout.chain, chain_pem(certs))
+        index = state.index
+        index.crl = write_crl(layout.crl, new_intermediate, intermediate_key,
+                              leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
+        index.root_crl = write_crl(layout.root_crl, certs.root, root_key, [], index.root_crl,
+                                   moment, settings.root_crl_days)
+        save_index(layout, index)
+        remove_files(state.leftovers)
+        return new_intermediate.not_valid_after_utc

@@ -1,0 +1,262 @@
+"""Make the PKI state match the inventory: issue, renew, revoke, keep the CRLs fresh.
+
+Order of a run (everything that can fail on bad input fails before the first write):
+1. validate settings and every spec, read the passphrase; lock; load and cross-check the state
+   (index digests, files, CA validity), decrypt the intermediate key (a wrong passphrase fails
+   here, on every run, not months later at the first renewal);
+2. plan in memory;
+3. write: new CA (if any), new keys and certificates (one sync for the batch), CA certificate
+   changes, CRLs, then index.json (the commit point) and index.txt; finally remove the keys of
+   certificates revoked in this run and files left by interrupted runs.
+A run with nothing to do writes nothing at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+
+from iotfleet.pki import fsio
+from iotfleet.pki.ca import (
+    CaCerts,
+    chain_pem,
+    check_ca_valid,
+    create_ca,
+    issuer_from,
+    load_issuer,
+    load_root_key,
+    pem,
+    recertify_intermediate,
+    write_new_ca,
+)
+from iotfleet.pki.certs import BACKDATE
+from iotfleet.pki.index import Index
+from iotfleet.pki.issue import IssueJob, new_pack_name, sign_batch, write_pack
+from iotfleet.pki.keys import PrivateKey
+from iotfleet.pki.layout import StateLayout
+from iotfleet.pki.passphrase import check_new_passphrase, read_passphrase
+from iotfleet.pki.spec import (
+    IdentitySpec,
+    PkiSettings,
+    spec_fingerprint,
+    validate_identities,
+    validate_settings,
+)
+from iotfleet.pki.state import (
+    adopt_orphans,
+    dead_key_packs,
+    leaf_crl_entries,
+    load_state,
+    locked_layout,
+    remove_files,
+    save_index,
+    write_crl,
+)
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What a reconcile changed. ``changed`` is False exactly when no file was written."""
+
+    issued: tuple[str, ...] = ()
+    renewed: tuple[str, ...] = ()  # their previous certificates were revoked as superseded
+    revoked: tuple[str, ...] = ()  # left the inventory, or marked revoked there
+    crl_changed: bool = False
+    root_crl_changed: bool = False
+    ca_created: bool = False
+    intermediate_renewed: bool = False
+    files_repaired: int = 0  # leftovers of interrupted runs removed, index.txt regenerated
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.issued or self.renewed or self.revoked or self.crl_changed
+                    or self.root_crl_changed or self.ca_created or self.intermediate_renewed
+                    or self.files_repaired)
+
+
+@dataclass
+class _Plan:
+    jobs: list[IssueJob] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+    renewed: list[str] = field(default_factory=list)
+    revocations: list[tuple[str, str]] = field(default_factory=list)  # incl. superseded
+    revoked: list[str] = field(default_factory=list)  # removed from or marked in the inventory
+    warnings: list[str] = field(default_factory=list)
+
+
+def utc_now(now: datetime | None) -> datetime:
+    """``now`` (tests move time with it) or the clock, in UTC, whole seconds."""
+    moment = datetime.now(UTC) if now is None else now
+    if moment.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
+def within(deadline: datetime, now: datetime, days: int) -> bool:
+    """True when ``deadline`` is at most ``days`` away (or past)."""
+    return deadline - now <= timedelta(days=days)
+
+
+def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
+              now: datetime | None = None) -> ReconcileReport:
+    """Issue what is missing, renew what expires soon or changed, revoke what left the inventory
+    (cessationOfOperation) or is marked revoked, and keep both CRLs signed before nextUpdate.
+
+    Args:
+        settings: where the state lives, validity periods, passphrase source.
+        identities: every identity the inventory says should exist (names unique).
+        now: the time to act at (default: the clock); tests use it to move time.
+
+    Raises:
+        PkiInputError, PassphraseError, IndexCorruptError, CaExpiredError, StateError: before
+        anything is written.
+    """
+    moment = utc_now(now)
+    validate_settings(settings)
+    specs = validate_identities(identities)
+    passphrase = read_passphrase(settings)
+    if StateLayout(settings.state_dir).is_fresh():
+        check_new_passphrase(passphrase)  # before the state dir is even created
+    with locked_layout(settings.state_dir, create=True) as layout:
+        state = load_state(layout)
+        index = state.index
+        warnings: list[str] = []
+        root_key: PrivateKey | None = None
+        if state.ca is None:
+            new_ca = create_ca(settings, moment)
+            ca = new_ca.certs
+            issuer = issuer_from(new_ca.intermediate_key, ca.intermediate)
+            root_key = new_ca.root_key
+        else:
+            new_ca = None
+            ca = state.ca
+            check_ca_valid(ca, moment)
+            issuer = load_issuer(layout, ca, passphrase)
+
+        new_intermediate: x509.Certificate | None = None
+        if new_ca is None and within(ca.intermediate.not_valid_after_utc, moment,
+                                     settings.intermediate_renew_before_days):
+            if ca.root_key_online:
+                root_key = load_root_key(layout, passphrase, "renewing the intermediate")
+                new_intermediate = recertify_intermediate(ca, root_key, settings, moment)
+                ca = CaCerts(ca.root, new_intermediate, True)
+                issuer = issuer_from(issuer.key, new_intermediate)
+            else:
+                warnings.append(
+                    f"the intermediate expires on {ca.intermediate.not_valid_after_utc:%Y-%m-%d}: "
+                    "put ca/root.key back and run `iotfleet pki renew-intermediate`"
+                )
+
+        plan = _plan(settings, specs, index, ca.intermediate.not_valid_after_utc, moment)
+        warnings += plan.warnings
+
+        need_root_crl = bool(new_ca or new_intermediate) or (
+            ca.root_key_online and (not state.root_crl_ok or index.root_crl is None or within(
+                index.root_crl.next_update, moment, settings.renew_before_days)))
+        if (not ca.root_key_online and index.root_crl is not None
+                and within(index.root_crl.next_update, moment, settings.renew_before_days)):
+            warnings.append(f"the root CRL's nextUpdate is {index.root_crl.next_update:%Y-%m-%d}:"
+                            " put ca/root.key back for one run to re-sign it")
+        if need_root_crl and root_key is None:
+            root_key = load_root_key(layout, passphrase, "signing the root CRL")
+        if index.crl is not None and not state.crl_ok:
+            warnings.append(f"{layout.crl} was missing or not the one the index recorded: "
+                            "re-signed it")
+        need_crl = bool(new_ca or plan.revocations or not state.crl_ok or index.crl is None
+                        or within(index.crl.next_update, moment, settings.crl_refresh_before_days))
+
+        if not (new_ca or new_intermediate or plan.jobs or need_root_crl or need_crl
+                or state.leftovers or state.orphan_cert_packs or state.txt_missing):
+            return ReconcileReport(warnings=tuple(warnings))
+
+        # ---- nothing above wrote a byte; from here on we write ----
+        pems = sign_batch(plan.jobs, issuer, settings.workers)  # CPU only, still no write
+        if new_ca is not None:
+            write_new_ca(layout, new_ca, passphrase)
+        fsio.ensure_dir(layout.packs_dir)
+        issued = write_pack(layout, new_pack_name(moment), plan.jobs, pems) if plan.jobs else []
+        if new_intermediate is not None:
+            fsio.atomic_write(layout.intermediate_cert, pem(new_intermediate))
+            fsio.atomic_write(layout.chain, chain_pem(ca))
+
+        touched_packs = [index.revoke(name, reason, moment).pack
+                         for name, reason in plan.revocations]
+        for record in issued:
+            index.add(record)
+        adopted = adopt_orphans(state.orphan_cert_packs, index, moment)
+        if adopted:
+            need_crl = True
+            warnings.append(f"{adopted} certificate(s) in packs the index did not know (an "
+                            "interrupted run, or an older index restored) were recorded as "
+                            "revoked")
+        if need_root_crl:
+            assert root_key is not None
+            index.root_crl = write_crl(layout.root_crl, ca.root, root_key, [], index.root_crl,
+                                       moment, settings.root_crl_days)
+        if need_crl:
+            index.crl = write_crl(layout.crl, ca.intermediate, issuer.key,
+                                  leaf_crl_entries(index, moment), index.crl, moment,
+                                  settings.crl_days)
+        save_index(layout, index)
+        remove_files(dead_key_packs(layout, index, touched_packs) + state.leftovers)
+        return ReconcileReport(
+            issued=tuple(plan.issued), renewed=tuple(plan.renewed),
+            revoked=tuple(plan.revoked),
+            crl_changed=need_crl, root_crl_changed=need_root_crl, ca_created=new_ca is not None,
+            intermediate_renewed=new_intermediate is not None,
+            files_repaired=(len(state.leftovers) + len(state.orphan_cert_packs)
+                            + int(state.txt_missing)),
+            warnings=tuple(warnings),
+        )
+
+
+def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
+          issuer_not_after: datetime, now: datetime) -> _Plan:
+    """Decide, without writing, what to issue, renew and revoke."""
+    plan = _Plan()
+    serials: set[int] = set()
+    capped = 0
+    for spec in specs:
+        current = index.current(spec.name)
+        if spec.revoked_reason is not None:
+            # Marked revoked in the inventory: revoke what is valid, never issue again.
+            if current is not None:
+                plan.revocations.append((spec.name, spec.revoked_reason))
+                plan.revoked.append(spec.name)
+            continue
+        fingerprint = spec_fingerprint(spec)
+        not_after = min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)
+        if current is None:
+            plan.issued.append(spec.name)
+        elif current.spec != fingerprint:
+            plan.renewed.append(spec.name)
+            plan.revocations.append((spec.name, "superseded"))
+        elif within(current.not_after, now, settings.renew_before_days):
+            if not_after - current.not_after < timedelta(days=1):
+                capped += 1  # the intermediate ends first: renewing would gain nothing
+                continue
+            plan.renewed.append(spec.name)
+            plan.revocations.append((spec.name, "superseded"))
+        else:
+            continue
+        plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE, not_after))
+    wanted = {spec.name for spec in specs}
+    removed = [name for name in index.current_names() if name not in wanted]
+    plan.revocations += [(name, "cessationOfOperation") for name in removed]
+    plan.revoked += removed
+    if capped:
+        plan.warnings.append(f"{capped} certificate(s) are due for renewal but cannot outlive the "
+                             "intermediate: renew the intermediate first")
+    return plan
+
+
+def _new_serial(index: Index, taken: set[int]) -> int:
+    while True:
+        serial = x509.random_serial_number()
+        if serial not in taken and not index.has_serial(serial):
+            taken.add(serial)
+            return serial

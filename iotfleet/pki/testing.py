@@ -1,0 +1,91 @@
+"""Throwaway identities for attack tests (the lead's compliance and broker tests).
+
+Nothing here writes to the state dir: these certificates are not in the index or the CRL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from iotfleet.pki.ca import chain_pem, create_ca, issuer_from, load_ca_certs
+from iotfleet.pki.certs import build_leaf, public_key_of
+from iotfleet.pki.errors import StateError
+from iotfleet.pki.keys import PrivateKey, generate_key, load_encrypted_key, plain_key_pem
+from iotfleet.pki.layout import StateLayout
+from iotfleet.pki.passphrase import read_passphrase
+from iotfleet.pki.reconciler import utc_now
+from iotfleet.pki.spec import IdentitySpec, Kind, PkiSettings, validate_identities
+
+
+@dataclass(frozen=True)
+class ThrowawayIdentity:
+    """A certificate, its key, and the chain it was issued under."""
+
+    name: str
+    certificate_pem: bytes
+    private_key_pem: bytes
+    ca_chain_pem: bytes
+    not_after: datetime
+
+
+def _spec(name: str, kind: Kind, dns_names: tuple[str, ...],
+          ip_addresses: tuple[str, ...]) -> IdentitySpec:
+    spec = IdentitySpec(name=name, kind=kind, dns_names=dns_names, ip_addresses=ip_addresses)
+    validate_identities([spec])
+    return spec
+
+
+def _leaf(spec: IdentitySpec, issuer_key: PrivateKey,
+          intermediate: x509.Certificate, not_before: datetime, not_after: datetime,
+          chain: bytes) -> ThrowawayIdentity:
+    issuer = issuer_from(issuer_key, intermediate)
+    key = generate_key(spec.key_type)
+    cert = build_leaf(spec, public_key_of(key), issuer, x509.random_serial_number(),
+                      not_before, not_after)
+    return ThrowawayIdentity(spec.name, cert.public_bytes(serialization.Encoding.PEM),
+                             plain_key_pem(key), chain, not_after)
+
+
+def make_foreign_ca_identity(name: str, kind: Kind = "device", *,
+                             dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
+                             ca_name: str = "iotfleet",
+                             now: datetime | None = None) -> ThrowawayIdentity:
+    """A valid-looking identity from a CA the fleet does not trust.
+
+    Same profile and, by default, the same CA subject names as the fleet's: only the keys differ,
+    which is exactly what a verifier must notice.
+    """
+    moment = utc_now(now)
+    spec = _spec(name, kind, dns_names, ip_addresses)
+    foreign = create_ca(PkiSettings(state_dir=Path("/nonexistent"), ca_name=ca_name), moment)
+    return _leaf(spec, foreign.intermediate_key, foreign.certs.intermediate,
+                 moment - timedelta(minutes=5), moment + timedelta(days=30),
+                 chain_pem(foreign.certs))
+
+
+def make_expired_identity(settings: PkiSettings, name: str, kind: Kind = "device", *,
+                          dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
+                          expired_days_ago: int = 1,
+                          now: datetime | None = None) -> ThrowawayIdentity:
+    """An identity signed by the fleet's intermediate that expired ``expired_days_ago`` days ago.
+
+    Needs the CA passphrase (it signs with the real intermediate key).
+    """
+    moment = utc_now(now)
+    spec = _spec(name, kind, dns_names, ip_addresses)
+    layout = StateLayout(settings.state_dir)
+    certs = load_ca_certs(layout)
+    if certs is None:
+        raise StateError(f"no CA in {layout.root}: run a reconcile first")
+    key = load_encrypted_key(layout.intermediate_key, read_passphrase(settings))
+    not_after = moment - timedelta(days=expired_days_ago)
+    return _leaf(spec, key, certs.intermediate, not_after - timedelta(days=30), not_after,
+                 chain_pem(certs))
+
+
+__all__ = ["ThrowawayIdentity", "make_expired_identity", "make_foreign_ca_identity"]
