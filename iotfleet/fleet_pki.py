@@ -10,6 +10,7 @@ from iotfleet.model import Broker, Fleet
 from iotfleet.model.names import is_dns_name
 from iotfleet.pki import IdentitySpec, PkiSettings
 
+
 def broker_dns_names(broker: Broker) -> list[str]:
     """Names clients use for ``broker`` (certificate SAN DNS entries)."""
     if broker.mosquitto.dns_names is not None:

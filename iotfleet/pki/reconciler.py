@@ -77,6 +77,25 @@ class ReconcileReport:
                     or self.root_crl_changed or self.ca_created or self.intermediate_renewed
                     or self.files_repaired)
 
+    def summary(self) -> str:
+        """One line for humans: what changed, or that nothing did."""
+        parts = [
+            f"{label} {len(names)}"
+            for label, names in (
+                ("issued", self.issued),
+                ("renewed", self.renewed),
+                ("revoked", self.revoked),
+            )
+            if names
+        ]
+        if self.ca_created:
+            parts.insert(0, "CA created")
+        if self.intermediate_renewed:
+            parts.append("intermediate renewed")
+        if self.crl_changed:
+            parts.append("CRL re-signed")
+        return ", ".join(parts) if parts else "no change"
+
 
 @dataclass
 class _Plan:

@@ -75,8 +75,10 @@ def test_real_broker_accepts_our_hash_and_refuses_a_wrong_password(tmp_path: Pat
 
         def publish(password: str) -> int:
             return subprocess.run(
-                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", "dev"]
-                + ["-P", password, "-t", "t", "-m", "m"],
+                [
+                    *("mosquitto_pub", "-h", "127.0.0.1", "-p", str(port)),
+                    *("-u", "dev", "-P", password, "-t", "t", "-m", "m"),
+                ],
                 capture_output=True,
                 timeout=10,
             ).returncode

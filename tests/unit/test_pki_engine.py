@@ -330,11 +330,13 @@ def test_crash_before_the_index_commit_is_recovered(state: Path,
         raise OSError("power cut")
 
     monkeypatch.setattr("iotfleet.pki.reconciler.save_index", crash)
+    packs_before = set((state / "packs").glob("*.certs.pem"))
     with pytest.raises(OSError, match="power cut"):
         reconcile(settings, FLEET, now=T0)
     monkeypatch.undo()
     monkeypatch.setenv(ENV, PASSPHRASE)
-    orphan = sorted((state / "packs").glob("*.certs.pem"))[-1]
+    # Pack names start with the (frozen) time: find the orphan by difference, not by sorting.
+    (orphan,) = set((state / "packs").glob("*.certs.pem")) - packs_before
     orphan_serials = {c.serial_number for c in x509.load_pem_x509_certificates(
         orphan.read_bytes())}
     report = reconcile(settings, FLEET, now=T0)

@@ -25,7 +25,9 @@ def test_env_secret_missing_names_owner_key_and_variable(
     monkeypatch.delenv("IOTFLEET_TEST_PW", raising=False)
     store = SecretStore(tmp_path)
     with pytest.raises(SecretError, match="client dash: password: environment variable "):
-        store.resolve(SecretRef.parse("env:IOTFLEET_TEST_PW"), "s", where="client dash", key="password")
+        store.resolve(
+            SecretRef.parse("env:IOTFLEET_TEST_PW"), "s", where="client dash", key="password"
+        )
     monkeypatch.setenv("IOTFLEET_TEST_PW", "value-from-env")
     secret = store.resolve(SecretRef.parse("env:IOTFLEET_TEST_PW"), "s", where="w", key="k")
     assert secret.get_secret_value() == "value-from-env"
