@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from iotfleet.atomic import write_file_atomically
 from iotfleet.health import health_identity_name
 from iotfleet.model import Broker, Fleet
 from iotfleet.model.names import is_dns_name
-from iotfleet.pki import IdentitySpec, PkiSettings
+from iotfleet.pki import IdentitySpec, PkiSettings, PkiStore, ReconcileReport, reconcile
+from iotfleet.pki.testing import make_expired_identity
 
 
 def broker_dns_names(broker: Broker) -> list[str]:
@@ -78,3 +81,59 @@ def pki_settings_for(fleet: Fleet, state_dir: Path) -> PkiSettings:
         crl_days=config.crl_days,
         crl_refresh_before_days=config.crl_refresh_before_days,
     )
+
+
+# Canaries give the compliance checks certificates that brokers must refuse, without needing
+# the CA passphrase at check time: one issued by the fleet CA and then revoked (it is in every
+# CRL), one signed by the fleet CA that has already expired.
+REVOKED_CANARY = "iotfleet-canary-revoked"
+EXPIRED_CANARY = "iotfleet-canary-expired"
+
+
+@dataclass(frozen=True)
+class Canary:
+    name: str
+    certificate_pem: bytes
+    private_key_pem: bytes = field(repr=False)
+
+
+def canary_dir(state_dir: Path) -> Path:
+    return state_dir / "canaries"
+
+
+def load_canary(state_dir: Path, name: str) -> Canary:
+    """A canary identity kept beside the PKI (raises FileNotFoundError before the first rollout)."""
+    directory = canary_dir(state_dir)
+    return Canary(
+        name, (directory / f"{name}.pem").read_bytes(), (directory / f"{name}.key").read_bytes()
+    )
+
+
+def _save_canary(state_dir: Path, name: str, certificate_pem: bytes, key_pem: bytes) -> None:
+    directory = canary_dir(state_dir)
+    write_file_atomically(directory / f"{name}.key", key_pem, mode=0o600)
+    write_file_atomically(directory / f"{name}.pem", certificate_pem, mode=0o600)
+
+
+def reconcile_fleet(fleet: Fleet, settings: PkiSettings, state_dir: Path) -> ReconcileReport:
+    """Reconcile the PKI with the fleet, canaries included (needs the CA passphrase)."""
+    specs = fleet_identities(fleet)
+    directory = canary_dir(state_dir)
+    if not (directory / f"{REVOKED_CANARY}.pem").exists():
+        # Issue the canary, keep a copy of it, then revoke it in the same run.
+        reconcile(settings, [*specs, IdentitySpec(REVOKED_CANARY, "client")])
+        store = PkiStore(settings.state_dir)
+        _save_canary(
+            state_dir,
+            REVOKED_CANARY,
+            store.certificate_pem(REVOKED_CANARY),
+            store.private_key_pem(REVOKED_CANARY),
+        )
+    report = reconcile(
+        settings,
+        [*specs, IdentitySpec(REVOKED_CANARY, "client", revoked_reason="cessationOfOperation")],
+    )
+    if not (directory / f"{EXPIRED_CANARY}.pem").exists():
+        expired = make_expired_identity(settings, EXPIRED_CANARY, kind="client")
+        _save_canary(state_dir, EXPIRED_CANARY, expired.certificate_pem, expired.private_key_pem)
+    return report

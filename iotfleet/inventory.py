@@ -12,20 +12,20 @@ from typing import TYPE_CHECKING
 from iotfleet.model import Fleet, RawHost, build_fleet
 
 if TYPE_CHECKING:
-    from pyinfra.api import Inventory
+    from pyinfra.api.inventory import Inventory
 
 
 def raw_hosts(inventory: Inventory) -> list[RawHost]:
     """The inventory's hosts with their groups and merged data, as the model wants them."""
     return [
-        RawHost(name=host.name, groups=tuple(host.groups), data=host.data.dict())
+        RawHost(name=host.name, groups=tuple(host.groups), data=host.data.dict())  # type: ignore[no-untyped-call]
         for host in inventory
     ]
 
 
 def load_inventory(path: str | Path) -> Inventory:
     """Load an inventory file the way the ``pyinfra`` CLI does (with ``group_data/``)."""
-    from pyinfra.api import State
+    from pyinfra.api.state import State
     from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
 
@@ -34,7 +34,8 @@ def load_inventory(path: str | Path) -> Inventory:
         raise FileNotFoundError(f"inventory file {inventory_path} does not exist")
     # Inventory and group_data files are executed under a pyinfra state, as in the CLI.
     with ctx_state.use(State()):
-        return make_inventory(str(inventory_path), cwd=str(Path.cwd()))
+        inventory: Inventory = make_inventory(str(inventory_path), cwd=str(Path.cwd()))
+    return inventory
 
 
 def load_fleet(path: str | Path) -> tuple[Fleet, Inventory]:

@@ -13,10 +13,10 @@ from functools import cache
 from pyinfra import inventory as current_inventory
 
 from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import fleet_identities
+from iotfleet.fleet_pki import reconcile_fleet
 from iotfleet.inventory import raw_hosts
 from iotfleet.model import InventoryError, build_fleet
-from iotfleet.pki import PkiError, reconcile
+from iotfleet.pki import PkiError
 from iotfleet.secrets import SecretError
 
 
@@ -39,7 +39,7 @@ def reconciled_fleet() -> FleetContext:
     """
     ctx = fleet_context()
     try:
-        report = reconcile(ctx.pki_settings, fleet_identities(ctx.fleet))
+        report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
     except PkiError as exc:
         raise SystemExit(f"iotfleet: PKI: {exc}") from None
     print(f"iotfleet: PKI of fleet {ctx.fleet.name}: {report.summary()}", file=sys.stderr)

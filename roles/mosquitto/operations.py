@@ -89,17 +89,7 @@ def apply_files(
             f"{managed.staged_name} {managed.path}\n"
         )
         staged_paths[managed.path] = dest
-    by_key = {
-        "ca_chain": layout.CA_CHAIN,
-        "server_cert": layout.SERVER_CERT,
-        "server_key": layout.SERVER_KEY,
-        "crl": layout.CRL,
-        "passwd": layout.PASSWORD_FILE,
-        "acl": layout.ACL_FILE,
-    }
-    candidate = candidate_config(
-        {key: staged_paths[path] for key, path in by_key.items() if path in staged_paths}
-    )
+    candidate = candidate_config(staged_paths)
     for name, content in (
         ("manifest", "".join(manifest)),
         ("listeners", listeners),

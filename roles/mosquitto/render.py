@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,10 @@ class BrokerConfig:
     fleet_name: str
     with_passwords: bool
 
-    def text(self, paths: dict[str, str] | None = None, *, candidate: bool = False) -> str:
-        """The configuration. ``candidate`` renders the spare-port test variant: listeners on
-        loopback with ``@PORT<n>@`` placeholders, no persistence, ``paths`` overriding files.
-        """
-        files = {
+    @staticmethod
+    def file_keys() -> dict[str, str]:
+        """Template name -> live path of every file mosquitto.conf refers to."""
+        return {
             "ca_chain": layout.CA_CHAIN,
             "server_cert": layout.SERVER_CERT,
             "server_key": layout.SERVER_KEY,
@@ -47,7 +47,15 @@ class BrokerConfig:
             "passwd": layout.PASSWORD_FILE,
             "acl": layout.ACL_FILE,
         }
-        files.update(paths or {})
+
+    def text(self, moved: Mapping[str, str] | None = None, *, candidate: bool = False) -> str:
+        """The configuration; ``moved`` maps live paths to where those files are instead.
+
+        ``candidate`` renders the spare-port test variant: listeners on loopback with
+        ``@PORT<n>@`` placeholders and no persistence.
+        """
+        moved = moved or {}
+        files = {key: moved.get(path, path) for key, path in self.file_keys().items()}
         settings = self.broker.mosquitto
         listeners: list[Listener] = settings.listeners
         if candidate:
