@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Generator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
@@ -79,7 +81,7 @@ def check_ssh_survives(broker: Broker, connection: tuple[str, int] | None) -> No
 
 
 @operation()
-def load_ruleset(ruleset: str) -> object:
+def load_ruleset(ruleset: str) -> Generator[Any, None, None]:
     """Load the ruleset atomically when the loaded one differs (checked with ``nft -c`` first)."""
     if host.get_fact(LoadedRulesetDigest) == ruleset_digest(ruleset):
         host.noop("the iotfleet nftables table is loaded and current")

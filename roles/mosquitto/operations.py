@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
@@ -21,7 +22,7 @@ POLICY_RC = "/usr/sbin/policy-rc.d"
 
 
 @operation()
-def install_packages(version: str | None = None) -> object:
+def install_packages(version: str | None = None) -> Generator[Any, None, None]:
     """Install Mosquitto and its clients from the host's Debian archive, without starting it."""
     installed = host.get_fact(DebPackages)
     wanted = [f"{name}={version}" if version else name for name in PACKAGES]
@@ -59,7 +60,7 @@ def apply_files(
     candidate_config: Callable[[dict[str, str]], str],
     health_topic: str,
     health_timeout: int,
-) -> object:
+) -> Generator[Any, None, None]:
     """Put changed files live through the on-host apply script.
 
     Only files whose content, owner, group or mode differ are staged. The script tests a new

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,12 @@ class BrokerConfig:
         moved = moved or {}
         files = {key: moved.get(path, path) for key, path in self.file_keys().items()}
         settings = self.broker.mosquitto
-        listeners: list[Listener] = settings.listeners
+        listeners: Sequence[Listener | _ListenerView] = settings.listeners
         if candidate:
             listeners = [
                 _ListenerView(listener, port=f"@PORT{index}@", bind_address="127.0.0.1")
-                for index, listener in enumerate(listeners)
-            ]  # type: ignore[misc]
+                for index, listener in enumerate(settings.listeners)
+            ]
         return render_template(
             "mosquitto.conf.j2",
             broker_name=self.broker.name,

@@ -18,7 +18,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 10) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 10
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
@@ -28,7 +30,8 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeou
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise AssertionError(f"mosquitto did not listen on {port}:\n{log.read_text()}") from None
+                message = f"mosquitto did not listen on {port}:\n{log.read_text()}"
+                raise AssertionError(message) from None
             time.sleep(0.05)
 
 
