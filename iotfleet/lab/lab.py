@@ -16,6 +16,7 @@ from iotfleet.lab.base import BaseCache, cached_base, ensure_base
 from iotfleet.lab.boot import (
     SshAccess,
     boot_host,
+    ensure_inotify_instances,
     ensure_nspawn_runtime,
     mount_overlay,
     stop_host_process,
@@ -99,8 +100,18 @@ class Environment:
 
     @property
     def hosts_lock(self) -> Path:
+        return self._machine_lock_dir / "iotfleet-etc-hosts.lock"
+
+    @property
+    def network_lock(self) -> Path:
+        """Held while a new lab picks its subnet and makes its bridge (labs start at once)."""
+        return self._machine_lock_dir / "iotfleet-lab-network.lock"
+
+    @property
+    def _machine_lock_dir(self) -> Path:
+        # Machine-wide (not per IOTFLEET_HOME): the kernel's routes and /etc/hosts are shared.
         shared = Path("/run/lock")
-        return (shared if shared.is_dir() else self.root) / "iotfleet-etc-hosts.lock"
+        return shared if shared.is_dir() else self.root
 
 
 def host_address(subnet: str, slot: int) -> str:
@@ -145,7 +156,6 @@ def up(
                 f"`iotfleet lab down --name {name}` first, or pick another --name"
             )
         if state is None:
-            _check_tag_free(name, env.root)
             swept = sweep_leftovers(name, paths)
             if swept:
                 rep.note(f"cleaned leftovers of an earlier {name!r} lab: {', '.join(swept)}")
@@ -157,10 +167,17 @@ def up(
             env.root,
         )
         if state is None:
-            state = _new_state(name, request, env, base)
-            paths.root.mkdir(parents=True, exist_ok=True)
-            paths.root.chmod(0o700)
-            save_state(paths.state_file, state)
+            with exclusive_lock(env.network_lock, "the lab network setup", timeout=120):
+                _check_tag_free(name, env.root)
+                state = _new_state(name, request, env, base)
+                paths.root.mkdir(parents=True, exist_ok=True)
+                paths.root.chmod(0o700)
+                save_state(paths.state_file, state)
+                try:
+                    network.ensure_bridge(state.bridge, state.bridge_address, state.subnet)
+                except BaseException:
+                    _teardown(name, paths, env, state)
+                    raise
         elif request.subnet and request.subnet != state.subnet:
             raise LabError(f"lab {name!r} uses {state.subnet}; down it to change --subnet")
         added: list[str] = []
@@ -180,7 +197,7 @@ def up(
             save_state(paths.state_file, state)
         except BaseException:
             if created:
-                _teardown(name, paths, env, state)
+                _teardown(name, paths, env, state, keep_logs=True)
             else:
                 _remove_hosts(state, paths, added)
                 save_state(paths.state_file, state)
@@ -294,8 +311,15 @@ def _converge_hosts(
         if host not in to_boot and (extra or added):
             update_etc_hosts(paths.host_root(host.name), host_entry(host), entries)
     if to_boot:
+        ensure_inotify_instances(_hosts_on_machine(state, paths))
         _boot_hosts(state, paths, to_boot, host_keys, entries, request, rep)
     return added
+
+
+def _hosts_on_machine(state: LabState, paths: LabPaths) -> int:
+    """Hosts of this lab plus those of the other labs (same state root) running now."""
+    others = _other_states(state.name, paths.root.parent.parent)
+    return len(state.hosts) + sum(len(o.hosts) for o in others)
 
 
 def _new_host(state: LabState, host_name: str) -> tuple[HostState, bytes]:
@@ -387,7 +411,7 @@ def _boot_hosts(
             if attempts > 1:
                 rep.note(f"{host.name}: boot stalled, restarted it ({attempts} attempts)")
             if system_state != "running":
-                rep.note(f"{host.name}: systemd reports {system_state}")
+                rep.note(f"{host.name}: systemd {system_state}")
             rep.advance(task)
     save_state(paths.state_file, state)
     if failures:
@@ -482,6 +506,7 @@ def _teardown(
     env: Environment,
     state: LabState | None,
     rep: Reporter | None = None,
+    keep_logs: bool = False,
 ) -> None:
     rep = rep or SilentReporter()
     task = rep.task(f"Stopping lab {name!r}", total=None)
@@ -495,8 +520,21 @@ def _teardown(
     sweep_leftovers(name, paths)
     update_hosts_file(name, [], env.hosts_lock, env.hosts_file)
     if paths.root.exists():
-        shutil.rmtree(paths.root)
+        if keep_logs and paths.logs_dir.is_dir():
+            # A failed `up` keeps only its logs, for the error message that points at them.
+            for entry in paths.root.iterdir():
+                if entry != paths.logs_dir:
+                    _remove(entry)
+        else:
+            shutil.rmtree(paths.root)
     rep.done(task, f"Lab {name!r} is down")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def sweep_leftovers(name: str, paths: LabPaths) -> list[str]:
