@@ -23,7 +23,12 @@ from iotfleet.lab.boot import (
     unmount,
 )
 from iotfleet.lab.errors import LabError
-from iotfleet.lab.gateways import free_loopback_port, gateway_running, start_gateway
+from iotfleet.lab.gateways import (
+    emulator_argv,
+    free_loopback_port,
+    gateway_running,
+    start_gateway,
+)
 from iotfleet.lab.hostsfile import ETC_HOSTS, update_hosts_file
 from iotfleet.lab.identity import (
     HostEntry,
@@ -97,6 +102,8 @@ class Environment:
     route_text: Callable[[], str] = network.route_table
     mirror: Callable[[], str] = machine_mirror
     find_spec: Callable[[str], object | None] | None = None
+    # argv of one emulated board (port, flash file, MAC); tests pass a stand-in server
+    emulator_argv: Callable[[int, str, str], list[str]] = emulator_argv
 
     @property
     def hosts_lock(self) -> Path:
@@ -191,7 +198,7 @@ def up(
             _ensure_infrastructure(state, paths, base)
             save_state(paths.state_file, state)
             added = _converge_hosts(state, paths, request, rep)
-            _converge_gateways(state, paths, request.gateways, rep)
+            _converge_gateways(state, paths, request.gateways, rep, env.emulator_argv)
             entries = [host_entry(h) for h in state.hosts]
             update_hosts_file(name, entries, env.hosts_lock, env.hosts_file)
             save_state(paths.state_file, state)
@@ -450,7 +457,13 @@ def _destroy_host_runtime(host: HostState, paths: LabPaths) -> None:
 # --------------------------------------------------------------------- gateways
 
 
-def _converge_gateways(state: LabState, paths: LabPaths, count: int, rep: Reporter) -> None:
+def _converge_gateways(
+    state: LabState,
+    paths: LabPaths,
+    count: int,
+    rep: Reporter,
+    argv: Callable[[int, str, str], list[str]],
+) -> None:
     wanted = [naming.gateway_name(i) for i in range(1, count + 1)]
     extra = [g for g in state.gateways if g.name not in wanted]
     stop_processes([g.process for g in extra], timeout=5)
@@ -473,7 +486,9 @@ def _converge_gateways(state: LabState, paths: LabPaths, count: int, rep: Report
             state.gateways.append(gw)
         if not gateway_running(gw):
             stop_processes([gw.process], timeout=5)
-            gw.process = start_gateway(gw, paths.logs_dir / f"{gw_name}.log")
+            gw.process = start_gateway(
+                gw, paths.logs_dir / f"{gw_name}.log", argv(gw.port, gw.flash_file, gw.mac)
+            )
         save_state(paths.state_file, state)
         rep.advance(task)
     rep.done(task, f"{count} emulated gateway(s) listening")
