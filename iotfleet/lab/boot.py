@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,14 +224,23 @@ def boot_host(
     log: Path,
     boot_timeout: float,
     attempts: int = 3,
+    on_start: Callable[[ProcessRef | None], None] | None = None,
 ) -> BootResult:
-    """Boot and wait; restart a host whose boot stalls (seen: 1 of 20 parallel boots hung)."""
+    """Boot and wait; restart a host whose boot stalls (seen: 1 of 20 parallel boots hung).
+
+    ``on_start`` gets each new process at once (and ``None`` once it is stopped), so that the
+    caller records the PID before waiting: a crash while waiting leaves nothing unrecorded.
+    """
     for attempt in range(1, attempts + 1):
         process = start_host(root, machine, hostname, netns, log)
+        if on_start:
+            on_start(process)
         state = wait_ready(process, address, ssh, time.monotonic() + boot_timeout)
         if state is not None:
             return BootResult(process, state, attempt)
         stop_host_process(process, netns, timeout=5)
+        if on_start:
+            on_start(None)
     raise LabError(
         f"{hostname} did not boot within {boot_timeout:.0f} s, {attempts} times "
         f"(sshd answering and systemd up); see its console log {log}"

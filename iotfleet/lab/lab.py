@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from iotfleet.lab.state import (
     HostState,
     LabPaths,
     LabState,
+    ProcessRef,
     exclusive_lock,
     lab_paths,
     labs_root,
@@ -189,8 +191,11 @@ def up(
             raise LabError(f"lab {name!r} uses {state.subnet}; down it to change --subnet")
         added: list[str] = []
         try:
-            base = ensure_base(env.root, request.suite, env.mirror(), rep)
-            if not Path(state.base_dir).is_dir():
+            if created:
+                ensure_base(env.root, request.suite, env.mirror(), rep)
+            # A running lab keeps the base it was built on, even if the package sets changed.
+            base = BaseCache(Path(state.base_dir))
+            if not base.is_complete():
                 raise LabError(
                     f"lab {name!r} was built on {state.base_dir}, which is gone: "
                     f"run `iotfleet lab down --name {name}` and up again"
@@ -364,7 +369,10 @@ def _boot_hosts(
     timeout = request.boot_timeout or default_boot_timeout(len(hosts))
 
     def prepare(host: HostState) -> None:
-        stop_host_process(host.process, host.netns, timeout=5)  # leftovers of a crash
+        # Leftovers of a crash: the recorded process, anything in the namespace, and an
+        # nspawn a crashed run started for this host but could not record.
+        stop_host_process(host.process, host.netns, timeout=5)
+        kill_pids(nspawn_pids_booting(paths.host_root(host.name)))
         host.process = None
         network.create_host_network(
             host.netns, host.veth, state.bridge, host.address, state.subnet
@@ -384,6 +392,13 @@ def _boot_hosts(
         else:
             update_etc_hosts(root, host_entry(host), entries)
 
+    saving = threading.Lock()
+
+    def record(host: HostState, process: ProcessRef | None) -> None:
+        with saving:
+            host.process = process
+            save_state(paths.state_file, state)
+
     def boot(host: HostState) -> tuple[HostState, str, int]:
         result = boot_host(
             paths.host_root(host.name),
@@ -394,6 +409,7 @@ def _boot_hosts(
             ssh,
             paths.logs_dir / f"{host.name}.console.log",
             boot_timeout=timeout,
+            on_start=lambda process: record(host, process),
         )
         host.process = result.process
         return host, result.system_state, result.attempts
@@ -557,6 +573,10 @@ def sweep_leftovers(name: str, paths: LabPaths) -> list[str]:
     tag (names) and directory (mounts). Returns what it removed."""
     tag = naming.lab_tag(name)
     removed: list[str] = []
+    strays = nspawn_pids_booting(paths.hosts_dir)
+    if strays:
+        kill_pids(strays)
+        removed.append(f"nspawn processes {', '.join(map(str, strays))}")
     for ns in network.netns_names():
         if ns.startswith(f"iof-{tag}-"):
             kill_pids(pids_in_netns(network.NETNS_DIR / ns))
@@ -570,6 +590,26 @@ def sweep_leftovers(name: str, paths: LabPaths) -> list[str]:
         unmount(Path(mount_point))
         removed.append(f"mount {mount_point}")
     return removed
+
+
+def nspawn_pids_booting(under: Path, proc: Path = Path("/proc")) -> list[int]:
+    """systemd-nspawn processes booting ``under`` or a root below it: this lab's, even those
+    a crashed run started but could not record."""
+    exact = f"--directory={under}"
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if args and args[0].endswith("systemd-nspawn") and any(
+            a == exact or a.startswith(exact + "/") for a in args
+        ):
+            found.append(int(entry.name))
+    return found
 
 
 def _mounts_under(root: Path, mounts: Path = Path("/proc/self/mounts")) -> list[str]:
