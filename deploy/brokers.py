@@ -9,5 +9,5 @@ from roles.mosquitto import deploy_mosquitto
 
 ctx = reconciled_fleet()
 if BROKERS_GROUP in host.groups:
-    deploy_mosquitto(ctx)
-    deploy_firewall(ctx.fleet.broker(host.name))
+    deploy_mosquitto(ctx=ctx)
+    deploy_firewall(broker=ctx.fleet.broker(host.name))

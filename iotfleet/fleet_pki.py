@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from iotfleet.atomic import write_file_atomically
@@ -119,9 +119,10 @@ def reconcile_fleet(fleet: Fleet, settings: PkiSettings, state_dir: Path) -> Rec
     """Reconcile the PKI with the fleet, canaries included (needs the CA passphrase)."""
     specs = fleet_identities(fleet)
     directory = canary_dir(state_dir)
+    first: ReconcileReport | None = None
     if not (directory / f"{REVOKED_CANARY}.pem").exists():
         # Issue the canary, keep a copy of it, then revoke it in the same run.
-        reconcile(settings, [*specs, IdentitySpec(REVOKED_CANARY, "client")])
+        first = reconcile(settings, [*specs, IdentitySpec(REVOKED_CANARY, "client")])
         store = PkiStore(settings.state_dir)
         _save_canary(
             state_dir,
@@ -136,4 +137,19 @@ def reconcile_fleet(fleet: Fleet, settings: PkiSettings, state_dir: Path) -> Rec
     if not (directory / f"{EXPIRED_CANARY}.pem").exists():
         expired = make_expired_identity(settings, EXPIRED_CANARY, kind="client")
         _save_canary(state_dir, EXPIRED_CANARY, expired.certificate_pem, expired.private_key_pem)
-    return report
+    return report if first is None else _combined(first, report)
+
+
+def _combined(first: ReconcileReport, second: ReconcileReport) -> ReconcileReport:
+    """One report for two reconciles of the same run (canary issued, then revoked)."""
+    return replace(
+        second,
+        issued=tuple(n for n in first.issued if n != REVOKED_CANARY) + second.issued,
+        renewed=first.renewed + second.renewed,
+        revoked=first.revoked + tuple(n for n in second.revoked if n != REVOKED_CANARY),
+        crl_changed=first.crl_changed or second.crl_changed,
+        root_crl_changed=first.root_crl_changed or second.root_crl_changed,
+        ca_created=first.ca_created or second.ca_created,
+        intermediate_renewed=first.intermediate_renewed or second.intermediate_renewed,
+        warnings=first.warnings + second.warnings,
+    )

@@ -56,6 +56,12 @@ class SecretStore:
             write_new_file(path, (value + "\n").encode(), mode=0o600)
         return path.read_text().strip()
 
+    def generated_file(self, slot: str) -> Path:
+        """Path of the generated secret for ``slot`` (created on first use), for settings that
+        take a file, such as ``pki_passphrase_file``."""
+        self.generated(slot)
+        return self._slot_path(slot)
+
     def forget(self, slot: str) -> None:
         """Drop a generated secret so the next use creates a new one (e.g. a student reset)."""
         self._slot_path(slot).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -31,11 +32,33 @@ class PkiCommandError(click.ClickException):
     exit_code = EXIT_ERROR
 
 
-def resolve_settings(state_dir: Path | None, passphrase_file: Path | None) -> PkiSettings:
-    """Settings from the command line. (`--inventory INV` will resolve the state dir here.)"""
+def resolve_settings(
+    state_dir: Path | None, passphrase_file: Path | None, inventory: Path | None = None
+) -> PkiSettings:
+    """Settings from the command line: an inventory (the source of truth) or a state dir."""
+    if inventory is not None:
+        settings = _settings_from_inventory(inventory)
+        if passphrase_file is not None:
+            settings = dataclasses.replace(settings, passphrase_file=passphrase_file)
+        return settings
     if state_dir is None:
-        raise click.UsageError("give the PKI state directory with --state-dir DIR")
+        raise click.UsageError(
+            "say which PKI: --inventory INVENTORY (or $IOTFLEET_INVENTORY), or --state-dir DIR"
+        )
     return PkiSettings(state_dir=state_dir, passphrase_file=passphrase_file)
+
+
+def _settings_from_inventory(inventory: Path) -> PkiSettings:
+    from iotfleet.fleet_pki import pki_settings_for
+    from iotfleet.inventory import load_fleet
+    from iotfleet.model import InventoryError
+    from iotfleet.paths import fleet_dir
+
+    try:
+        fleet, _ = load_fleet(inventory)
+    except (InventoryError, FileNotFoundError) as exc:
+        raise PkiCommandError(str(exc)) from None
+    return pki_settings_for(fleet, fleet_dir(fleet.name))
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,9 +68,13 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
                   envvar="IOTFLEET_PKI_STATE_DIR", help="PKI state directory.")
     @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
                   help="0600 file holding the CA passphrase (default: $IOTFLEET_PKI_PASSPHRASE).")
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
+                  envvar="IOTFLEET_INVENTORY",
+                  help="pyinfra inventory of the fleet (the PKI settings come from it).")
     @functools.wraps(command)
-    def wrapper(state_dir: Path | None, passphrase_file: Path | None, **kwargs: Any) -> Any:
-        settings = resolve_settings(state_dir, passphrase_file)
+    def wrapper(state_dir: Path | None, passphrase_file: Path | None, inventory: Path | None,
+                **kwargs: Any) -> Any:
+        settings = resolve_settings(state_dir, passphrase_file, inventory)
         try:
             return command(settings=settings, **kwargs)
         except PkiError as exc:

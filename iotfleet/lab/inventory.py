@@ -52,3 +52,9 @@ def lab_inventory_groups(
         ]
         groups["flash_stations"] = [("@local", {"espgw_boards": boards})]
     return groups
+
+
+def lab_gateway_names(lab_name: str | None = None, root: Path | None = None) -> list[str]:
+    """Names of the lab's emulated boards (each becomes a fleet device of the same name)."""
+    state = load(naming.lab_name(lab_name), root)
+    return [gateway.name for gateway in state.gateways]

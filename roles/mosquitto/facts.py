@@ -14,6 +14,10 @@ from iotfleet.mosquitto.passwd import parse_password_file
 class ManagedFileStates(FactBase[dict[str, FileState]]):
     """Owner, group, mode and sha256 of each path that exists (one round trip for all)."""
 
+    @staticmethod
+    def default() -> dict[str, FileState]:
+        return {}
+
     def command(self, paths: tuple[str, ...]) -> str:
         quoted = " ".join(shlex.quote(p) for p in paths)
         return (
@@ -33,6 +37,10 @@ class ManagedFileStates(FactBase[dict[str, FileState]]):
 class MosquittoPasswordHashes(FactBase[dict[str, str]]):
     """``{username: hash}`` from the broker's password file (empty if there is none)."""
 
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}
+
     def command(self, path: str) -> str:
         return f"cat {shlex.quote(path)} 2>/dev/null || true"
 
@@ -42,6 +50,10 @@ class MosquittoPasswordHashes(FactBase[dict[str, str]]):
 
 class ServiceActive(FactBase[bool]):
     """Whether a systemd service is active right now."""
+
+    @staticmethod
+    def default() -> bool:
+        return False
 
     def command(self, service: str) -> str:
         return f"systemctl is-active {shlex.quote(service)} || true"

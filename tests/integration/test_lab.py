@@ -17,7 +17,7 @@ import pytest
 from iotfleet.lab.errors import LabError
 from iotfleet.lab.lab import Environment, UpRequest, down, up
 from iotfleet.lab.naming import lab_tag
-from iotfleet.lab.state import lab_paths, load_state
+from iotfleet.lab.state import ProcessRef, lab_paths, load_state
 from tests.integration.conftest import (
     PYINFRA,
     REPO,
@@ -211,13 +211,13 @@ def test_up_converges_recovers_and_down_leaves_nothing() -> None:
         assert remaining == pids[:1]
         everything = remaining + [p.pid for p in _repo_server(name)]
     finally:
-        result = iotfleet("lab", "down", "--name", name)
-    assert result.returncode == 0, result.stderr
+        down_result = iotfleet("lab", "down", "--name", name)
+    assert down_result.returncode == 0, down_result.stderr
     assert _leftovers(name) == []
     assert not lab_paths(name).root.exists()
     assert all(_gone(pid) for pid in everything)
-    again = iotfleet("lab", "down", "--name", name)  # safe twice
-    assert again.returncode == 0 and "nothing to do" in again.stderr
+    down_again = iotfleet("lab", "down", "--name", name)  # safe twice
+    assert down_again.returncode == 0 and "nothing to do" in down_again.stderr
 
 
 def _up(name: str, brokers: int) -> RunningLab:
@@ -228,7 +228,7 @@ def _up(name: str, brokers: int) -> RunningLab:
     return lab
 
 
-def _repo_server(name: str) -> list[object]:
+def _repo_server(name: str) -> list[ProcessRef]:
     state = load_state(lab_paths(name).state_file)
     assert state is not None
     return [state.repo_server] if state.repo_server else []

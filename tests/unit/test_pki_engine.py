@@ -73,9 +73,9 @@ def test_first_run_creates_ca_and_every_identity_with_safe_modes(state: Path) ->
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
     assert b"ENCRYPTED PRIVATE KEY" in (state / "ca/root.key").read_bytes()
     assert b"ENCRYPTED PRIVATE KEY" in (state / "ca/intermediate.key").read_bytes()
-    key = serialization.load_pem_private_key(store.private_key_pem("gw-0001"), None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    assert key.public_key() == _cert(store, "gw-0001").public_key()
+    device_key = serialization.load_pem_private_key(store.private_key_pem("gw-0001"), None)
+    assert isinstance(device_key, ec.EllipticCurvePrivateKey)
+    assert device_key.public_key() == _cert(store, "gw-0001").public_key()
     assert "gw-0001" in (state / "index.txt").read_text()
 
 

@@ -1,0 +1,52 @@
+"""Fleet-wide settings of the local lab (applies to every host of inventory/lab.py).
+
+The lab shows every identity mode: device certificates on 8883, passwords over TLS on 8884
+for clients without certificates, certificate plus password on 8885.
+"""
+
+from iotfleet.lab.inventory import lab_gateway_names
+from iotfleet.lab.naming import lab_name
+from iotfleet.paths import fleet_dir
+from iotfleet.secrets import SecretStore
+
+__all__ = [
+    "espgw_wifi_passphrase",
+    "espgw_wifi_ssid",
+    "fleet_clients",
+    "fleet_devices",
+    "fleet_name",
+    "mosquitto_listeners",
+    "pki_passphrase_file",
+]
+
+fleet_name = lab_name(None)
+
+fleet_devices = [
+    # Software devices (tests, demos) and one stolen device, revoked everywhere.
+    {"id": "sensor-1", "group": "software"},
+    {"id": "sensor-2", "group": "software"},
+    {"id": "sensor-stolen", "group": "software", "revoked": "keyCompromise"},
+    # One device per emulated ESP8266 board of the lab.
+    *({"id": name, "group": "gateways"} for name in lab_gateway_names()),
+]
+
+fleet_clients = [
+    {"name": "ops", "roles": ["admin"]},
+    {"name": "control-room", "roles": ["operator"], "auth": "certificate+password",
+     "password": "generated"},
+    {"name": "wallboard", "roles": ["dashboard"], "auth": "password", "password": "generated"},
+]
+
+mosquitto_listeners = [
+    {"port": 8883},
+    {"port": 8884, "auth": "password"},
+    {"port": 8885, "auth": "certificate+password"},
+]
+
+# The lab's CA passphrase is generated once and kept with the lab fleet's state (0600).
+pki_passphrase_file = str(
+    SecretStore(fleet_dir(fleet_name) / "secrets").generated_file("pki-passphrase")
+)
+
+espgw_wifi_ssid = "iotfleet-lab"
+espgw_wifi_passphrase = "generated"
