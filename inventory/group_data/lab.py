@@ -1,7 +1,8 @@
 """Fleet-wide settings of the local lab (applies to every host of inventory/lab.py).
 
 The lab shows every identity mode: device certificates on 8883, passwords over TLS on 8884
-for clients without certificates, certificate plus password on 8885.
+for clients without certificates, certificate plus password on 8885, and MQTT over
+WebSockets (TLS, passwords) on 8443.
 """
 
 from iotfleet.lab.inventory import lab_gateway_names
@@ -41,6 +42,9 @@ mosquitto_listeners = [
     {"port": 8883},
     {"port": 8884, "auth": "password"},
     {"port": 8885, "auth": "certificate+password"},
+    # MQTT over WebSockets (TLS) for browser dashboards: passwords, since Mosquitto does not
+    # check the CRL on websockets listeners.
+    {"port": 8443, "protocol": "websockets", "auth": "password"},
 ]
 
 # The lab's CA passphrase is generated once and kept with the lab fleet's state (0600).

@@ -113,6 +113,8 @@ class Session:
         self._acks: dict[int, _Waiter] = {}
         self._messages: list[mqtt.MQTTMessage] = []
         self._lock = threading.Lock()
+        # Times the broker dropped this session after it was up (paho reconnects by itself).
+        self.disconnections = 0
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -213,6 +215,8 @@ def session(
     ) -> None:
         if not connected.event.is_set():
             connected.set(reason)
+        else:
+            probe.disconnections += 1
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect

@@ -171,3 +171,33 @@ def renew_intermediate_command(settings: PkiSettings) -> None:
     not_after = renew_intermediate(settings)
     click.echo(f"intermediate renewed until {not_after:%Y-%m-%d}; redistribute ca/chain.pem "
                "(deploy brokers and gateways), then take the root key offline again.")
+
+
+@cli.command("export")
+@click.argument("name")
+@click.option("--out", "out_dir", required=True,
+              type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for ca.pem, NAME.crt and NAME.key (created 0700).")
+@settings_options
+def export_command(settings: PkiSettings, name: str, out_dir: Path) -> None:
+    """Write NAME's certificate, key and the CA chain for a client that is not flashed.
+
+    For people and services (mosquitto_sub, paho-mqtt, a dashboard). The key file is 0600;
+    its content is never printed.
+    """
+    from iotfleet.atomic import write_file_atomically
+    from iotfleet.pki import PkiStore
+
+    store = PkiStore(settings.state_dir)
+    try:
+        certificate, key = store.certificate_pem(name), store.private_key_pem(name)
+    except LookupError:
+        raise PkiCommandError(
+            f"{name} has no valid certificate in {settings.state_dir} "
+            "(not in the inventory, revoked, or the PKI deploy has not run yet)"
+        ) from None
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_file_atomically(out_dir / "ca.pem", store.ca_chain_pem(), mode=0o644)
+    write_file_atomically(out_dir / f"{name}.crt", certificate, mode=0o644)
+    write_file_atomically(out_dir / f"{name}.key", key, mode=0o600)
+    click.echo(f"wrote {out_dir}/ca.pem, {name}.crt and {name}.key (0600)")

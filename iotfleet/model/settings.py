@@ -80,6 +80,16 @@ class Listener(_Settings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _websockets_without_certificates(self) -> Listener:
+        if self.protocol == "websockets" and self.requires_certificate:
+            # Seen with Mosquitto 2.0.11: its websockets listeners ignore crlfile.
+            raise ValueError(
+                f"websockets listener on port {self.port}: Mosquitto does not check the CRL "
+                "there, so a revoked certificate would get in; set auth: password"
+            )
+        return self
+
     @property
     def requires_certificate(self) -> bool:
         return self.auth in ("certificate", "certificate+password")
@@ -119,6 +129,10 @@ class MosquittoSettings(_Settings):
     )
     ciphers: str = Field(STRONG_TLS12_CIPHERS, description="TLS 1.2 cipher list (AEAD + ECDHE)")
     ciphers_tls13: str = Field(STRONG_TLS13_SUITES, description="TLS 1.3 cipher suites")
+    username_as_clientid: bool = Field(
+        True,
+        description="client id := username, so nobody can take over another client's session",
+    )
     password_min_length: int = Field(
         16, ge=8, le=1024, description="shortest password accepted for MQTT users"
     )
@@ -137,8 +151,10 @@ class MosquittoSettings(_Settings):
             if key in seen or (None, listener.port) in seen:
                 raise ValueError(f"port {listener.port} is used by two listeners")
             seen.add(key)
-        if not any(listener.tls for listener in listeners):
-            raise ValueError("every broker needs at least one TLS listener")
+        if not any(listener.tls and listener.protocol == "mqtt" for listener in listeners):
+            # The health check speaks MQTT over TLS, and Mosquitto 2.0.11 refuses to start
+            # with websockets listeners only.
+            raise ValueError("every broker needs at least one TLS listener with protocol mqtt")
         return listeners
 
     @field_validator("dns_names")
@@ -195,6 +211,9 @@ class Board(_Settings):
     mac: str | None = Field(None, description="expected MAC; must match the board when given")
     firmware: Path | None = Field(None, description="firmware image for this board")
     layout: str | None = Field(None, description="flash layout for this board (e.g. 4M2M)")
+    flash_file: Path | None = Field(
+        None, description="emulated board only: the file holding its flash (set by the lab)"
+    )
 
     @field_validator("mac")
     @classmethod

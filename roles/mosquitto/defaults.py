@@ -15,6 +15,7 @@ the same values; ``iotfleet keys`` prints the table. The keys:
     mosquitto_tls_version         lowest TLS version accepted (tlsv1.2)
     mosquitto_ciphers             TLS 1.2 cipher list (AEAD + ECDHE only)
     mosquitto_ciphers_tls13       TLS 1.3 cipher suites
+    mosquitto_username_as_clientid client id forced to the username (no session takeover)
     mosquitto_password_min_length shortest MQTT password accepted
     mosquitto_health_timeout      seconds a restarted broker has to pass its health check
 """

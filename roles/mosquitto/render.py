@@ -73,6 +73,7 @@ class BrokerConfig:
             log_types=settings.log_types,
             listeners=listeners,
             max_connections=settings.max_connections,
+            username_as_clientid=settings.username_as_clientid,
             tls_version=settings.tls_version,
             ciphers=settings.ciphers,
             ciphers_tls13=settings.ciphers_tls13,

@@ -119,6 +119,11 @@ def require_root() -> None:
         )
 
 
+def _lab_prefix() -> str:
+    """``itest`` unless $IOTFLEET_ITEST_PREFIX says otherwise (two test runs side by side)."""
+    return os.environ.get("IOTFLEET_ITEST_PREFIX", "itest")
+
+
 def _worker_suffix() -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     return f"-{worker}" if worker else ""
@@ -135,7 +140,7 @@ def lab_factory() -> Iterator[LabFactory]:
 
     def make(suite: str = "bookworm", brokers: int = 2, gateways: int = 0) -> RunningLab:
         require_root()
-        name = f"itest-{suite}{_worker_suffix()}"
+        name = f"{_lab_prefix()}-{suite}{_worker_suffix()}"
         have = sizes.get(name)
         want = (max(brokers, have[0]), max(gateways, have[1])) if have else (brokers, gateways)
         if have == want:

@@ -1,7 +1,8 @@
 """Hardened Mosquitto rolled out with the real pyinfra CLI on real lab hosts (issue 4).
 
-Runs on bookworm and trixie. The lab fleet (inventory/lab.py + group_data/lab.py) has three
-listeners: 8883 certificate, 8884 password over TLS, 8885 certificate + password.
+Runs on bookworm and trixie. The lab fleet (inventory/lab.py + group_data/lab.py) has four
+listeners: 8883 certificate, 8884 password over TLS, 8885 certificate + password, 8443
+websockets with passwords.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, session, succeeded, try_connect
+from iotfleet.check.mqtt_probe import (
+    NOT_AUTHORIZED,
+    Identity,
+    Target,
+    session,
+    succeeded,
+    try_connect,
+)
 from iotfleet.context import FleetContext
 from iotfleet.credentials import password_slot
 from iotfleet.mosquitto import layout
@@ -28,7 +36,7 @@ from tests.support.rollout import Rollout, run_iotfleet, run_pyinfra
 
 pytestmark = pytest.mark.lab
 
-CERT, PASSWORD, BOTH = 8883, 8884, 8885
+CERT, PASSWORD, BOTH, WEBSOCKETS = 8883, 8884, 8885, 8443
 
 
 @dataclass
@@ -141,6 +149,31 @@ def test_passwords_over_tls(deployed: DeployedLab, cli: MosquittoCli) -> None:
             assert not try_connect(tgt, bad).accepted, bad.username
         wrong = Identity(username="wallboard", password="not-the-password-at-all")
         assert cli.publish(broker, PASSWORD, wrong, "devices/x/status").returncode != 0
+
+
+def test_websockets_listener_takes_passwords_over_tls_only(deployed: DeployedLab) -> None:
+    ctx = deployed.ctx
+    password = ctx.passwords["wallboard"].get_secret_value()
+    good = Identity(username="wallboard", password=password)
+    for broker in deployed.brokers:
+        tgt = Target(broker, WEBSOCKETS, ctx.pki.ca_chain_pem(), websockets=True)
+        assert try_connect(tgt, good).accepted
+        assert not try_connect(tgt, Identity(username="wallboard", password="x" * 32)).accepted
+        assert not try_connect(tgt, Identity()).accepted
+        old_tls = try_connect(tgt, good, tls_maximum=ssl.TLSVersion.TLSv1_1)
+        assert not old_tls.accepted and "TLS" in old_tls.detail
+
+
+def test_bad_inventory_value_stops_the_run_before_any_host_is_touched(
+    deployed: DeployedLab,
+) -> None:
+    before = {b: deployed.ssh(b, f"sha256sum {layout.CONFIG}") for b in deployed.brokers}
+    bad = deployed.rollout("--data", 'mosquitto_listeners=[{"port": 70000}]')
+    assert bad.returncode != 0
+    for broker in deployed.brokers:
+        assert f"host {broker}: mosquitto_listeners[0].port" in bad.output, bad.explain()
+        assert deployed.ssh(broker, f"sha256sum {layout.CONFIG}") == before[broker]
+    assert "Starting operation" not in bad.output, bad.explain()
 
 
 def test_two_factor_listener(deployed: DeployedLab) -> None:
@@ -260,7 +293,7 @@ def test_firewall_allows_ssh_and_listeners_only(deployed: DeployedLab) -> None:
     )
     try:
         deployed.wait_for_listener(broker, 9999)
-        for port, reachable in ((22, True), (CERT, True), (9999, False)):
+        for port, reachable in ((22, True), (CERT, True), (WEBSOCKETS, True), (9999, False)):
             try:
                 socket.create_connection((broker, port), timeout=2).close()
                 connected = True

@@ -44,7 +44,15 @@ def test_unknown_key_is_named_with_a_suggestion() -> None:
         ([{"port": 22}], "mosquitto_listeners[0].port: 22 is the SSH port"),
         (
             [{"port": 1883, "tls": False, "bind_address": "127.0.0.1", "auth": "password"}],
-            "every broker needs at least one TLS listener",
+            "every broker needs at least one TLS listener with protocol mqtt",
+        ),
+        (
+            [{"port": 8883}, {"port": 8443, "protocol": "websockets"}],
+            "Mosquitto does not check the CRL there",
+        ),
+        (
+            [{"port": 8443, "protocol": "websockets", "auth": "password"}],
+            "every broker needs at least one TLS listener with protocol mqtt",
         ),
         (
             [{"port": 8883}, {"port": 1883, "tls": False, "bind_address": "127.0.0.1"}],

@@ -37,9 +37,10 @@ class LocalBroker:
     cert_port: int
     password_port: int
     both_port: int
+    websockets_port: int
 
     def target(self, port: int) -> Target:
-        return Target("localhost", port, self.ctx.pki.ca_chain_pem())
+        return Target("localhost", port, self.ctx.pki.ca_chain_pem(), port == self.websockets_port)
 
     def device(self, name: str) -> Identity:
         return Identity(self.ctx.pki.certificate_pem(name), self.ctx.pki.private_key_pem(name))
@@ -52,7 +53,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     mp = pytest.MonkeyPatch()
     mp.setenv("IOTFLEET_HOME", str(home))
     mp.setenv("IOTFLEET_PKI_PASSPHRASE", PASSPHRASE)
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(4)]
     fleet = build_fleet(
         [
             RawHost(
@@ -65,6 +66,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
                         {"port": ports[0]},
                         {"port": ports[1], "auth": "password"},
                         {"port": ports[2], "auth": "certificate+password"},
+                        {"port": ports[3], "protocol": "websockets", "auth": "password"},
                     ],
                     "fleet_devices": [{"id": "gw-1"}, {"id": "gw-2"}],
                     "fleet_clients": [
@@ -136,11 +138,27 @@ def test_certificate_listener_refuses_bad_clients(broker: LocalBroker, identity_
     assert not result.accepted, result
 
 
-def test_tls_1_1_is_refused(broker: LocalBroker) -> None:
-    result = try_connect(
-        broker.target(broker.cert_port), broker.device("gw-1"), tls_maximum=ssl.TLSVersion.TLSv1_1
-    )
+@pytest.mark.parametrize("websockets", [False, True], ids=["mqtt", "websockets"])
+def test_tls_1_1_is_refused(broker: LocalBroker, websockets: bool) -> None:
+    """The same client is accepted with TLS 1.2+ and refused when it offers TLS 1.1 at most."""
+    if websockets:
+        password = broker.ctx.passwords["wallboard"].get_secret_value()
+        port, client = broker.websockets_port, Identity(username="wallboard", password=password)
+    else:
+        port, client = broker.cert_port, broker.device("gw-1")
+    assert try_connect(broker.target(port), client).accepted
+    result = try_connect(broker.target(port), client, tls_maximum=ssl.TLSVersion.TLSv1_1)
     assert not result.accepted and "TLS" in result.detail
+
+
+def test_websockets_listener_takes_passwords_over_tls(broker: LocalBroker) -> None:
+    password = broker.ctx.passwords["wallboard"].get_secret_value()
+    target = broker.target(broker.websockets_port)
+    with session(target, Identity(username="wallboard", password=password)) as board:
+        assert board.publish("devices/gw-1/commands/reboot") == NOT_AUTHORIZED
+    assert not try_connect(target, Identity(username="wallboard", password="x" * 32)).accepted
+    assert not try_connect(target, Identity()).accepted
+    assert not try_connect(target, broker.device("gw-1")).accepted
 
 
 def test_password_listener(broker: LocalBroker) -> None:
@@ -160,3 +178,15 @@ def test_two_factor_listener_needs_certificate_and_password(broker: LocalBroker)
     assert try_connect(target, both).accepted
     assert not try_connect(target, Identity(username="wallboard", password=password)).accepted
     assert not try_connect(target, with_cert).accepted
+
+
+def test_a_device_cannot_take_over_another_devices_session(broker: LocalBroker) -> None:
+    """Without use_username_as_clientid, connecting with gw-2's client id kicks gw-2 off."""
+    target = broker.target(broker.cert_port)
+    with (
+        session(target, broker.device("gw-2"), client_id="gw-2") as victim,
+        session(target, broker.device("gw-1"), client_id="gw-2") as intruder,
+    ):
+        assert succeeded(intruder.publish("devices/gw-1/telemetry/temp"))
+        assert succeeded(victim.publish("devices/gw-2/telemetry/temp"))
+        assert (victim.disconnections, intruder.disconnections) == (0, 0)

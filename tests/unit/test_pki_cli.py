@@ -65,3 +65,17 @@ def test_missing_state_dir_option(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--state-dir" in result.output
     result = CliRunner().invoke(cli, ["pki", "status", "--state-dir", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no PKI state directory" in result.output
+
+
+def test_export_writes_chain_certificate_and_a_private_key(state: Path, tmp_path: Path) -> None:
+    out = tmp_path / "creds"
+    result = CliRunner().invoke(cli, ["pki", "export", "gw-0001", "--out", str(out),
+                                      "--state-dir", str(state)])
+    assert result.exit_code == 0, result.output
+    assert "PRIVATE KEY" not in result.output
+    assert (out / "gw-0001.key").stat().st_mode & 0o777 == 0o600
+    assert b"BEGIN CERTIFICATE" in (out / "gw-0001.crt").read_bytes()
+    assert (out / "ca.pem").read_bytes().count(b"BEGIN CERTIFICATE") == 2
+    missing = CliRunner().invoke(cli, ["pki", "export", "nobody", "--out", str(out),
+                                       "--state-dir", str(state)])
+    assert missing.exit_code == 2 and "nobody has no valid certificate" in missing.output

@@ -1,0 +1,102 @@
+"""Benchmark of the broker rollout: first and no-change `pyinfra ... deploy.py` on 1, 5, 20 brokers.
+
+Run as root:  .venv/bin/python bench/rollout.py [--sizes 1 5 20] [--suite bookworm]
+
+Each size gets a fresh lab and a fresh fleet state (new CA, new hosts), so "first" is what a
+new fleet costs: packages, PKI, configuration tested on spare ports, health checks, firewall.
+Prints every figure beside the one-broker baseline and the issue's targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from iotfleet.paths import fleet_dir
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "bench-rollout"
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+
+TARGET_NO_CHANGE_20_S = 15.0
+TARGET_FIRST_20_VS_1 = 3.0
+
+
+def run(argv: list[str], timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO,
+        env={**os.environ, "IOTFLEET_LAB": NAME},
+    )  # fmt: skip
+
+
+def iotfleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "iotfleet", *args])
+
+
+def fresh_lab(brokers: int, suite: str) -> None:
+    iotfleet("lab", "down", "--name", NAME)
+    shutil.rmtree(fleet_dir(NAME), ignore_errors=True)
+    up = iotfleet("lab", "up", "--name", NAME, "--brokers", str(brokers), "--suite", suite)
+    if up.returncode != 0:
+        sys.exit(f"lab up --brokers {brokers} failed:\n{up.stderr}")
+
+
+def timed_rollout() -> tuple[float, str]:
+    start = time.monotonic()
+    result = run([PYINFRA, "-y", "inventory/lab.py", "deploy.py"])
+    elapsed = time.monotonic() - start
+    if result.returncode != 0:
+        sys.exit(f"rollout failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    total = next(
+        (line.split()[2:] for line in result.stdout.splitlines() if "Grand total" in line), []
+    )
+    return elapsed, " ".join(total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 20])
+    parser.add_argument("--suite", default="bookworm", choices=["bookworm", "trixie"])
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/rollout.py needs root (it boots a lab)")
+    sizes = sorted(set(args.sizes) | {1})
+
+    first: dict[int, float] = {}
+    again: dict[int, float] = {}
+    counts: dict[int, str] = {}
+    try:
+        for n in sizes:
+            fresh_lab(n, args.suite)
+            first[n], _ = timed_rollout()
+            again[n], counts[n] = timed_rollout()
+            print(f"  {n:>3} broker(s): first {first[n]:6.1f} s, no-change {again[n]:6.1f} s",
+                  flush=True)
+    finally:
+        iotfleet("lab", "down", "--name", NAME)
+        shutil.rmtree(fleet_dir(NAME), ignore_errors=True)
+
+    print(f"\niotfleet rollout bench ({os.cpu_count()} cores, {args.suite}; baseline = 1 broker)")
+    print(f"  {'brokers':>7} {'first s':>9} {'vs 1':>6} {'no-change s':>12} {'vs 1':>6}"
+          f"  no-change totals (ok/err/no-change)")
+    for n in sizes:
+        print(f"  {n:>7} {first[n]:>9.1f} {first[n] / first[1]:>6.2f} {again[n]:>12.1f}"
+              f" {again[n] / again[1]:>6.2f}  {counts[n]}")
+    largest = max(sizes)
+    ratio = first[largest] / first[1]
+    print("\n  targets")
+    print(f"    no-change rollout of {largest}: {again[largest]:.1f} s "
+          f"(target <= {TARGET_NO_CHANGE_20_S:.0f} s for 20: "
+          f"{'met' if again[largest] <= TARGET_NO_CHANGE_20_S else 'MISSED'})")
+    print(f"    first rollout of {largest} vs 1: {ratio:.2f}x "
+          f"(target <= {TARGET_FIRST_20_VS_1:.0f}x: "
+          f"{'met' if ratio <= TARGET_FIRST_20_VS_1 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
