@@ -41,7 +41,10 @@ if .venv/bin/python -c 'import iotfleet.cli.check' 2>/dev/null; then
   .venv/bin/iotfleet check inventory/lab.py
 else
   step "Proof with Debian's mosquitto_pub/mosquitto_sub"
-  creds=$(mktemp -d)
+  # Credentials stay with iotfleet's state (0700), never in /tmp.
+  state=${IOTFLEET_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/iotfleet}
+  mkdir -p -m 0700 "$state"
+  creds=$(mktemp -d -p "$state" demo-creds.XXXXXX)
   trap 'rm -rf "$creds"' EXIT
   .venv/bin/iotfleet pki export sensor-1 --out "$creds" --inventory inventory/lab.py
   broker=$(.venv/bin/python -c 'from iotfleet.lab.inventory import lab_inventory_groups as g; print(g()["brokers"][0][0])')

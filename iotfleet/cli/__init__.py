@@ -17,6 +17,7 @@ _GROUPS: dict[str, str] = {
     "gateway": "iotfleet.cli.gateway",
     "emulator": "iotfleet.cli.emulator",
     "classroom": "iotfleet.cli.classroom",
+    "keys": "iotfleet.cli.keys",
 }
 
 
