@@ -64,12 +64,23 @@ MAX_SLOT = 240  # host addresses are .11 .. .250 of the lab's /24
 
 
 @dataclass(frozen=True)
+class NamedGateway:
+    name: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class UpRequest:
     """What ``iotfleet lab up`` was asked for."""
 
     name: str
     brokers: int = 1
     gateways: int = 0
+    # Boards named (and with MACs) as given instead of gw1..gwN: a classroom names them after
+    # its devices.
+    named_gateways: tuple[NamedGateway, ...] = ()
+    # Host names instead of broker1..brokerN (a classroom gives each student a broker).
+    host_names: tuple[str, ...] = ()
     suite: str = packages.DEFAULT_SUITE
     subnet: str | None = None
     install_missing: bool = False
@@ -172,7 +183,7 @@ def up(
         current = len(state.hosts) if state else 0
         preflight.check_disk(
             preflight.free_bytes(env.root),
-            preflight.disk_needed(base.is_complete(), max(0, request.brokers - current)),
+            preflight.disk_needed(base.is_complete(), max(0, len(wanted_hosts(request)) - current)),
             env.root,
         )
         if state is None:
@@ -203,7 +214,7 @@ def up(
             _ensure_infrastructure(state, paths, base)
             save_state(paths.state_file, state)
             added = _converge_hosts(state, paths, request, rep)
-            _converge_gateways(state, paths, request.gateways, rep, env.emulator_argv)
+            _converge_gateways(state, paths, wanted_gateways(request), rep, env.emulator_argv)
             entries = [host_entry(h) for h in state.hosts]
             update_hosts_file(name, entries, env.hosts_lock, env.hosts_file)
             save_state(paths.state_file, state)
@@ -223,13 +234,26 @@ def _preflight(request: UpRequest, env: Environment) -> None:
         raise LabError(f"--suite {request.suite}: choose one of {', '.join(packages.SUITES)}")
     if not 0 <= request.brokers <= MAX_SLOT:
         raise LabError(f"--brokers {request.brokers}: choose 0..{MAX_SLOT}")
+    if len(request.host_names) > MAX_SLOT:
+        raise LabError(f"{len(request.host_names)} hosts: at most {MAX_SLOT}")
+    for host_name in request.host_names:
+        if not naming.HOST_NAME_RE.match(host_name):
+            raise LabError(f"host name {host_name!r}: use a DNS label of at most 40 characters")
+    if len(set(request.host_names)) != len(request.host_names):
+        raise LabError("host names must be unique")
     if request.gateways < 0:
         raise LabError("--gateways must be 0 or more")
+    names = [gw.name for gw in request.named_gateways]
+    for gw_name in names:
+        if not naming.GATEWAY_NAME_RE.match(gw_name):
+            raise LabError(f"gateway name {gw_name!r}: use 1-40 characters a-z A-Z 0-9 . _ -")
+    if len(set(names)) != len(names):
+        raise LabError("gateway names must be unique")
     preflight.check_tools(env.path, request.install_missing, _apt_install)
     if env.find_spec is None:
-        preflight.check_emulator(request.gateways)
+        preflight.check_emulator(len(wanted_gateways(request)))
     else:
-        preflight.check_emulator(request.gateways, env.find_spec)
+        preflight.check_emulator(len(wanted_gateways(request)), env.find_spec)
 
 
 def _apt_install(command: Sequence[str]) -> None:
@@ -291,10 +315,17 @@ def _ensure_infrastructure(state: LabState, paths: LabPaths, base: BaseCache) ->
     ensure_client_key(paths.ssh_key, f"iotfleet-lab-{state.name}")
 
 
+def wanted_hosts(request: UpRequest) -> list[str]:
+    """Host names the lab should have: as given, else broker1..brokerN."""
+    if request.host_names:
+        return list(request.host_names)
+    return [naming.broker_name(i) for i in range(1, request.brokers + 1)]
+
+
 def _converge_hosts(
     state: LabState, paths: LabPaths, request: UpRequest, rep: Reporter
 ) -> list[str]:
-    wanted = [naming.broker_name(i) for i in range(1, request.brokers + 1)]
+    wanted = wanted_hosts(request)
     extra = [h.name for h in state.hosts if h.name not in wanted]
     if extra:
         task = rep.task(f"Removing {len(extra)} host(s)", total=None)
@@ -473,19 +504,28 @@ def _destroy_host_runtime(host: HostState, paths: LabPaths) -> None:
 # --------------------------------------------------------------------- gateways
 
 
+def wanted_gateways(request: UpRequest) -> dict[str, str]:
+    """``{name: MAC}`` of the boards the lab should have: as given, else gw1..gwN."""
+    if request.named_gateways:
+        return {gw.name: gw.mac for gw in request.named_gateways}
+    names = [naming.gateway_name(i) for i in range(1, request.gateways + 1)]
+    return {name: naming.gateway_mac(request.name, name) for name in names}
+
+
 def _converge_gateways(
     state: LabState,
     paths: LabPaths,
-    count: int,
+    wanted: dict[str, str],
     rep: Reporter,
     argv: Callable[[int, str, str], list[str]],
 ) -> None:
-    wanted = [naming.gateway_name(i) for i in range(1, count + 1)]
-    extra = [g for g in state.gateways if g.name not in wanted]
+    count = len(wanted)
+    # A board whose MAC changed is a different board: replace it.
+    extra = [g for g in state.gateways if wanted.get(g.name, "").upper() != g.mac.upper()]
     stop_processes([g.process for g in extra], timeout=5)
     for old in extra:
         Path(old.flash_file).unlink(missing_ok=True)
-    state.gateways = [g for g in state.gateways if g.name in wanted]
+    state.gateways = [g for g in state.gateways if g not in extra]
     if not wanted:
         return
     task = rep.task(f"Starting {count} emulated gateway(s)", total=count)
@@ -496,7 +536,7 @@ def _converge_gateways(
             gw = GatewayState(
                 name=gw_name,
                 port=free_loopback_port(avoid=[g.port for g in state.gateways]),
-                mac=naming.gateway_mac(state.name, gw_name),
+                mac=wanted[gw_name].upper(),
                 flash_file=str(paths.gateways_dir / f"{gw_name}.flash"),
             )
             state.gateways.append(gw)

@@ -66,6 +66,10 @@ def broker_name(index: int) -> str:
     return f"broker{index}"
 
 
+HOST_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+GATEWAY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+
+
 def gateway_name(index: int) -> str:
     return f"gw{index}"
 

@@ -39,3 +39,22 @@ def test_gateway_mac_is_deterministic_with_espressif_oui() -> None:
     assert mac.startswith("18:FE:34:")
     assert mac != naming.gateway_mac("lab", "gw2")
     assert mac != naming.gateway_mac("other", "gw1")
+
+
+def test_boards_are_gw1_to_gwn_unless_named() -> None:
+    from iotfleet.lab.lab import NamedGateway, UpRequest, wanted_gateways
+    from iotfleet.lab.naming import gateway_mac
+
+    assert wanted_gateways(UpRequest(name="x", gateways=2)) == {
+        "gw1": gateway_mac("x", "gw1"),
+        "gw2": gateway_mac("x", "gw2"),
+    }
+    named = UpRequest(name="x", named_gateways=(NamedGateway("alice-gw", "18:fe:34:00:00:01"),))
+    assert wanted_gateways(named) == {"alice-gw": "18:fe:34:00:00:01"}
+
+
+def test_hosts_are_broker1_to_brokern_unless_named() -> None:
+    from iotfleet.lab.lab import UpRequest, wanted_hosts
+
+    assert wanted_hosts(UpRequest(name="x", brokers=2)) == ["broker1", "broker2"]
+    assert wanted_hosts(UpRequest(name="x", host_names=("alice-broker",))) == ["alice-broker"]

@@ -1,0 +1,1 @@
+"""Reproducible classrooms: a roster becomes a fleet, a lab, credentials and handouts."""

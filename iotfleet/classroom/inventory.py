@@ -1,0 +1,93 @@
+"""A class as a pyinfra inventory: ``inventory/classroom.py`` + ``group_data/classroom.py``.
+
+The class runs on the lab of the same name: its brokers are the lab's hosts, its emulated
+boards the lab's gateways (named after the students' devices); real boards come from the
+roster. The fleet data (devices, users, roles, listeners) is derived from ``class.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotfleet.classroom.spec import TEACHER, TOPIC_ROOT, ClassSpec, Student
+from iotfleet.classroom.store import current_class_name, load_class
+from iotfleet.lab.errors import LabError
+from iotfleet.lab.inventory import lab_inventory_groups
+from iotfleet.paths import fleet_dir
+from iotfleet.secrets import SecretStore
+
+# Devices on 8883 with certificates; students and the teacher with passwords over TLS (8884)
+# and from a browser over WebSockets (8443).
+DEVICE_PORT, PASSWORD_PORT, WEBSOCKETS_PORT = 8883, 8884, 8443
+LISTENERS: list[dict[str, Any]] = [
+    {"port": DEVICE_PORT},
+    {"port": PASSWORD_PORT, "auth": "password"},
+    {"port": WEBSOCKETS_PORT, "protocol": "websockets", "auth": "password"},
+]
+ROLES: dict[str, dict[str, list[str]]] = {
+    # %u is the student's own username: their namespace, nobody else's.
+    "student": {"readwrite": [f"{TOPIC_ROOT}/%u/#"]},
+    "teacher": {"read": [f"{TOPIC_ROOT}/#"], "write": [f"{TOPIC_ROOT}/+/gw/commands/#"]},
+}
+
+
+def device_prefix(student: Student) -> str:
+    return f"{student.namespace}/gw"
+
+
+def classroom_fleet_data(spec: ClassSpec) -> dict[str, Any]:
+    """The fleet-wide inventory keys of the class (what group_data/classroom.py exports)."""
+    secrets = SecretStore(fleet_dir(spec.name) / "secrets")
+    return {
+        "fleet_name": spec.name,
+        "fleet_topic_root": TOPIC_ROOT,
+        "fleet_devices": [
+            {
+                "id": s.device,
+                "group": s.id,
+                "topic_prefix": device_prefix(s),
+                **({"mac": s.board.mac} if s.board.mac else {}),
+            }
+            for s in spec.students
+        ],
+        "fleet_clients": [
+            *(
+                {"name": s.id, "roles": ["student"], "auth": "password", "password": "generated"}
+                for s in spec.students
+            ),
+            {"name": TEACHER, "roles": ["teacher"], "auth": "password", "password": "generated"},
+        ],
+        "fleet_roles": ROLES,
+        "mosquitto_listeners": LISTENERS,
+        "pki_passphrase_file": str(secrets.generated_file("pki-passphrase")),
+        "espgw_wifi_ssid": f"{spec.name}-iot",
+        "espgw_wifi_passphrase": "generated",
+    }
+
+
+def classroom_inventory_groups(
+    class_name: str | None = None,
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """``brokers`` (the class lab's hosts) and ``flash_stations`` (``@local`` with every board)."""
+    spec = load_class(current_class_name(class_name))
+    try:
+        lab = lab_inventory_groups(spec.name)
+    except LabError as exc:
+        hint = f"bring the class up: `iotfleet classroom up --name {spec.name}`"
+        raise LabError(f"{exc} ({hint})") from None
+    emulated = {
+        board["device"]: board
+        for _, data in lab.get("flash_stations", [])
+        for board in data["espgw_boards"]
+    }
+    boards: list[dict[str, Any]] = []
+    for student in spec.students:
+        if student.board.port is not None:
+            boards.append({"port": student.board.port, "device": student.device,
+                           **({"mac": student.board.mac} if student.board.mac else {})})
+        elif student.device in emulated:
+            boards.append({**emulated[student.device], "mac": student.board.mac})
+    groups = {"brokers": lab["brokers"]}
+    if boards:
+        groups["flash_stations"] = [("@local", {"espgw_boards": boards})]
+    return groups
