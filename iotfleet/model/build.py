@@ -307,8 +307,18 @@ def _check_boards(
         for name in settings.brokers or []:
             if name not in broker_names:
                 problems.append(Problem(where, "espgw_brokers", f"{name!r} is not a broker host"))
+        ports: dict[str, int] = {}
         for index, board in enumerate(settings.boards):
             key = f"espgw_boards[{index}]"
+            if board.port in ports:
+                problems.append(
+                    Problem(
+                        where,
+                        f"{key}.port",
+                        f"{board.port} is also espgw_boards[{ports[board.port]}]'s port",
+                    )
+                )
+            ports.setdefault(board.port, index)
             device = by_id.get(board.device)
             if device is None:
                 problems.append(

@@ -1,0 +1,266 @@
+// iotfleet reference gateway (ESP8266, Arduino core 3.x).
+//
+// Reads its identity from LittleFS as iotfleet flashed it (docs/gateways.md):
+//   /iotfleet.json  configuration (device id, Wi-Fi SSID, brokers, port, topics, timings)
+//   /ca.pem         CA chain that signed the brokers' certificates
+//   /client.pem     this device's certificate      /client.key  its private key (PKCS#8)
+//   /wifi.pass      Wi-Fi passphrase                /mqtt.pass   MQTT password (optional)
+// then joins Wi-Fi, sets the clock by NTP (certificates cannot be checked without the date),
+// connects to the first broker that answers over TLS with its client certificate (BearSSL),
+// publishes telemetry, answers commands, and reconnects with exponential backoff and jitter.
+//
+// Not compiled in iotfleet's CI (no Xtensa toolchain there); the same contract is exercised by
+// iotfleet's gateway simulator (`iotfleet gateway run`). Secrets are never printed.
+
+#include <Arduino.h>
+#include <ArduinoJson.h>
+#include <ESP8266WiFi.h>
+#include <LittleFS.h>
+#include <PubSubClient.h>
+#include <WiFiClientSecureBearSSL.h>
+#include <time.h>
+
+namespace {
+
+constexpr int kContractVersion = 1;
+constexpr size_t kMaxFile = 16 * 1024;     // iotfleet refuses bigger files
+constexpr size_t kMaxConfig = 2048;
+constexpr time_t kSaneTime = 1700000000;   // any date before this means NTP has not answered
+
+struct Config {
+  String deviceId, ssid, wifiPass, username, mqttPass;
+  String hosts[8];
+  int hostCount = 0;
+  uint16_t mqttPort = 8883;
+  String telemetryTopic, statusTopic, commandsTopic, commandsFilter;
+  uint16_t keepalive = 60;
+  uint32_t telemetryInterval = 30;
+  String ntp[3];
+  int ntpCount = 0;
+  float backoffInitial = 1.0f, backoffMax = 300.0f;
+};
+
+Config config;
+String caPem, certPem, keyPem;
+BearSSL::X509List *trustAnchors = nullptr;
+BearSSL::X509List *clientCert = nullptr;
+BearSSL::PrivateKey *clientKey = nullptr;
+BearSSL::WiFiClientSecure tlsClient;
+PubSubClient mqtt(tlsClient);
+
+uint32_t seq = 0;
+uint32_t nextTelemetryMs = 0;
+uint32_t nextAttemptMs = 0;
+uint32_t attempts = 0;
+int hostIndex = 0;
+
+bool readFile(const char *path, String &out, size_t limit) {
+  File f = LittleFS.open(path, "r");
+  if (!f) return false;
+  if (f.size() > limit) {
+    f.close();
+    return false;
+  }
+  out = f.readString();
+  f.close();
+  return true;
+}
+
+[[noreturn]] void halt(const char *why) {
+  Serial.printf("iotfleet: cannot start: %s\n", why);
+  for (;;) delay(1000);  // keep the flash as it is: a person has to look at this board
+}
+
+void loadContract() {
+  // Never let the core format the partition when it does not mount: that would erase the
+  // identity iotfleet flashed (the usual cause is a layout mismatch with the inventory).
+  LittleFSConfig fsConfig;
+  fsConfig.setAutoFormat(false);
+  LittleFS.setConfig(fsConfig);
+  if (!LittleFS.begin()) halt("LittleFS does not mount (flash layout differs from espgw_layout?)");
+
+  String json;
+  if (!readFile("/iotfleet.json", json, kMaxConfig)) halt("/iotfleet.json missing or too big");
+  JsonDocument doc;
+  if (deserializeJson(doc, json)) halt("/iotfleet.json is not JSON");
+  if (doc["version"].as<int>() != kContractVersion) halt("unknown contract version");
+  config.deviceId = doc["device_id"].as<String>();
+  config.ssid = doc["wifi_ssid"].as<String>();
+  for (JsonVariant host : doc["mqtt_hosts"].as<JsonArray>()) {
+    if (config.hostCount < 8) config.hosts[config.hostCount++] = host.as<String>();
+  }
+  config.mqttPort = doc["mqtt_port"] | 8883;
+  if (doc["mqtt_username"].is<const char *>()) config.username = doc["mqtt_username"].as<String>();
+  config.telemetryTopic = doc["topics"]["telemetry"].as<String>() + "/state";
+  config.statusTopic = doc["topics"]["status"].as<String>();
+  config.commandsTopic = doc["topics"]["commands"].as<String>();
+  config.commandsFilter = config.commandsTopic + "/#";
+  config.keepalive = doc["keepalive"] | 60;
+  config.telemetryInterval = doc["telemetry_interval"] | 30;
+  for (JsonVariant server : doc["ntp_servers"].as<JsonArray>()) {
+    if (config.ntpCount < 3) config.ntp[config.ntpCount++] = server.as<String>();
+  }
+  config.backoffInitial = doc["backoff_initial"] | 1.0f;
+  config.backoffMax = doc["backoff_max"] | 300.0f;
+  if (config.hostCount == 0) halt("no broker in /iotfleet.json");
+
+  if (!readFile("/ca.pem", caPem, kMaxFile)) halt("/ca.pem missing");
+  if (!readFile("/client.pem", certPem, kMaxFile)) halt("/client.pem missing");
+  if (!readFile("/client.key", keyPem, kMaxFile)) halt("/client.key missing");
+  if (!readFile("/wifi.pass", config.wifiPass, 63)) halt("/wifi.pass missing");
+  if (config.username.length() && !readFile("/mqtt.pass", config.mqttPass, kMaxFile)) {
+    halt("/mqtt.pass missing while mqtt_username is set");
+  }
+
+  trustAnchors = new BearSSL::X509List(caPem.c_str());
+  clientCert = new BearSSL::X509List(certPem.c_str());
+  clientKey = new BearSSL::PrivateKey(keyPem.c_str());
+  keyPem = "";  // BearSSL holds the parsed key; drop the PEM copy
+  tlsClient.setTrustAnchors(trustAnchors);
+  if (clientKey->isEC()) {
+    // iotfleet's issuing CA uses an EC key.
+    tlsClient.setClientECCert(clientCert, clientKey, BR_KEYTYPE_KEYX | BR_KEYTYPE_SIGN,
+                              BR_KEYTYPE_EC);
+  } else {
+    tlsClient.setClientRSACert(clientCert, clientKey);
+  }
+  Serial.printf("iotfleet: device %s, %d broker(s), port %u\n", config.deviceId.c_str(),
+                config.hostCount, config.mqttPort);
+}
+
+void joinWifi() {
+  WiFi.mode(WIFI_STA);
+  WiFi.persistent(false);  // keep the passphrase out of the SDK's Wi-Fi settings sector
+  WiFi.begin(config.ssid.c_str(), config.wifiPass.c_str());
+  Serial.printf("iotfleet: joining %s", config.ssid.c_str());
+  while (WiFi.status() != WL_CONNECTED) {
+    delay(250);
+    Serial.print('.');
+  }
+  Serial.printf(" ok, %s\n", WiFi.localIP().toString().c_str());
+}
+
+void setClock() {
+  const char *a = config.ntpCount > 0 ? config.ntp[0].c_str() : "pool.ntp.org";
+  const char *b = config.ntpCount > 1 ? config.ntp[1].c_str() : nullptr;
+  const char *c = config.ntpCount > 2 ? config.ntp[2].c_str() : nullptr;
+  configTime(0, 0, a, b, c);
+  Serial.print("iotfleet: waiting for NTP");
+  while (time(nullptr) < kSaneTime) {
+    delay(500);
+    Serial.print('.');
+  }
+  Serial.println(" ok");
+}
+
+String statusJson(const char *state) {
+  return String("{\"state\":\"") + state + "\"}";
+}
+
+void publishTelemetry() {
+  JsonDocument doc;
+  doc["device"] = config.deviceId;
+  doc["seq"] = ++seq;
+  doc["uptime_s"] = millis() / 1000;
+  doc["heap_free"] = ESP.getFreeHeap();
+  doc["rssi"] = WiFi.RSSI();
+  String body;
+  serializeJson(doc, body);
+  mqtt.publish(config.telemetryTopic.c_str(), body.c_str());
+}
+
+void onMessage(char *topic, uint8_t *payload, unsigned int length) {
+  String name = String(topic).substring(config.commandsTopic.length() + 1);
+  JsonDocument request;
+  deserializeJson(request, payload, length);  // commands may carry {"id": ...}
+  JsonDocument reply;
+  reply["command"] = name;
+  reply["ok"] = true;
+  if (request["id"].is<JsonVariant>() && !request["id"].isNull()) reply["id"] = request["id"];
+  bool restart = false;
+  if (name == "ping") {
+    reply["reply"] = "pong";
+  } else if (name == "telemetry") {
+    publishTelemetry();
+  } else if (name == "restart") {
+    reply["reply"] = "restarting";
+    restart = true;
+  } else {
+    reply["ok"] = false;
+    reply["error"] = "unknown command";
+  }
+  String body;
+  serializeJson(reply, body);
+  mqtt.publish(config.statusTopic.c_str(), body.c_str());
+  if (restart) {
+    mqtt.disconnect();
+    ESP.restart();
+  }
+}
+
+uint32_t backoffMs() {
+  float base = config.backoffInitial * powf(2.0f, (float)min<uint32_t>(attempts, 16));
+  if (base > config.backoffMax) base = config.backoffMax;
+  float jitter = base * 0.2f * ((float)random(-1000, 1001) / 1000.0f);  // fleet not in lockstep
+  attempts++;
+  return (uint32_t)((base + jitter) * 1000.0f);
+}
+
+bool connectBroker() {
+  const String &host = config.hosts[hostIndex];
+  hostIndex = (hostIndex + 1) % config.hostCount;
+  tlsClient.setX509Time(time(nullptr));
+  mqtt.setServer(host.c_str(), config.mqttPort);
+  mqtt.setKeepAlive(config.keepalive);
+  String offline = statusJson("offline");
+  const char *user = config.username.length() ? config.username.c_str() : nullptr;
+  const char *pass = config.username.length() ? config.mqttPass.c_str() : nullptr;
+  bool ok = mqtt.connect(config.deviceId.c_str(), user, pass, config.statusTopic.c_str(), 1,
+                         true, offline.c_str());
+  if (!ok) {
+    char err[64];
+    tlsClient.getLastSSLError(err, sizeof err);
+    Serial.printf("iotfleet: %s:%u refused (mqtt %d, tls: %s)\n", host.c_str(),
+                  config.mqttPort, mqtt.state(), err);
+    return false;
+  }
+  mqtt.subscribe(config.commandsFilter.c_str(), 1);
+  mqtt.publish(config.statusTopic.c_str(), statusJson("online").c_str(), true);
+  Serial.printf("iotfleet: connected to %s:%u\n", host.c_str(), config.mqttPort);
+  attempts = 0;
+  return true;
+}
+
+}  // namespace
+
+void setup() {
+  Serial.begin(115200);
+  Serial.println();
+  randomSeed(ESP.getChipId() ^ micros());
+  loadContract();
+  joinWifi();
+  setClock();
+  mqtt.setBufferSize(1024);
+  mqtt.setCallback(onMessage);
+}
+
+void loop() {
+  if (WiFi.status() != WL_CONNECTED) {
+    delay(100);  // the SDK reconnects Wi-Fi by itself
+    return;
+  }
+  if (!mqtt.connected()) {
+    uint32_t now = millis();
+    if ((int32_t)(now - nextAttemptMs) < 0) return;
+    if (!connectBroker()) {
+      nextAttemptMs = millis() + backoffMs();
+      return;
+    }
+    nextTelemetryMs = millis();
+  }
+  mqtt.loop();
+  if ((int32_t)(millis() - nextTelemetryMs) >= 0) {
+    publishTelemetry();
+    nextTelemetryMs = millis() + config.telemetryInterval * 1000UL;
+  }
+}

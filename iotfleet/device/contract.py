@@ -1,0 +1,183 @@
+"""The file contract between iotfleet and a gateway: what lies in its LittleFS, in which format.
+
+The firmware (``files/firmware/iotfleet-gateway/``) and the gateway simulator
+(``iotfleet.gateway``) read exactly these files; ``docs/gateways.md`` documents them.
+
+    /iotfleet.json   configuration, JSON (no secrets: safe to print on the serial console)
+    /ca.pem          CA chain to verify brokers (issuing intermediate + root), PEM
+    /client.pem      the device's certificate, PEM
+    /client.key      the device's private key, unencrypted PKCS#8 PEM
+    /wifi.pass       Wi-Fi passphrase, 8..63 ASCII characters, no newline
+    /mqtt.pass       MQTT password, no newline (only when the device has one)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from iotfleet.model.names import check_identity_name, check_topic_name
+
+CONTRACT_VERSION = 1
+CONFIG_FILE = "/iotfleet.json"
+CA_FILE = "/ca.pem"
+CERT_FILE = "/client.pem"
+KEY_FILE = "/client.key"
+WIFI_PASS_FILE = "/wifi.pass"  # noqa: S105 - a file name
+MQTT_PASS_FILE = "/mqtt.pass"  # noqa: S105 - a file name
+REQUIRED_FILES = (CONFIG_FILE, CA_FILE, CERT_FILE, KEY_FILE, WIFI_PASS_FILE)
+MAX_FILE_SIZE = 16 * 1024  # the firmware reads each file into RAM (about 40 KB free heap)
+MAX_CONFIG_SIZE = 2048  # ArduinoJson's document in the sketch is sized for this
+
+WIFI_PASSPHRASE_MIN = 8  # WPA2-PSK passphrase: 8..63 printable ASCII characters
+WIFI_PASSPHRASE_MAX = 63
+
+
+class ContractError(ValueError):
+    """Files that break the contract (what a board would refuse or misread)."""
+
+
+def check_wifi_passphrase(value: str) -> str:
+    """Return ``value`` if it is a WPA2 passphrase; the message never repeats the value."""
+    if not WIFI_PASSPHRASE_MIN <= len(value) <= WIFI_PASSPHRASE_MAX:
+        raise ValueError(
+            f"a Wi-Fi passphrase has {WIFI_PASSPHRASE_MIN}..{WIFI_PASSPHRASE_MAX} characters, "
+            f"this one has {len(value)}"
+        )
+    if not all(32 <= ord(char) <= 126 for char in value):
+        raise ValueError("a Wi-Fi passphrase is printable ASCII only")
+    return value
+
+
+class Topics(BaseModel):
+    """Where the gateway publishes and listens (the broker's ACL allows exactly these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    telemetry: str = Field(description="publish readings under <telemetry>/<name>")
+    status: str = Field(description="presence (retained) and command acknowledgements")
+    commands: str = Field(description="subscribe to <commands>/#")
+
+    @field_validator("telemetry", "status", "commands")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return check_topic_name(value)
+
+    @classmethod
+    def under(cls, prefix: str) -> Topics:
+        return cls(
+            telemetry=f"{prefix}/telemetry",
+            status=f"{prefix}/status",
+            commands=f"{prefix}/commands",
+        )
+
+
+class GatewayConfig(BaseModel):
+    """``/iotfleet.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1  # CONTRACT_VERSION
+    device_id: str = Field(description="MQTT client id; the certificate's CN")
+    wifi_ssid: str = Field(description="network to join")
+    mqtt_hosts: Annotated[list[str], Field(min_length=1, max_length=8)] = Field(
+        description="brokers to try in order; names must match their certificates"
+    )
+    mqtt_port: int = Field(8883, ge=1, le=65535)
+    mqtt_username: str | None = Field(None, description="set when /mqtt.pass is present")
+    topics: Topics
+    keepalive: int = Field(60, ge=5, le=3600, description="MQTT keepalive, seconds")
+    telemetry_interval: int = Field(30, ge=1, le=86400, description="seconds between readings")
+    ntp_servers: list[str] = Field(
+        default_factory=lambda: ["pool.ntp.org", "time.google.com"],
+        description="time sources: certificates cannot be checked without the date",
+    )
+    backoff_initial: float = Field(1.0, gt=0, le=60, description="first reconnect delay, s")
+    backoff_max: float = Field(300.0, gt=0, le=3600, description="longest reconnect delay, s")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_identity_name(value)
+
+    @field_validator("wifi_ssid")
+    @classmethod
+    def _ssid(cls, value: str) -> str:
+        if not 1 <= len(value.encode()) <= 32:
+            raise ValueError("a Wi-Fi SSID is 1..32 bytes")
+        return value
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything one device needs, secrets included (never printed: see ``__repr__``)."""
+
+    config: GatewayConfig
+    ca_chain_pem: bytes
+    certificate_pem: bytes
+    private_key_pem: bytes = field(repr=False)
+    wifi_passphrase: SecretStr = field(repr=False)
+    mqtt_password: SecretStr | None = field(default=None, repr=False)
+
+    def files(self) -> dict[str, bytes]:
+        """The contract's files, path -> content, sorted (the image is built in this order)."""
+        files = {
+            CONFIG_FILE: self.config.model_dump_json(exclude_none=True).encode(),
+            CA_FILE: self.ca_chain_pem,
+            CERT_FILE: self.certificate_pem,
+            KEY_FILE: self.private_key_pem,
+            WIFI_PASS_FILE: self.wifi_passphrase.get_secret_value().encode(),
+        }
+        if self.mqtt_password is not None:
+            files[MQTT_PASS_FILE] = self.mqtt_password.get_secret_value().encode()
+        check_files(files)
+        return dict(sorted(files.items()))
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes]) -> Bundle:
+        """Read the contract back (what the firmware does at boot); ``ContractError`` if broken."""
+        check_files(files)
+        try:
+            config = GatewayConfig.model_validate_json(files[CONFIG_FILE])
+        except ValidationError as exc:
+            raise ContractError(f"{CONFIG_FILE}: {_first_error(exc)}") from None
+        try:
+            passphrase = check_wifi_passphrase(files[WIFI_PASS_FILE].decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ContractError(f"{WIFI_PASS_FILE}: {exc}") from None
+        password = files.get(MQTT_PASS_FILE)
+        if (password is None) != (config.mqtt_username is None):
+            raise ContractError(f"{MQTT_PASS_FILE} and mqtt_username go together")
+        for name in (CA_FILE, CERT_FILE, KEY_FILE):
+            if not files[name].startswith(b"-----BEGIN "):
+                raise ContractError(f"{name} is not PEM")
+        return cls(
+            config=config,
+            ca_chain_pem=files[CA_FILE],
+            certificate_pem=files[CERT_FILE],
+            private_key_pem=files[KEY_FILE],
+            wifi_passphrase=SecretStr(passphrase),
+            mqtt_password=None if password is None else SecretStr(password.decode()),
+        )
+
+
+def check_files(files: Mapping[str, bytes]) -> None:
+    """Names and sizes the firmware accepts."""
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing:
+        raise ContractError(f"missing {', '.join(missing)}")
+    for name, content in files.items():
+        limit = MAX_CONFIG_SIZE if name == CONFIG_FILE else MAX_FILE_SIZE
+        if len(content) > limit:
+            raise ContractError(
+                f"{name} is {len(content)} bytes, the firmware reads at most {limit}"
+            )
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])

@@ -1,0 +1,298 @@
+"""A gateway in software: what the reference firmware does, with the same files and topics.
+
+It connects to the brokers named in ``/iotfleet.json`` in turn, over TLS with the flashed client
+certificate; announces itself on its status topic (retained, with an "offline" will), publishes
+telemetry every ``telemetry_interval`` seconds, answers commands (``ping``, ``telemetry``,
+``restart``) on the status topic, and reconnects with exponential backoff when the broker goes.
+MQTT 5 is used so the broker's verdicts (e.g. 0x87 "not authorized") are visible.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from iotfleet.device.contract import Bundle
+from iotfleet.gateway.backoff import Backoff
+from iotfleet.gateway.tls import gateway_tls_context
+
+Log = Callable[[str], None]
+NOT_AUTHORIZED = 0x87
+_MAX_PENDING_ACKS = 256
+
+
+@dataclass
+class SimulatorStats:
+    """What the gateway has done so far (read by tests and printed by the CLI)."""
+
+    connects: int = 0
+    connect_failures: int = 0
+    telemetry_sent: int = 0
+    commands_handled: int = 0
+    last_error: str = ""
+
+
+class _ConnectFailedError(Exception):
+    pass
+
+
+class GatewaySimulator:
+    """One simulated gateway, from its ``Bundle`` (see ``read_bundle``)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        telemetry_interval: float | None = None,
+        broker: tuple[str, int] | None = None,
+        backoff: Backoff | None = None,
+        connect_timeout: float = 10.0,
+        log: Log | None = None,
+    ) -> None:
+        config = bundle.config
+        self.bundle = bundle
+        self.device_id = config.device_id
+        self.topics = config.topics
+        self.interval = telemetry_interval or float(config.telemetry_interval)
+        # Hosts to try in order; ``broker`` overrides them (e.g. a test broker on another port).
+        self.targets = [broker] if broker else [(h, config.mqtt_port) for h in config.mqtt_hosts]
+        self.backoff = backoff or Backoff(config.backoff_initial, config.backoff_max)
+        self.connect_timeout = connect_timeout
+        self.stats = SimulatorStats()
+        self._log = log or (lambda _line: None)
+        self._tls = gateway_tls_context(
+            bundle.ca_chain_pem, bundle.certificate_pem, bundle.private_key_pem
+        )
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._client: mqtt.Client | None = None
+        self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._acks: OrderedDict[int, tuple[threading.Event, list[int]]] = OrderedDict()
+        self._acks_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
+        self._seq = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> GatewaySimulator:
+        """Run in a background thread until ``stop()``."""
+        self._thread = threading.Thread(target=self.run, daemon=True, name=self.device_id)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def run(self, *, max_telemetry: int | None = None) -> SimulatorStats:
+        """Connect, serve, reconnect with backoff, until stopped (or ``max_telemetry`` sent)."""
+        attempt = 0
+        while not self._stop.is_set():
+            host, port = self.targets[attempt % len(self.targets)]
+            attempt += 1
+            try:
+                self._session(host, port, max_telemetry)
+            except _ConnectFailedError as exc:
+                self.stats.connect_failures += 1
+                self.stats.last_error = str(exc)
+                self._log(f"cannot connect to {host}:{port}: {exc}")
+            if self._stop.is_set():
+                break
+            delay = self.backoff.next_delay()
+            self._log(f"reconnecting in {delay:.1f} s")
+            self._stop.wait(delay)
+        return self.stats
+
+    # -- one connection ------------------------------------------------------------------------
+
+    def _session(self, host: str, port: int, max_telemetry: int | None) -> None:
+        client = self._new_client()
+        connack: queue.Queue[ReasonCode] = queue.Queue()
+        gone = threading.Event()
+
+        def on_connect(
+            _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: Properties | None
+        ) -> None:
+            connack.put(reason)
+
+        def on_disconnect(
+            _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: Properties | None
+        ) -> None:
+            gone.set()
+            self._connected.clear()
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        try:
+            client.connect(host, port, keepalive=self.bundle.config.keepalive)
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise _ConnectFailedError(f"TLS handshake failed: {exc}") from None
+        except OSError as exc:
+            raise _ConnectFailedError(f"{exc.strerror or exc}") from None
+        client.loop_start()
+        try:
+            try:
+                reason = connack.get(timeout=self.connect_timeout)
+            except queue.Empty:
+                raise _ConnectFailedError("no CONNACK: the broker closed the connection") from None
+            if reason.is_failure:
+                raise _ConnectFailedError(f"broker refused the connection: {reason}")
+            self._online(client, host, port)
+            self._serve(client, gone, max_telemetry)
+        finally:
+            if not gone.is_set():
+                self._offline(client)
+            client.disconnect()
+            client.loop_stop()
+            self._client = None
+            self._connected.clear()
+
+    def _new_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.device_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.tls_set_context(self._tls)
+        config = self.bundle.config
+        if config.mqtt_username is not None and self.bundle.mqtt_password is not None:
+            client.username_pw_set(
+                config.mqtt_username, self.bundle.mqtt_password.get_secret_value()
+            )
+        client.will_set(self.topics.status, _status("offline"), qos=1, retain=True)
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.connect_timeout = self.connect_timeout
+        return client
+
+    def _online(self, client: mqtt.Client, host: str, port: int) -> None:
+        self._client = client
+        self.backoff.reset()
+        self.stats.connects += 1
+        client.subscribe(f"{self.topics.commands}/#", qos=1)
+        client.publish(self.topics.status, _status("online"), qos=1, retain=True)
+        self._connected.set()
+        self._log(f"connected to {host}:{port} as {self.device_id}")
+
+    def _offline(self, client: mqtt.Client) -> None:
+        """A clean goodbye (the will only covers a lost connection)."""
+        info = client.publish(self.topics.status, _status("offline"), qos=1, retain=True)
+        info.wait_for_publish(timeout=2)
+
+    def _serve(self, client: mqtt.Client, gone: threading.Event, max_telemetry: int | None) -> None:
+        next_reading = time.monotonic()
+        while not self._stop.is_set() and not gone.is_set():
+            now = time.monotonic()
+            if now >= next_reading:
+                self._publish_telemetry(client)
+                next_reading = now + self.interval
+                if max_telemetry is not None and self.stats.telemetry_sent >= max_telemetry:
+                    self._stop.set()
+                    return
+            try:
+                name, payload = self._commands.get(timeout=min(0.2, max(0.0, next_reading - now)))
+            except queue.Empty:
+                continue
+            if self._handle_command(client, name, payload) == "restart":
+                return  # like a reboot: drop the session, come back through the backoff loop
+
+    # -- telemetry and commands ----------------------------------------------------------------
+
+    def _publish_telemetry(self, client: mqtt.Client) -> None:
+        self._seq += 1
+        reading = {
+            "device": self.device_id,
+            "seq": self._seq,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "heap_free": 31_000,
+            "rssi": -58,
+        }
+        client.publish(f"{self.topics.telemetry}/state", json.dumps(reading), qos=1)
+        self.stats.telemetry_sent += 1
+
+    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        prefix = self.topics.commands + "/"
+        if message.topic.startswith(prefix):
+            self._commands.put((message.topic[len(prefix) :], bytes(message.payload)))
+
+    def _handle_command(self, client: mqtt.Client, name: str, payload: bytes) -> str:
+        request: dict[str, Any] = {}
+        try:
+            parsed = json.loads(payload) if payload else {}
+            if isinstance(parsed, dict):
+                request = parsed
+        except ValueError:
+            pass
+        reply: dict[str, Any] = {"command": name, "ok": True}
+        if "id" in request:
+            reply["id"] = request["id"]
+        if name == "ping":
+            reply["reply"] = "pong"
+        elif name == "telemetry":
+            self._publish_telemetry(client)
+        elif name == "restart":
+            reply["reply"] = "restarting"
+        else:
+            reply.update(ok=False, error="unknown command")
+        client.publish(self.topics.status, json.dumps(reply), qos=1)
+        self.stats.commands_handled += 1
+        self._log(f"command {name}: {'ok' if reply['ok'] else reply.get('error')}")
+        return name
+
+    # -- direct publishing (tests, diagnostics) ------------------------------------------------
+
+    def _ack_waiter(self, mid: int) -> tuple[threading.Event, list[int]]:
+        # Made by whichever side comes first: the PUBACK may beat ``publish`` to it. Never call
+        # paho while holding this lock (paho calls back holding its own locks).
+        with self._acks_lock:
+            waiter = self._acks.setdefault(mid, (threading.Event(), []))
+            while len(self._acks) > _MAX_PENDING_ACKS:  # telemetry acks nobody waits for
+                self._acks.popitem(last=False)
+            return waiter
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: object, mid: int, reason: ReasonCode, _p: Properties
+    ) -> None:
+        event, codes = self._ack_waiter(mid)
+        codes.append(reason.value)
+        event.set()
+
+    def publish(self, topic: str, payload: bytes | str, timeout: float = 10.0) -> int:
+        """Publish with QoS 1 as this gateway; the broker's PUBACK reason code (0x87: denied)."""
+        client = self._client
+        if client is None or not self.connected:
+            raise RuntimeError(f"gateway {self.device_id} is not connected")
+        info = client.publish(topic, payload, qos=1)
+        event, codes = self._ack_waiter(info.mid)
+        try:
+            if not event.wait(timeout):
+                raise TimeoutError(f"no PUBACK for {topic} within {timeout} s")
+            return codes[0]
+        finally:
+            with self._acks_lock:
+                self._acks.pop(info.mid, None)
+
+
+def _status(state: str) -> str:
+    return json.dumps({"state": state})

@@ -1,0 +1,406 @@
+"""The flashing engine against emulated boards: what lands in flash, skip-unchanged proven by
+the board's own write counters, MAC binding, the registry, faults and retries, parallel boards
+with progress and a log per board."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from iotfleet.device import Bundle
+from iotfleet.emulator import BoardServer
+from iotfleet.flash import (
+    BoardResult,
+    FlashRegistry,
+    flash_boards,
+    flash_station,
+    station_jobs,
+)
+from iotfleet.flash.progress import flash_progress
+from iotfleet.gateway import read_flash_files
+from tests.unit.gateway_helpers import (
+    WIFI_ENV,
+    WIFI_PASSPHRASE,
+    GatewayFleet,
+    board,
+    emulated,
+    gateway_environment,
+    options,
+)
+
+DEVICES = [{"id": f"gw-{i}"} for i in range(1, 7)] + [{"id": "gw-pinned",
+                                                          "mac": "18:fe:34:00:00:77"}]
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFleet]:
+    home = tmp_path_factory.mktemp("home")
+    with gateway_environment(home):
+        yield GatewayFleet(home, DEVICES)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[FlashRegistry]:
+    store = FlashRegistry(tmp_path / "state" / "flash-registry.sqlite")
+    yield store
+    store.close()
+
+
+def flash(gateways: GatewayFleet, registry: FlashRegistry, tmp: Path, boards: list[dict[str, Any]],
+          *, reenroll: bool = False, parallel: int = 8, **espgw: object) -> list[BoardResult]:
+    ctx = gateways.context(boards, **espgw)
+    jobs, failures = station_jobs(ctx, "@local")
+    assert not failures, failures
+    return flash_boards(jobs, registry, parallel=parallel, reenroll=reenroll, progress=False,
+                        options=options(tmp))
+
+
+def test_first_flash_writes_everything_second_writes_nothing(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:01") as gw:
+        boards = [board(gw, "gw-1")]
+        [first] = flash(gateways, registry, tmp_path, boards)
+        assert first.status == "flashed", first.message
+        assert first.regions_written == ("firmware", "filesystem")
+        assert first.mac == "18:fe:34:00:00:01"
+        assert gw.counters.write_sessions == 2
+        programmed = gw.counters.bytes_programmed
+
+        # The board holds the device's files, read back with the board's geometry.
+        gw.flash.flush()
+        bundle = Bundle.from_files(read_flash_files(gw.flash.path, "4M2M"))
+        ctx = gateways.context(boards)
+        assert bundle.config.device_id == "gw-1"
+        assert bundle.certificate_pem == ctx.pki.certificate_pem("gw-1")
+        assert bundle.wifi_passphrase.get_secret_value() == WIFI_PASSPHRASE
+
+        [second] = flash(gateways, registry, tmp_path, boards)
+        assert second.status == "unchanged" and not second.changed and second.ok
+        assert second.bytes_written == 0
+        assert gw.counters.bytes_programmed == programmed  # not one byte written
+        assert gw.counters.write_sessions == 2 and gw.counters.bytes_erased == first_erased(gw)
+        assert second.duration < 2.0
+
+    history = registry.history("gw-1")
+    assert [r.result for r in history] == ["flashed", "unchanged"]
+    record = history[0]
+    assert record.provisioned and record.mac == "18:fe:34:00:00:01"
+    assert record.station == "@local" and record.port == gw.url and record.layout == "4M2M"
+    assert record.firmware_sha256 and record.image_sha256 and record.cert_serial
+    cert = gateways.context(boards).pki.record("gw-1")
+    assert cert is not None and record.cert_serial == cert.serial_hex
+    enrollment = registry.enrollment("gw-1")
+    assert enrollment is not None and enrollment.mac == "18:fe:34:00:00:01"
+    assert stat.S_IMODE(registry.path.stat().st_mode) == 0o600
+
+
+def first_erased(gw: BoardServer) -> int:
+    return gw.counters.bytes_erased  # erasing happens only while writing
+
+
+def test_changed_secrets_rewrite_only_the_filesystem(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:02") as gw:
+        boards = [board(gw, "gw-2")]
+        assert flash(gateways, registry, tmp_path, boards)[0].status == "flashed"
+        monkeypatch.setenv(WIFI_ENV, "a new wifi passphrase")
+        [result] = flash(gateways, registry, tmp_path, boards)
+        assert result.status == "flashed" and result.regions_written == ("filesystem",)
+        gw.flash.flush()
+        bundle = Bundle.from_files(read_flash_files(gw.flash.path, "4M2M"))
+        assert bundle.wifi_passphrase.get_secret_value() == "a new wifi passphrase"
+
+
+def test_other_layout_puts_the_filesystem_elsewhere(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:03") as gw:
+        [result] = flash(gateways, registry, tmp_path, [board(gw, "gw-3", layout="4M1M")])
+        assert result.status == "flashed", result.message
+        gw.flash.flush()
+        files = read_flash_files(gw.flash.path, "4M1M")
+        assert Bundle.from_files(files).config.device_id == "gw-3"
+        assert registry.history("gw-3")[-1].layout == "4M1M"
+
+
+def test_mac_binding_enroll_refuse_reenroll(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with (
+        emulated(tmp_path / "a.flash", "18:fe:34:00:00:0a") as first,
+        emulated(tmp_path / "b.flash", "18:fe:34:00:00:0b") as replacement,
+    ):
+        assert flash(gateways, registry, tmp_path, [board(first, "gw-4")])[0].ok
+
+        [refused] = flash(gateways, registry, tmp_path, [board(replacement, "gw-4")])
+        assert refused.status == "refused" and refused.kind == "refused"
+        assert refused.message.startswith(f"board gw-4 on {replacement.url}: device gw-4 is "
+                                          "enrolled with MAC 18:fe:34:00:00:0a, this board is "
+                                          "18:fe:34:00:00:0b")
+        assert "espgw_reenroll" in refused.message
+        assert replacement.counters.bytes_programmed == 0  # refused before any write
+        assert not registry.is_provisioned("gw-4")
+
+        [moved] = flash(gateways, registry, tmp_path, [board(replacement, "gw-4")],
+                        reenroll=True)
+        assert moved.status == "flashed", moved.message
+        enrollment = registry.enrollment("gw-4")
+        assert enrollment is not None and enrollment.mac == "18:fe:34:00:00:0b"
+        assert registry.is_provisioned("gw-4")
+
+        # The old board is now free; making it another device needs re-enrollment too once
+        # its MAC is enrolled elsewhere: the replacement board cannot silently become gw-5.
+        [taken] = flash(gateways, registry, tmp_path, [board(replacement, "gw-5")])
+        assert taken.status == "refused" and "enrolled as device gw-4" in taken.message
+
+
+def test_inventory_mac_must_match_even_with_reenroll(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    # A board that answers a MAC other than the one the inventory pins (wrong board on port).
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:77",
+                  report_mac="18:fe:34:00:00:66") as gw:
+        [result] = flash(gateways, registry, tmp_path, [board(gw, "gw-pinned")], reenroll=True)
+        assert result.status == "refused"
+        assert "MAC 18:fe:34:00:00:66 but fleet_devices gw-pinned: mac is 18:fe:34:00:00:77" \
+            in result.message
+        [result] = flash(gateways, registry, tmp_path,
+                         [board(gw, "gw-6", mac="18:FE:34:00:00:55")], reenroll=True)
+        assert "but espgw_boards[0].mac is 18:fe:34:00:00:55" in result.message
+        assert gw.counters.bytes_programmed == 0
+    assert [r.result for r in registry.history("gw-pinned")] == ["refused"]
+    assert not registry.is_provisioned("gw-pinned")
+
+
+def test_board_vanishing_mid_write_then_retry(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:05", drop_after_bytes=1_000_000) as gw:
+        boards = [board(gw, "gw-5")]
+        [lost] = flash(gateways, registry, tmp_path, boards)
+        assert lost.status == "failed" and lost.kind == "disconnected"
+        assert lost.message.startswith(f"board gw-5 on {gw.url}: lost the board on {gw.url} "
+                                       "during 'write at 0x200000'")
+        assert gw.counters.drops == 1
+        last = registry.latest("gw-5")
+        assert last is not None and last.result == "failed" and not last.provisioned
+        assert registry.enrollment("gw-5") is None  # nothing enrolled by a failed flash
+
+        [retry] = flash(gateways, registry, tmp_path, boards)
+        assert retry.status == "flashed", retry.message
+        assert registry.is_provisioned("gw-5")
+        gw.flash.flush()
+        assert Bundle.from_files(read_flash_files(gw.flash.path, "4M2M")).config.device_id \
+            == "gw-5"
+
+
+def test_dropped_after_some_blocks(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:06", drop_after_blocks=1) as gw:
+        [lost] = flash(gateways, registry, tmp_path, [board(gw, "gw-6")])
+        assert lost.kind == "disconnected" and gw.counters.data_blocks == 1
+        assert flash(gateways, registry, tmp_path, [board(gw, "gw-6")])[0].status == "flashed"
+
+
+def test_no_answer_is_a_timeout_naming_the_port(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:01", silent=True) as gw:
+        ctx = gateways.context([board(gw, "gw-1")])
+        jobs, _ = station_jobs(ctx, "@local")
+        started = time.monotonic()
+        [result] = flash_boards(jobs, registry, progress=False,
+                                options=options(tmp_path, connect_attempts=1))
+        assert time.monotonic() - started < 5
+    assert result.status == "failed" and result.kind == "no-answer"
+    assert f"no ESP8266 bootloader answers on {gw.url} (timed out after" in result.message
+    assert result.message.startswith("board gw-1 on ")
+
+
+def test_missing_and_busy_ports(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    from tests.support.local_broker import free_port
+
+    missing = f"socket://127.0.0.1:{free_port()}"
+    ctx = gateways.context([{"port": missing, "device": "gw-1"},
+                            {"port": "/dev/ttyUSB-iotfleet-none", "device": "gw-2"}])
+    jobs, _ = station_jobs(ctx, "@local")
+    results = flash_boards(jobs, registry, progress=False, options=options(tmp_path))
+    assert [r.kind for r in results] == ["port", "port"]
+    assert f"cannot open port {missing}" in results[0].message
+    assert "/dev/ttyUSB-iotfleet-none" in results[1].message
+    assert not registry.is_provisioned("gw-1")
+
+    # Busy: a second flash of the same port while the first holds it.
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:01") as gw:
+        from iotfleet.flash.engine import _port_lock
+
+        jobs, _ = station_jobs(gateways.context([board(gw, "gw-1")]), "@local")
+        with _port_lock(tmp_path / "locks", gw.url):
+            [busy] = flash_boards(jobs, registry, progress=False, options=options(tmp_path))
+        assert busy.kind == "busy" and f"port {gw.url} is busy" in busy.message
+        # The emulator itself turns away a second client while one is connected.
+        import socket
+
+        with socket.create_connection(("127.0.0.1", gw.port)):
+            time.sleep(0.1)
+            [taken] = flash_boards(jobs, registry, progress=False,
+                                   options=options(tmp_path, connect_attempts=1))
+        assert taken.status == "failed" and taken.kind in ("busy", "no-answer")
+        assert flash_boards(jobs, registry, progress=False,
+                            options=options(tmp_path))[0].status == "flashed"
+
+
+def test_bad_inputs_become_failed_boards_and_others_still_flash(
+    gateways: GatewayFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:03") as gw:
+        boards = [
+            {"port": "socket://127.0.0.1:1", "device": "gw-1", "layout": "4M7M"},
+            {"port": "socket://127.0.0.1:2", "device": "gw-2", "firmware": str(tmp_path / "x")},
+            board(gw, "gw-3"),
+        ]
+        ctx = gateways.context(boards)
+        results = flash_station(ctx, "@local", progress=False, options=options(tmp_path))
+    assert [r.status for r in results] == ["failed", "failed", "flashed"]
+    assert results[0].message.startswith(
+        "board gw-1 on socket://127.0.0.1:1: host @local: espgw_boards[0].layout: "
+        "unknown flash layout '4M7M'")
+    assert "espgw_boards[1].firmware: cannot read" in results[1].message
+    registry = FlashRegistry(ctx.registry_path)
+    try:
+        assert registry.latest("gw-1") is not None and not registry.is_provisioned("gw-1")
+        assert registry.is_provisioned("gw-3")
+    finally:
+        registry.close()
+
+    monkeypatch.setenv(WIFI_ENV, "short")
+    [bad] = flash_station(gateways.context([board(gw, "gw-3")]), "@local", progress=False,
+                          options=options(tmp_path))
+    assert bad.kind == "input" and "espgw_wifi_passphrase: a Wi-Fi passphrase has 8..63" in \
+        bad.message and "short" not in bad.message.split("has")[-1]
+
+
+def test_parallel_boards_progress_and_a_log_per_board(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    servers = [emulated(tmp_path / f"{i}.flash", f"18:fe:34:00:01:{i:02x}") for i in range(1, 5)]
+    try:
+        ctx = gateways.context([board(s, f"gw-{i}") for i, s in enumerate(servers, 1)])
+        jobs, _ = station_jobs(ctx, "@local")
+        screen = io.StringIO()
+        display = flash_progress(Console(file=screen, width=120, force_terminal=False))
+        with display:
+            results = flash_boards(jobs, registry, parallel=4, progress=display,
+                                   options=options(tmp_path))
+        assert [r.status for r in results] == ["flashed"] * 4
+        assert [r.device_id for r in results] == ["gw-1", "gw-2", "gw-3", "gw-4"]
+        text = screen.getvalue()
+        for i in range(1, 5):
+            assert f"gw-{i}" in text
+        for result in results:
+            assert result.log_path is not None
+            log = result.log_path.read_text()
+            assert stat.S_IMODE(result.log_path.stat().st_mode) == 0o600
+            assert f"flashing device {result.device_id} on {result.port}" in log
+            assert "Stub flasher running." in log  # esptool's own lines, routed per board
+            assert "verified filesystem" in log
+            assert WIFI_PASSPHRASE not in log and "PRIVATE KEY" not in log
+            other = {r.device_id for r in results} - {result.device_id}
+            assert not any(f"device {d} " in log for d in other)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def test_dry_run_writes_and_records_nothing(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:21") as gw:
+        ctx = gateways.context([board(gw, "gw-1")])
+        jobs, _ = station_jobs(ctx, "@local")
+        [plan] = flash_boards(jobs, registry, progress=False, options=options(tmp_path),
+                              dry_run=True)
+        assert plan.status == "outdated" and plan.changed and not plan.ok
+        assert plan.message == "would write firmware, filesystem"
+        assert gw.counters.bytes_programmed == 0 and registry.history() == []
+        assert flash_boards(jobs, registry, progress=False,
+                            options=options(tmp_path))[0].status == "flashed"
+        [again] = flash_boards(jobs, registry, progress=False, options=options(tmp_path),
+                               dry_run=True)
+        assert again.status == "unchanged" and not again.changed
+
+
+def test_cli_flash_and_registry_under_pyinfra_gevent(
+    gateways: GatewayFleet, tmp_path: Path
+) -> None:
+    """`iotfleet gateway flash -i INVENTORY` loads the inventory through pyinfra, which
+    monkey-patches threads and sockets with gevent (as in a real rollout): the engine must
+    still flash. Run as a process: the patch must not leak into this test session."""
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:31") as gw:
+        gateways.context([board(gw, "gw-6")])  # the PKI tier has run
+        inventory = tmp_path / "inventory.py"
+        inventory.write_text(
+            "brokers = [('localhost', {'ssh_hostname': '127.0.0.1', 'fleet_name': 'unit',\n"
+            f"    'fleet_devices': {DEVICES!r},\n"
+            "    'fleet_clients': [{'name': 'ops', 'roles': ['admin']}]})]\n"
+            "flash_stations = [('@local', {'espgw_wifi_ssid': 'unit-wifi',\n"
+            f"    'espgw_wifi_passphrase': 'env:{WIFI_ENV}',\n"
+            f"    'espgw_firmware': {str(gateways.firmware)!r},\n"
+            f"    'espgw_boards': [{{'port': {gw.url!r}, 'device': 'gw-6',\n"
+            f"                       'flash_file': {str(gw.flash.path)!r}}}]}})]\n"
+        )
+
+        def iotfleet(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "iotfleet", "gateway", *args, "-i", str(inventory)],
+                capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+                env={**os.environ, "COLUMNS": "200"},
+            )
+
+        flashed = iotfleet("flash", "--no-progress")
+        assert flashed.returncode == 0, flashed.stdout + flashed.stderr
+        assert "gw-6" in flashed.stdout and "flashed" in flashed.stdout
+        assert gw.counters.write_sessions == 2
+        again = iotfleet("flash", "--no-progress")
+        assert again.returncode == 0 and "unchanged" in again.stdout
+        shown = iotfleet("registry")
+        assert shown.returncode == 0, shown.stderr
+        assert "gw-6" in shown.stdout and "18:fe:34:00:00:31" in shown.stdout
+        gw.flash.flush()
+        inspected = subprocess.run(
+            [sys.executable, "-m", "iotfleet", "gateway", "inspect", "gw-6", "-i", str(inventory)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert inspected.returncode == 0, inspected.stderr
+        assert "/client.key" in inspected.stdout and '"device_id": "gw-6"' in inspected.stdout
+
+
+def test_small_chip_needs_a_small_layout(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with BoardServer(tmp_path / "1m.flash", "18:fe:34:00:00:41", flash_size=1 << 20) as gw:
+        [refused] = flash(gateways, registry, tmp_path, [board(gw, "gw-1")])
+        assert refused.kind == "chip"
+        assert "the board has 1024 KB of flash; layout 4M2M needs 4096 KB" in refused.message
+        assert gw.counters.bytes_programmed == 0
+        [done] = flash(gateways, registry, tmp_path, [board(gw, "gw-1", layout="1M64")])
+        assert done.status == "flashed", done.message
+        gw.flash.flush()
+        files = read_flash_files(gw.flash.path, "1M64")  # 16 blocks of 4 KB at 0xEB000
+        assert Bundle.from_files(files).config.device_id == "gw-1"
