@@ -8,3 +8,4 @@ from pyinfra import local
 
 local.include("deploy/pki.py")
 local.include("deploy/brokers.py")
+local.include("deploy/gateways.py")

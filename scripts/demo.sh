@@ -20,9 +20,6 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "Installing dependencies (Debian packages, .venv)"
 ./scripts/bootstrap.sh
 
-# Emulated boards exist once the gateway emulator is part of this checkout.
-.venv/bin/python -c 'import iotfleet.emulator' 2>/dev/null || GATEWAYS=0
-
 step "Booting the lab: $BROKERS broker host(s), $GATEWAYS emulated ESP8266 board(s), $SUITE"
 .venv/bin/iotfleet lab up --brokers "$BROKERS" --gateways "$GATEWAYS" --suite "$SUITE"
 .venv/bin/iotfleet lab status
@@ -32,6 +29,11 @@ step "Rollout: pyinfra inventory/lab.py deploy.py"
 
 step "Second rollout: nothing should change"
 .venv/bin/pyinfra -y inventory/lab.py deploy.py 2>&1 | tail -n 6
+
+if [ "$GATEWAYS" -gt 0 ]; then
+  step "Gateway gw1 boots from what was flashed: mTLS to the broker, telemetry"
+  .venv/bin/iotfleet gateway run gw1 -i inventory/lab.py --interval 0.5 --count 3
+fi
 
 step "PKI status"
 .venv/bin/iotfleet pki status --inventory inventory/lab.py || true

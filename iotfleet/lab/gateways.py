@@ -42,7 +42,14 @@ def emulator_argv(port: int, flash_file: str, mac: str, python: str = sys.execut
         flash_file,
         "--mac",
         mac,
+        # Counters after each session (bytes programmed...): shows a rollout wrote nothing.
+        "--stats",
+        stats_file(flash_file),
     ]
+
+
+def stats_file(flash_file: str) -> str:
+    return str(Path(flash_file).with_suffix(".stats.json"))
 
 
 def start_gateway(

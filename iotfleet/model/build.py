@@ -30,6 +30,7 @@ from iotfleet.model.settings import FirewallSettings, GatewaySettings, Mosquitto
 
 BROKERS_GROUP = "brokers"
 STATIONS_GROUP = "flash_stations"
+LOCAL_STATION = "@local"
 
 FLEET_KEYS = {"fleet_name", "fleet_devices", "fleet_clients", "fleet_roles", "fleet_topic_root"}
 # Prefix -> settings model; every key with one of these prefixes must be known.
@@ -319,6 +320,18 @@ def _check_boards(
                     )
                 )
             ports.setdefault(board.port, index)
+            if station.name != LOCAL_STATION and "://" not in board.port:
+                # Flashing runs on the control machine: a device path there is not this host's.
+                problems.append(
+                    Problem(
+                        where,
+                        f"{key}.port",
+                        f"{board.port} is a serial device of {station.name}, which iotfleet "
+                        "cannot reach from the control machine: serve it with esptool's "
+                        f"esp_rfc2217_server and list rfc2217://{station.name}:PORT, or "
+                        "attach the board to the control machine (@local)",
+                    )
+                )
             device = by_id.get(board.device)
             if device is None:
                 problems.append(

@@ -191,3 +191,27 @@ def test_every_problem_is_reported_at_once() -> None:
         )
     )
     assert len(problems) == 4
+
+
+def test_boards_of_a_remote_station_must_be_network_serial_ports() -> None:
+    station = RawHost(
+        "flash1.example.net",
+        ("flash_stations",),
+        {
+            "fleet_name": "demo",
+            "fleet_devices": [{"id": "gw-1"}, {"id": "gw-2"}],
+            "espgw_wifi_ssid": "plant",
+            "espgw_wifi_passphrase": "generated",
+            "espgw_boards": [
+                {"port": "/dev/ttyUSB0", "device": "gw-1"},
+                {"port": "rfc2217://flash1.example.net:4000", "device": "gw-2"},
+            ],
+        },
+    )
+    problems = problems_of(broker(), station)
+    assert [p for p in problems if "esp_rfc2217_server" in p] == [
+        "host flash1.example.net: espgw_boards[0].port: /dev/ttyUSB0 is a serial device of "
+        "flash1.example.net, which iotfleet cannot reach from the control machine: serve it "
+        "with esptool's esp_rfc2217_server and list rfc2217://flash1.example.net:PORT, or "
+        "attach the board to the control machine (@local)"
+    ]

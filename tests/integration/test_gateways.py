@@ -1,0 +1,139 @@
+"""ESP8266 gateways on the lab (issue 5): the real pyinfra rollout flashes emulated boards with
+the real esptool, the simulated gateways boot from what was flashed and connect over mTLS."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, session, succeeded
+from iotfleet.context import FleetContext
+from iotfleet.device.contract import CA_FILE, CERT_FILE, CONFIG_FILE, KEY_FILE, WIFI_PASS_FILE
+from iotfleet.flash import FlashRegistry
+from iotfleet.gateway import GatewaySimulator, read_bundle, read_flash_files
+from iotfleet.lab.gateways import stats_file
+from tests.integration.conftest import LabFactory, RunningLab
+from tests.support.broker_clients import identity_of, target
+from tests.support.lab_fleet import lab_context
+from tests.support.rollout import Rollout, run_pyinfra
+
+pytestmark = pytest.mark.lab
+
+BOARDS = ("gw1", "gw2")
+
+
+@dataclass
+class FlashedLab:
+    lab: RunningLab
+    first: Rollout
+
+    @property
+    def ctx(self) -> FleetContext:
+        return lab_context(self.lab.name)
+
+    def flash_file(self, device: str) -> Path:
+        board = next(g for g in self.lab.gateways if g["name"] == device)
+        return Path(str(board["flash_file"]))
+
+    def programmed(self, device: str) -> int:
+        stats = json.loads(Path(stats_file(str(self.flash_file(device)))).read_text())
+        return int(stats["bytes_programmed"])
+
+
+@pytest.fixture(scope="module")
+def flashed(lab_factory: LabFactory) -> FlashedLab:
+    lab = lab_factory(suite="bookworm", brokers=2, gateways=len(BOARDS))
+    first = run_pyinfra(lab.name)
+    assert first.returncode == 0, first.explain()
+    return FlashedLab(lab, first)
+
+
+@pytest.fixture
+def simulators(flashed: FlashedLab) -> Iterator[dict[str, GatewaySimulator]]:
+    sims = {
+        device: GatewaySimulator(read_bundle(flashed.flash_file(device)), telemetry_interval=0.5)
+        for device in BOARDS
+    }
+    for sim in sims.values():
+        sim.start()
+    yield sims
+    for sim in sims.values():
+        sim.stop()
+
+
+def test_rollout_flashes_each_board_with_its_own_identity(flashed: FlashedLab) -> None:
+    ctx = flashed.ctx
+    registry = FlashRegistry(ctx.registry_path)
+    for device in BOARDS:
+        assert f"{device} (socket://127.0.0.1:" in flashed.first.output, flashed.first.explain()
+        files = read_flash_files(flashed.flash_file(device))
+        assert set(files) >= {CONFIG_FILE, CA_FILE, CERT_FILE, KEY_FILE, WIFI_PASS_FILE}
+        certificate = x509.load_pem_x509_certificate(files[CERT_FILE])
+        common_name = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert common_name == device
+        assert files[CERT_FILE] == ctx.pki.certificate_pem(device)
+        assert files[CA_FILE] == ctx.pki.ca_chain_pem()
+        record = registry.latest(device)
+        assert record is not None and record.provisioned, record
+        pki_record = ctx.pki.record(device)
+        assert pki_record is not None
+        board = next(g for g in flashed.lab.gateways if g["name"] == device)
+        assert record.mac is not None and record.mac.lower() == str(board["mac"]).lower()
+        assert record.cert_serial is not None
+        assert int(record.cert_serial, 16) == certificate.serial_number
+        assert (ctx.state_dir / "flash-logs").is_dir()
+        # The key is only on the board: never printed by the rollout.
+        assert b"PRIVATE KEY" in files[KEY_FILE]
+    assert "PRIVATE KEY" not in flashed.first.output
+
+
+def test_flashed_gateways_connect_over_mtls_publish_and_obey_commands(
+    flashed: FlashedLab, simulators: dict[str, GatewaySimulator]
+) -> None:
+    ctx = flashed.ctx
+    broker = flashed.lab.hosts[0].fqdn
+    with session(target(ctx, broker, 8883), identity_of(ctx, "ops")) as admin:
+        admin.subscribe("devices/+/telemetry/#")
+        admin.subscribe("devices/+/status")
+        for device, sim in simulators.items():
+            assert sim.wait_connected(30), (device, sim.stats)
+        for device in BOARDS:
+            assert admin.wait_for_message(f"devices/{device}/telemetry/", timeout=15), device
+        assert succeeded(admin.publish("devices/gw1/commands/ping", b'{"id": 7}'))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _pongs(admin.messages("devices/gw1/status")):
+            time.sleep(0.1)
+        statuses = admin.messages("devices/gw1/status")
+        assert _pongs(statuses) == [{"command": "ping", "ok": True, "id": 7, "reply": "pong"}], [
+            m.payload for m in statuses
+        ]
+    # Each gateway is refused on the other's topics.
+    assert simulators["gw1"].publish("devices/gw2/telemetry/state", "spoof") == NOT_AUTHORIZED
+    assert simulators["gw2"].publish("devices/gw1/status", "spoof") == NOT_AUTHORIZED
+    assert succeeded(simulators["gw2"].publish("devices/gw2/telemetry/state", "21.5"))
+
+
+def _pongs(messages: list[mqtt.MQTTMessage]) -> list[object]:
+    replies = [json.loads(m.payload) for m in messages if m.payload.startswith(b"{")]
+    return [r for r in replies if isinstance(r, dict) and r.get("reply") == "pong"]
+
+
+def test_second_rollout_writes_nothing(flashed: FlashedLab) -> None:
+    before = {device: flashed.programmed(device) for device in BOARDS}
+    again = run_pyinfra(flashed.lab.name)
+    assert again.returncode == 0, again.explain()
+    assert (again.changed, again.errors) == (0, 0), again.explain()
+    # The results table: hosts, success, error, no change of the flashing operation.
+    row = re.search(r"\| Flash 2 ESP8266 board\(s\)[^\n]*?\s(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s*\n",
+                    again.output)
+    assert row and row.groups() == ("1", "-", "-", "1"), again.explain()
+    assert {device: flashed.programmed(device) for device in BOARDS} == before
