@@ -114,7 +114,7 @@ def device_bundle(
     except ValueError as exc:
         raise DeviceImageError(host, "espgw_wifi_passphrase", str(exc)) from None
 
-    brokers = _brokers(ctx, station)
+    brokers = _brokers(ctx, station, device)
     password = ctx.passwords.get(device.id)
     _check_listeners(device, brokers, settings.broker_port, password is not None, host)
     store = pki or ctx.pki
@@ -186,8 +186,9 @@ def build_device_image(
     )
 
 
-def _brokers(ctx: FleetContext, station: FlashStation) -> list[Broker]:
-    names = station.gateway.brokers
+def _brokers(ctx: FleetContext, station: FlashStation, device: Device) -> list[Broker]:
+    """The device's own brokers, else the station's ``espgw_brokers``, else every broker."""
+    names = device.brokers if device.brokers is not None else station.gateway.brokers
     brokers = ctx.fleet.brokers if names is None else [ctx.fleet.broker(n) for n in names]
     if not brokers:
         raise DeviceImageError(

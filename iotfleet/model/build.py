@@ -95,6 +95,7 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
 
     _check_unique_identities(brokers, devices, clients, problems)
     _check_role_references(devices, clients, roles, problems)
+    _check_broker_references(devices, clients, brokers, problems)
     _check_boards(stations, devices, brokers, problems)
 
     if problems or pki is None:
@@ -285,6 +286,20 @@ def _check_role_references(
                         "open every device's topics (or broker internals) to a device",
                     )
                 )
+
+
+def _check_broker_references(
+    devices: list[Device], clients: list[Client], brokers: list[Broker], problems: list[Problem]
+) -> None:
+    known = {b.name for b in brokers}
+    owners = [
+        *((f"device {d.id}", d.brokers) for d in devices),
+        *((f"client {c.name}", c.brokers) for c in clients),
+    ]
+    for where, names in owners:
+        for name in names or []:
+            if name not in known:
+                problems.append(Problem(where, "brokers", f"{name!r} is not a broker host"))
 
 
 def _check_boards(

@@ -77,6 +77,9 @@ class Device(_Model):
     roles: list[str] = Field(default_factory=list, description="extra roles (never beyond own)")
     topic_prefix: str | None = Field(None, description="default: <fleet_topic_root>/<id>")
     revoked: RevocationReason | None = Field(None, description="revoke with this reason")
+    brokers: list[str] | None = Field(
+        None, description="broker hosts this device may use and connects to; default: all"
+    )
 
     @field_validator("id")
     @classmethod
@@ -108,6 +111,9 @@ class Client(_Model):
     password: SecretRef | None = Field(None, description="env:NAME, file:PATH or generated")
     key_type: KeyType = Field("ec-p256", description="ec-p256 (default) or rsa-2048")
     revoked: RevocationReason | None = Field(None, description="revoke with this reason")
+    brokers: list[str] | None = Field(
+        None, description="broker hosts this client may use; default: all"
+    )
 
     @field_validator("name")
     @classmethod
@@ -208,3 +214,10 @@ class Fleet(_Model):
     @property
     def active_clients(self) -> list[Client]:
         return [c for c in self.clients if c.revoked is None]
+
+    def users_of(self, broker_name: str) -> set[str]:
+        """Usernames of the active devices and clients allowed on ``broker_name``."""
+        return {
+            *(d.id for d in self.active_devices if d.brokers is None or broker_name in d.brokers),
+            *(c.name for c in self.active_clients if c.brokers is None or broker_name in c.brokers),
+        }

@@ -41,9 +41,13 @@ def _role_rules(role: Role, username: str) -> list[tuple[str, str]]:
 def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]]:
     """``{username: [(access, topic), ...]}`` for every active user of one broker."""
     users: dict[str, list[tuple[str, str]]] = {}
+    allowed = fleet.users_of(broker_name)
     for device in fleet.active_devices:
-        users[device.id] = device_rules(fleet, device)
+        if device.id in allowed:
+            users[device.id] = device_rules(fleet, device)
     for client in fleet.active_clients:
+        if client.name not in allowed:
+            continue
         rules: list[tuple[str, str]] = []
         for role in client.roles:
             rules.extend(_role_rules(fleet.roles[role], client.name))

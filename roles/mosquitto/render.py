@@ -131,7 +131,12 @@ def service_files(
         ),
     ]
     if config.with_passwords:
-        clear = {user: secret.get_secret_value() for user, secret in ctx.passwords.items()}
+        allowed = ctx.fleet.users_of(broker.name)
+        clear = {
+            user: secret.get_secret_value()
+            for user, secret in ctx.passwords.items()
+            if user in allowed
+        }
         clear.update(health_password_entry(ctx, broker))
         passwd = render_password_file(clear, existing_hashes)
         files.append(_config_file(layout.PASSWORD_FILE, passwd, "reload"))

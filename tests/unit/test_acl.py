@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from iotfleet.health import health_identity_name
-from iotfleet.model import RawHost, build_fleet
+from iotfleet.model import InventoryError, RawHost, build_fleet
 from iotfleet.mosquitto.acl import acl_rules, render_acl
 
 BROKER = "mqtt1.example.net"
@@ -51,3 +53,20 @@ def test_rendering_is_deterministic_and_has_no_pattern_lines() -> None:
     assert text.startswith("# managed by iotfleet")
     assert "\npattern " not in text and "topic read #\n" not in text
     assert text.index("user gw-1\n") < text.index("user gw-2\n")
+
+
+def test_identities_limited_to_some_brokers_exist_only_there() -> None:
+    data = {
+        "fleet_name": "demo",
+        "fleet_devices": [{"id": "gw-1", "brokers": ["b1"]}, {"id": "gw-2"}],
+        "fleet_clients": [{"name": "ann", "brokers": ["b2"], "roles": ["dashboard"]}],
+    }
+    two = build_fleet([RawHost("b1", ("brokers",), data), RawHost("b2", ("brokers",), data)])
+    assert set(acl_rules(two, "b1")) == {"gw-1", "gw-2", health_identity_name("b1")}
+    assert set(acl_rules(two, "b2")) == {"gw-2", "ann", health_identity_name("b2")}
+
+
+def test_unknown_broker_of_an_identity_is_refused() -> None:
+    with pytest.raises(InventoryError) as caught:
+        fleet(fleet_devices=[{"id": "gw-1", "brokers": ["nope"]}])
+    assert "device gw-1: brokers: 'nope' is not a broker host" in str(caught.value)
