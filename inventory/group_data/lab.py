@@ -5,10 +5,16 @@ for clients without certificates, certificate plus password on 8885, and MQTT ov
 WebSockets (TLS, passwords) on 8443.
 """
 
+from pyinfra import inventory
+
 from iotfleet.lab.inventory import lab_gateway_names
 from iotfleet.lab.naming import lab_name
 from iotfleet.paths import fleet_dir
 from iotfleet.secrets import SecretStore
+
+# pyinfra reads every file of group_data/ whatever the inventory: only the lab's own
+# inventory (its hosts form the group "lab") reads the lab's state and makes its secrets.
+_lab_inventory = bool(inventory.get_group("lab", None))
 
 __all__ = [
     "espgw_wifi_passphrase",
@@ -28,7 +34,10 @@ fleet_devices = [
     {"id": "sensor-2", "group": "software"},
     {"id": "sensor-stolen", "group": "software", "revoked": "keyCompromise"},
     # One device per emulated ESP8266 board of the lab.
-    *({"id": name, "group": "gateways"} for name in lab_gateway_names()),
+    *(
+        {"id": name, "group": "gateways"}
+        for name in (lab_gateway_names() if _lab_inventory else [])
+    ),
 ]
 
 fleet_clients = [
@@ -47,10 +56,11 @@ mosquitto_listeners = [
     {"port": 8443, "protocol": "websockets", "auth": "password"},
 ]
 
-# The lab's CA passphrase is generated once and kept with the lab fleet's state (0600).
-pki_passphrase_file = str(
-    SecretStore(fleet_dir(fleet_name) / "secrets").generated_file("pki-passphrase")
-)
+if _lab_inventory:
+    # The lab's CA passphrase is generated once and kept with the lab fleet's state (0600).
+    pki_passphrase_file = str(
+        SecretStore(fleet_dir(fleet_name) / "secrets").generated_file("pki-passphrase")
+    )
 
 espgw_wifi_ssid = "iotfleet-lab"
 espgw_wifi_passphrase = "generated"

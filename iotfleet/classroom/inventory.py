@@ -11,14 +11,17 @@ from typing import Any
 
 from iotfleet.classroom.spec import TEACHER, TOPIC_ROOT, ClassSpec, Student
 from iotfleet.classroom.store import current_class_name, load_class
+from iotfleet.lab import naming as lab_naming
 from iotfleet.lab.errors import LabError
 from iotfleet.lab.inventory import lab_inventory_groups
+from iotfleet.model import Fleet, RawHost, build_fleet
 from iotfleet.paths import fleet_dir
 from iotfleet.secrets import SecretStore
 
 # Devices on 8883 with certificates; students and the teacher with passwords over TLS (8884)
 # and from a browser over WebSockets (8443).
 DEVICE_PORT, PASSWORD_PORT, WEBSOCKETS_PORT = 8883, 8884, 8443
+SHARED_BROKER = "broker1"
 LISTENERS: list[dict[str, Any]] = [
     {"port": DEVICE_PORT},
     {"port": PASSWORD_PORT, "auth": "password"},
@@ -35,6 +38,24 @@ def device_prefix(student: Student) -> str:
     return f"{student.namespace}/gw"
 
 
+def student_brokers(spec: ClassSpec, student: Student) -> list[str] | None:
+    """The broker hosts a student and their gateway use: their own one per-student, else all."""
+    if spec.shape == "per-student":
+        return [lab_naming.fqdn(student.broker_host, spec.name)]
+    return None
+
+
+def lab_host_names(spec: ClassSpec) -> tuple[str, ...]:
+    """The class lab's hosts: one shared broker, or one broker per student."""
+    if spec.shape == "per-student":
+        return tuple(s.broker_host for s in spec.students)
+    return (SHARED_BROKER,)
+
+
+def _only_on(brokers: list[str] | None) -> dict[str, Any]:
+    return {} if brokers is None else {"brokers": brokers}
+
+
 def classroom_fleet_data(spec: ClassSpec) -> dict[str, Any]:
     """The fleet-wide inventory keys of the class (what group_data/classroom.py exports)."""
     secrets = SecretStore(fleet_dir(spec.name) / "secrets")
@@ -47,12 +68,19 @@ def classroom_fleet_data(spec: ClassSpec) -> dict[str, Any]:
                 "group": s.id,
                 "topic_prefix": device_prefix(s),
                 **({"mac": s.board.mac} if s.board.mac else {}),
+                **_only_on(student_brokers(spec, s)),
             }
             for s in spec.students
         ],
         "fleet_clients": [
             *(
-                {"name": s.id, "roles": ["student"], "auth": "password", "password": "generated"}
+                {
+                    "name": s.id,
+                    "roles": ["student"],
+                    "auth": "password",
+                    "password": "generated",
+                    **_only_on(student_brokers(spec, s)),
+                }
                 for s in spec.students
             ),
             {"name": TEACHER, "roles": ["teacher"], "auth": "password", "password": "generated"},
@@ -91,3 +119,15 @@ def classroom_inventory_groups(
     if boards:
         groups["flash_stations"] = [("@local", {"espgw_boards": boards})]
     return groups
+
+
+def classroom_fleet(spec: ClassSpec) -> Fleet:
+    """The class's validated fleet, built as pyinfra would from inventory/classroom.py."""
+    groups = classroom_inventory_groups(spec.name)
+    data = classroom_fleet_data(spec)
+    hosts = [
+        RawHost(name, (group, "classroom"), {**data, **host_data})
+        for group, members in groups.items()
+        for name, host_data in members
+    ]
+    return build_fleet(hosts)

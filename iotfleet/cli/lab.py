@@ -66,7 +66,7 @@ class RichReporter:
 
 
 @contextmanager
-def _reporting() -> Iterator[RichReporter]:
+def rich_reporting() -> Iterator[RichReporter]:
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -133,7 +133,7 @@ def up_command(
             install_missing=install_missing,
             boot_timeout=boot_timeout,
         )
-        with _reporting() as reporter:
+        with rich_reporting() as reporter:
             state = up(request, reporter)
     except LabError as exc:
         _fail(exc)
@@ -188,7 +188,7 @@ def status_command(name: str) -> None:
 def down_command(name: str) -> None:
     """Stop and remove everything the lab made (safe to run twice)."""
     try:
-        with _reporting() as reporter:
+        with rich_reporting() as reporter:
             existed = down(naming.validate_lab_name(name), reporter)
     except LabError as exc:
         _fail(exc)
