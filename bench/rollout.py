@@ -52,9 +52,8 @@ def timed_rollout() -> tuple[float, str]:
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"rollout failed:\n{(result.stdout + result.stderr)[-4000:]}")
-    total = next(
-        (line.split()[2:] for line in result.stdout.splitlines() if "Grand total" in line), []
-    )
+    output = result.stdout + result.stderr
+    total = next((line.split()[-4:] for line in output.splitlines() if "Grand total" in line), [])
     return elapsed, " ".join(total)
 
 
