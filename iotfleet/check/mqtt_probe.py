@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -34,6 +34,10 @@ def succeeded(reason_code: int) -> bool:
 
 class ProbeError(Exception):
     """The probe could not get as far as it needed (e.g. a valid client was refused)."""
+
+    def __init__(self, message: str, stage: str = "") -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,10 @@ class Identity:
 class ConnectResult:
     accepted: bool
     detail: str
+    # Where a refusal happened: "tls" (handshake failed or the broker closed the connection
+    # before any CONNACK, e.g. a TLS alert over an unacceptable client certificate),
+    # "connack" (TLS was accepted, the broker refused the MQTT credentials), "network".
+    stage: str = ""
 
 
 class _Waiter:
@@ -105,11 +113,18 @@ def _client(
 
 
 class Session:
-    """A connected MQTT 5 client; methods return the broker's reason codes."""
+    """A connected MQTT 5 client; methods return the broker's reason codes.
 
-    def __init__(self, client: mqtt.Client, timeout: float) -> None:
+    With ``pump`` (a probe session without reconnects) there is no network thread: waiting
+    for an answer drives the client's loop in the caller's thread.
+    """
+
+    def __init__(
+        self, client: mqtt.Client, timeout: float, pump: Callable[[], None] | None = None
+    ) -> None:
         self._client = client
         self._timeout = timeout
+        self._pump = pump
         self._acks: dict[int, _Waiter] = {}
         self._messages: list[mqtt.MQTTMessage] = []
         self._lock = threading.Lock()
@@ -122,6 +137,11 @@ class Session:
     def _waiter(self, mid: int) -> _Waiter:
         with self._lock:
             return self._acks.setdefault(mid, _Waiter())
+
+    def _wait(self, waiter: _Waiter) -> object:
+        if self._pump is None:
+            return waiter.wait(self._timeout)
+        return _pumped_wait(waiter, self._pump, self._timeout)
 
     def _on_publish(
         self, _c: mqtt.Client, _u: object, mid: int, reason: ReasonCode, _p: Properties
@@ -140,13 +160,13 @@ class Session:
     def publish(self, topic: str, payload: bytes = b"iotfleet probe", qos: int = 1) -> int:
         """Reason code of the PUBACK: below 0x80 accepted, 0x87 not authorized."""
         info = self._client.publish(topic, payload, qos=qos)
-        return _as_code(self._waiter(info.mid).wait(self._timeout))
+        return _as_code(self._wait(self._waiter(info.mid)))
 
     def subscribe(self, topic: str, qos: int = 1) -> int:
         """Granted QoS (0..2) or a failure code (>= 0x80)."""
         _, mid = self._client.subscribe(topic, qos=qos)
         assert mid is not None
-        return _as_code(self._waiter(mid).wait(self._timeout))
+        return _as_code(self._wait(self._waiter(mid)))
 
     def messages(self, topic_prefix: str = "") -> list[mqtt.MQTTMessage]:
         with self._lock:
@@ -158,8 +178,26 @@ class Session:
         while time.monotonic() < deadline:
             if self.messages(topic_prefix):
                 return True
-            time.sleep(0.05)
+            self.idle(0.05)
         return bool(self.messages(topic_prefix))
+
+    def idle(self, seconds: float) -> None:
+        """Let ``seconds`` pass while messages keep arriving."""
+        if self._pump is None:
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._pump()
+
+
+def _pumped_wait(waiter: _Waiter, pump: Callable[[], None], timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while not waiter.event.is_set():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        pump()
+    return waiter.value
 
 
 def _as_code(value: object) -> int:
@@ -185,10 +223,11 @@ def try_connect(
             tls_maximum=tls_maximum,
             check_hostname=check_hostname,
             timeout=timeout,
+            reconnect=False,
         ):
-            return ConnectResult(True, "CONNACK: success")
+            return ConnectResult(True, "CONNACK: success", "accepted")
     except ProbeError as exc:
-        return ConnectResult(False, str(exc))
+        return ConnectResult(False, str(exc), exc.stage)
 
 
 @contextmanager
@@ -200,10 +239,16 @@ def session(
     tls_maximum: ssl.TLSVersion | None = None,
     check_hostname: bool = True,
     timeout: float = 10,
+    reconnect: bool = True,
 ) -> Iterator[Session]:
-    """A connected session; raises ``ProbeError`` saying why if the broker refuses."""
+    """A connected session; raises ``ProbeError`` saying why if the broker refuses.
+
+    ``reconnect=False`` runs no network thread and never reconnects: the caller's waits
+    drive the client, and a refused probe ends at once (no reconnect back-off).
+    """
     client = _client(target, identity, client_id, tls_maximum, check_hostname)
     connected = _Waiter()
+    socket_errors: list[str] = []
 
     def on_connect(
         _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: Properties | None
@@ -214,30 +259,54 @@ def session(
         _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: Properties | None
     ) -> None:
         if not connected.event.is_set():
-            connected.set(reason)
+            connected.set(_ClosedBeforeConnack(reason))
         else:
             probe.disconnections += 1
 
+    def on_log(_c: mqtt.Client, _u: object, level: int, message: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and "socket" in message:
+            socket_errors.append(message)
+
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
-    probe = Session(client, timeout)
+    client.on_log = on_log
+
+    def pump() -> None:
+        if client.loop(timeout=0.02) != mqtt.MQTT_ERR_SUCCESS:
+            time.sleep(0.02)  # connection gone: do not spin
+
+    probe = Session(client, timeout, None if reconnect else pump)
     try:
         client.connect(target.host, target.port, keepalive=30)
     except (ssl.SSLError, ssl.CertificateError) as exc:
-        raise ProbeError(f"TLS handshake failed: {exc}") from None
+        raise ProbeError(f"TLS handshake failed: {exc}", "tls") from None
     except OSError as exc:
-        raise ProbeError(f"connection failed: {exc}") from None
-    client.loop_start()
+        raise ProbeError(f"connection failed: {exc}", "network") from None
+    if reconnect:
+        client.loop_start()
     try:
         try:
-            reason = connected.wait(timeout)
+            reason = (
+                connected.wait(timeout) if reconnect else _pumped_wait(connected, pump, timeout)
+            )
         except TimeoutError:
-            raise ProbeError("no CONNACK (connection closed or timed out)") from None
+            raise ProbeError("no CONNACK (connection closed or timed out)", "tls") from None
+        if isinstance(reason, _ClosedBeforeConnack):
+            why = socket_errors[-1] if socket_errors else str(reason.reason)
+            raise ProbeError(f"connection closed before CONNACK ({why})", "tls")
         if not isinstance(reason, ReasonCode) or reason.is_failure:
-            raise ProbeError(f"CONNACK refused: {reason}")
+            raise ProbeError(f"CONNACK refused: {reason}", "connack")
         if not client.is_connected():
-            raise ProbeError("disconnected right after CONNACK")
+            raise ProbeError("disconnected right after CONNACK", "connack")
         yield probe
     finally:
         client.disconnect()
-        client.loop_stop()
+        if reconnect:
+            client.loop_stop()
+
+
+@dataclass(frozen=True)
+class _ClosedBeforeConnack:
+    """The connection ended before any CONNACK (a TLS alert, a reset)."""
+
+    reason: ReasonCode

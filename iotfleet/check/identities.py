@@ -1,0 +1,147 @@
+"""Who the outside probes connect as: fleet identities chosen deterministically, and canaries.
+
+* the probe device: an active device with a certificate (``--probe-device`` or the first by
+  id), and a peer device (the next one) whose topics it must not touch;
+* a password user for password listeners and a certificate+password user for two-factor
+  listeners (first by name among the active users that have what the listener asks for);
+* certificates every broker must refuse: the revoked and expired canaries kept beside the PKI
+  (``iotfleet.fleet_pki``) and one from a foreign CA, made once and kept with them.
+
+A probe connects as a real identity: with ``use_username_as_clientid`` a device that is online
+at that moment is disconnected once (its client id is taken) and reconnects. Give the fleet a
+dedicated probe device to avoid that (``--probe-device``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from iotfleet.atomic import write_file_atomically
+from iotfleet.check.mqtt_probe import Identity
+from iotfleet.context import FleetContext
+from iotfleet.fleet_pki import EXPIRED_CANARY, REVOKED_CANARY, canary_dir, load_canary
+from iotfleet.model import Fleet, Listener
+from iotfleet.pki import PkiStore
+
+FOREIGN_CANARY = "iotfleet-canary-foreign"
+REFUSED_KINDS = ("foreign", "revoked", "expired")
+
+
+@dataclass(frozen=True)
+class ProbeCast:
+    """Names of the identities that play each part in the probes (None: nobody can)."""
+
+    device: str | None
+    peer: str | None
+    password_user: str | None
+    two_factor_user: str | None
+
+
+def _has_certificate(pki: PkiStore, name: str) -> bool:
+    try:
+        pki.certificate_pem(name)
+    except LookupError:  # NotIssuedError: never issued, or revoked
+        return False
+    return True
+
+
+def choose_cast(
+    fleet: Fleet, pki: PkiStore, passwords: set[str], probe_device: str | None = None
+) -> ProbeCast:
+    """Pick the probe identities; the same inventory always gives the same cast.
+
+    Only as many certificates are looked up as needed (a fleet may have 10,000 devices).
+    """
+    active = sorted(d.id for d in fleet.active_devices)
+    if probe_device is not None:
+        if probe_device not in active or not _has_certificate(pki, probe_device):
+            raise LookupError(
+                f"--probe-device {probe_device}: not an active device with a certificate"
+            )
+        active.remove(probe_device)
+        active.insert(0, probe_device)
+    devices: list[str] = []
+    for name in active:
+        if _has_certificate(pki, name):
+            devices.append(name)
+            if len(devices) == 2:
+                break
+    device = devices[0] if devices else None
+    peer = devices[1] if len(devices) > 1 else None
+    with_password = sorted(
+        [d.id for d in fleet.active_devices if d.id in passwords]
+        + [c.name for c in fleet.active_clients if c.name in passwords]
+    )
+    certified = {d.id for d in fleet.active_devices} | {
+        c.name for c in fleet.active_clients if c.has_certificate
+    }
+    two_factor = next(
+        (n for n in with_password if n in certified and _has_certificate(pki, n)), None
+    )
+    return ProbeCast(
+        device=device,
+        peer=peer,
+        password_user=with_password[0] if with_password else None,
+        two_factor_user=two_factor,
+    )
+
+
+def listener_user(cast: ProbeCast, listener: Listener) -> str | None:
+    """The identity that can log in on ``listener`` (it then probes that listener's ACL)."""
+    if listener.auth == "certificate":
+        return cast.device
+    if listener.auth == "password":
+        return cast.password_user
+    return cast.two_factor_user
+
+
+def credentials(ctx: FleetContext, name: str, listener: Listener) -> Identity:
+    """What ``name`` presents on ``listener``: certificate, password, or both."""
+    certificate = key = None
+    username = password = None
+    if listener.requires_certificate:
+        certificate, key = ctx.pki.certificate_pem(name), ctx.pki.private_key_pem(name)
+    if listener.requires_password:
+        username, password = name, ctx.passwords[name].get_secret_value()
+    return Identity(certificate, key, username, password)
+
+
+def refused_certificate(ctx: FleetContext, kind: str) -> Identity:
+    """A certificate every broker must refuse: ``foreign``, ``revoked`` or ``expired``."""
+    if kind == "foreign":
+        cert, key = foreign_canary(ctx.state_dir)
+        return Identity(cert, key)
+    name = {"revoked": REVOKED_CANARY, "expired": EXPIRED_CANARY}[kind]
+    canary = load_canary(ctx.state_dir, name)
+    return Identity(canary.certificate_pem, canary.private_key_pem)
+
+
+def foreign_paths(state_dir: Path) -> tuple[Path, Path, Path]:
+    directory = canary_dir(state_dir)
+    return (
+        directory / f"{FOREIGN_CANARY}.pem",
+        directory / f"{FOREIGN_CANARY}.key",
+        directory / f"{FOREIGN_CANARY}-ca.pem",
+    )
+
+
+def ensure_foreign_canary(state_dir: Path) -> None:
+    """Make the foreign-CA canary once (no passphrase needed: it is not the fleet's CA)."""
+    cert_path, key_path, ca_path = foreign_paths(state_dir)
+    if cert_path.exists() and key_path.exists() and ca_path.exists():
+        return
+    from iotfleet.pki.testing import make_foreign_ca_identity
+
+    # Same profile and CA names as the fleet's: only the keys differ.
+    foreign = make_foreign_ca_identity(FOREIGN_CANARY, kind="client")
+    write_file_atomically(key_path, foreign.private_key_pem, mode=0o600)
+    write_file_atomically(ca_path, foreign.ca_chain_pem, mode=0o600)
+    write_file_atomically(cert_path, foreign.certificate_pem, mode=0o600)
+
+
+def foreign_canary(state_dir: Path) -> tuple[bytes, bytes]:
+    """(certificate, key) of the foreign-CA canary, made on first use."""
+    ensure_foreign_canary(state_dir)
+    cert_path, key_path, _ = foreign_paths(state_dir)
+    return cert_path.read_bytes(), key_path.read_bytes()

@@ -1,0 +1,188 @@
+"""``iotfleet check``: run the compliance suite (``tests/compliance``) against an inventory.
+
+pytest runs in a child process with pytest-xdist (one worker per broker, capped), writing
+JUnit XML, a self-contained pytest-html report, the raw pytest output and ``results.json``
+into the reports directory; the summary grouped by host is printed from ``results.json``.
+
+Exit codes: 0 every check passed, 1 a check failed (or could not run), 2 usage or inventory
+error (nothing was checked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from iotfleet.check.identities import choose_cast
+from iotfleet.check.plan import CheckPlan, PlanError, plan_from_hosts, read_inventory
+from iotfleet.check.results import RunResults, render_summary
+from iotfleet.context import FleetContext
+from iotfleet.model import InventoryError
+from iotfleet.pki import PkiError
+
+MAX_WORKERS = 16  # hosts checked at once; each worker mostly waits on the network
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# pytest exit codes -> ours: tests failed -> 1; interrupted, internal error, usage error and
+# "no tests collected" (a -m/-k that matches nothing) -> 2.
+PYTEST_EXIT = {
+    0: EXIT_OK,
+    1: EXIT_FAILED,
+    2: EXIT_USAGE,
+    3: EXIT_USAGE,
+    4: EXIT_USAGE,
+    5: EXIT_USAGE,
+}
+
+JUNIT, HTML, RESULTS, LOG = "junit.xml", "report.html", "results.json", "pytest.log"
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    inventory: Path
+    reports: Path
+    markexpr: str | None = None
+    keyword: str | None = None
+    parallel: int | None = None
+    limit: tuple[str, ...] = ()
+    probe_device: str | None = None
+    cert_margin_days: float | None = None
+    crl_margin_hours: float | None = None
+
+
+def checkout_root() -> Path:
+    """The source tree iotfleet runs from (tests/compliance lives there)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def suite_dir() -> Path:
+    return checkout_root() / "tests" / "compliance"
+
+
+def worker_count(plan: CheckPlan, parallel: int | None) -> int:
+    """One worker per broker, capped (``--parallel`` caps it further)."""
+    wanted = parallel if parallel is not None else MAX_WORKERS
+    return max(1, min(wanted, len(plan.brokers), MAX_WORKERS))
+
+
+def pytest_argv(request: CheckRequest, workers: int, dump: Path) -> list[str]:
+    """The pytest command line for one run (absolute paths: it runs from the checkout)."""
+    reports = request.reports
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(suite_dir()),
+        "--inventory",
+        str(request.inventory.resolve()),
+        "--inventory-dump",
+        str(dump),
+        "--results-json",
+        str(reports / RESULTS),
+        "--junitxml",
+        str(reports / JUNIT),
+        "-o",
+        "junit_suite_name=iotfleet-compliance",
+        "--html",
+        str(reports / HTML),
+        "--self-contained-html",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--no-header",
+        "--color=no",
+    ]
+    if workers > 1:
+        # The suite's scheduler keeps each broker's checks on one worker.
+        argv += ["-n", str(workers)]
+    if request.markexpr:
+        argv += ["-m", request.markexpr]
+    if request.keyword:
+        argv += ["-k", request.keyword]
+    for host in request.limit:
+        argv += ["--limit", host]
+    if request.probe_device:
+        argv += ["--probe-device", request.probe_device]
+    if request.cert_margin_days is not None:
+        argv += ["--cert-margin-days", str(request.cert_margin_days)]
+    if request.crl_margin_hours is not None:
+        argv += ["--crl-margin-hours", str(request.crl_margin_hours)]
+    return argv
+
+
+def _error(console: Console, message: str) -> int:
+    console.print(f"[bold red]iotfleet check:[/] {message}", highlight=False, markup=True)
+    return EXIT_USAGE
+
+
+def run_check(request: CheckRequest, console: Console) -> int:
+    """Run the suite, print the summary, return the exit code."""
+    if not (suite_dir() / "conftest.py").is_file():
+        return _error(
+            console,
+            f"the compliance suite is not in this installation ({suite_dir()}): run iotfleet "
+            "from a checkout (pip install -e .)",
+        )
+    try:
+        hosts = read_inventory(request.inventory)
+        plan = plan_from_hosts(hosts, request.limit)
+        ctx = FleetContext.for_fleet(plan.fleet)
+    except (PlanError, InventoryError) as exc:
+        return _error(console, str(exc))
+    try:
+        # The checks compare with the fleet's PKI and use its canaries: it must exist.
+        ctx.pki.ca_chain_pem()
+        choose_cast(plan.fleet, ctx.pki, set(ctx.passwords), request.probe_device)
+    except LookupError as exc:
+        return _error(console, str(exc))
+    except PkiError as exc:
+        return _error(
+            console,
+            f"fleet {plan.fleet.name} has no PKI yet: run a rollout first (pyinfra "
+            f"{request.inventory} deploy.py). {exc}",
+        )
+    request.reports.mkdir(parents=True, exist_ok=True)
+    for name in (RESULTS, JUNIT, HTML):
+        (request.reports / name).unlink(missing_ok=True)
+    workers = worker_count(plan, request.parallel)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="iotfleet-check-") as private:
+        dump = Path(private) / "inventory.json"
+        dump.touch(mode=0o600)
+        dump.write_text(
+            json.dumps([{"name": h.name, "groups": h.groups, "data": h.data} for h in hosts])
+        )
+        log = request.reports / LOG
+        with log.open("w") as out:
+            what = f"Checking {len(plan.brokers)} broker(s) with {workers} worker(s)"
+            with console.status(what):
+                result = subprocess.run(
+                    pytest_argv(request, workers, dump),
+                    cwd=checkout_root(),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                    check=False,
+                )
+    code = PYTEST_EXIT.get(result.returncode, EXIT_USAGE)
+    results_file = request.reports / RESULTS
+    if code == EXIT_USAGE or not results_file.is_file():
+        tail = [line for line in log.read_text().splitlines() if line.strip()][-15:]
+        console.print("\n".join(tail), highlight=False, markup=False)
+        if result.returncode == 5:
+            return _error(console, "no check matched the selection (-m/-k/--limit)")
+        return _error(
+            console, f"the suite did not run (pytest exit {result.returncode}); see {log}"
+        )
+    run = RunResults.load(results_file)
+    run.inventory = str(request.inventory)
+    run.duration = time.monotonic() - started
+    render_summary(run, console, reports=[request.reports / JUNIT, request.reports / HTML, log])
+    return code

@@ -1,0 +1,83 @@
+"""``iotfleet check INVENTORY``: the compliance suite against a fleet (docs/compliance.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from iotfleet.check.runner import CheckRequest, run_check
+from iotfleet.paths import reports_dir
+
+
+@click.command("check")
+@click.argument(
+    "inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="INVENTORY"
+)
+@click.option(
+    "--reports",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for junit.xml, report.html, results.json, pytest.log "
+    "(default: $IOTFLEET_REPORTS or ./reports).",
+)
+@click.option(
+    "-m",
+    "markexpr",
+    metavar="MARKEXPR",
+    help="Only checks matching these markers "
+    "(host, outside, service, listeners, files, config, pki, firewall, tls, mqtt).",
+)
+@click.option("-k", "keyword", metavar="EXPR", help="Only checks whose id matches (pytest -k).")
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Brokers checked at once (default: all, at most 16).",
+)
+@click.option("--limit", multiple=True, metavar="HOST", help="Check only this broker (repeatable).")
+@click.option(
+    "--probe-device",
+    metavar="ID",
+    help="Device the MQTT probes connect as (default: the first active device by id).",
+)
+@click.option(
+    "--cert-margin-days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Fail when a broker certificate expires sooner (default 14).",
+)
+@click.option(
+    "--crl-margin-hours",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Fail when a broker's CRL reaches nextUpdate sooner (default 24).",
+)
+def cli(
+    inventory: Path,
+    reports: Path | None,
+    markexpr: str | None,
+    keyword: str | None,
+    parallel: int | None,
+    limit: tuple[str, ...],
+    probe_device: str | None,
+    cert_margin_days: float | None,
+    crl_margin_hours: float | None,
+) -> None:
+    """Check a fleet against its inventory: inside each broker (SSH) and from outside (TLS,
+    MQTT attacks). Exit 0 when every check passes, 1 when one fails, 2 on a usage or
+    inventory error."""
+    request = CheckRequest(
+        inventory=inventory,
+        reports=(reports or reports_dir()).resolve(),
+        markexpr=markexpr,
+        keyword=keyword,
+        parallel=parallel,
+        limit=limit,
+        probe_device=probe_device,
+        cert_margin_days=cert_margin_days,
+        crl_margin_hours=crl_margin_hours,
+    )
+    sys.exit(run_check(request, Console(highlight=False)))

@@ -1,0 +1,69 @@
+"""Inside each broker: the effective configuration of every listener, and the ACL file."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotfleet.check.host_checks import (
+    acl_config_problems,
+    acl_problems,
+    anonymous_problems,
+    authentication_problems,
+    crl_config_problems,
+    tls_config_problems,
+)
+from iotfleet.check.suite import Param, Suite, fail_on
+from iotfleet.model import Listener
+from iotfleet.mosquitto import layout
+
+pytestmark = [pytest.mark.host, pytest.mark.config]
+
+
+def _listener(param: Param) -> Listener:
+    assert param.listener is not None
+    return param.listener.listener
+
+
+@pytest.mark.listener_kind("all")
+def test_anonymous_clients_disabled(listener: Param, suite: Suite) -> None:
+    """Anonymous clients are disabled (allow_anonymous false)."""
+    config = suite.facts(listener.broker).config
+    fail_on(anonymous_problems(listener.host, _listener(listener), config))
+
+
+@pytest.mark.listener_kind("all")
+def test_credentials_required(listener: Param, suite: Suite) -> None:
+    """Client certificates and/or passwords are required as the inventory says."""
+    config = suite.facts(listener.broker).config
+    fail_on(authentication_problems(listener.host, _listener(listener), config))
+
+
+@pytest.mark.listener_kind("tls-configured")
+def test_tls_versions_and_ciphers_configured(listener: Param, suite: Suite) -> None:
+    """tls_version and cipher lists are the inventory's (TLS 1.2+, ECDHE + AEAD)."""
+    config = suite.facts(listener.broker).config
+    fail_on(tls_config_problems(listener.host, listener.broker.model, _listener(listener), config))
+
+
+@pytest.mark.listener_kind("certificate-configured")
+def test_crl_enforced(listener: Param, suite: Suite) -> None:
+    """Listeners that take certificates check them against the fleet's CRL."""
+    config = suite.facts(listener.broker).config
+    fail_on(crl_config_problems(listener.host, _listener(listener), config))
+
+
+@pytest.mark.listener_kind("all")
+def test_acl_enforced(listener: Param, suite: Suite) -> None:
+    """Every listener enforces the fleet's ACL file."""
+    config = suite.facts(listener.broker).config
+    fail_on(acl_config_problems(listener.host, _listener(listener), config))
+
+
+def test_acl_grants_only_the_inventory(broker: Param, suite: Suite) -> None:
+    """The ACL file grants exactly what the inventory grants, user by user."""
+    text = suite.facts(broker.broker).read_public(layout.ACL_FILE)
+    if text is None:
+        fail_on([f"{layout.ACL_FILE} is missing on {broker.host}"])
+        return
+    fleet = suite.plan.fleet
+    fail_on(acl_problems(broker.host, fleet, broker.host, text.decode(errors="replace")))

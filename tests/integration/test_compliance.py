@@ -1,0 +1,584 @@
+"""The compliance suite against real lab brokers (issue 6): a fresh rollout passes it, and each
+way of breaking a broker makes it fail naming the problem, until a rollout repairs the broker.
+
+The lab is the session's bookworm lab of two brokers. Breakages are applied to the first
+broker over SSH, one at a time; the suite runs through the real ``iotfleet check`` CLI.
+Besides the seven breakages of the issue, three batches break several things at once so that
+every check of the suite is seen failing on a real host.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from iotfleet.check.identities import ensure_foreign_canary, foreign_paths
+from iotfleet.check.plan import load_plan
+from iotfleet.check.results import RunResults
+from iotfleet.context import FleetContext
+from iotfleet.mosquitto import layout
+from tests.integration.conftest import LabFactory, RunningLab
+from tests.support.lab_fleet import lab_environment
+from tests.support.rollout import REPO, run_pyinfra
+
+pytestmark = pytest.mark.lab
+
+
+@dataclass(frozen=True)
+class CheckRun:
+    returncode: int
+    output: str
+    results: RunResults | None
+
+    def failed_checks(self) -> dict[str, list[str]]:
+        """``{test function: [messages]}`` of every failed check."""
+        failed: dict[str, list[str]] = {}
+        for result in self.results.failed if self.results else []:
+            name = result.test.split("::")[-1].split("[")[0]
+            failed.setdefault(name, []).append(result.message)
+        return failed
+
+    def explain(self) -> str:
+        return f"iotfleet check exited {self.returncode}:\n{self.output[-8000:]}"
+
+
+@dataclass
+class DeployedLab:
+    lab: RunningLab
+    reports: Path
+    runs: int = 0
+
+    @property
+    def broken(self) -> str:
+        """Inventory name of the broker the breakages are applied to."""
+        return self.lab.hosts[0].fqdn
+
+    def ssh(self, command: str) -> str:
+        return self.lab.ssh(self.lab.hosts[0], command).stdout
+
+    def write(self, path: str, content: bytes) -> None:
+        """Replace a file's content in place (owner and mode stay)."""
+        data = base64.b64encode(content).decode()
+        self.ssh(f"printf %s {data} | base64 -d > {shlex.quote(path)}")
+
+    def edit(self, path: str, change: Callable[[str], str]) -> None:
+        before = self.ssh(f"cat {shlex.quote(path)}")
+        after = change(before)
+        assert after != before, f"the breakage did not change {path}"
+        self.write(path, after.encode())
+
+    def restart(self) -> None:
+        self.ssh(
+            "systemctl restart mosquitto; for i in $(seq 50); do "
+            "systemctl is-active -q mosquitto && exit 0; sleep 0.1; done; "
+            "journalctl -u mosquitto -n 20 --no-pager; exit 1"
+        )
+
+    def context(self) -> FleetContext:
+        with lab_environment(self.lab.name):
+            plan = load_plan(REPO / "inventory" / "lab.py")
+        return FleetContext.for_fleet(plan.fleet)
+
+    def check(self, *args: str) -> CheckRun:
+        """``iotfleet check inventory/lab.py`` with its own reports directory."""
+        self.runs += 1
+        reports = self.reports / f"run-{self.runs}"
+        result = subprocess.run(
+            [sys.executable, "-m", "iotfleet", "check", "inventory/lab.py",
+             "--reports", str(reports), *args],
+            cwd=REPO,
+            env={**os.environ, "IOTFLEET_LAB": self.lab.name, "COLUMNS": "400"},
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        results_file = reports / "results.json"
+        results = RunResults.load(results_file) if results_file.is_file() else None
+        return CheckRun(result.returncode, result.stdout + result.stderr, results)
+
+    def rollout(self) -> None:
+        rollout = run_pyinfra(self.lab.name)
+        assert rollout.returncode == 0, rollout.explain()
+
+
+@pytest.fixture(scope="module")
+def deployed(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) -> DeployedLab:
+    lab = lab_factory(suite="bookworm", brokers=2)
+    deployed = DeployedLab(lab, tmp_path_factory.mktemp("compliance"))
+    deployed.rollout()  # converge whatever earlier tests left
+    return deployed
+
+
+def _temp_files(deployed: DeployedLab) -> dict[str, str]:
+    return {
+        host.name: deployed.lab.ssh(host, "ls -A /tmp /var/tmp /root").stdout
+        for host in deployed.lab.hosts
+    }
+
+
+def test_fresh_rollout_passes_the_whole_suite(deployed: DeployedLab) -> None:
+    before = _temp_files(deployed)
+    run = deployed.check()
+    assert run.returncode == 0, run.explain()
+    assert run.results is not None
+    hosts = {h.fqdn for h in deployed.lab.hosts}
+    assert set(run.results.hosts()) == hosts
+    assert all(r.outcome == "passed" for r in run.results.results), run.explain()
+    assert len(run.results.results) > 100
+    for host in hosts:
+        assert run.results.facts[host]["mosquitto_version"].startswith("2.0.")
+        assert f"✓ {host}" in run.output
+    reports = deployed.reports / f"run-{deployed.runs}"
+    junit = (reports / "junit.xml").read_text()
+    assert 'name="iotfleet-compliance"' in junit and 'failures="0"' in junit
+    assert "test_anonymous_refused" in (reports / "report.html").read_text()
+    assert _temp_files(deployed) == before, "the check left files on a host"
+
+
+def test_bad_inventory_is_a_usage_error(deployed: DeployedLab) -> None:
+    run = deployed.check("--limit", "no-such-broker.example")
+    assert run.returncode == 2, run.explain()
+    assert "no-such-broker.example: not a broker of this inventory" in run.output
+
+
+# -- breakages -----------------------------------------------------------------------------------
+
+
+def _listener_blocks(conf: str, change: Callable[[int, str], str]) -> str:
+    """Apply ``change(port, block)`` to every ``listener`` block of a mosquitto.conf."""
+    head, *blocks = conf.split("\nlistener ")
+    changed = [change(int(block.split()[0]), block) for block in blocks]
+    return "\nlistener ".join([head, *changed])
+
+
+def _acl_block(acl: str, user: str, change: Callable[[str], str]) -> str:
+    head, *blocks = acl.split("\nuser ")
+    return "\nuser ".join(
+        [head, *(change(b) if b.split("\n", 1)[0] == user else b for b in blocks)]
+    )
+
+
+def break_anonymous(lab: DeployedLab) -> None:
+    lab.edit(layout.CONFIG, lambda c: c.replace("allow_anonymous false", "allow_anonymous true"))
+    lab.restart()
+
+
+def break_key_mode(lab: DeployedLab) -> None:
+    lab.ssh(f"chmod 0644 {layout.SERVER_KEY}")
+
+
+def break_plain_listener(lab: DeployedLab) -> None:
+    lab.edit(layout.CONFIG, lambda c: c + "\nlistener 1883 0.0.0.0\nallow_anonymous true\n")
+    lab.restart()
+
+
+def break_crl_expired(lab: DeployedLab) -> None:
+    lab.write(layout.CRL, expired_crl(lab.context()))
+    lab.restart()
+
+
+def break_tls_1_1(lab: DeployedLab) -> None:
+    def legacy(_port: int, block: str) -> str:
+        lines = []
+        for line in block.split("\n"):
+            if line.startswith("tls_version "):
+                line = "tls_version tlsv1.1"
+            elif line.startswith("ciphers "):
+                # TLS 1.1 only has CBC suites, and OpenSSL 3 needs security level 0 for it.
+                line = f"ciphers ECDHE-ECDSA-AES128-SHA:{line.split(' ', 1)[1]}:@SECLEVEL=0"
+            lines.append(line)
+        return "\n".join(lines)
+
+    lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, legacy))
+    lab.restart()
+
+
+def break_acl_read_everything(lab: DeployedLab) -> None:
+    lab.edit(
+        layout.ACL_FILE, lambda acl: _acl_block(acl, "sensor-1", lambda b: b + "topic read #\n")
+    )
+    lab.ssh("systemctl reload mosquitto && sleep 0.5")
+
+
+def break_sandbox(lab: DeployedLab) -> None:
+    lab.ssh(f"rm {layout.DROPIN} && systemctl daemon-reload")
+    lab.restart()
+
+
+@dataclass(frozen=True)
+class Breakage:
+    name: str
+    apply: Callable[[DeployedLab], None]
+    markexpr: str
+    # test function -> words its failure message must contain ({host} = the broken broker)
+    expected: dict[str, list[str]]
+    full_suite: bool = False  # run every check, not only the group, while broken
+    cleanup: str | None = None  # a shell command for state a rollout does not manage
+
+
+REQUIRED = [
+    Breakage(
+        "anonymous allowed",
+        break_anonymous,
+        "config",
+        {"test_anonymous_clients_disabled": ["anonymous clients are allowed on {host}:8883"]},
+        full_suite=True,
+    ),
+    Breakage(
+        "a key made 0644",
+        break_key_mode,
+        "files",
+        {
+            "test_owner_and_mode": [
+                f"{layout.SERVER_KEY} on {{host}} is 0644 root:mosquitto, expected 0640 "
+                "root:mosquitto (readable by every local user)"
+            ]
+        },
+    ),
+    Breakage(
+        "an extra plain listener on 0.0.0.0:1883",
+        break_plain_listener,
+        "listeners",
+        {
+            "test_no_plain_mqtt_off_loopback": ["plain MQTT (no TLS) on 0.0.0.0:1883 on {host}"],
+            "test_listens_exactly_where_the_inventory_says": [
+                "Mosquitto listens on 0.0.0.0:1883 on {host}, which the inventory does not list"
+            ],
+            "test_configured_listeners_match_the_inventory": [
+                "listener on 0.0.0.0:1883 that the inventory does not list"
+            ],
+        },
+    ),
+    Breakage(
+        "an expired CRL",
+        break_crl_expired,
+        "pki",
+        {
+            "test_crl_next_update_beyond_margin": [
+                "the CRL on {host} expired",
+                "the broker refuses every client certificate",
+            ],
+            "test_crl_is_current": ["the CRL on {host} is not the fleet's current CRL"],
+        },
+    ),
+    Breakage(
+        "TLS 1.1 allowed",
+        break_tls_1_1,
+        "tls or config",
+        {
+            "test_only_strong_protocol_versions": ["TLS 1.1 accepted on {host}:8883"],
+            "test_tls_versions_and_ciphers_configured": [
+                "TLS versions on {host}:8883: tls_version is tlsv1.1, expected tlsv1.2"
+            ],
+            "test_only_strong_cipher_suites": ["accepted over TLS 1.1 on {host}:8883: CBC"],
+        },
+    ),
+    Breakage(
+        "an ACL that lets a device read #",
+        break_acl_read_everything,
+        "config or mqtt",
+        {
+            "test_acl_grants_only_the_inventory": [
+                "the ACL on {host} lets device sensor-1 read '#' (not granted by the inventory)"
+            ],
+            "test_reads_only_what_is_granted": [
+                "device sensor-1 can read devices/sensor-2/telemetry/iotfleet-compliance on "
+                "{host}:8883 (subscribed to '#')"
+            ],
+        },
+    ),
+    Breakage(
+        "the sandbox drop-in removed",
+        break_sandbox,
+        "service",
+        {
+            "test_systemd_sandbox_in_effect": [
+                f"the sandbox drop-in {layout.DROPIN} is not loaded",
+                "systemd-analyze security scores mosquitto on {host}",
+            ],
+            "test_broker_runs_as_mosquitto": ["mosquitto.service on {host} starts as root"],
+        },
+    ),
+]
+
+
+def _assert_caught(run: CheckRun, breakage: Breakage, host: str) -> None:
+    assert run.returncode == 1, run.explain()
+    failed = run.failed_checks()
+    for check, phrases in breakage.expected.items():
+        assert check in failed, f"{check} did not fail for {breakage.name}:\n{run.explain()}"
+        for phrase in phrases:
+            words = phrase.format(host=host)
+            assert any(words in message for message in failed[check]), (words, failed[check])
+            assert words in run.output, f"the summary does not say {words!r}:\n{run.explain()}"
+    assert f"✗ {host}" in run.output
+
+
+def _break_check_repair(deployed: DeployedLab, breakage: Breakage) -> None:
+    host = deployed.broken
+    scope = ["-m", breakage.markexpr, "--limit", host]
+    try:
+        breakage.apply(deployed)
+        broken = deployed.check(*([] if breakage.full_suite else scope))
+        _assert_caught(broken, breakage, host)
+    finally:
+        if breakage.cleanup:
+            deployed.ssh(breakage.cleanup)
+        deployed.rollout()
+    repaired = deployed.check(*scope)
+    assert repaired.returncode == 0, f"after the rollout:\n{repaired.explain()}"
+
+
+@pytest.mark.parametrize("breakage", REQUIRED, ids=[b.name for b in REQUIRED])
+def test_suite_catches_the_breakage_and_a_rollout_repairs_it(
+    deployed: DeployedLab, breakage: Breakage
+) -> None:
+    _break_check_repair(deployed, breakage)
+
+
+# -- batches: every other check seen failing on a real broker ------------------------------------
+
+
+def break_service_files_firewall(lab: DeployedLab) -> None:
+    lab.ssh(
+        "apt-mark hold mosquitto >/dev/null && systemctl disable -q mosquitto && "
+        f"chmod 0755 {layout.CERT_DIR} && nft delete table inet iotfleet"
+    )
+
+
+def break_authentication(lab: DeployedLab) -> None:
+    """Neither passwords nor ACL on 8884 (anonymous allowed), certificates optional and no
+    CRL on 8885, a foreign CA trusted, and sensor-1 allowed to write sensor-2's telemetry
+    instead of its own."""
+
+    def weaken(port: int, block: str) -> str:
+        if port == 8884:
+            block = block.replace("allow_anonymous false", "allow_anonymous true")
+            block = block.replace("use_username_as_clientid true\n", "")
+            block = block.replace(f"password_file {layout.PASSWORD_FILE}\n", "")
+            block = block.replace(f"acl_file {layout.ACL_FILE}\n", "")
+        if port == 8885:
+            block = block.replace("require_certificate true", "require_certificate false")
+            block = block.replace(f"crlfile {layout.CRL}\n", "")
+        return block
+
+    lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, weaken))
+    lab.edit(
+        layout.ACL_FILE,
+        lambda acl: _acl_block(
+            acl,
+            "sensor-1",
+            lambda b: b.replace(
+                "write devices/sensor-1/telemetry/#", "write devices/sensor-2/telemetry/#"
+            ),
+        ),
+    )
+    ctx = lab.context()
+    ensure_foreign_canary(ctx.state_dir)
+    foreign_ca = foreign_paths(ctx.state_dir)[2].read_bytes()
+    lab.write(layout.CA_CHAIN, ctx.pki.ca_chain_pem() + foreign_ca)
+    lab.restart()
+
+
+def break_tls_certificate(lab: DeployedLab) -> None:
+    """A 34-hour RSA certificate from another CA without the broker's DNS name, and cipher
+    lists with RSA key exchange and CBC."""
+    address = lab.lab.hosts[0].address
+    certificate, key = foreign_rsa_server_identity(address)
+    lab.write(layout.SERVER_CERT, certificate)
+    lab.write(layout.SERVER_KEY, key)
+    weak = "ECDHE-RSA-AES128-GCM-SHA256:AES128-GCM-SHA256:ECDHE-RSA-AES128-SHA"
+
+    def ciphers(_port: int, block: str) -> str:
+        return "\n".join(
+            f"ciphers {weak}" if line.startswith("ciphers ") else line for line in block.split("\n")
+        )
+
+    lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, ciphers))
+    lab.restart()
+
+
+BATCHES = [
+    Breakage(
+        "package held, service disabled, certificate directory opened, firewall flushed",
+        break_service_files_firewall,
+        "service or files or firewall",
+        {
+            "test_mosquitto_installed": ["Mosquitto 2.0.", "on {host} is on hold"],
+            "test_service_enabled_and_running": ["mosquitto.service is not enabled on {host}"],
+            "test_owner_and_mode": [
+                f"{layout.CERT_DIR} on {{host}} is 0755 root:mosquitto, expected 0750"
+            ],
+            "test_firewall_loaded": [
+                "the firewall table inet iotfleet is not loaded on {host}: every port is open"
+            ],
+        },
+        cleanup="apt-mark unhold mosquitto >/dev/null",
+    ),
+    Breakage(
+        "weak authentication and authorization",
+        break_authentication,
+        "config or mqtt or pki",
+        {
+            "test_anonymous_clients_disabled": ["anonymous clients are allowed on {host}:8884"],
+            "test_credentials_required": [
+                "client certificates are not required on {host}:8885",
+                "passwords are not checked on {host}:8884",
+            ],
+            "test_crl_enforced": ["no CRL on {host}:8885"],
+            "test_acl_enforced": ["no ACL on {host}:8884"],
+            "test_acl_grants_only_the_inventory": [
+                "the ACL on {host} lets device sensor-1 write 'devices/sensor-2/telemetry/#'"
+            ],
+            "test_ca_chain_is_the_fleets": [
+                "the broker on {host} trusts client certificates from CAs outside the fleet PKI"
+            ],
+            "test_anonymous_refused": ["anonymous client accepted on {host}:8884"],
+            "test_no_client_certificate_refused": [
+                "client without a certificate (username control-room and its valid password) "
+                "accepted on {host}:8885"
+            ],
+            "test_untrusted_certificate_refused": [
+                # Mosquitto with require_certificate false lets a client present any
+                # certificate: foreign, revoked, expired.
+                "certificate from another CA accepted on {host}:8885",
+                "revoked certificate accepted on {host}:8885",
+                "expired certificate accepted on {host}:8885",
+            ],
+            "test_wildcard_or_empty_username_refused": [
+                "username '#' with an empty password accepted on {host}:8884"
+            ],
+            "test_empty_password_refused": [
+                "client control-room with an empty password accepted on {host}:8884"
+            ],
+            "test_wrong_password_refused": [
+                "client control-room with a wrong password accepted on {host}:8884"
+            ],
+            "test_device_publishes_to_its_own_topic": [
+                "device sensor-1 cannot publish to its own topic "
+                "devices/sensor-1/telemetry/iotfleet-compliance on {host}:8883"
+            ],
+            "test_publishes_only_where_granted": [
+                "device sensor-1 can publish to devices/sensor-2/telemetry/iotfleet-compliance "
+                "on {host}:8883"
+            ],
+            "test_reads_only_what_is_granted": ["client control-room can read $SYS/"],
+        },
+    ),
+    Breakage(
+        "a short-lived foreign RSA certificate and weak ciphers",
+        break_tls_certificate,
+        "tls or pki",
+        {
+            "test_only_strong_cipher_suites": [
+                "weak cipher suite TLS_RSA_WITH_AES_128_GCM_SHA256 accepted over TLS 1.2 on "
+                "{host}:8883: RSA key exchange",
+                "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA accepted over TLS 1.2 on {host}:8883: CBC",
+            ],
+            "test_certificate_valid_for_client_names": [
+                "the certificate of {host}:8883 does not validate against the fleet CA",
+                "the certificate of {host}:8883 is not valid for {host} (names clients use)",
+            ],
+            "test_broker_certificate_and_key_are_the_issued_ones": [
+                "the broker certificate on {host} is not the one the fleet PKI issued",
+                f"{layout.SERVER_KEY} on {{host}} is not the key the fleet PKI issued",
+            ],
+            "test_certificates_valid_beyond_margin": [
+                "the broker certificate on {host} expires in 1.4 days"
+            ],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("breakage", BATCHES, ids=[b.name for b in BATCHES])
+def test_every_other_check_fails_on_a_broken_broker(
+    deployed: DeployedLab, breakage: Breakage
+) -> None:
+    _break_check_repair(deployed, breakage)
+
+
+# -- material for the breakages -------------------------------------------------------------------
+
+
+def expired_crl(ctx: FleetContext) -> bytes:
+    """The fleet's CRL re-signed by the fleet intermediate with a nextUpdate 9 days ago."""
+    from iotfleet.pki.ca import load_ca_certs
+    from iotfleet.pki.crl import RevokedEntry, build_crl, crl_number
+    from iotfleet.pki.keys import load_encrypted_key
+    from iotfleet.pki.layout import StateLayout
+    from iotfleet.pki.passphrase import read_passphrase
+
+    state = StateLayout(ctx.pki_settings.state_dir)
+    certs = load_ca_certs(state)
+    assert certs is not None
+    key = load_encrypted_key(state.intermediate_key, read_passphrase(ctx.pki_settings))
+    current = x509.load_pem_x509_crl(ctx.pki.crl_pem())
+    entries = [RevokedEntry(r.serial_number, r.revocation_date_utc, "unspecified") for r in current]
+    crl = build_crl(
+        certs.intermediate,
+        key,
+        entries,
+        crl_number(current) + 1,
+        datetime.now(UTC) - timedelta(days=10),
+        days=1,
+    )
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def foreign_rsa_server_identity(address: str) -> tuple[bytes, bytes]:
+    """An RSA server certificate from a throwaway CA, valid 34 hours, for ``address`` only."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Not the fleet CA")])
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "impostor")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1, hours=10))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return (
+        certificate.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def test_every_check_of_the_suite_is_shown_failing() -> None:
+    """A check no breakage above makes fail could be one that cannot fail: not allowed."""
+    import ast
+
+    checks = {
+        node.name
+        for module in (REPO / "tests" / "compliance").glob("test_*.py")
+        for node in ast.walk(ast.parse(module.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    }
+    shown = {check for breakage in REQUIRED + BATCHES for check in breakage.expected}
+    assert checks - shown == set()
+    assert shown - checks == set()
