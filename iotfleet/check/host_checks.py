@@ -446,15 +446,7 @@ def acl_problems(host: str, fleet: Fleet, broker_name: str, text: str) -> list[s
 
 def expected_open_ports(broker: Broker) -> set[int]:
     """SSH, listeners reachable from the network and extra ports (as roles/firewall opens)."""
-    ports = {
-        listener.port
-        for listener in broker.mosquitto.listeners
-        if listener.bind_address is None
-        or not ipaddress.ip_address(listener.bind_address).is_loopback
-    }
-    ports.update(broker.firewall.extra_tcp_ports)
-    ports.add(broker.firewall_ssh_port)
-    return ports
+    return broker.network_ports() | {broker.firewall_ssh_port}
 
 
 _DPORT = re.compile(r"tcp dport (\{[^}]*\}|[\w-]+)([^\n]*)")

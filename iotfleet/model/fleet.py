@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -167,6 +168,18 @@ class Broker(_Model):
     @property
     def firewall_ssh_port(self) -> int:
         return self.firewall.ssh_port or self.ssh_port
+
+    def network_ports(self) -> set[int]:
+        """TCP ports the firewall opens besides SSH: non-loopback listeners and extra ports."""
+        ports = {
+            listener.port
+            for listener in self.mosquitto.listeners
+            if listener.bind_address is None
+            or not ipaddress.ip_address(listener.bind_address).is_loopback
+        }
+        ports.update(self.firewall.extra_tcp_ports)
+        ports.discard(self.firewall_ssh_port)
+        return ports
 
 
 class FlashStation(_Model):

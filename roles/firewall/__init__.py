@@ -29,16 +29,8 @@ class FirewallWouldCutSshError(Exception):
 
 
 def open_tcp_ports(broker: Broker) -> list[int]:
-    """Ports reachable from the network: non-loopback listeners and extra ports."""
-    ports = {
-        listener.port
-        for listener in broker.mosquitto.listeners
-        if listener.bind_address is None
-        or not ipaddress.ip_address(listener.bind_address).is_loopback
-    }
-    ports.update(broker.firewall.extra_tcp_ports)
-    ports.discard(broker.firewall_ssh_port)
-    return sorted(ports)
+    """Ports reachable from the network besides SSH: non-loopback listeners and extra ports."""
+    return sorted(broker.network_ports())
 
 
 def render_ruleset(broker: Broker) -> str:
