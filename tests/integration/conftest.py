@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from iotfleet.lab.state import lab_paths, load_state
+from iotfleet.paths import fleet_dir
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -147,6 +149,8 @@ def lab_factory() -> Iterator[LabFactory]:
             return read_lab(name)
         if name not in made:
             made.append(name)
+            # Each session starts from a fleet that never existed: new CA, registry, secrets.
+            shutil.rmtree(fleet_dir(name), ignore_errors=True)
         lab = lab_up(name, suite, *want)
         sizes[name] = want
         return lab
