@@ -33,6 +33,7 @@ from iotfleet.context import FleetContext
 from iotfleet.mosquitto import layout
 from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.lab_fleet import lab_environment
+from tests.support.mosquitto_edits import allow_tls_1_1
 from tests.support.rollout import REPO, run_pyinfra
 
 pytestmark = pytest.mark.lab
@@ -190,18 +191,7 @@ def break_crl_expired(lab: DeployedLab) -> None:
 
 
 def break_tls_1_1(lab: DeployedLab) -> None:
-    def legacy(_port: int, block: str) -> str:
-        lines = []
-        for line in block.split("\n"):
-            if line.startswith("tls_version "):
-                line = "tls_version tlsv1.1"
-            elif line.startswith("ciphers "):
-                # TLS 1.1 only has CBC suites, and OpenSSL 3 needs security level 0 for it.
-                line = f"ciphers ECDHE-ECDSA-AES128-SHA:{line.split(' ', 1)[1]}:@SECLEVEL=0"
-            lines.append(line)
-        return "\n".join(lines)
-
-    lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, legacy))
+    lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, allow_tls_1_1))
     lab.restart()
 
 

@@ -44,6 +44,7 @@ from iotfleet.pki.testing import make_foreign_ca_identity
 from roles.mosquitto.render import BrokerConfig, service_files
 from roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
+from tests.support.mosquitto_edits import allow_tls_1_1
 
 PASSPHRASE = "unit-test-passphrase-0123"
 CERT, PASSWORD, BOTH = 0, 1, 2
@@ -258,17 +259,7 @@ def test_a_permissive_acl_is_caught_by_what_arrives(local: Local, tmp_path: Path
 
 
 def test_sslyze_names_old_protocols_and_weak_suites(local: Local, tmp_path: Path) -> None:
-    def legacy(_port: int, block: str) -> str:
-        lines = []
-        for line in block.split("\n"):
-            if line.startswith("tls_version "):
-                line = "tls_version tlsv1.1"
-            elif line.startswith("ciphers "):
-                line = f"ciphers ECDHE-ECDSA-AES128-SHA:{line.split(' ', 1)[1]}:@SECLEVEL=0"
-            lines.append(line)
-        return "\n".join(lines)
-
-    with local.running(tmp_path, legacy):
+    with local.running(tmp_path, allow_tls_1_1):
         cert = local.listener(CERT)
         scan = scan_listeners([cert], local.ctx.pki.ca_chain_pem())[cert.port]
     assert protocol_problems(scan, "tlsv1.2") == [
