@@ -172,3 +172,39 @@ def test_resetting_a_student_cuts_off_the_old_identity(running_class: RunningCla
             break
         time.sleep(0.5)
     assert state is not None and state.flash_sha256 == flashed and state.connected, state
+
+
+PER_STUDENT = f"{os.environ.get('IOTFLEET_ITEST_PREFIX', 'itest')}-pclass"
+
+
+def test_per_student_shape_gives_each_student_a_broker_of_their_own(
+    tmp_path: Path,
+) -> None:
+    require_root()
+    roster = tmp_path / "roster.csv"
+    roster.write_text("name,id\nAda,ada\nBen,ben\n")
+    try:
+        made = run_iotfleet("classroom", "new", str(roster), "--name", PER_STUDENT,
+                            "--shape", "per-student")
+        assert made.returncode == 0, made.stderr
+        up = run_iotfleet("classroom", "up", "--name", PER_STUDENT, "--no-check", timeout=1800)
+        assert up.returncode == 0, up.stdout + up.stderr
+        spec = load_class(PER_STUDENT)
+        ctx = class_context(spec)
+        brokers = {b.name.split(".")[0]: b.name for b in ctx.fleet.brokers}
+        assert set(brokers) == {"ada-broker", "ben-broker"}
+        assert all(state.connected for state in read_status(PER_STUDENT).values())
+        ada = Identity(username="ada", password=ctx.passwords["ada"].get_secret_value())
+        own = Target(brokers["ada-broker"], PASSWORD_PORT, ctx.pki.ca_chain_pem())
+        other = Target(brokers["ben-broker"], PASSWORD_PORT, ctx.pki.ca_chain_pem())
+        assert try_connect(own, ada).accepted
+        assert not try_connect(other, ada).accepted
+        # Ada's gateway was flashed to use her broker only.
+        groups = lab_inventory_groups(PER_STUDENT)
+        boards = [b for _, d in groups["flash_stations"] for b in d["espgw_boards"]]
+        flash = next(Path(str(b["flash_file"])) for b in boards if b["device"] == "ada-gw")
+        assert read_bundle(flash).config.mqtt_hosts == [brokers["ada-broker"]]
+    finally:
+        run_iotfleet("classroom", "down", "--name", PER_STUDENT, timeout=300)
+        shutil.rmtree(class_dir(PER_STUDENT), ignore_errors=True)
+        shutil.rmtree(fleet_dir(PER_STUDENT), ignore_errors=True)
