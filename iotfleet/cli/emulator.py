@@ -42,6 +42,8 @@ def cli() -> None:
               help="How many sessions the drop fault hits before the board behaves.")
 @click.option("--report-mac", help="Fault: answer this MAC instead of --mac (wrong board).")
 @click.option("--no-answer", is_flag=True, help="Fault: accept connections, never answer.")
+@click.option("--stub-silent", is_flag=True,
+              help="Fault: the ROM answers, the uploaded flasher stub never starts.")
 def serve(
     listen: str,
     flash_file: Path,
@@ -54,6 +56,7 @@ def serve(
     drop_times: int,
     report_mac: str | None,
     no_answer: bool,
+    stub_silent: bool,
 ) -> None:
     """Serve one board until SIGTERM; its flash persists in --flash."""
     try:
@@ -64,6 +67,7 @@ def serve(
             drop_times=drop_times,
             report_mac=report_mac,
             silent=no_answer,
+            stub_silent=stub_silent,
         )
         server = BoardServer(
             flash_file,

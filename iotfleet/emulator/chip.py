@@ -165,11 +165,12 @@ def rom_erase_bytes(offset: int, size: int) -> int:
 class Esp8266:
     """One board's bootloader state; the flash outlives connections, the rest is per reset."""
 
-    def __init__(self, flash: FlashMemory, mac: bytes) -> None:
+    def __init__(self, flash: FlashMemory, mac: bytes, *, stub_starts: bool = True) -> None:
         if len(mac) != 6:
             raise ValueError("a MAC address is 6 bytes")
         self.flash = flash
         self.mac = mac
+        self.stub_starts = stub_starts  # False: a fault, the uploaded stub never greets
         self.reset()
 
     def reset(self) -> None:
@@ -270,7 +271,9 @@ class Esp8266:
         no_entry, _entry = struct.unpack_from("<II", data)
         reply = self._ok(op)
         if not no_entry:
-            if self.role is Role.ROM and self._ram_loaded:
+            if self.role is Role.ROM and self._ram_loaded and not self.stub_starts:
+                self.role = Role.APP  # the stub crashed: nothing answers until a reset
+            elif self.role is Role.ROM and self._ram_loaded:
                 # We cannot run Xtensa code; what esptool uploads and starts is its flasher
                 # stub, which greets with a raw "OHAI" frame.
                 self.role = Role.STUB

@@ -39,6 +39,7 @@ class Faults:
     drop_times: int = 1  # how many sessions the drop applies to; later ones succeed
     report_mac: str | None = None  # answer this MAC instead of the board's own
     silent: bool = False  # accept connections, never answer (a board that is not there)
+    stub_silent: bool = False  # the ROM answers, but the uploaded flasher stub never starts
 
 
 def parse_mac(value: str) -> bytes:
@@ -101,7 +102,9 @@ class BoardServer:
         self.mac = check_mac(mac)
         reported = self.faults.report_mac or self.mac
         self.flash = FlashMemory(Path(flash_file), flash_size)
-        self.chip = Esp8266(self.flash, parse_mac(reported))
+        self.chip = Esp8266(
+            self.flash, parse_mac(reported), stub_starts=not self.faults.stub_silent
+        )
         self.stats_file = stats_file
         self._serial_speed = serial_speed
         self._log = log

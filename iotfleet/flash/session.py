@@ -66,6 +66,9 @@ def is_socket_port(port: str) -> bool:
     return port.startswith(("socket://", "rfc2217://"))
 
 
+STUB_GREETING_TIMEOUT = 5.0  # seconds; the real stub greets within milliseconds
+
+
 class BoardSession:
     """A connected ESP8266 running esptool's flasher stub."""
 
@@ -114,6 +117,9 @@ class BoardSession:
             raise
 
     def _start_stub(self, baud: int) -> None:
+        # esptool waits for the stub's "OHAI" with the port's own timeout, which is none on
+        # socket:// ports: a board whose stub never starts would hang the rollout for good.
+        self._esp._port.timeout = STUB_GREETING_TIMEOUT
         esp = _call(self.port, "start the flasher stub", self._esp.run_stub)
         self._esp = esp
         if baud > ROM_BAUD:

@@ -231,6 +231,20 @@ def test_no_answer_is_a_timeout_naming_the_port(
     assert result.message.startswith("board gw-1 on ")
 
 
+def test_a_stub_that_never_starts_is_a_timeout_not_a_hang(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:01", stub_silent=True) as gw:
+        ctx = gateways.context([board(gw, "gw-1")])
+        jobs, _ = station_jobs(ctx, "@local")
+        started = time.monotonic()
+        [result] = flash_boards(jobs, registry, progress=False, options=options(tmp_path))
+        assert time.monotonic() - started < 15
+    assert result.status == "failed", result
+    assert "could not start the flasher stub" in result.message, result.message
+    assert registry.latest("gw-1") is not None and not registry.is_provisioned("gw-1")
+
+
 def test_missing_and_busy_ports(
     gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
 ) -> None:
