@@ -6,6 +6,7 @@ from pydantic import SecretStr
 
 from iotfleet.health import health_identity_name
 from iotfleet.model import Fleet, InventoryError, Problem
+from iotfleet.probes import PROBE_PASSWORD_USERS
 from iotfleet.secrets import SecretError, SecretStore
 
 
@@ -52,6 +53,8 @@ def mqtt_passwords(fleet: Fleet, store: SecretStore) -> dict[str, SecretStr]:
                 )
     if problems:
         raise InventoryError(problems)
+    for probe in PROBE_PASSWORD_USERS:
+        passwords[probe] = SecretStr(store.generated(password_slot(probe)))
     return passwords
 
 

@@ -12,6 +12,7 @@ from iotfleet.model import Broker, Fleet
 from iotfleet.model.names import is_dns_name
 from iotfleet.pki import IdentitySpec, PkiSettings, PkiStore, ReconcileReport, reconcile
 from iotfleet.pki.testing import make_expired_identity
+from iotfleet.probes import PROBE_DEVICES
 
 
 def broker_dns_names(broker: Broker) -> list[str]:
@@ -44,6 +45,7 @@ def fleet_identities(fleet: Fleet) -> list[IdentitySpec]:
             )
         )
         specs.append(IdentitySpec(name=health_identity_name(broker.name), kind="client"))
+    specs.extend(IdentitySpec(name=probe, kind="device") for probe in PROBE_DEVICES)
     for device in fleet.devices:
         specs.append(
             IdentitySpec(

@@ -18,6 +18,7 @@ from iotfleet.health import health_identity_name
 from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules
+from iotfleet.probes import PROBE_DEVICES
 
 MAX_EXPOSURE = 1.5  # systemd-analyze security score the hardened unit must stay under
 
@@ -399,6 +400,8 @@ def parse_acl(text: str) -> tuple[dict[str, set[tuple[str, str]]], list[str]]:
 
 
 def _owner(fleet: Fleet, username: str, broker_name: str) -> str:
+    if username in PROBE_DEVICES:
+        return f"probe device {username}"
     if any(d.id == username for d in fleet.devices):
         return f"device {username}"
     if any(c.name == username for c in fleet.clients):

@@ -1,15 +1,17 @@
 """Who the outside probes connect as: fleet identities chosen deterministically, and canaries.
 
-* the probe device: an active device with a certificate (``--probe-device`` or the first by
-  id), and a peer device (the next one) whose topics it must not touch;
+* the probe device and its peer (whose topics it must not touch): iotfleet's own probe
+  identities (``iotfleet.probes``), which every rollout issues and allows on every broker, so
+  no real device is ever disconnected by a check; ``--probe-device`` picks a real device
+  instead (and its peer is the next active device by id);
 * a password user for password listeners and a certificate+password user for two-factor
-  listeners (first by name among the active users that have what the listener asks for);
+  listeners: the probe device (it has both), else the first active user that has what the
+  listener asks for;
 * certificates every broker must refuse: the revoked and expired canaries kept beside the PKI
   (``iotfleet.fleet_pki``) and one from a foreign CA, made once and kept with them.
 
-A probe connects as a real identity: with ``use_username_as_clientid`` a device that is online
-at that moment is disconnected once (its client id is taken) and reconnects. Give the fleet a
-dedicated probe device to avoid that (``--probe-device``).
+With ``--probe-device`` a probe connects as a real identity: with ``use_username_as_clientid``
+that device, if online, is disconnected once (its client id is taken) and reconnects.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from iotfleet.context import FleetContext
 from iotfleet.fleet_pki import EXPIRED_CANARY, REVOKED_CANARY, canary_dir, load_canary
 from iotfleet.model import Fleet, Listener
 from iotfleet.pki import PkiStore
+from iotfleet.probes import PROBE_DEVICE, PROBE_DEVICES, PROBE_PEER
 
 FOREIGN_CANARY = "iotfleet-canary-foreign"
 REFUSED_KINDS = ("foreign", "revoked", "expired")
@@ -53,6 +56,9 @@ def choose_cast(
 
     Only as many certificates are looked up as needed (a fleet may have 10,000 devices).
     """
+    if probe_device is None and all(_has_certificate(pki, p) for p in PROBE_DEVICES):
+        probe_login = PROBE_DEVICE if PROBE_DEVICE in passwords else None
+        return ProbeCast(PROBE_DEVICE, PROBE_PEER, probe_login, probe_login)
     active = sorted(d.id for d in fleet.active_devices)
     if probe_device is not None:
         if probe_device not in active or not _has_certificate(pki, probe_device):

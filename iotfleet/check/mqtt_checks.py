@@ -22,6 +22,7 @@ from iotfleet.check.mqtt_probe import try_connect as _try_connect
 from iotfleet.check.plan import BrokerTarget, ListenerTarget
 from iotfleet.context import FleetContext
 from iotfleet.mosquitto.acl import acl_rules
+from iotfleet.probes import PROBE_DEVICES, probe_prefix
 
 PROBE_LEAF = "iotfleet-compliance"
 PROBE_PAYLOAD = b"iotfleet compliance probe: not a measurement, ignore"
@@ -87,6 +88,8 @@ class BrokerProber:
         )
 
     def who(self, name: str) -> str:
+        if name in PROBE_DEVICES:
+            return f"probe device {name}"
         if any(d.id == name for d in self.ctx.fleet.devices):
             return f"device {name}"
         return f"client {name}"
@@ -97,6 +100,8 @@ class BrokerProber:
     def prefix(self, device: str | None) -> str:
         if device is None:
             return f"{self.ctx.fleet.topic_root}/{NOBODY}"
+        if device in PROBE_DEVICES:
+            return probe_prefix(self.ctx.fleet.topic_root, device)
         return self.ctx.fleet.topic_prefix(self.ctx.fleet.device(device))
 
     def unreachable(self, listener: ListenerTarget) -> str | None:
@@ -236,10 +241,10 @@ class BrokerProber:
             with self._session(listener, credentials(self.ctx, device, listener.listener)) as s:
                 code = s.publish(topic, PROBE_PAYLOAD)
         except (ProbeError, TimeoutError) as exc:
-            return [_failed_step(f"device {device}", f"publish to {topic}", listener, exc)]
+            return [_failed_step(self.who(device), f"publish to {topic}", listener, exc)]
         if not succeeded(code):
             return [
-                f"device {device} cannot publish to its own topic {topic} on {listener.id} "
+                f"{self.who(device)} cannot publish to its own topic {topic} on {listener.id} "
                 f"(PUBACK {code:#04x})"
             ]
         return []

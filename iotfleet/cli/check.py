@@ -41,7 +41,7 @@ from iotfleet.paths import reports_dir
 @click.option(
     "--probe-device",
     metavar="ID",
-    help="Device the MQTT probes connect as (default: the first active device by id).",
+    help="A real device for the MQTT probes to connect as (default: iotfleet's own probes).",
 )
 @click.option(
     "--cert-margin-days",

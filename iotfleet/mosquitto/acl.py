@@ -10,18 +10,23 @@ from collections.abc import Iterable
 
 from iotfleet.health import health_identity_name, health_topic
 from iotfleet.model import Device, Fleet, Role
+from iotfleet.probes import PROBE_DEVICES, probe_prefix
 
 HEADER = "# managed by iotfleet: rendered from the inventory, edits are overwritten\n"
 
 
-def device_rules(fleet: Fleet, device: Device) -> list[tuple[str, str]]:
-    """(access, topic) pairs of one device: its own prefix only, plus its extra roles."""
-    prefix = fleet.topic_prefix(device)
-    rules = [
+def prefix_rules(prefix: str) -> list[tuple[str, str]]:
+    """What any device may do under its own topic prefix, and nothing else."""
+    return [
         ("write", f"{prefix}/telemetry/#"),
         ("write", f"{prefix}/status"),
         ("read", f"{prefix}/commands/#"),
     ]
+
+
+def device_rules(fleet: Fleet, device: Device) -> list[tuple[str, str]]:
+    """(access, topic) pairs of one device: its own prefix only, plus its extra roles."""
+    rules = prefix_rules(fleet.topic_prefix(device))
     for role in device.roles:
         rules.extend(_role_rules(fleet.roles[role], device.id))
     return rules
@@ -53,6 +58,8 @@ def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]
             rules.extend(_role_rules(fleet.roles[role], client.name))
         users[client.name] = rules
     users[health_identity_name(broker_name)] = [("readwrite", health_topic(broker_name))]
+    for probe in PROBE_DEVICES:
+        users[probe] = prefix_rules(probe_prefix(fleet.topic_root, probe))
     return users
 
 

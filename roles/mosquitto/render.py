@@ -17,6 +17,7 @@ from iotfleet.model import Broker, Listener
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
 from iotfleet.mosquitto.passwd import render_password_file
+from iotfleet.probes import PROBE_PASSWORD_USERS
 
 TEMPLATES = Path(__file__).parent / "templates"
 _JINJA = {"trim_blocks": True, "lstrip_blocks": True}
@@ -131,7 +132,7 @@ def service_files(
         ),
     ]
     if config.with_passwords:
-        allowed = ctx.fleet.users_of(broker.name)
+        allowed = ctx.fleet.users_of(broker.name) | set(PROBE_PASSWORD_USERS)
         clear = {
             user: secret.get_secret_value()
             for user, secret in ctx.passwords.items()

@@ -31,6 +31,7 @@ from iotfleet.check.plan import load_plan
 from iotfleet.check.results import RunResults
 from iotfleet.context import FleetContext
 from iotfleet.mosquitto import layout
+from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
 from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.lab_fleet import lab_environment
 from tests.support.mosquitto_edits import allow_tls_1_1
@@ -197,7 +198,7 @@ def break_tls_1_1(lab: DeployedLab) -> None:
 
 def break_acl_read_everything(lab: DeployedLab) -> None:
     lab.edit(
-        layout.ACL_FILE, lambda acl: _acl_block(acl, "sensor-1", lambda b: b + "topic read #\n")
+        layout.ACL_FILE, lambda acl: _acl_block(acl, PROBE_DEVICE, lambda b: b + "topic read #\n")
     )
     lab.ssh("systemctl reload mosquitto && sleep 0.5")
 
@@ -281,11 +282,12 @@ REQUIRED = [
         "config or mqtt",
         {
             "test_acl_grants_only_the_inventory": [
-                "the ACL on {host} lets device sensor-1 read '#' (not granted by the inventory)"
+                f"the ACL on {{host}} lets probe device {PROBE_DEVICE} read '#' "
+                "(not granted by the inventory)"
             ],
             "test_reads_only_what_is_granted": [
-                "device sensor-1 can read devices/sensor-2/telemetry/iotfleet-compliance on "
-                "{host}:8883 (subscribed to '#')"
+                f"probe device {PROBE_DEVICE} can read devices/{PROBE_PEER}/telemetry/"
+                "iotfleet-compliance on {host}:8883 (subscribed to '#')"
             ],
         },
     ),
@@ -350,8 +352,8 @@ def break_service_files_firewall(lab: DeployedLab) -> None:
 
 def break_authentication(lab: DeployedLab) -> None:
     """Neither passwords nor ACL on 8884 (anonymous allowed), certificates optional and no
-    CRL on 8885, a foreign CA trusted, and sensor-1 allowed to write sensor-2's telemetry
-    instead of its own."""
+    CRL on 8885, a foreign CA trusted, and the probe device allowed to write its peer's
+    telemetry instead of its own."""
 
     def weaken(port: int, block: str) -> str:
         if port == 8884:
@@ -369,9 +371,10 @@ def break_authentication(lab: DeployedLab) -> None:
         layout.ACL_FILE,
         lambda acl: _acl_block(
             acl,
-            "sensor-1",
+            PROBE_DEVICE,
             lambda b: b.replace(
-                "write devices/sensor-1/telemetry/#", "write devices/sensor-2/telemetry/#"
+                f"write devices/{PROBE_DEVICE}/telemetry/#",
+                f"write devices/{PROBE_PEER}/telemetry/#",
             ),
         ),
     )
@@ -430,14 +433,15 @@ BATCHES = [
             "test_crl_enforced": ["no CRL on {host}:8885"],
             "test_acl_enforced": ["no ACL on {host}:8884"],
             "test_acl_grants_only_the_inventory": [
-                "the ACL on {host} lets device sensor-1 write 'devices/sensor-2/telemetry/#'"
+                f"the ACL on {{host}} lets probe device {PROBE_DEVICE} write "
+                f"'devices/{PROBE_PEER}/telemetry/#'"
             ],
             "test_ca_chain_is_the_fleets": [
                 "the broker on {host} trusts client certificates from CAs outside the fleet PKI"
             ],
             "test_anonymous_refused": ["anonymous client accepted on {host}:8884"],
             "test_no_client_certificate_refused": [
-                "client without a certificate (username control-room and its valid password) "
+                f"client without a certificate (username {PROBE_DEVICE} and its valid password) "
                 "accepted on {host}:8885"
             ],
             "test_untrusted_certificate_refused": [
@@ -451,20 +455,20 @@ BATCHES = [
                 "username '#' with an empty password accepted on {host}:8884"
             ],
             "test_empty_password_refused": [
-                "client control-room with an empty password accepted on {host}:8884"
+                f"probe device {PROBE_DEVICE} with an empty password accepted on {{host}}:8884"
             ],
             "test_wrong_password_refused": [
-                "client control-room with a wrong password accepted on {host}:8884"
+                f"probe device {PROBE_DEVICE} with a wrong password accepted on {{host}}:8884"
             ],
             "test_device_publishes_to_its_own_topic": [
-                "device sensor-1 cannot publish to its own topic "
-                "devices/sensor-1/telemetry/iotfleet-compliance on {host}:8883"
+                f"probe device {PROBE_DEVICE} cannot publish to its own topic "
+                f"devices/{PROBE_DEVICE}/telemetry/iotfleet-compliance on {{host}}:8883"
             ],
             "test_publishes_only_where_granted": [
-                "device sensor-1 can publish to devices/sensor-2/telemetry/iotfleet-compliance "
-                "on {host}:8883"
+                f"probe device {PROBE_DEVICE} can publish to devices/{PROBE_PEER}/telemetry/"
+                "iotfleet-compliance on {host}:8883"
             ],
-            "test_reads_only_what_is_granted": ["client control-room can read $SYS/"],
+            "test_reads_only_what_is_granted": [f"probe device {PROBE_DEVICE} can read $SYS/"],
         },
     ),
     Breakage(

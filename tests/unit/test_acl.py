@@ -7,6 +7,7 @@ import pytest
 from iotfleet.health import health_identity_name
 from iotfleet.model import InventoryError, RawHost, build_fleet
 from iotfleet.mosquitto.acl import acl_rules, render_acl
+from iotfleet.probes import PROBE_DEVICE, PROBE_DEVICES
 
 BROKER = "mqtt1.example.net"
 
@@ -43,7 +44,7 @@ def test_roles_expand_per_user_and_admin_alone_sees_sys() -> None:
 
 def test_revoked_identities_lose_every_rule() -> None:
     f = fleet(fleet_devices=[{"id": "gw-1", "revoked": "keyCompromise"}, {"id": "gw-2"}])
-    assert set(acl_rules(f, BROKER)) == {"gw-2", health_identity_name(BROKER)}
+    assert set(acl_rules(f, BROKER)) == {"gw-2", health_identity_name(BROKER), *PROBE_DEVICES}
 
 
 def test_rendering_is_deterministic_and_has_no_pattern_lines() -> None:
@@ -62,11 +63,20 @@ def test_identities_limited_to_some_brokers_exist_only_there() -> None:
         "fleet_clients": [{"name": "ann", "brokers": ["b2"], "roles": ["dashboard"]}],
     }
     two = build_fleet([RawHost("b1", ("brokers",), data), RawHost("b2", ("brokers",), data)])
-    assert set(acl_rules(two, "b1")) == {"gw-1", "gw-2", health_identity_name("b1")}
-    assert set(acl_rules(two, "b2")) == {"gw-2", "ann", health_identity_name("b2")}
+    assert set(acl_rules(two, "b1")) == {"gw-1", "gw-2", health_identity_name("b1"), *PROBE_DEVICES}
+    assert set(acl_rules(two, "b2")) == {"gw-2", "ann", health_identity_name("b2"), *PROBE_DEVICES}
 
 
 def test_unknown_broker_of_an_identity_is_refused() -> None:
     with pytest.raises(InventoryError) as caught:
         fleet(fleet_devices=[{"id": "gw-1", "brokers": ["nope"]}])
     assert "device gw-1: brokers: 'nope' is not a broker host" in str(caught.value)
+
+
+def test_probe_identities_are_confined_like_devices() -> None:
+    rules = acl_rules(fleet(fleet_devices=[{"id": "gw-1"}]), BROKER)
+    assert rules[PROBE_DEVICE] == [
+        ("write", f"devices/{PROBE_DEVICE}/telemetry/#"),
+        ("write", f"devices/{PROBE_DEVICE}/status"),
+        ("read", f"devices/{PROBE_DEVICE}/commands/#"),
+    ]

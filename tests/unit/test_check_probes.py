@@ -41,6 +41,7 @@ from iotfleet.fleet_pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 from iotfleet.mosquitto import layout
 from iotfleet.pki.testing import make_foreign_ca_identity
+from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
 from roles.mosquitto.render import BrokerConfig, service_files
 from roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
@@ -147,9 +148,12 @@ def _every_outside_problem(local: Local) -> list[str]:
 
 
 def test_the_cast_is_chosen_from_the_inventory(local: Local) -> None:
+    """iotfleet's own probe identities: no real device is disconnected by a check."""
     cast = local.prober().cast
-    assert (cast.device, cast.peer) == ("gw-1", "gw-2")
-    assert (cast.password_user, cast.two_factor_user) == ("board", "desk")
+    assert (cast.device, cast.peer) == (PROBE_DEVICE, PROBE_PEER)
+    assert (cast.password_user, cast.two_factor_user) == (PROBE_DEVICE, PROBE_DEVICE)
+    picked = choose_cast(local.ctx.fleet, local.ctx.pki, set(local.ctx.passwords), "gw-1")
+    assert (picked.device, picked.peer) == ("gw-1", "gw-2")
 
 
 def test_a_hardened_broker_passes_every_outside_check(local: Local, tmp_path: Path) -> None:
@@ -187,15 +191,16 @@ def test_a_broker_that_lets_anyone_in_is_named(local: Local, tmp_path: Path) -> 
             f"username '' with an empty password accepted on {where}",
         ]
         assert prober.empty_password(password) == [
-            f"client board with an empty password accepted on {where}"
+            f"probe device {PROBE_DEVICE} with an empty password accepted on {where}"
         ]
         assert prober.wrong_password(password) == [
-            f"client board with a wrong password accepted on {where}"
+            f"probe device {PROBE_DEVICE} with a wrong password accepted on {where}"
         ]
         # Without an ACL the dashboard may write devices' commands and read $SYS.
         published = prober.publish_only_granted(password, "board")
         assert (
-            f"client board can publish to devices/gw-2/commands/iotfleet-compliance on {where}"
+            f"client board can publish to devices/{PROBE_PEER}/telemetry/iotfleet-compliance on "
+            f"{where}"
         ) in " ".join(published)
         read = prober.read_only_granted(password, "board")
         assert any(p.startswith("client board can read $SYS/") for p in read), read
@@ -216,7 +221,8 @@ def test_optional_certificates_let_foreign_revoked_and_expired_ones_in(
     with local.running(tmp_path, optional):
         prober = local.prober()
         assert prober.no_certificate(both) == [
-            f"client without a certificate (username desk and its valid password) accepted on "
+            f"client without a certificate (username {PROBE_DEVICE} and its valid password) "
+            "accepted on "
             f"{both.id}"
         ]
         assert prober.untrusted_certificate(both, "foreign") == [
@@ -244,15 +250,15 @@ def test_a_permissive_acl_is_caught_by_what_arrives(local: Local, tmp_path: Path
             published = prober.publish_only_granted(cert, "gw-1")
             assert any(
                 p.startswith(
-                    f"device gw-1 can publish to devices/gw-2/telemetry/iotfleet-compliance on "
-                    f"{cert.id} (PUBACK 0x"
+                    f"device gw-1 can publish to devices/{PROBE_PEER}/telemetry/"
+                    f"iotfleet-compliance on {cert.id} (PUBACK 0x"
                 )
                 for p in published
             ), published
             read = prober.read_only_granted(cert, "gw-1")
             assert (
-                f"device gw-1 can read devices/gw-2/telemetry/iotfleet-compliance on {cert.id} "
-                "(subscribed to '#'); the inventory does not let it"
+                f"device gw-1 can read devices/{PROBE_PEER}/telemetry/iotfleet-compliance on "
+                f"{cert.id} (subscribed to '#'); the inventory does not let it"
             ) in read
     finally:
         acl.write_text(original)
