@@ -11,7 +11,10 @@ models:
 
 Prints, side by side, per mode: one board vs N boards in parallel (target <= 1.3x), iotfleet vs
 a bare ``esptool write-flash`` of the same images (target <= 10% slower), and the unchanged
-re-flash per board (target <= 2 s). Figures and ratios only; nothing is asserted.
+re-flash per board (target <= 2 s). Also one board on a flash station's device path, through the
+station serial relay (RFC 2217 over the relay's stdin/stdout, a pty bridged to the board): the
+relay runs under a local shell here, standing in for the SSH channel the rollout uses. Figures
+and ratios only; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iotfleet.context import FleetContext
 from iotfleet.device import reference_firmware
-from iotfleet.flash import FlashJob, FlashOptions, FlashRegistry, flash_boards, station_jobs
+from iotfleet.flash import (
+    FlashJob,
+    FlashOptions,
+    FlashRegistry,
+    flash_boards,
+    flash_station,
+    station_jobs,
+)
+from iotfleet.flash.station_link import CommandStationLink
 from iotfleet.fleet_pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 
@@ -78,17 +89,19 @@ def stop_boards(boards: list[Board]) -> None:
         board.process.wait(timeout=10)
 
 
-def fleet_context(boards: list[Board], firmware: Path) -> FleetContext:
+def fleet_context(boards: list[Board], firmware: Path, station: str = "@local",
+                  ports: list[str] | None = None) -> FleetContext:
+    ports = ports or [b.url for b in boards]
     fleet = build_fleet([
         RawHost("localhost", ("brokers",), {
             "fleet_name": "bench", "ssh_hostname": "127.0.0.1",
             "fleet_devices": [{"id": f"gw-{i:02d}"} for i in range(len(boards))],
         }),
-        RawHost("@local", ("flash_stations",), {
+        RawHost(station, ("flash_stations",), {
             "espgw_wifi_ssid": "bench", "espgw_wifi_passphrase": "env:BENCH_WIFI",
             "espgw_firmware": str(firmware), "espgw_baud": BAUD,
-            "espgw_boards": [{"port": b.url, "device": f"gw-{i:02d}"}
-                             for i, b in enumerate(boards)],
+            "espgw_boards": [{"port": port, "device": f"gw-{i:02d}"}
+                             for i, port in enumerate(ports)],
         }),
     ])
     return FleetContext.for_fleet(fleet)
@@ -119,6 +132,44 @@ def esptool_flash(boards: list[Board], images: list[tuple[Path, Path, int]]) -> 
     with ThreadPoolExecutor(len(boards)) as pool:
         list(pool.map(one, range(len(boards))))
     return time.perf_counter() - start
+
+
+def relay_flash(workdir: Path, uart: bool, firmware: Path) -> tuple[float, float]:
+    """One board on a station's device path: first flash and unchanged re-flash, in seconds."""
+    from iotfleet.lab import serial_bridge
+
+    [board] = start_boards(workdir, 1, uart, "relay")
+    device = workdir / "ttyUSB-bench"
+    device.unlink(missing_ok=True)
+    bridge = subprocess.Popen(
+        [sys.executable, "-I", "-c", Path(serial_bridge.__file__).read_text(),
+         board.url.rsplit(":", 1)[1], str(device), str(os.getpid())],
+        stdout=subprocess.PIPE, text=True,
+    )
+    # The station's python3 is this venv's (it has pyserial, as python3-serial gives a station).
+    bin_dir = workdir / "station-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    link = CommandStationLink("bench-station", ["env", f"PATH={bin_dir}:{os.environ['PATH']}",
+                                                "sh", "-c"])
+    try:
+        assert bridge.stdout is not None
+        bridge.stdout.readline()  # the link exists
+        ctx = fleet_context([board], firmware, "bench-station", [str(device)])
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            [result] = flash_station(ctx, "bench-station", progress=False, link=link,
+                                     options=FlashOptions(baud=BAUD))
+            times.append(time.perf_counter() - start)
+            if not result.ok:
+                raise SystemExit(f"relay flash failed: {result.message}")
+        return times[0], times[1]
+    finally:
+        bridge.terminate()
+        bridge.wait(timeout=10)
+        stop_boards([board])
 
 
 def measure(repeat: int, run: Callable[[], float]) -> float:
@@ -169,6 +220,7 @@ def bench_mode(workdir: Path, count: int, uart: bool, repeat: int, firmware: Pat
     finally:
         stop_boards(boards)
     registry.close()
+    relay_first, relay_again = relay_flash(workdir, uart, firmware)
 
     link = "UART model (115200 ROM, 460800 stub)" if uart else "loopback, no link model (CPU)"
     print(f"\n== {link}; firmware {firmware.stat().st_size // 1024} KB + 2 MB filesystem "
@@ -186,6 +238,9 @@ def bench_mode(workdir: Path, count: int, uart: bool, repeat: int, firmware: Pat
     print(f"{f'unchanged re-flash, {count} boards':44}{again_total:10.2f}")
     print(f"{'unchanged re-flash per board (max)':44}{max(again_each):10.2f}{'':>10}"
           f"{'<= 2 s':>10}")
+    print(f"{'station relay (device path), 1 board':44}{relay_first:10.2f}"
+          f"{relay_first / one:9.2f}x{'vs @local':>10}")
+    print(f"{'station relay, unchanged re-flash':44}{relay_again:10.2f}{'':>10}{'<= 2 s':>10}")
 
 
 def main() -> None:

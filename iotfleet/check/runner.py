@@ -98,6 +98,9 @@ def pytest_argv(request: CheckRequest, workers: int, dump: Path) -> list[str]:
         "-q",
         "--no-header",
         "--color=no",
+        # Its own temp root: pytest never prunes the caller's (or another run's) temp dirs.
+        "--basetemp",
+        str(dump.parent / "pytest"),
     ]
     if workers > 1:
         # The suite's scheduler keeps each broker's checks on one worker.
@@ -174,7 +177,8 @@ def run_check(request: CheckRequest, console: Console) -> int:
     code = PYTEST_EXIT.get(result.returncode, EXIT_USAGE)
     results_file = request.reports / RESULTS
     if code == EXIT_USAGE or not results_file.is_file():
-        tail = [line for line in log.read_text().splitlines() if line.strip()][-15:]
+        output = log.read_text() if log.is_file() else ""
+        tail = [line for line in output.splitlines() if line.strip()][-15:]
         console.print("\n".join(tail), highlight=False, markup=False)
         if result.returncode == 5:
             return _error(console, "no check matched the selection (-m/-k/--limit)")

@@ -96,28 +96,38 @@ def classroom_fleet_data(spec: ClassSpec) -> dict[str, Any]:
 def classroom_inventory_groups(
     class_name: str | None = None,
 ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """``brokers`` (the class lab's hosts) and ``flash_stations`` (``@local`` with every board)."""
+    """``brokers`` (the class lab's hosts) and ``flash_stations`` (where each board is plugged)."""
     spec = load_class(current_class_name(class_name))
     try:
         lab = lab_inventory_groups(spec.name)
     except LabError as exc:
         hint = f"bring the class up: `iotfleet classroom up --name {spec.name}`"
         raise LabError(f"{exc} ({hint})") from None
-    emulated = {
-        board["device"]: board
-        for _, data in lab.get("flash_stations", [])
+    # Each lab board stays on the station the lab lists it under (@local, or the lab host it
+    # is attached to); boards from the roster are plugged into this machine.
+    lab_boards = {
+        board["device"]: (station, data, board)
+        for station, data in lab.get("flash_stations", [])
         for board in data["espgw_boards"]
     }
-    boards: list[dict[str, Any]] = []
+    boards: dict[str, list[dict[str, Any]]] = {}
+    station_data: dict[str, dict[str, Any]] = {}
     for student in spec.students:
         if student.board.port is not None:
-            boards.append({"port": student.board.port, "device": student.device,
-                           **({"mac": student.board.mac} if student.board.mac else {})})
-        elif student.device in emulated:
-            boards.append({**emulated[student.device], "mac": student.board.mac})
+            boards.setdefault("@local", []).append(
+                {"port": student.board.port, "device": student.device,
+                 **({"mac": student.board.mac} if student.board.mac else {})}
+            )  # fmt: skip
+        elif student.device in lab_boards:
+            station, data, board = lab_boards[student.device]
+            boards.setdefault(station, []).append({**board, "mac": student.board.mac})
+            station_data[station] = {k: v for k, v in data.items() if k != "espgw_boards"}
     groups = {"brokers": lab["brokers"]}
     if boards:
-        groups["flash_stations"] = [("@local", {"espgw_boards": boards})]
+        groups["flash_stations"] = [
+            (station, {**station_data.get(station, {}), "espgw_boards": listed})
+            for station, listed in boards.items()
+        ]
     return groups
 
 

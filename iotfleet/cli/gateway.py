@@ -187,18 +187,21 @@ def flash(
     no_progress: bool,
     firmware_dir: Path | None,
 ) -> None:
-    """Flash the boards of the inventory's flash stations attached to this machine (the same
-    engine deploy/gateways.py uses; the PKI must have issued the device certificates)."""
+    """Flash the boards of the inventory's flash stations (the same engine deploy/gateways.py
+    uses; the PKI must have issued the device certificates). Boards on an SSH station's device
+    paths are reached with the OpenSSH client and the host's ssh_* keys."""
     from iotfleet.context import FleetContext
     from iotfleet.flash import flash_station
+    from iotfleet.flash.station_link import CommandStationLink, ssh_argv
     from iotfleet.inventory import load_fleet
     from iotfleet.model import InventoryError
+    from iotfleet.model.build import LOCAL_STATION
     from iotfleet.secrets import SecretError
 
     if inventory is None:
         raise click.UsageError("give --inventory INVENTORY (or $IOTFLEET_INVENTORY)")
     try:
-        fleet, _ = load_fleet(inventory)
+        fleet, hosts = load_fleet(inventory)
         ctx = FleetContext.for_fleet(fleet)
     except (InventoryError, SecretError, FileNotFoundError) as exc:
         raise GatewayCommandError(str(exc)) from None
@@ -207,8 +210,17 @@ def flash(
         raise GatewayCommandError(f"no flash station {station!r} in {inventory}")
     results = []
     for chosen in stations:
+        link = None
+        if chosen.name != LOCAL_STATION:
+            data: dict[str, object] = hosts.get_host(chosen.name).data.dict()  # type: ignore[no-untyped-call]
+            link = CommandStationLink(chosen.name, ssh_argv(data, chosen.name))
         results += flash_station(
-            ctx, chosen, base_dir=firmware_dir, reenroll=reenroll, progress=not no_progress
+            ctx,
+            chosen,
+            base_dir=firmware_dir,
+            reenroll=reenroll,
+            progress=not no_progress,
+            link=link,
         )
     table = Table(title=f"flashed ({ctx.registry_path})")
     for column in ("device", "port", "result", "MAC", "s", "detail"):

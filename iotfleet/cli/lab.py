@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from iotfleet.lab import naming, packages
+from iotfleet.lab.attach import DEFAULT_DEVICE, attach, detach
 from iotfleet.lab.errors import LabError
 from iotfleet.lab.lab import UpRequest, down, status, up
 from iotfleet.lab.state import lab_paths
@@ -146,8 +147,7 @@ def up_command(
     )
     _console.print(f"  inventory: IOTFLEET_LAB={state.name} pyinfra inventory/lab.py ...")
     _console.print(
-        f"  ssh:       ssh -i {paths.ssh_key} "
-        f"-o UserKnownHostsFile={paths.known_hosts} root@HOST"
+        f"  ssh:       ssh -i {paths.ssh_key} -o UserKnownHostsFile={paths.known_hosts} root@HOST"
     )
 
 
@@ -167,9 +167,7 @@ def status_command(name: str) -> None:
     colours = {"running": "green", "no-ssh": "yellow", "stopped": "red"}
     for host in hosts:
         colour = colours.get(host.state, "white")
-        table.add_row(
-            host.name, host.fqdn, host.address, host.suite, f"[{colour}]{host.state}[/]"
-        )
+        table.add_row(host.name, host.fqdn, host.address, host.suite, f"[{colour}]{host.state}[/]")
     out.print(table)
     if gateways:
         gw_table = Table(title="emulated gateways")
@@ -179,7 +177,22 @@ def status_command(name: str) -> None:
             colour = "green" if gw.state == "running" else "red"
             gw_table.add_row(gw.name, f"127.0.0.1:{gw.port}", gw.mac, f"[{colour}]{gw.state}[/]")
         out.print(gw_table)
-    if any(h.state != "running" for h in hosts) or any(g.state != "running" for g in gateways):
+    attached = [g for g in gateways if g.attached]
+    if attached:
+        # A table of its own: the gateways table stays readable on an 80-column terminal.
+        at_table = Table(title="attached gateways")
+        for column in ("gateway", "host:device", "bridge"):
+            at_table.add_column(column)
+        for gw in attached:
+            colour = "green" if gw.bridge == "running" else "red"
+            at_table.add_row(gw.name, gw.attached, f"[{colour}]{gw.bridge}[/]")
+        out.print(at_table)
+    broken_bridge = any(g.bridge not in (None, "running") for g in gateways)
+    if (
+        any(h.state != "running" for h in hosts)
+        or any(g.state != "running" for g in gateways)
+        or broken_bridge
+    ):
         sys.exit(3)
 
 
@@ -194,3 +207,40 @@ def down_command(name: str) -> None:
         _fail(exc)
         return
     _console.print(f"lab {name!r} is down" if existed else f"no lab named {name!r}: nothing to do")
+
+
+@cli.command("attach")
+@_name_option
+@click.argument("gateway")
+@click.argument("host")
+@click.option(
+    "--device",
+    default=DEFAULT_DEVICE,
+    show_default=True,
+    help="Absolute path under /dev inside HOST where the board appears.",
+)
+def attach_command(name: str, gateway: str, host: str, device: str) -> None:
+    """Plug emulated board GATEWAY into lab host HOST as a serial device (a flash station)."""
+    try:
+        where, changed = attach(name, gateway, host, device)
+    except LabError as exc:
+        _fail(exc)
+        return
+    verb = "attached" if changed else "already attached"
+    _console.print(f"{gateway} {verb} to {where.host} at {where.device} (lab {name!r})")
+
+
+@cli.command("detach")
+@_name_option
+@click.argument("gateway")
+def detach_command(name: str, gateway: str) -> None:
+    """Unplug emulated board GATEWAY from the lab host it is attached to (safe to run twice)."""
+    try:
+        was = detach(name, gateway)
+    except LabError as exc:
+        _fail(exc)
+        return
+    if was is None:
+        _console.print(f"{gateway} is not attached: nothing to do")
+    else:
+        _console.print(f"{gateway} detached from {was.host} ({was.device} removed)")

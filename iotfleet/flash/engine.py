@@ -31,7 +31,9 @@ from iotfleet.flash.jobs import BoardResult, FlashJob, Region, station_jobs
 from iotfleet.flash.progress import BoardProgress, NoProgress, RichBoardProgress, flash_progress
 from iotfleet.flash.registry import FlashRecord, FlashRegistry, Result
 from iotfleet.flash.session import BoardSession, Payload
+from iotfleet.flash.station_link import StationLink, is_device_path, relayed_port
 from iotfleet.model import FlashStation
+from iotfleet.model.build import LOCAL_STATION
 
 DEFAULT_CONNECT_ATTEMPTS = 4
 
@@ -73,6 +75,7 @@ def flash_boards(
     progress: bool | Progress = True,
     options: FlashOptions | None = None,
     dry_run: bool = False,
+    link: StationLink | None = None,
 ) -> list[BoardResult]:
     """Flash ``jobs`` (at most ``parallel`` at once); one result per job, in order.
 
@@ -85,6 +88,7 @@ def flash_boards(
         options: baud rate, connection attempts, log and lock directories.
         dry_run: connect, check identity and compare digests, but write nothing and record
             nothing; boards that would be written come back as ``outdated``.
+        link: the SSH connection to the jobs' flash station, for boards on its device paths.
 
     A board that fails never stops the others; nothing raises for a board's failure.
     """
@@ -102,11 +106,15 @@ def flash_boards(
         for job in jobs
     ]
     context = display if own_display and display is not None else contextlib.nullcontext()
-    with context, routed_esptool_log(), ThreadPoolExecutor(
-        max_workers=max(1, min(parallel, len(jobs))), thread_name_prefix="iotfleet-flash"
-    ) as pool:
+    with (
+        context,
+        routed_esptool_log(),
+        ThreadPoolExecutor(
+            max_workers=max(1, min(parallel, len(jobs))), thread_name_prefix="iotfleet-flash"
+        ) as pool,
+    ):
         futures = [
-            pool.submit(_flash_one, job, registry, reenroll, opts, tracker, payloads, dry_run)
+            pool.submit(_flash_one, job, registry, reenroll, opts, tracker, payloads, dry_run, link)
             for job, tracker in zip(jobs, trackers, strict=True)
         ]
         return [future.result() for future in futures]
@@ -121,8 +129,9 @@ def flash_board(
 ) -> BoardResult:
     """Flash one board, without a progress display (see ``flash_boards``)."""
     with routed_esptool_log():
-        return _flash_one(job, registry, reenroll, options or FlashOptions(), NoProgress(),
-                          _Payloads())
+        return _flash_one(
+            job, registry, reenroll, options or FlashOptions(), NoProgress(), _Payloads()
+        )
 
 
 def flash_station(
@@ -135,13 +144,15 @@ def flash_station(
     progress: bool | Progress = True,
     options: FlashOptions | None = None,
     dry_run: bool = False,
+    link: StationLink | None = None,
 ) -> list[BoardResult]:
     """Flash every board of one flash station of the fleet; results in inventory order.
 
     Settings default to the station's ``espgw_*`` keys (``parallel``, ``reenroll``, ``baud``);
     the registry is the fleet's (``ctx.registry_path``), logs go under the fleet's state
     directory (``flash-logs/<station>/<device>.log``). Boards whose inputs are bad are recorded
-    as failed and reported with the others.
+    as failed and reported with the others. Boards on a remote station's device paths need
+    ``link``, the SSH connection to that station.
     """
     if isinstance(station, str):
         station = next(s for s in ctx.fleet.stations if s.name == station)
@@ -161,6 +172,7 @@ def flash_station(
             progress=progress,
             options=opts,
             dry_run=dry_run,
+            link=link,
         )
     finally:
         registry.close()
@@ -179,15 +191,18 @@ def _flash_one(
     tracker: BoardProgress,
     payloads: _Payloads,
     dry_run: bool = False,
+    link: StationLink | None = None,
 ) -> BoardResult:
     started = time.monotonic()
     path = board_log_path(opts.log_dir, job.station, job.device_id) if opts.log_dir else None
     with BoardLog(path) as log, board_sink(log.write):
-        log.line(f"=== flashing device {job.device_id} on {job.port} (station {job.station}, "
-                 f"layout {job.layout})")
+        log.line(
+            f"=== flashing device {job.device_id} on {job.port} (station {job.station}, "
+            f"layout {job.layout})"
+        )
         outcome = _Outcome()
         try:
-            _run(job, registry, reenroll, opts, tracker, payloads, log, outcome, dry_run)
+            _run(job, registry, reenroll, opts, tracker, payloads, log, outcome, dry_run, link)
         except FlashError as exc:
             outcome.fail(str(exc), exc.kind)
         except Exception as exc:  # an engine bug must not take the other boards down
@@ -252,11 +267,13 @@ def _run(
     log: BoardLog,
     outcome: _Outcome,
     dry_run: bool,
+    link: StationLink | None,
 ) -> None:
     tracker.stage("connecting")
-    with _port_lock(opts.lock_dir or registry.path.parent / "flash-locks", job.port):
+    lock_dir = opts.lock_dir or registry.path.parent / "flash-locks"
+    with _port_lock(lock_dir, job.station, job.port), _reach(job, link) as url:
         session = BoardSession.open(
-            job.port, baud=opts.baud, connect_attempts=opts.connect_attempts
+            url, baud=opts.baud, connect_attempts=opts.connect_attempts, label=job.port
         )
         try:
             outcome.mac = session.mac
@@ -276,8 +293,9 @@ def _run(
             todo = [r for r in job.regions if session.md5(r.offset, len(r.data)) != r.md5]
             for region in job.regions:
                 state = "differs" if region in todo else "matches, skipped"
-                log.line(f"{region.name} at 0x{region.offset:x} ({len(region.data)} bytes): "
-                         f"{state}")
+                log.line(
+                    f"{region.name} at 0x{region.offset:x} ({len(region.data)} bytes): {state}"
+                )
             if todo and dry_run:
                 outcome.status = "outdated"
                 outcome.message = "would write " + ", ".join(r.name for r in todo)
@@ -303,8 +321,7 @@ def _check_fits(job: FlashJob, flash_size: int) -> None:
     for region in job.regions:
         if region.end > flash_size:
             raise FlashError(
-                f"{region.name} ends at 0x{region.end:x}, beyond the {flash_size // 1024} KB "
-                "flash",
+                f"{region.name} ends at 0x{region.end:x}, beyond the {flash_size // 1024} KB flash",
                 "chip",
             )
 
@@ -321,8 +338,10 @@ def _write(
     tracker.expect(sum(payload.wire_size for _, payload in prepared))
     tracker.stage("writing")
     for region, payload in prepared:
-        log.line(f"writing {region.name} at 0x{region.offset:x}: {len(region.data)} bytes, "
-                 f"{payload.wire_size} on the wire")
+        log.line(
+            f"writing {region.name} at 0x{region.offset:x}: {len(region.data)} bytes, "
+            f"{payload.wire_size} on the wire"
+        )
         outcome.bytes_sent += session.write(payload, tracker.advance)
         outcome.bytes_written += len(region.data)
         outcome.written.append(region.name)
@@ -340,10 +359,28 @@ def _write(
 
 
 @contextlib.contextmanager
-def _port_lock(lock_dir: Path, port: str) -> Iterator[None]:
+def _reach(job: FlashJob, link: StationLink | None) -> Iterator[str]:
+    """The port URL esptool opens: the board's own, or a relay to a remote station's device."""
+    if job.station == LOCAL_STATION or not is_device_path(job.port):
+        yield job.port
+        return
+    if link is None:
+        raise FlashError(
+            f"{job.port} is a serial device of flash station {job.station}: its boards are "
+            "flashed over that station's SSH connection by the rollout "
+            "(pyinfra INVENTORY deploy/gateways.py)",
+            "port",
+        )
+    with relayed_port(link, job.port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _port_lock(lock_dir: Path, station: str, port: str) -> Iterator[None]:
     """Hold ``port`` exclusively among iotfleet flashes (threads and processes)."""
     lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = lock_dir / (hashlib.sha256(port.encode()).hexdigest()[:24] + ".lock")
+    key = f"{station}\n{port}".encode()
+    path = lock_dir / (hashlib.sha256(key).hexdigest()[:24] + ".lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

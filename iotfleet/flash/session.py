@@ -27,6 +27,7 @@ from esptool.util import FatalError, NotImplementedInROMError, flash_size_bytes
 
 from iotfleet.flash.errors import FailureKind, FlashError
 from iotfleet.flash.loader import QuietESP8266ROM
+from iotfleet.flash.serial_urls import install as install_serial_urls
 
 ROM_BAUD = 115200
 SECONDS_PER_CONNECT_ATTEMPT = 0.75  # esptool: 5 SYNCs of 0.1 s timeout + 0.05 s pause each
@@ -63,8 +64,11 @@ class Payload:
 
 
 def is_socket_port(port: str) -> bool:
-    return port.startswith(("socket://", "rfc2217://"))
+    """A raw TCP port: no DTR/RTS to reset with (an emulated board resets on connect)."""
+    return port.startswith("socket://")
 
+
+install_serial_urls()  # rfc2217:// without a network round trip per esptool command
 
 STUB_GREETING_TIMEOUT = 5.0  # seconds; the real stub greets within milliseconds
 
@@ -72,18 +76,25 @@ STUB_GREETING_TIMEOUT = 5.0  # seconds; the real stub greets within milliseconds
 class BoardSession:
     """A connected ESP8266 running esptool's flasher stub."""
 
-    def __init__(self, esp: ESPLoader, port: str, mac: str) -> None:
+    def __init__(self, esp: ESPLoader, port: str, mac: str, url: str | None = None) -> None:
         self._esp = esp
-        self.port = port
+        self.port = port  # as the inventory names it, for messages
+        self.url = url or port  # what esptool opened
         self.mac = mac
         self.flash_size = 0
         self._last_compressed: bool | None = None
 
     @classmethod
-    def open(cls, port: str, *, baud: int, connect_attempts: int) -> BoardSession:
-        """Open ``port``, sync with the ROM, read the MAC, start the stub, attach the flash."""
+    def open(
+        cls, url: str, *, baud: int, connect_attempts: int, label: str | None = None
+    ) -> BoardSession:
+        """Open ``url``, sync with the ROM, read the MAC, start the stub, attach the flash.
+
+        ``label`` names the port in messages when ``url`` is a relay to it.
+        """
+        port = label or url
         try:
-            rom = QuietESP8266ROM(port, ROM_BAUD)
+            rom = QuietESP8266ROM(url, ROM_BAUD)
         except FatalError as exc:
             raise FlashError(
                 f"cannot open port {port}: it does not exist or another program holds it "
@@ -109,7 +120,8 @@ class BoardSession:
                     "(another flasher is connected) or the board went away",
                     "busy",
                 ) from None
-            session = cls(rom, port, _mac_text(_call(port, "read the MAC", rom.read_mac)))
+            mac = _mac_text(_call(port, "read the MAC", rom.read_mac))
+            session = cls(rom, port, mac, url)
             session._start_stub(baud)
             return session
         except BaseException:
@@ -145,8 +157,9 @@ class BoardSession:
         if payload.compressed is not None:
             wire = payload.compressed
             inflater = zlib.decompressobj()
-            _call(self.port, what, esp.flash_defl_begin, len(payload.data), len(wire),
-                  payload.offset)
+            _call(
+                self.port, what, esp.flash_defl_begin, len(payload.data), len(wire), payload.offset
+            )
             for seq, start in enumerate(range(0, len(wire), block_size)):
                 block = wire[start : start + block_size]
                 # Time the stub may need for this block: what it unpacks to, plus erasing.
@@ -183,16 +196,14 @@ class BoardSession:
 
     def close(self, *, reset: bool = True) -> None:
         """Reset the board into its new firmware (serial ports) and release the port."""
-        if reset and not is_socket_port(self.port):
+        if reset and not is_socket_port(self.url):
             # The flash is written and verified; a missed reset is not a failure.
             with contextlib.suppress(FatalError, serial.SerialException, OSError):
                 self._esp.hard_reset()
         _close_port(self._esp)
 
 
-def _call(
-    port: str, action: str, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs
-) -> T:
+def _call(port: str, action: str, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run one esptool step; its failures become FlashErrors naming the port and the step."""
     try:
         return function(*args, **kwargs)
@@ -236,4 +247,3 @@ def _mac_text(octets: object) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-

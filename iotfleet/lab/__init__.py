@@ -15,6 +15,8 @@ One module, one job:
 - ``repo``       the HTTP server giving the hosts their package source
 - ``gateways``   emulated ESP8266 boards on loopback TCP ports
 - ``hostsfile``  the marked block in /etc/hosts
+- ``attach``     a board as a device path inside a host (``lab attach/detach``)
+- ``serial_bridge`` the bridge ``attach`` runs there: a pty linked at the path, relayed
 - ``lab``        orchestration: ``up``, ``down``, ``status``
 - ``inventory``  the lab as pyinfra inventory groups
 """

@@ -199,9 +199,7 @@ def _customise(rootfs: Path) -> None:
         (rootfs / "var/lib/dbus/machine-id").unlink()
     with contextlib.suppress(FileNotFoundError):
         (rootfs / "etc/hostname").unlink()
-    (rootfs / "etc/resolv.conf").write_text(
-        "# iotfleet lab: no DNS; lab names are in /etc/hosts\n"
-    )
+    (rootfs / "etc/resolv.conf").write_text("# iotfleet lab: no DNS; lab names are in /etc/hosts\n")
     units = rootfs / "etc/systemd/system"
     for unit in MASKED_UNITS:
         target = units / unit

@@ -150,9 +150,7 @@ def start_host(root: Path, machine: str, hostname: str, netns: str, log: Path) -
     return start_detached(nspawn_argv(root, machine, hostname, netns), log)
 
 
-def wait_ready(
-    process: ProcessRef, address: str, ssh: SshAccess, deadline: float
-) -> str | None:
+def wait_ready(process: ProcessRef, address: str, ssh: SshAccess, deadline: float) -> str | None:
     """Wait until sshd answers and systemd finished booting; the system state, or ``None``
     if the host missed ``deadline`` (a monotonic time) or its nspawn process ended."""
     while True:

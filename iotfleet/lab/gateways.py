@@ -56,9 +56,7 @@ def start_gateway(
     gateway: GatewayState, log: Path, argv: list[str] | None = None, timeout: float = 15.0
 ) -> ProcessRef:
     """Start one board and wait until its port accepts connections."""
-    ref = start_detached(
-        argv or emulator_argv(gateway.port, gateway.flash_file, gateway.mac), log
-    )
+    ref = start_detached(argv or emulator_argv(gateway.port, gateway.flash_file, gateway.mac), log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_accepts(LOOPBACK, gateway.port, timeout=0.5):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iotfleet.lab import naming, network, packages, preflight
+from iotfleet.lab.attach import bridge_state, reattach, release, release_hosts, stop_bridges
 from iotfleet.lab.base import BaseCache, cached_base, ensure_base
 from iotfleet.lab.boot import (
     SshAccess,
@@ -102,6 +103,8 @@ class GatewayStatus:
     port: int
     mac: str
     state: str  # running | not-listening | stopped
+    attached: str | None = None  # "HOST:DEVICE" when attached to a lab host
+    bridge: str | None = None  # running | stopped | stale, when attached
 
 
 @dataclass
@@ -215,6 +218,9 @@ def up(
             save_state(paths.state_file, state)
             added = _converge_hosts(state, paths, request, rep)
             _converge_gateways(state, paths, wanted_gateways(request), rep, env.emulator_argv)
+            # Hosts restarted above have a new mount namespace: their boards need new bridges.
+            for note in reattach(state, paths):
+                rep.note(note)
             entries = [host_entry(h) for h in state.hosts]
             update_hosts_file(name, entries, env.hosts_lock, env.hosts_file)
             save_state(paths.state_file, state)
@@ -329,8 +335,10 @@ def _converge_hosts(
     extra = [h.name for h in state.hosts if h.name not in wanted]
     if extra:
         task = rep.task(f"Removing {len(extra)} host(s)", total=None)
-        _remove_hosts(state, paths, extra)
+        detached = _remove_hosts(state, paths, extra)
         rep.done(task, f"Removed {', '.join(extra)}")
+        if detached:
+            rep.note(f"detached {', '.join(detached)} (attached to a removed host)")
     added = []
     host_keys: dict[str, bytes] = {}  # private host keys of new hosts, written to their layer
     for host_name in wanted:
@@ -354,6 +362,10 @@ def _converge_hosts(
         if host not in to_boot and (extra or added):
             update_etc_hosts(paths.host_root(host.name), host_entry(host), entries)
     if to_boot:
+        # A bridge serves one boot of its host (its mount namespace): stop it before the host
+        # is restarted; up attaches the board again afterwards.
+        restarting = {h.name for h in to_boot}
+        stop_bridges(g for g in state.gateways if g.attachment and g.attachment.host in restarting)
         ensure_inotify_instances(_hosts_on_machine(state, paths))
         _boot_hosts(state, paths, to_boot, host_keys, entries, request, rep)
     return added
@@ -405,9 +417,7 @@ def _boot_hosts(
         stop_host_process(host.process, host.netns, timeout=5)
         kill_pids(nspawn_pids_booting(paths.host_root(host.name)))
         host.process = None
-        network.create_host_network(
-            host.netns, host.veth, state.bridge, host.address, state.subnet
-        )
+        network.create_host_network(host.netns, host.veth, state.bridge, host.address, state.subnet)
         root = mount_overlay(lower, paths.host_dir(host.name))
         if host.name in host_keys:
             write_identity(
@@ -473,8 +483,10 @@ def _boot_hosts(
     rep.done(task, f"Booted {len(hosts)} host(s)")
 
 
-def _remove_hosts(state: LabState, paths: LabPaths, names: Sequence[str]) -> None:
-    """Stop and delete hosts: process, namespace, veth, mount, layer."""
+def _remove_hosts(state: LabState, paths: LabPaths, names: Sequence[str]) -> list[str]:
+    """Stop and delete hosts: process, namespace, veth, mount, layer. Gateways attached to
+    them are detached first; returns their names."""
+    detached = release_hosts(state, names)
     doomed = [h for h in state.hosts if h.name in names]
     _stop_hosts(doomed)
     for host in doomed:
@@ -486,6 +498,7 @@ def _remove_hosts(state: LabState, paths: LabPaths, names: Sequence[str]) -> Non
             paths.known_hosts,
             known_hosts_text([(host_entry(h), h.host_key) for h in state.hosts]),
         )
+    return detached
 
 
 def _stop_hosts(hosts: Sequence[HostState]) -> None:
@@ -522,6 +535,7 @@ def _converge_gateways(
     count = len(wanted)
     # A board whose MAC changed is a different board: replace it.
     extra = [g for g in state.gateways if wanted.get(g.name, "").upper() != g.mac.upper()]
+    release(state, extra)
     stop_processes([g.process for g in extra], timeout=5)
     for old in extra:
         Path(old.flash_file).unlink(missing_ok=True)
@@ -582,6 +596,8 @@ def _teardown(
     rep = rep or SilentReporter()
     task = rep.task(f"Stopping lab {name!r}", total=None)
     if state is not None:
+        # Bridges first: each lives in a host's mount namespace and would keep it alive.
+        stop_bridges(state.gateways)
         stop_processes([g.process for g in state.gateways], timeout=5)
         _stop_hosts(state.hosts)
         for host in state.hosts:
@@ -645,8 +661,10 @@ def nspawn_pids_booting(under: Path, proc: Path = Path("/proc")) -> list[int]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         args = [a.decode(errors="replace") for a in argv]
-        if args and args[0].endswith("systemd-nspawn") and any(
-            a == exact or a.startswith(exact + "/") for a in args
+        if (
+            args
+            and args[0].endswith("systemd-nspawn")
+            and any(a == exact or a.startswith(exact + "/") for a in args)
         ):
             found.append(int(entry.name))
     return found
@@ -700,6 +718,8 @@ def status(
             "running"
             if gateway_running(g)
             else ("not-listening" if is_alive(g.process) else "stopped"),
+            attached=f"{g.attachment.host}:{g.attachment.device}" if g.attachment else None,
+            bridge=bridge_state(state, g),
         )
         for g in state.gateways
     ]

@@ -50,9 +50,7 @@ def mirror_from_one_line(text: str) -> str | None:
     return None
 
 
-def machine_mirror(
-    deb822: Path = DEB822_SOURCES, one_line: Path = ONE_LINE_SOURCES
-) -> str:
+def machine_mirror(deb822: Path = DEB822_SOURCES, one_line: Path = ONE_LINE_SOURCES) -> str:
     """The Debian mirror this machine installs from."""
     for path, parse in ((deb822, mirror_from_deb822), (one_line, mirror_from_one_line)):
         if path.is_file():

@@ -85,7 +85,6 @@ def delete_link(name: str) -> None:
 def tcp_banner(address: str, port: int, timeout: float) -> bytes | None:
     """The first bytes a TCP server sends (an SSH banner), or ``None`` if it does not answer."""
 
-
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
@@ -95,7 +94,6 @@ def tcp_banner(address: str, port: int, timeout: float) -> bytes | None:
 
 
 def port_accepts(address: str, port: int, timeout: float) -> bool:
-
 
     try:
         with socket.create_connection((address, port), timeout=timeout):

@@ -22,11 +22,13 @@ BASE_PACKAGES: tuple[str, ...] = (
 
 # Served to the hosts by the lab's own apt repository (with their dependencies), so that
 # ``apt-get install`` on a host works offline. ``hello`` is a small package for tests.
+# ``python3-serial``: a flash station runs pyserial's RFC 2217 relay on its board's device.
 REPO_PACKAGES: tuple[str, ...] = (
     "mosquitto",
     "mosquitto-clients",
     "nftables",
     "hello",
+    "python3-serial",
 )
 
 # Bump when the way the base is customised changes, so old cache entries are not reused.

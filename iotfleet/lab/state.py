@@ -49,6 +49,16 @@ class HostState(BaseModel):
     process: ProcessRef | None = None
 
 
+class Attachment(BaseModel):
+    """An emulated board plugged into a lab host: a device path there (``iotfleet lab attach``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str
+    device: str  # e.g. /dev/ttyUSB0, inside the host
+    bridge: ProcessRef | None = None  # the serial bridge serving the device (see attach.py)
+
+
 class GatewayState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,6 +67,9 @@ class GatewayState(BaseModel):
     mac: str
     flash_file: str
     process: ProcessRef | None = None
+    # None: the board is on the control machine only (socket://127.0.0.1:PORT). State files
+    # written before attachments existed load with None.
+    attachment: Attachment | None = None
 
 
 class LabState(BaseModel):
@@ -77,6 +90,9 @@ class LabState(BaseModel):
 
     def host(self, name: str) -> HostState | None:
         return next((h for h in self.hosts if h.name == name), None)
+
+    def gateway(self, name: str) -> GatewayState | None:
+        return next((g for g in self.gateways if g.name == name), None)
 
 
 @dataclass(frozen=True)

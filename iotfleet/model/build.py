@@ -87,10 +87,7 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
         b for h in hosts if BROKERS_GROUP in h.groups if (b := _broker(h, problems)) is not None
     ]
     stations = [
-        s
-        for h in hosts
-        if STATIONS_GROUP in h.groups
-        if (s := _station(h, problems)) is not None
+        s for h in hosts if STATIONS_GROUP in h.groups if (s := _station(h, problems)) is not None
     ]
 
     _check_unique_identities(brokers, devices, clients, problems)
@@ -266,15 +263,11 @@ def _check_role_references(
     for client in clients:
         for role in client.roles:
             if role not in roles:
-                problems.append(
-                    Problem(f"client {client.name}", "roles", f"unknown role {role!r}")
-                )
+                problems.append(Problem(f"client {client.name}", "roles", f"unknown role {role!r}"))
     for device in devices:
         for role in device.roles:
             if role not in roles:
-                problems.append(
-                    Problem(f"device {device.id}", "roles", f"unknown role {role!r}")
-                )
+                problems.append(Problem(f"device {device.id}", "roles", f"unknown role {role!r}"))
                 continue
             too_wide = [t for t in roles[role].all_filters() if opens_other_devices(t)]
             if too_wide:
@@ -335,18 +328,6 @@ def _check_boards(
                     )
                 )
             ports.setdefault(board.port, index)
-            if station.name != LOCAL_STATION and "://" not in board.port:
-                # Flashing runs on the control machine: a device path there is not this host's.
-                problems.append(
-                    Problem(
-                        where,
-                        f"{key}.port",
-                        f"{board.port} is a serial device of {station.name}, which iotfleet "
-                        "cannot reach from the control machine: serve it with esptool's "
-                        f"esp_rfc2217_server and list rfc2217://{station.name}:PORT, or "
-                        "attach the board to the control machine (@local)",
-                    )
-                )
             device = by_id.get(board.device)
             if device is None:
                 problems.append(

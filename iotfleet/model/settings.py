@@ -65,9 +65,10 @@ class Listener(_Settings):
     @model_validator(mode="after")
     def _plain_only_on_loopback(self) -> Listener:
         if not self.tls:
-            loopback = self.bind_address is not None and ipaddress.ip_address(
-                self.bind_address
-            ).is_loopback
+            loopback = (
+                self.bind_address is not None
+                and ipaddress.ip_address(self.bind_address).is_loopback
+            )
             if not loopback:
                 raise ValueError(
                     f"listener on port {self.port} has no certificates (tls: false): plain MQTT "
@@ -219,6 +220,22 @@ class Board(_Settings):
     @classmethod
     def _mac(cls, value: str | None) -> str | None:
         return None if value is None else check_mac(value)
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        if "://" in value:
+            scheme = value.split("://", 1)[0]
+            if scheme not in ("socket", "rfc2217"):
+                raise ValueError(
+                    f"{value!r}: a network serial port is socket://HOST:PORT or rfc2217://HOST:PORT"
+                )
+        elif not value.startswith("/") or any(c.isspace() or c == "\0" for c in value):
+            raise ValueError(
+                f"{value!r} is neither a device path of the station (/dev/ttyUSB0) nor a "
+                "network serial port (socket://, rfc2217://)"
+            )
+        return value
 
 
 class GatewaySettings(_Settings):

@@ -1,19 +1,22 @@
 """ESP8266 gateway role: flash every board of a flash station with firmware and its own secrets.
 
-The flashing runs where the serial ports are reachable from: the control machine. A station is
-``@local`` (boards on USB here), or any host whose boards are reachable as network serial ports
-(``rfc2217://station:4000`` from esptool's ``esp_rfc2217_server``, or ``socket://``).
+esptool runs on the control machine. A station is ``@local`` (boards on this machine's USB), or
+any SSH host with boards on its own device paths (``/dev/ttyUSB0``): each such board is reached
+through a serial relay that the rollout runs on the station over its SSH connection (pyserial's
+RFC 2217 on the channel; nothing listens on the station's network). Network serial ports
+(``rfc2217://``, ``socket://``) work from any station.
 """
 
 from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.operations import apt
 
 from iotfleet.context import FleetContext
 from iotfleet.model import FlashStation
 from roles.esp8266_gateway.defaults import DEFAULTS
-from roles.esp8266_gateway.operations import flash_station_boards
+from roles.esp8266_gateway.operations import flash_station_boards, relays_on_station
 
 
 def station_of(ctx: FleetContext, name: str) -> FlashStation:
@@ -27,6 +30,14 @@ def deploy_gateways(ctx: FleetContext) -> None:
     if not station.boards:
         host.noop("no boards listed (espgw_boards)")
         return
+    if relays_on_station(station):
+        apt.packages(
+            name="Install pyserial for the serial relay",
+            packages=["python3-serial"],
+            no_recommends=True,
+            update=True,
+            cache_time=86400,
+        )
     flash_station_boards(
         name=f"Flash {len(station.boards)} ESP8266 board(s): firmware and per-device secrets",
         ctx=ctx,

@@ -12,7 +12,9 @@ from rich.console import Console
 
 from iotfleet.context import FleetContext
 from iotfleet.flash import BoardResult, flash_station
+from iotfleet.flash.station_link import ParamikoStationLink, StationLink, is_device_path
 from iotfleet.model import FlashStation
+from iotfleet.model.build import LOCAL_STATION
 
 
 class GatewayFlashError(Exception):
@@ -28,7 +30,7 @@ def flash_station_boards(ctx: FleetContext, station: FlashStation) -> Generator[
     flashed. A board that fails does not stop the others; the operation fails at the end,
     naming every board that is not provisioned.
     """
-    planned = flash_station(ctx, station, dry_run=True, progress=False)
+    planned = flash_station(ctx, station, dry_run=True, progress=False, link=_link(station))
     failed = [r for r in planned if not (r.ok or r.status == "outdated")]
     outdated = [r for r in planned if r.status == "outdated"]
     if not failed and not outdated:
@@ -37,8 +39,22 @@ def flash_station_boards(ctx: FleetContext, station: FlashStation) -> Generator[
     yield FunctionCommand(_flash, (ctx, station), {})
 
 
+def relays_on_station(station: FlashStation) -> bool:
+    """Whether boards of ``station`` are on its own device paths (reached through a relay)."""
+    return station.name != LOCAL_STATION and any(is_device_path(b.port) for b in station.boards)
+
+
+def _link(station: FlashStation) -> StationLink | None:
+    """The rollout's own SSH connection to the station, for its serial relays."""
+    if not relays_on_station(station):
+        return None
+    client = getattr(host.connector, "client", None)
+    transport = client.get_transport() if client is not None else None
+    return ParamikoStationLink(station.name, transport) if transport is not None else None
+
+
 def _flash(ctx: FleetContext, station: FlashStation) -> None:
-    results = flash_station(ctx, station, progress=sys.stderr.isatty())
+    results = flash_station(ctx, station, progress=sys.stderr.isatty(), link=_link(station))
     console = Console(stderr=True, highlight=False)
     for result in results:
         console.print(f"    [{station.name}] {_describe(result)}")

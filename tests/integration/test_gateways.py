@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +23,10 @@ from iotfleet.device.contract import CA_FILE, CERT_FILE, CONFIG_FILE, KEY_FILE, 
 from iotfleet.flash import FlashRegistry
 from iotfleet.gateway import GatewaySimulator, read_bundle, read_flash_files
 from iotfleet.lab.gateways import stats_file
-from tests.integration.conftest import LabFactory, RunningLab
+from tests.integration.conftest import LabFactory, LabHost, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.lab_fleet import lab_context
-from tests.support.rollout import Rollout, run_pyinfra
+from tests.support.rollout import Rollout, run_iotfleet, run_pyinfra
 
 pytestmark = pytest.mark.lab
 
@@ -137,3 +139,71 @@ def test_second_rollout_writes_nothing(flashed: FlashedLab) -> None:
                     again.output)
     assert row and row.groups() == ("1", "-", "-", "1"), again.explain()
     assert {device: flashed.programmed(device) for device in BOARDS} == before
+
+
+# -- a flash station over SSH: a board on a lab host's /dev/ttyUSB0 -----------------------------
+
+
+@pytest.fixture
+def station_board(flashed: FlashedLab) -> Iterator[tuple[LabHost, dict[str, object]]]:
+    """gw2, wiped, plugged into the second lab host as /dev/ttyUSB0 (unplugged afterwards)."""
+    lab = flashed.lab
+    station = lab.hosts[1]
+    board = next(g for g in lab.gateways if g["name"] == "gw2")
+    wiped = subprocess.run(
+        [sys.executable, "-m", "esptool", "--chip", "esp8266", "--port",
+         f"socket://127.0.0.1:{board['port']}", "--before", "no-reset", "--after", "no-reset",
+         "erase-region", "0x200000", "0x1FA000"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert wiped.returncode == 0, wiped.stdout + wiped.stderr
+    attached = run_iotfleet("lab", "attach", "--name", lab.name, "gw2", station.name)
+    assert attached.returncode == 0, attached.stdout + attached.stderr
+    try:
+        yield station, board
+    finally:
+        detached = run_iotfleet("lab", "detach", "--name", lab.name, "gw2")
+        assert detached.returncode == 0, detached.stdout + detached.stderr
+
+
+def test_a_board_on_an_ssh_station_device_path_is_flashed_through_its_ssh_connection(
+    flashed: FlashedLab, station_board: tuple[LabHost, dict[str, object]]
+) -> None:
+    lab = flashed.lab
+    station, board = station_board
+    tmp_before = lab.ssh(station, "find /tmp /var/tmp -mindepth 1 | sort").stdout
+    before = flashed.programmed("gw2")
+
+    rollout = run_pyinfra(lab.name)
+    assert rollout.returncode == 0, rollout.explain()
+    assert "gw2 (/dev/ttyUSB0, MAC" in rollout.output, rollout.explain()
+    assert "flashed filesystem" in rollout.output, rollout.explain()
+    assert "PRIVATE KEY" not in rollout.output
+    written = flashed.programmed("gw2")
+    assert written > before
+    record = FlashRegistry(flashed.ctx.registry_path).latest("gw2")
+    assert record is not None and record.provisioned, record
+    assert (record.station, record.port) == (station.fqdn, "/dev/ttyUSB0")
+    assert record.mac is not None and record.mac.lower() == str(board["mac"]).lower()
+
+    # What was written through the relay is the gateway's identity: it connects over mTLS.
+    sim = GatewaySimulator(read_bundle(flashed.flash_file("gw2")), telemetry_interval=0.5)
+    sim.start()
+    try:
+        assert sim.wait_connected(30), sim.stats
+        assert succeeded(sim.publish("devices/gw2/telemetry/state", "from the station"))
+    finally:
+        sim.stop()
+
+    # The station got pyserial from the rollout; the relay is gone and left nothing behind.
+    lab.ssh(station, "dpkg-query -W -f='${Status}' python3-serial | grep -q 'install ok'")
+    assert lab.ssh(station, "pgrep -f 'iotfleet serial relay'", check=False).returncode == 1
+    assert lab.ssh(station, "find /tmp /var/tmp -mindepth 1 | sort").stdout == tmp_before
+    # Nothing listens on the station for it: only sshd and the broker's listeners.
+    listening = lab.ssh(station, "ss -Htlnp").stdout
+    assert "python3" not in listening, listening
+
+    again = run_pyinfra(lab.name)
+    assert again.returncode == 0, again.explain()
+    assert (again.changed, again.errors) == (0, 0), again.explain()
+    assert flashed.programmed("gw2") == written

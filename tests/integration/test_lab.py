@@ -109,8 +109,16 @@ def _grand_total(output: str) -> dict[str, str]:
 def test_real_pyinfra_changes_once_then_reports_no_change(bookworm: RunningLab) -> None:
     path = f"/srv/itest-{uuid.uuid4().hex[:8]}"
     # The brokers only: a lab with boards also lists the control machine (@local).
-    argv = [PYINFRA, "-y", "--limit", "brokers", str(bookworm.inventory),
-            "files.directory", f"path={path}", "mode=750"]
+    argv = [
+        PYINFRA,
+        "-y",
+        "--limit",
+        "brokers",
+        str(bookworm.inventory),
+        "files.directory",
+        f"path={path}",
+        "mode=750",
+    ]
 
     def deploy() -> dict[str, str]:
         result = subprocess.run(

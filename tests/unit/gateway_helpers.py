@@ -38,7 +38,9 @@ class GatewayFleet:
         self.firmware.write_bytes(reference_firmware())
         self._reconciled = False
 
-    def context(self, boards: list[dict[str, Any]], **espgw: Any) -> FleetContext:
+    def context(
+        self, boards: list[dict[str, Any]], station_name: str = STATION, **espgw: Any
+    ) -> FleetContext:
         station = {
             "espgw_wifi_ssid": "unit-wifi",
             "espgw_wifi_passphrase": f"env:{WIFI_ENV}",
@@ -60,7 +62,7 @@ class GatewayFleet:
                         "mosquitto_listeners": self.listeners,
                     },
                 ),
-                RawHost(STATION, ("flash_stations",), station),
+                RawHost(station_name, ("flash_stations",), station),
             ]
         )
         ctx = FleetContext.for_fleet(fleet)

@@ -173,6 +173,8 @@ def test_pytest_command_line(tmp_path: Path) -> None:
     assert argv[argv.index("mqtt") - 1 : argv.index("mqtt") + 1] == ["-m", "mqtt"]
     assert "--limit" in argv and "-k" in argv
     assert argv[argv.index("--junitxml") + 1] == str(tmp_path / "junit.xml")
+    # The nested pytest keeps to its private directory: it must not prune the caller's.
+    assert Path(argv[argv.index("--basetemp") + 1]).parent == tmp_path
     assert "-n" not in pytest_argv(request, 1, tmp_path / "dump.json")
 
 

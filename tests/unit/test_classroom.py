@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from iotfleet.classroom import inventory as classroom_inventory
 from iotfleet.classroom.handouts import HandoutInputs, student_page, teacher_page, write_handouts
 from iotfleet.classroom.inventory import classroom_fleet_data
 from iotfleet.classroom.roster import RosterError, numbered_roster, parse_roster, slug
@@ -134,3 +135,29 @@ def test_class_json_is_plain_sorted_json() -> None:
     text = class_json(spec).decode()
     assert json.loads(text)["students"][0]["id"] == "student01"
     assert text.endswith("}\n")
+
+
+def test_lab_boards_stay_on_their_station_roster_boards_are_local(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = build_class("eg254s", parse_roster(ROSTER), seed="s")
+    save_class(spec)
+    alice, zoe, bob = (s.device for s in spec.students)
+    station = "broker1.eg254s.iotfleet.test"
+    lab = {
+        "brokers": [(station, {"ssh_hostname": "10.213.0.11"})],
+        "flash_stations": [
+            ("@local", {"espgw_boards": [{"port": "socket://127.0.0.1:4001", "device": alice}]}),
+            (station, {"ssh_hostname": "10.213.0.11",
+                       "espgw_boards": [{"port": "/dev/ttyUSB0", "device": bob}]}),
+        ],
+    }  # fmt: skip
+    monkeypatch.setattr(classroom_inventory, "lab_inventory_groups", lambda name: lab)
+    groups = classroom_inventory.classroom_inventory_groups("eg254s")
+    stations = {name: data for name, data in groups["flash_stations"]}
+    assert [b["device"] for b in stations["@local"]["espgw_boards"]] == [alice, zoe]
+    assert stations["@local"]["espgw_boards"][1]["port"] == "/dev/ttyUSB3"  # from the roster
+    assert stations[station]["ssh_hostname"] == "10.213.0.11"
+    assert [(b["device"], b["port"]) for b in stations[station]["espgw_boards"]] == [
+        (bob, "/dev/ttyUSB0")
+    ]

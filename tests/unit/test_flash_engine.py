@@ -38,8 +38,9 @@ from tests.unit.gateway_helpers import (
     options,
 )
 
-DEVICES = [{"id": f"gw-{i}"} for i in range(1, 7)] + [{"id": "gw-pinned",
-                                                          "mac": "18:fe:34:00:00:77"}]
+DEVICES = [{"id": f"gw-{i}"} for i in range(1, 7)] + [
+    {"id": "gw-pinned", "mac": "18:fe:34:00:00:77"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +57,22 @@ def registry(tmp_path: Path) -> Iterator[FlashRegistry]:
     store.close()
 
 
-def flash(gateways: GatewayFleet, registry: FlashRegistry, tmp: Path, boards: list[dict[str, Any]],
-          *, reenroll: bool = False, parallel: int = 8, **espgw: object) -> list[BoardResult]:
+def flash(
+    gateways: GatewayFleet,
+    registry: FlashRegistry,
+    tmp: Path,
+    boards: list[dict[str, Any]],
+    *,
+    reenroll: bool = False,
+    parallel: int = 8,
+    **espgw: Any,
+) -> list[BoardResult]:
     ctx = gateways.context(boards, **espgw)
     jobs, failures = station_jobs(ctx, "@local")
     assert not failures, failures
-    return flash_boards(jobs, registry, parallel=parallel, reenroll=reenroll, progress=False,
-                        options=options(tmp))
+    return flash_boards(
+        jobs, registry, parallel=parallel, reenroll=reenroll, progress=False, options=options(tmp)
+    )
 
 
 def test_first_flash_writes_everything_second_writes_nothing(
@@ -110,7 +120,9 @@ def first_erased(gw: BoardServer) -> int:
 
 
 def test_changed_secrets_rewrite_only_the_filesystem(
-    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path,
+    gateways: GatewayFleet,
+    registry: FlashRegistry,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with emulated(tmp_path / "a.flash", "18:fe:34:00:00:02") as gw:
@@ -147,15 +159,16 @@ def test_mac_binding_enroll_refuse_reenroll(
 
         [refused] = flash(gateways, registry, tmp_path, [board(replacement, "gw-4")])
         assert refused.status == "refused" and refused.kind == "refused"
-        assert refused.message.startswith(f"board gw-4 on {replacement.url}: device gw-4 is "
-                                          "enrolled with MAC 18:fe:34:00:00:0a, this board is "
-                                          "18:fe:34:00:00:0b")
+        assert refused.message.startswith(
+            f"board gw-4 on {replacement.url}: device gw-4 is "
+            "enrolled with MAC 18:fe:34:00:00:0a, this board is "
+            "18:fe:34:00:00:0b"
+        )
         assert "espgw_reenroll" in refused.message
         assert replacement.counters.bytes_programmed == 0  # refused before any write
         assert not registry.is_provisioned("gw-4")
 
-        [moved] = flash(gateways, registry, tmp_path, [board(replacement, "gw-4")],
-                        reenroll=True)
+        [moved] = flash(gateways, registry, tmp_path, [board(replacement, "gw-4")], reenroll=True)
         assert moved.status == "flashed", moved.message
         enrollment = registry.enrollment("gw-4")
         assert enrollment is not None and enrollment.mac == "18:fe:34:00:00:0b"
@@ -171,14 +184,20 @@ def test_inventory_mac_must_match_even_with_reenroll(
     gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
 ) -> None:
     # A board that answers a MAC other than the one the inventory pins (wrong board on port).
-    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:77",
-                  report_mac="18:fe:34:00:00:66") as gw:
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:77", report_mac="18:fe:34:00:00:66") as gw:
         [result] = flash(gateways, registry, tmp_path, [board(gw, "gw-pinned")], reenroll=True)
         assert result.status == "refused"
-        assert "MAC 18:fe:34:00:00:66 but fleet_devices gw-pinned: mac is 18:fe:34:00:00:77" \
+        assert (
+            "MAC 18:fe:34:00:00:66 but fleet_devices gw-pinned: mac is 18:fe:34:00:00:77"
             in result.message
-        [result] = flash(gateways, registry, tmp_path,
-                         [board(gw, "gw-6", mac="18:FE:34:00:00:55")], reenroll=True)
+        )
+        [result] = flash(
+            gateways,
+            registry,
+            tmp_path,
+            [board(gw, "gw-6", mac="18:FE:34:00:00:55")],
+            reenroll=True,
+        )
         assert "but espgw_boards[0].mac is 18:fe:34:00:00:55" in result.message
         assert gw.counters.bytes_programmed == 0
     assert [r.result for r in registry.history("gw-pinned")] == ["refused"]
@@ -192,8 +211,9 @@ def test_board_vanishing_mid_write_then_retry(
         boards = [board(gw, "gw-5")]
         [lost] = flash(gateways, registry, tmp_path, boards)
         assert lost.status == "failed" and lost.kind == "disconnected"
-        assert lost.message.startswith(f"board gw-5 on {gw.url}: lost the board on {gw.url} "
-                                       "during 'write at 0x200000'")
+        assert lost.message.startswith(
+            f"board gw-5 on {gw.url}: lost the board on {gw.url} during 'write at 0x200000'"
+        )
         assert gw.counters.drops == 1
         last = registry.latest("gw-5")
         assert last is not None and last.result == "failed" and not last.provisioned
@@ -203,8 +223,7 @@ def test_board_vanishing_mid_write_then_retry(
         assert retry.status == "flashed", retry.message
         assert registry.is_provisioned("gw-5")
         gw.flash.flush()
-        assert Bundle.from_files(read_flash_files(gw.flash.path, "4M2M")).config.device_id \
-            == "gw-5"
+        assert Bundle.from_files(read_flash_files(gw.flash.path, "4M2M")).config.device_id == "gw-5"
 
 
 def test_dropped_after_some_blocks(
@@ -223,8 +242,9 @@ def test_no_answer_is_a_timeout_naming_the_port(
         ctx = gateways.context([board(gw, "gw-1")])
         jobs, _ = station_jobs(ctx, "@local")
         started = time.monotonic()
-        [result] = flash_boards(jobs, registry, progress=False,
-                                options=options(tmp_path, connect_attempts=1))
+        [result] = flash_boards(
+            jobs, registry, progress=False, options=options(tmp_path, connect_attempts=1)
+        )
         assert time.monotonic() - started < 5
     assert result.status == "failed" and result.kind == "no-answer"
     assert f"no ESP8266 bootloader answers on {gw.url} (timed out after" in result.message
@@ -251,8 +271,12 @@ def test_missing_and_busy_ports(
     from tests.support.local_broker import free_port
 
     missing = f"socket://127.0.0.1:{free_port()}"
-    ctx = gateways.context([{"port": missing, "device": "gw-1"},
-                            {"port": "/dev/ttyUSB-iotfleet-none", "device": "gw-2"}])
+    ctx = gateways.context(
+        [
+            {"port": missing, "device": "gw-1"},
+            {"port": "/dev/ttyUSB-iotfleet-none", "device": "gw-2"},
+        ]
+    )
     jobs, _ = station_jobs(ctx, "@local")
     results = flash_boards(jobs, registry, progress=False, options=options(tmp_path))
     assert [r.kind for r in results] == ["port", "port"]
@@ -265,7 +289,7 @@ def test_missing_and_busy_ports(
         from iotfleet.flash.engine import _port_lock
 
         jobs, _ = station_jobs(gateways.context([board(gw, "gw-1")]), "@local")
-        with _port_lock(tmp_path / "locks", gw.url):
+        with _port_lock(tmp_path / "locks", "@local", gw.url):
             [busy] = flash_boards(jobs, registry, progress=False, options=options(tmp_path))
         assert busy.kind == "busy" and f"port {gw.url} is busy" in busy.message
         # The emulator itself turns away a second client while one is connected.
@@ -273,11 +297,14 @@ def test_missing_and_busy_ports(
 
         with socket.create_connection(("127.0.0.1", gw.port)):
             time.sleep(0.1)
-            [taken] = flash_boards(jobs, registry, progress=False,
-                                   options=options(tmp_path, connect_attempts=1))
+            [taken] = flash_boards(
+                jobs, registry, progress=False, options=options(tmp_path, connect_attempts=1)
+            )
         assert taken.status == "failed" and taken.kind in ("busy", "no-answer")
-        assert flash_boards(jobs, registry, progress=False,
-                            options=options(tmp_path))[0].status == "flashed"
+        assert (
+            flash_boards(jobs, registry, progress=False, options=options(tmp_path))[0].status
+            == "flashed"
+        )
 
 
 def test_bad_inputs_become_failed_boards_and_others_still_flash(
@@ -294,7 +321,8 @@ def test_bad_inputs_become_failed_boards_and_others_still_flash(
     assert [r.status for r in results] == ["failed", "failed", "flashed"]
     assert results[0].message.startswith(
         "board gw-1 on socket://127.0.0.1:1: host @local: espgw_boards[0].layout: "
-        "unknown flash layout '4M7M'")
+        "unknown flash layout '4M7M'"
+    )
     assert "espgw_boards[1].firmware: cannot read" in results[1].message
     registry = FlashRegistry(ctx.registry_path)
     try:
@@ -304,10 +332,14 @@ def test_bad_inputs_become_failed_boards_and_others_still_flash(
         registry.close()
 
     monkeypatch.setenv(WIFI_ENV, "short")
-    [bad] = flash_station(gateways.context([board(gw, "gw-3")]), "@local", progress=False,
-                          options=options(tmp_path))
-    assert bad.kind == "input" and "espgw_wifi_passphrase: a Wi-Fi passphrase has 8..63" in \
-        bad.message and "short" not in bad.message.split("has")[-1]
+    [bad] = flash_station(
+        gateways.context([board(gw, "gw-3")]), "@local", progress=False, options=options(tmp_path)
+    )
+    assert (
+        bad.kind == "input"
+        and "espgw_wifi_passphrase: a Wi-Fi passphrase has 8..63" in bad.message
+        and "short" not in bad.message.split("has")[-1]
+    )
 
 
 def test_parallel_boards_progress_and_a_log_per_board(
@@ -320,8 +352,9 @@ def test_parallel_boards_progress_and_a_log_per_board(
         screen = io.StringIO()
         display = flash_progress(Console(file=screen, width=120, force_terminal=False))
         with display:
-            results = flash_boards(jobs, registry, parallel=4, progress=display,
-                                   options=options(tmp_path))
+            results = flash_boards(
+                jobs, registry, parallel=4, progress=display, options=options(tmp_path)
+            )
         assert [r.status for r in results] == ["flashed"] * 4
         assert [r.device_id for r in results] == ["gw-1", "gw-2", "gw-3", "gw-4"]
         text = screen.getvalue()
@@ -348,15 +381,19 @@ def test_dry_run_writes_and_records_nothing(
     with emulated(tmp_path / "a.flash", "18:fe:34:00:00:21") as gw:
         ctx = gateways.context([board(gw, "gw-1")])
         jobs, _ = station_jobs(ctx, "@local")
-        [plan] = flash_boards(jobs, registry, progress=False, options=options(tmp_path),
-                              dry_run=True)
+        [plan] = flash_boards(
+            jobs, registry, progress=False, options=options(tmp_path), dry_run=True
+        )
         assert plan.status == "outdated" and plan.changed and not plan.ok
         assert plan.message == "would write firmware, filesystem"
         assert gw.counters.bytes_programmed == 0 and registry.history() == []
-        assert flash_boards(jobs, registry, progress=False,
-                            options=options(tmp_path))[0].status == "flashed"
-        [again] = flash_boards(jobs, registry, progress=False, options=options(tmp_path),
-                               dry_run=True)
+        assert (
+            flash_boards(jobs, registry, progress=False, options=options(tmp_path))[0].status
+            == "flashed"
+        )
+        [again] = flash_boards(
+            jobs, registry, progress=False, options=options(tmp_path), dry_run=True
+        )
         assert again.status == "unchanged" and not again.changed
 
 
@@ -383,7 +420,11 @@ def test_cli_flash_and_registry_under_pyinfra_gevent(
         def iotfleet(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
                 [sys.executable, "-m", "iotfleet", "gateway", *args, "-i", str(inventory)],
-                capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                cwd=tmp_path,
                 env={**os.environ, "COLUMNS": "200"},
             )
 
@@ -399,7 +440,10 @@ def test_cli_flash_and_registry_under_pyinfra_gevent(
         gw.flash.flush()
         inspected = subprocess.run(
             [sys.executable, "-m", "iotfleet", "gateway", "inspect", "gw-6", "-i", str(inventory)],
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert inspected.returncode == 0, inspected.stderr
         assert "/client.key" in inspected.stdout and '"device_id": "gw-6"' in inspected.stdout

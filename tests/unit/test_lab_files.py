@@ -65,7 +65,13 @@ def test_identity_files(tmp_path: Path) -> None:
     (root / "etc/apt/sources.list.d").mkdir(parents=True)
     private, public = new_ed25519("root@broker1")
     write_identity(
-        root, B1, "a" * 32, private, public, "ssh-ed25519 AAAA lab", [B1, B2],
+        root,
+        B1,
+        "a" * 32,
+        private,
+        public,
+        "ssh-ed25519 AAAA lab",
+        [B1, B2],
         "http://10.213.0.1:8642/",
     )
     assert (root / "etc/hostname").read_text() == "broker1\n"
@@ -132,6 +138,4 @@ def test_cache_key_covers_suite_and_package_sets() -> None:
     assert key == packages.cache_key("bookworm")
     assert key != packages.cache_key("trixie")
     assert key != packages.cache_key("bookworm", repo=(*packages.REPO_PACKAGES, "curl"))
-    assert {"mosquitto", "mosquitto-clients", "nftables", "hello"} <= set(
-        packages.REPO_PACKAGES
-    )
+    assert {"mosquitto", "mosquitto-clients", "nftables", "hello"} <= set(packages.REPO_PACKAGES)

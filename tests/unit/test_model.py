@@ -193,25 +193,35 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(problems) == 4
 
 
-def test_boards_of_a_remote_station_must_be_network_serial_ports() -> None:
-    station = RawHost(
-        "flash1.example.net",
-        ("flash_stations",),
-        {
-            "fleet_name": "demo",
-            "fleet_devices": [{"id": "gw-1"}, {"id": "gw-2"}],
-            "espgw_wifi_ssid": "plant",
-            "espgw_wifi_passphrase": "generated",
-            "espgw_boards": [
-                {"port": "/dev/ttyUSB0", "device": "gw-1"},
-                {"port": "rfc2217://flash1.example.net:4000", "device": "gw-2"},
-            ],
-        },
-    )
-    problems = problems_of(broker(), station)
-    assert [p for p in problems if "esp_rfc2217_server" in p] == [
-        "host flash1.example.net: espgw_boards[0].port: /dev/ttyUSB0 is a serial device of "
-        "flash1.example.net, which iotfleet cannot reach from the control machine: serve it "
-        "with esptool's esp_rfc2217_server and list rfc2217://flash1.example.net:PORT, or "
-        "attach the board to the control machine (@local)"
+def test_boards_of_a_remote_station_may_be_its_device_paths_or_network_ports() -> None:
+    def station(*ports: str) -> RawHost:
+        return RawHost(
+            "flash1.example.net",
+            ("flash_stations",),
+            {
+                "fleet_name": "demo",
+                "fleet_devices": [{"id": f"gw-{i}"} for i in range(len(ports))],
+                "espgw_wifi_ssid": "plant",
+                "espgw_wifi_passphrase": "generated",
+                "espgw_boards": [
+                    {"port": port, "device": f"gw-{i}"} for i, port in enumerate(ports)
+                ],
+            },
+        )
+
+    good = station("/dev/ttyUSB0", "rfc2217://flash1.example.net:4000", "socket://127.0.0.1:9")
+    fleet = build_fleet([broker(), good])
+    assert [b.port for b in fleet.stations[0].boards] == [
+        "/dev/ttyUSB0",
+        "rfc2217://flash1.example.net:4000",
+        "socket://127.0.0.1:9",
+    ]
+    bad = problems_of(broker(), station("ttyUSB0", "http://flash1:80", "/dev/tty USB1"))
+    assert [p for p in bad if ".port" in p] == [
+        "host flash1.example.net: espgw_boards[0].port: 'ttyUSB0' is neither a device path "
+        "of the station (/dev/ttyUSB0) nor a network serial port (socket://, rfc2217://)",
+        "host flash1.example.net: espgw_boards[1].port: 'http://flash1:80': a network serial "
+        "port is socket://HOST:PORT or rfc2217://HOST:PORT",
+        "host flash1.example.net: espgw_boards[2].port: '/dev/tty USB1' is neither a device "
+        "path of the station (/dev/ttyUSB0) nor a network serial port (socket://, rfc2217://)",
     ]
