@@ -6,8 +6,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from iotfleet.check.plan import read_inventory
 from iotfleet.context import FleetContext
-from iotfleet.inventory import load_fleet
+from iotfleet.model import build_fleet
 from tests.support.rollout import REPO
 
 
@@ -25,12 +26,16 @@ def lab_environment(lab_name: str) -> Iterator[None]:
 
 
 def lab_context(lab_name: str) -> FleetContext:
-    """Validated fleet, PKI store and resolved passwords of the lab ``lab_name``."""
+    """Validated fleet, PKI store and resolved passwords of the lab ``lab_name``.
+
+    pyinfra's loader runs in a child process: importing pyinfra_cli monkey-patches this process
+    with gevent, which deadlocks on imports when other threads are alive (as in a test run).
+    """
     with lab_environment(lab_name):
         cwd = os.getcwd()
         os.chdir(REPO)
         try:
-            fleet, _ = load_fleet(REPO / "inventory" / "lab.py")
+            hosts = read_inventory(REPO / "inventory" / "lab.py")
         finally:
             os.chdir(cwd)
-        return FleetContext.for_fleet(fleet)
+        return FleetContext.for_fleet(build_fleet(hosts))

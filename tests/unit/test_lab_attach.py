@@ -3,6 +3,7 @@ serial bridge script itself (run here on a local pty, no lab needed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -315,7 +316,12 @@ class Board:
                     conn.sendall(b"ok:" + data)
 
     def close(self) -> None:
+        # close() alone does not wake a thread blocked in accept(): shut the socket down first,
+        # so no thread outlives the test (a later gevent patch deadlocks on live threads).
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self._thread.join(timeout=5)
 
 
 @pytest.fixture
