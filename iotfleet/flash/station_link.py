@@ -243,6 +243,7 @@ def _loopback_pump(channel: Channel, where: str) -> Iterator[str]:
                 conn.close()  # another local user: the board is not theirs
                 continue
             listener.close()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # acks are tiny: no Nagle
             _pump(conn, channel, stop)
             return
 
