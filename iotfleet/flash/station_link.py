@@ -184,15 +184,15 @@ def relayed_port(link: StationLink, device: str) -> Iterator[str]:
     except Exception as exc:  # paramiko's SSHException, socket errors, EOF
         raise FlashError(f"cannot reach {where} over SSH: {exc}", "port") from None
     try:
-        _expect_ok(channel, where)
-        with _loopback_pump(channel, where) as url:
+        _expect_ok(channel, where, link.station)
+        with _loopback_pump(channel) as url:
             yield url
     finally:
         with contextlib.suppress(Exception):
             channel.close()
 
 
-def _expect_ok(channel: Channel, where: str) -> None:
+def _expect_ok(channel: Channel, where: str, station: str) -> None:
     channel.settimeout(HEADER_TIMEOUT)
     header = b""
     try:
@@ -208,9 +208,7 @@ def _expect_ok(channel: Channel, where: str) -> None:
         return
     if line.startswith("ERROR "):
         _, kind, message = [*line.split(" ", 2), "", ""][:3]
-        if kind == "setup":
-            raise FlashError(f"flash station: {message}", "port")
-        raise FlashError(f"{message} (flash station)", _KINDS.get(kind, "port"))
+        raise FlashError(f"flash station {station}: {message}", _KINDS.get(kind, "port"))
     detail = _stderr_of(channel) or "no answer"
     raise FlashError(f"the serial relay for {where} did not start: {detail}", "port")
 
@@ -224,7 +222,7 @@ def _stderr_of(channel: Channel) -> str:
 
 
 @contextlib.contextmanager
-def _loopback_pump(channel: Channel, where: str) -> Iterator[str]:
+def _loopback_pump(channel: Channel) -> Iterator[str]:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     stop = threading.Event()

@@ -89,6 +89,7 @@ def test_relay_refuses_a_missing_device_naming_it(tmp_path: Path) -> None:
     with pytest.raises(FlashError) as caught, relayed_port(link, "/dev/ttyUSB-iotfleet-none"):
         pass
     assert caught.value.kind == "port"
+    assert str(caught.value).startswith("flash station station.test: /dev/ttyUSB-iotfleet-none")
     assert "/dev/ttyUSB-iotfleet-none does not exist on this station" in str(caught.value)
 
 
