@@ -190,6 +190,7 @@ def flash(
     """Flash the boards of the inventory's flash stations (the same engine deploy/gateways.py
     uses; the PKI must have issued the device certificates). Boards on an SSH station's device
     paths are reached with the OpenSSH client and the host's ssh_* keys."""
+    from iotfleet.check.plan import PlanError, ssh_endpoint
     from iotfleet.context import FleetContext
     from iotfleet.flash import flash_station
     from iotfleet.flash.station_link import CommandStationLink, ssh_argv
@@ -213,7 +214,11 @@ def flash(
         link = None
         if chosen.name != LOCAL_STATION:
             data: dict[str, object] = hosts.get_host(chosen.name).data.dict()  # type: ignore[no-untyped-call]
-            link = CommandStationLink(chosen.name, ssh_argv(data, chosen.name))
+            try:
+                endpoint = ssh_endpoint(chosen.name, data)
+            except PlanError as exc:
+                raise GatewayCommandError(str(exc)) from None
+            link = CommandStationLink(chosen.name, ssh_argv(endpoint))
         results += flash_station(
             ctx,
             chosen,

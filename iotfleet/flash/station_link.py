@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from iotfleet.check.plan import SshEndpoint
 from iotfleet.flash.errors import FailureKind, FlashError
 
 RELAY_SOURCE = Path(__file__).with_name("station_relay.py")
@@ -150,18 +151,19 @@ class CommandStationLink:
         return ProcessChannel(self._prefix)
 
 
-def ssh_argv(host_data: dict[str, object], hostname: str) -> list[str]:
-    """The OpenSSH command line for a pyinfra host's ``ssh_*`` data (strict host keys)."""
-    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
-    if host_data.get("ssh_key"):
-        argv += ["-i", str(host_data["ssh_key"]), "-o", "IdentitiesOnly=yes"]
-    if host_data.get("ssh_port"):
-        argv += ["-p", str(host_data["ssh_port"])]
-    if host_data.get("ssh_known_hosts_file"):
-        argv += ["-o", f"UserKnownHostsFile={host_data['ssh_known_hosts_file']}"]
-    user = host_data.get("ssh_user")
-    target = str(host_data.get("ssh_hostname") or hostname)
-    return [*argv, "--", f"{user}@{target}" if user else target]
+def ssh_argv(endpoint: SshEndpoint) -> list[str]:
+    """The OpenSSH command line that reaches a host as pyinfra does (``check.plan.ssh_endpoint``
+    reads its ``ssh_*`` data), unattended."""
+    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-p", str(endpoint.port),
+            "-o", f"StrictHostKeyChecking={endpoint.strict_host_key_checking}"]  # fmt: skip
+    if endpoint.config_file:
+        argv += ["-F", str(Path(endpoint.config_file).expanduser())]
+    if endpoint.key:
+        argv += ["-i", str(Path(endpoint.key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    if endpoint.known_hosts:
+        argv += ["-o", f"UserKnownHostsFile={Path(endpoint.known_hosts).expanduser()}"]
+    target = f"{endpoint.user}@{endpoint.hostname}" if endpoint.user else endpoint.hostname
+    return [*argv, "--", target]
 
 
 def relay_command(device: str) -> str:

@@ -203,6 +203,12 @@ def test_a_board_on_an_ssh_station_device_path_is_flashed_through_its_ssh_connec
     listening = lab.ssh(station, "ss -Htlnp").stdout
     assert "python3" not in listening, listening
 
+    # The same station from the CLI, over the OpenSSH client: the board is found unchanged.
+    cli = run_iotfleet("gateway", "flash", "-i", "inventory/lab.py", "--station", station.fqdn,
+                       "--no-progress", lab_name=lab.name)  # fmt: skip
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "unchanged" in cli.stdout and "/dev/ttyUSB0" in cli.stdout, cli.stdout
+
     again = run_pyinfra(lab.name)
     assert again.returncode == 0, again.explain()
     assert (again.changed, again.errors) == (0, 0), again.explain()

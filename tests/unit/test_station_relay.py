@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from iotfleet.check.plan import ssh_endpoint
 from iotfleet.device import Bundle
 from iotfleet.emulator import BoardServer
 from iotfleet.flash import BoardResult, FlashRegistry, flash_station
@@ -123,22 +124,26 @@ def test_relay_command_carries_the_device_quoted() -> None:
     assert command.endswith("'/dev/serial/by-id/usb-1a86 USB2.0-Serial-if00'")
 
 
-def test_ssh_command_line_checks_host_keys_strictly() -> None:
+def test_ssh_command_line_reaches_the_station_as_pyinfra_does() -> None:
     data: dict[str, object] = {
         "ssh_hostname": "10.0.0.5",
         "ssh_user": "root",
         "ssh_key": "/keys/lab",
         "ssh_port": 2222,
         "ssh_known_hosts_file": "/keys/known_hosts",
+        "ssh_strict_host_key_checking": "yes",
     }
-    argv = ssh_argv(data, "station1.lab")
+    argv = ssh_argv(ssh_endpoint("station1.lab", data))
     assert argv[:2] == ["ssh", "-T"]
     assert "StrictHostKeyChecking=yes" in argv and "BatchMode=yes" in argv
     assert argv[argv.index("-i") + 1] == "/keys/lab"
     assert argv[argv.index("-p") + 1] == "2222"
     assert "UserKnownHostsFile=/keys/known_hosts" in argv
     assert argv[-2:] == ["--", "root@10.0.0.5"]
-    assert ssh_argv({}, "station1.lab")[-1] == "station1.lab"
+    # pyinfra's defaults: port 22, new host keys accepted and then pinned.
+    bare = ssh_argv(ssh_endpoint("station1.lab", {}))
+    assert bare[-1] == "station1.lab" and bare[bare.index("-p") + 1] == "22"
+    assert "StrictHostKeyChecking=accept-new" in bare
 
 
 # -- the whole path: esptool -> rfc2217 -> relay -> a pty device -> an emulated board --------
