@@ -9,6 +9,8 @@ packages=(
   apt-utils                                          # apt-ftparchive: the lab's own package source
   openssh-client openssl ca-certificates             # ssh to lab hosts, openssl verify in tests
   mosquitto mosquitto-clients                        # real broker and clients for tests
+  chromium chromium-driver                          # the report page, seen in a real browser by tests
+  prometheus-node-exporter                           # serves the --prometheus textfile in tests (never started as a service)
   python3-venv
 )
 

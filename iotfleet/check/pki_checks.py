@@ -130,6 +130,16 @@ def expiry_problems(
     return problems
 
 
+def crl_next_update(on_host: bytes | None) -> datetime | None:
+    """The CRL's nextUpdate (None when there is no readable CRL or it has none)."""
+    if on_host is None:
+        return None
+    try:
+        return x509.load_pem_x509_crl(on_host).next_update_utc
+    except ValueError:
+        return None
+
+
 def crl_update_problems(
     host: str, on_host: bytes | None, margin_hours: float, now: datetime | None = None
 ) -> list[str]:

@@ -1,7 +1,9 @@
 """Results of a compliance run: one record per check and target, saved as JSON, summarised.
 
 The pytest plugin of ``tests/compliance`` writes ``results.json`` (with ``--results-json``);
-``iotfleet check`` reads it back for the summary and the exit code.
+``iotfleet check`` completes it (inventory, whole duration) and reads it back for the
+summary, the exit code, the history, the HTML report and the Prometheus textfile. The file's
+schema is documented in docs/compliance.md ("results.json").
 """
 
 from __future__ import annotations
@@ -9,14 +11,20 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
+from iotfleet.atomic import write_file_atomically
+
+SCHEMA = 2  # results.json format version (1: no fleet, time, expiries)
 NOT_APPLICABLE = "not applicable"
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 FAILING = (FAILED, ERROR)
+CERTIFICATE, CA, CRL = "certificate", "ca", "crl"  # kinds of Expiry
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,45 @@ class CheckResult:
     test: str = ""  # pytest node id
     duration: float = 0.0
 
+    @property
+    def function(self) -> str:
+        """The check's test function (``test_owner_and_mode``): stable across runs."""
+        return self.test.split("::")[-1].split("[")[0] if self.test else self.check
+
+    @property
+    def key(self) -> str:
+        """Identifies this check on this target from one run to the next."""
+        return self.test.split("::")[-1] if self.test else f"{self.check}@{self.target}"
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A date a broker depends on, as seen on the broker: a certificate's notAfter, the CRL's
+    nextUpdate."""
+
+    host: str
+    kind: str  # certificate (the broker's own), ca, crl
+    name: str  # "broker certificate", "CA 'CN=...'", "CRL"
+    at: datetime  # notAfter / nextUpdate (UTC)
+
+    def seconds_left(self, now: datetime) -> float:
+        return (self.at - now).total_seconds()
+
+    def days_left(self, now: datetime) -> float:
+        return self.seconds_left(now) / 86400
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
 
 @dataclass
 class RunResults:
@@ -37,6 +84,13 @@ class RunResults:
     results: list[CheckResult] = field(default_factory=list)
     facts: dict[str, dict[str, str]] = field(default_factory=dict)  # host -> {name: value}
     duration: float = 0.0
+    fleet: str = ""
+    started: datetime = field(default_factory=utc_now)
+    expiries: list[Expiry] = field(default_factory=list)
+    iotfleet_version: str = ""
+    # What was asked: markexpr, keyword, limit (a partial run is not a whole-fleet verdict).
+    selection: dict[str, Any] = field(default_factory=dict)
+    margins: dict[str, float] = field(default_factory=dict)  # cert_days, crl_hours
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -48,22 +102,90 @@ class RunResults:
             seen.setdefault(result.host, None)
         return sorted(seen)
 
-    def save(self, path: Path) -> None:
-        data = {
+    def host_results(self, host: str) -> list[CheckResult]:
+        return [r for r in self.results if r.host == host]
+
+    def failing_hosts(self) -> list[str]:
+        return [h for h in self.hosts() if any(r.outcome in FAILING for r in self.host_results(h))]
+
+    def counts(self, host: str | None = None) -> dict[str, int]:
+        """Outcome -> number of checks (of one host, or all)."""
+        mine = self.results if host is None else self.host_results(host)
+        counts = {PASSED: 0, FAILED: 0, ERROR: 0, NOT_APPLICABLE: 0, SKIPPED: 0}
+        for result in mine:
+            counts[result.outcome] = counts.get(result.outcome, 0) + 1
+        return counts
+
+    def closest(self, host: str, *kinds: str) -> Expiry | None:
+        """The host's expiry of these kinds that comes first."""
+        mine = [e for e in self.expiries if e.host == host and e.kind in kinds]
+        return min(mine, key=lambda e: e.at) if mine else None
+
+    def to_json(self) -> dict[str, Any]:
+        brokers = {}
+        for host in self.hosts():
+            counts = self.counts(host)
+            brokers[host] = {
+                "state": "failed" if counts[FAILED] + counts[ERROR] else "passed",
+                "mosquitto_version": self.facts.get(host, {}).get("mosquitto_version"),
+                "checks": counts,
+            }
+        return {
+            "schema": SCHEMA,
+            "fleet": self.fleet,
             "inventory": self.inventory,
+            "started": _iso(self.started),
             "duration": round(self.duration, 3),
+            "iotfleet_version": self.iotfleet_version,
+            "selection": self.selection,
+            "margins": self.margins,
+            "passed": not self.failed and bool(self.results),
+            "checks": self.counts(),
+            "brokers": brokers,
             "facts": self.facts,
+            "expiries": [
+                {
+                    "host": e.host,
+                    "kind": e.kind,
+                    "name": e.name,
+                    "at": _iso(e.at),
+                    "days_left": round(e.days_left(self.started), 3),
+                }
+                for e in sorted(self.expiries, key=lambda e: (e.host, e.at))
+            ],
             "results": [asdict(r) for r in self.results],
         }
-        path.write_text(json.dumps(data, indent=1) + "\n")
+
+    def save(self, path: Path) -> None:
+        data = json.dumps(self.to_json(), indent=1) + "\n"
+        # Readable like the other reports (they hold no secret): the web server or
+        # node_exporter of an operator may serve them.
+        write_file_atomically(path, data.encode(), mode=0o644)
 
     @classmethod
-    def load(cls, path: Path) -> RunResults:
-        data = json.loads(path.read_text())
+    def from_json(cls, data: dict[str, Any]) -> RunResults:
         results = [
             CheckResult(**{**r, "groups": tuple(r.get("groups", ()))}) for r in data["results"]
         ]
-        return cls(data["inventory"], results, data.get("facts", {}), data.get("duration", 0.0))
+        return cls(
+            inventory=data["inventory"],
+            results=results,
+            facts=data.get("facts", {}),
+            duration=data.get("duration", 0.0),
+            fleet=data.get("fleet", ""),
+            started=_parse_time(data["started"]) if data.get("started") else utc_now(),
+            expiries=[
+                Expiry(e["host"], e["kind"], e["name"], _parse_time(e["at"]))
+                for e in data.get("expiries", [])
+            ],
+            iotfleet_version=data.get("iotfleet_version", ""),
+            selection=data.get("selection", {}),
+            margins=data.get("margins", {}),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> RunResults:
+        return cls.from_json(json.loads(path.read_text()))
 
 
 def _count(results: Iterable[CheckResult], *outcomes: str) -> int:

@@ -1,8 +1,9 @@
 """``iotfleet check``: run the compliance suite (``tests/compliance``) against an inventory.
 
 pytest runs in a child process with pytest-xdist (one worker per broker, capped), writing
-JUnit XML, a self-contained pytest-html report, the raw pytest output and ``results.json``
-into the reports directory; the summary grouped by host is printed from ``results.json``.
+JUnit XML, the raw pytest output and ``results.json`` into the reports directory. From
+``results.json`` the summary grouped by host is printed, the run is added to the history,
+``report.html`` is made from the history, and the Prometheus textfile written (if asked).
 
 Exit codes: 0 every check passed, 1 a check failed (or could not run), 2 usage or inventory
 error (nothing was checked).
@@ -21,12 +22,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from iotfleet.atomic import write_file_atomically
 from iotfleet.check.identities import choose_cast
 from iotfleet.check.plan import CheckPlan, PlanError, plan_from_hosts, read_inventory
 from iotfleet.check.results import RunResults, render_summary
 from iotfleet.context import FleetContext
 from iotfleet.model import InventoryError
 from iotfleet.pki import PkiError
+from iotfleet.report import history as run_history
+from iotfleet.report import page
+from iotfleet.report.prometheus import write_textfile
 
 MAX_WORKERS = 16  # hosts checked at once; each worker mostly waits on the network
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -55,6 +60,13 @@ class CheckRequest:
     probe_device: str | None = None
     cert_margin_days: float | None = None
     crl_margin_hours: float | None = None
+    history: Path | None = None  # default: <reports>/history
+    history_days: float = run_history.KEEP_DAYS
+    prometheus: Path | None = None  # node_exporter textfile to write
+
+    @property
+    def history_dir(self) -> Path:
+        return self.history or run_history.default_history(self.reports)
 
 
 def checkout_root() -> Path:
@@ -90,9 +102,6 @@ def pytest_argv(request: CheckRequest, workers: int, dump: Path) -> list[str]:
         str(reports / JUNIT),
         "-o",
         "junit_suite_name=iotfleet-compliance",
-        "--html",
-        str(reports / HTML),
-        "--self-contained-html",
         "-p",
         "no:cacheprovider",
         "-q",
@@ -188,5 +197,24 @@ def run_check(request: CheckRequest, console: Console) -> int:
     run = RunResults.load(results_file)
     run.inventory = str(request.inventory)
     run.duration = time.monotonic() - started
-    render_summary(run, console, reports=[request.reports / JUNIT, request.reports / HTML, log])
+    run.save(results_file)
+    report = publish(run, request)
+    render_summary(run, console, reports=[report, results_file, request.reports / JUNIT, log])
+    if request.prometheus:
+        console.print(f"Metrics: {request.prometheus}", highlight=False, markup=False)
     return code
+
+
+def publish(run: RunResults, request: CheckRequest) -> Path:
+    """Add the run to the history (dropping runs older than the kept days), make the page
+    from that history, write the Prometheus textfile. Returns the page's path."""
+    store = request.history_dir
+    run_history.append(store, run)
+    run_history.prune(store, run.fleet, request.history_days, run.started)
+    runs = run_history.load(store, run.fleet) or [run]
+    html = request.reports / HTML
+    links = [request.reports / name for name in (RESULTS, JUNIT, LOG)]
+    write_file_atomically(html, page.render(runs, links).encode(), mode=0o644)
+    if request.prometheus:
+        write_textfile(request.prometheus, run)
+    return html

@@ -14,6 +14,7 @@ _GROUPS: dict[str, str] = {
     "lab": "iotfleet.cli.lab",
     "pki": "iotfleet.cli.pki",
     "check": "iotfleet.cli.check",
+    "report": "iotfleet.cli.report",
     "gateway": "iotfleet.cli.gateway",
     "emulator": "iotfleet.cli.emulator",
     "classroom": "iotfleet.cli.classroom",

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
 from iotfleet.check.runner import CheckRequest, run_check
 from iotfleet.paths import reports_dir
+from iotfleet.report.history import KEEP_DAYS
+from iotfleet.report.prometheus import SUFFIX
+
+
+def _prometheus_file(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Any:
+    if value is not None and not value.name.endswith(SUFFIX):
+        raise click.BadParameter(f"node_exporter reads only *{SUFFIX} files: {value}")
+    return value
 
 
 @click.command("check")
@@ -20,8 +29,30 @@ from iotfleet.paths import reports_dir
     "--reports",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Directory for junit.xml, report.html, results.json, pytest.log "
+    help="Directory for report.html, results.json, junit.xml, pytest.log "
     "(default: $IOTFLEET_REPORTS or ./reports).",
+)
+@click.option(
+    "--history",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of the run history the report's trends come from (default: "
+    "REPORTS/history). Keep it in one place when each run has its own --reports.",
+)
+@click.option(
+    "--history-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=KEEP_DAYS,
+    show_default=True,
+    help="Runs older than this many days are dropped from the history.",
+)
+@click.option(
+    "--prometheus",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    callback=_prometheus_file,
+    metavar="FILE.prom",
+    help="Also write the results as node_exporter textfile metrics here (atomically).",
 )
 @click.option(
     "-m",
@@ -58,6 +89,9 @@ from iotfleet.paths import reports_dir
 def cli(
     inventory: Path,
     reports: Path | None,
+    history: Path | None,
+    history_days: float,
+    prometheus: Path | None,
     markexpr: str | None,
     keyword: str | None,
     parallel: int | None,
@@ -79,5 +113,8 @@ def cli(
         probe_device=probe_device,
         cert_margin_days=cert_margin_days,
         crl_margin_hours=crl_margin_hours,
+        history=history.resolve() if history else None,
+        history_days=history_days,
+        prometheus=prometheus.resolve() if prometheus else None,
     )
     sys.exit(run_check(request, Console(highlight=False)))

@@ -4,7 +4,8 @@
   per broker (and per listener or file), so test ids name the host and the listener;
 * with ``-n N`` (pytest-xdist) every check of one broker runs in the same worker, over one
   SSH connection; brokers are checked in parallel (``pytest_xdist_make_scheduler`` below);
-* results go to ``--results-json`` and a summary grouped by host ends the terminal output;
+* results go to ``--results-json`` (schema in docs/compliance.md) and a summary grouped by
+  host ends the terminal output; ``--junitxml`` works as in any pytest run (CI systems);
 * a check that does not apply to a broker (e.g. no password listener) is reported as
   "not applicable", never silently dropped.
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from iotfleet import __version__
 from iotfleet.check.identities import ensure_foreign_canary
 from iotfleet.check.plan import PlanError, plan_from_hosts, read_inventory
 from iotfleet.check.results import (
@@ -31,8 +34,10 @@ from iotfleet.check.results import (
     PASSED,
     SKIPPED,
     CheckResult,
+    Expiry,
     RunResults,
     render_summary,
+    utc_now,
 )
 from iotfleet.check.suite import Param, Suite, host_of_test
 from iotfleet.model import InventoryError, RawHost
@@ -214,11 +219,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return ByBroker(config, log)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_html_report_title(report: Any) -> None:
-    report.title = "iotfleet compliance report"
-
-
 def _suite(config: pytest.Config) -> Suite:
     try:
         return config.stash[_SUITE_KEY]
@@ -299,6 +299,17 @@ def record_fact(request: pytest.FixtureRequest) -> Iterator[Any]:
     yield record
 
 
+@pytest.fixture
+def record_expiry(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """``record_expiry(kind, name, moment)``: a date the broker depends on (a certificate's
+    notAfter, the CRL's nextUpdate) for the days-left table, trends and metrics."""
+
+    def record(kind: str, name: str, moment: datetime) -> None:
+        request.node.user_properties.append((f"expiry:{kind}:{name}", moment.isoformat()))
+
+    yield record
+
+
 # -- results and summary (controller side) -----------------------------------------------------
 
 
@@ -329,6 +340,8 @@ class _Collector:
         self.config = config
         self.results: dict[str, CheckResult] = {}
         self.facts: dict[str, dict[str, str]] = {}
+        self.expiries: dict[tuple[str, str, str], Expiry] = {}
+        self.started = utc_now()
         self.start = time.monotonic()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -338,6 +351,12 @@ class _Collector:
         for key, value in props.items():
             if key.startswith("fact:"):
                 self.facts.setdefault(props["host"], {})[key[5:]] = value
+            elif key.startswith("expiry:"):
+                _, kind, name = key.split(":", 2)
+                moment = datetime.fromisoformat(value)
+                self.expiries[(props["host"], kind, name)] = Expiry(
+                    props["host"], kind, name, moment
+                )
         previous = self.results.get(report.nodeid)
         if report.when == "call" or (report.outcome != "passed" and previous is None):
             self.results[report.nodeid] = _result(report, props)
@@ -347,11 +366,23 @@ class _Collector:
             )
 
     def run_results(self) -> RunResults:
+        suite = _suite(self.config)
+        option = self.config.option
         return RunResults(
             inventory=str(self.config.getoption("inventory") or "?"),
             results=list(self.results.values()),
             facts=self.facts,
             duration=time.monotonic() - self.start,
+            fleet=suite.plan.fleet.name,
+            started=self.started,
+            expiries=list(self.expiries.values()),
+            iotfleet_version=__version__,
+            selection={
+                "markexpr": option.markexpr or None,
+                "keyword": option.keyword or None,
+                "limit": list(_option(self.config, "limit") or []),
+            },
+            margins={"cert_days": suite.cert_margin_days, "crl_hours": suite.crl_margin_hours},
         )
 
     def pytest_sessionfinish(self) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 import pytest
 from cryptography import x509
 
 from iotfleet.check.pki_checks import (
     chain_problems,
+    crl_next_update,
     crl_problems,
     crl_update_problems,
     expiry_problems,
@@ -46,7 +50,12 @@ def test_crl_is_current(broker: Param, suite: Suite) -> None:
     fail_on(crl_problems(broker.host, suite.ctx.pki.crl_pem(), on_host))
 
 
-def test_certificates_valid_beyond_margin(broker: Param, suite: Suite) -> None:
+RecordExpiry = Callable[[str, str, datetime], None]
+
+
+def test_certificates_valid_beyond_margin(
+    broker: Param, suite: Suite, record_expiry: RecordExpiry
+) -> None:
     """The broker certificate and its CA chain stay valid beyond the margin (default 14 days)."""
     facts = suite.facts(broker.broker)
     certificates: list[tuple[str, x509.Certificate]] = []
@@ -62,16 +71,25 @@ def test_certificates_valid_beyond_margin(broker: Param, suite: Suite) -> None:
             problems.append(f"{path} on {broker.host} holds no PEM certificate")
             continue
         if label == "CA":
-            certificates += [(f"CA '{c.subject.rfc4514_string()}'", c) for c in loaded]
+            for cert in loaded:
+                name = f"CA '{cert.subject.rfc4514_string()}'"
+                certificates.append((name, cert))
+                record_expiry("ca", name, cert.not_valid_after_utc)
         else:
             certificates.append((label, loaded[0]))
+            record_expiry("certificate", label, loaded[0].not_valid_after_utc)
     fail_on(problems + expiry_problems(broker.host, certificates, suite.cert_margin_days))
 
 
-def test_crl_next_update_beyond_margin(broker: Param, suite: Suite) -> None:
+def test_crl_next_update_beyond_margin(
+    broker: Param, suite: Suite, record_expiry: RecordExpiry
+) -> None:
     """The CRL's nextUpdate is beyond the margin (default 24 hours).
 
     Past nextUpdate, Mosquitto refuses every client certificate.
     """
     on_host = suite.facts(broker.broker).read_public(layout.CRL)
+    next_update = crl_next_update(on_host)
+    if next_update is not None:
+        record_expiry("crl", "CRL", next_update)
     fail_on(crl_update_problems(broker.host, on_host, suite.crl_margin_hours))
