@@ -151,7 +151,7 @@ class RunResults:
                     "at": _iso(e.at),
                     "days_left": round(e.days_left(self.started), 3),
                 }
-                for e in sorted(self.expiries, key=lambda e: (e.host, e.at))
+                for e in self.expiries
             ],
             "results": [asdict(r) for r in self.results],
         }

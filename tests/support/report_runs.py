@@ -27,7 +27,8 @@ def run(day: int, *, broken: bool = False, brokers: tuple[str, ...] = (B1, B2)) 
         results += [
             CheckResult(
                 host, "Anonymous clients are refused", f"{host}:8883", "passed",
-                groups=("mqtt", "outside"), test=f"test_mqtt.py::test_anonymous_refused[{host}:8883]",
+                groups=("mqtt", "outside"),
+                test=f"test_mqtt.py::test_anonymous_refused[{host}:8883]",
             ),
             CheckResult(
                 host, KEY_TITLE, f"{host}:{KEY}", "failed" if bad else "passed",
