@@ -11,6 +11,7 @@ packages=(
   mosquitto mosquitto-clients                        # real broker and clients for tests
   chromium chromium-driver                          # the report page, seen in a real browser by tests
   prometheus-node-exporter                           # serves the --prometheus textfile in tests (never started as a service)
+  prometheus                                         # promtool: checks and tests the alert rules in files/prometheus/
   python3-venv
 )
 
