@@ -35,6 +35,7 @@ class Series:
     points: Sequence[Point]
     color: str = ""
     line: bool = True
+    values: bool = False  # write each non-zero value above its point (a few among many)
 
 
 def color(index: int) -> str:
@@ -123,5 +124,10 @@ def line_chart(
                 f'fill="{s.color}" data-series="{escape(s.name)}" data-x="{p.x:g}" '
                 f'data-y="{p.y:g}"><title>{escape(p.label)}</title></circle>'
             )
+            if s.values and p.y:
+                parts.append(
+                    f'<text class="value" x="{sx(p.x):.1f}" y="{sy(p.y) - 8:.1f}" '
+                    f'text-anchor="middle" fill="{s.color}">{_fmt(p.y)}</text>'
+                )
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every text and attribute above is escaped

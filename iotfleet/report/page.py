@@ -96,7 +96,7 @@ def checks_chart(runs: Sequence[RunResults]) -> Chart:
     chart = line_chart(
         "chart-checks",
         title,
-        [Series("passed", passed, GOOD), Series("failed", failed, BAD)],
+        [Series("passed", passed, GOOD), Series("failed", failed, BAD, values=True)],
         _x_ticks(runs),
         "checks",
     )

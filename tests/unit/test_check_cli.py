@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
@@ -29,6 +30,7 @@ from iotfleet.cli.check import cli
 from iotfleet.context import FleetContext
 from iotfleet.fleet_pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
+from iotfleet.report import history
 from tests.support.local_broker import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,7 +228,10 @@ def test_an_unreachable_broker_fails_every_check_quickly(tmp_path: Path, home: P
     ctx = FleetContext.for_fleet(fleet)
     reconcile_fleet(fleet, ctx.pki_settings, ctx.state_dir)
     reports = tmp_path / "reports"
-    result = CliRunner().invoke(cli, [str(inventory), "--reports", str(reports)])
+    metrics = tmp_path / "textfile" / "iotfleet.prom"
+    result = CliRunner().invoke(
+        cli, [str(inventory), "--reports", str(reports), "--prometheus", str(metrics)]
+    )
     assert result.exit_code == 1, result.output
     assert "✗ mqtt1.test" in result.output
     assert "cannot reach mqtt1.test over SSH" in result.output
@@ -237,8 +242,22 @@ def test_an_unreachable_broker_fails_every_check_quickly(tmp_path: Path, home: P
         "mqtt1.test has no reachable listener that checks passwords",
         "mqtt1.test has no reachable password listener and an active user with that password",
     }
-    print(result.output)
-    assert (reports / "junit.xml").is_file() and (reports / "report.html").is_file()
+    assert run.fleet == "clitest" and run.inventory == str(inventory) and run.duration > 0
+    # JUnit XML for CI: one test case per result, each naming its host and check.
+    cases = ElementTree.parse(reports / "junit.xml").getroot().iter("testcase")  # noqa: S314 - ours
+    properties = [{p.get("name"): p.get("value") for p in c.iter("property")} for c in cases]
+    assert len(properties) == len(run.results)
+    assert all(p["host"] == "mqtt1.test" and p["check"] for p in properties)
+    # The run is in the history, the page and the metrics.
+    assert [r.started for r in history.load(reports / "history", "clitest")] == [run.started]
+    page = (reports / "report.html").read_text()
+    assert "FAILED" in page and "cannot reach mqtt1.test over SSH" in page
+    assert 'iotfleet_broker_compliant{fleet="clitest",broker="mqtt1.test"} 0' in (
+        metrics.read_text()
+    )
+    assert f"Metrics: {metrics}" in result.output
+    bad = CliRunner().invoke(cli, [str(inventory), "--prometheus", str(tmp_path / "m.txt")])
+    assert bad.exit_code == 2 and "node_exporter reads only *.prom files" in bad.output
 
 
 def test_the_suite_needs_an_inventory() -> None:

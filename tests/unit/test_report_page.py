@@ -76,6 +76,8 @@ def test_a_broken_run_after_a_good_one(browser: Page, tmp_path: Path) -> None:
     assert sorted(points(browser, "chart-checks")) == [
         ("failed", 0, 0), ("failed", 1, 1), ("passed", 0, 6), ("passed", 1, 5),
     ]  # fmt: skip
+    # Among 5 passed, the one failure is written out, not left to a line near zero.
+    assert [v.text for v in browser.all("svg#chart-checks text.value")] == ["1"]
     assert len(points(browser, "chart-cert-days")) == len(points(browser, "chart-crl-days")) == 4
     assert [p[2] for p in points(browser, "chart-runs")] == [9.5, 10.5]
     for chart in browser.all("svg.chart"):
