@@ -237,6 +237,6 @@ def render(runs: Sequence[RunResults], links: Sequence[Path] = ()) -> str:
                 ),
                 runs_chart(runs),
             ],
-                links=[p.name for p in links],
+            links=[p.name for p in links],
         )
     )
