@@ -54,6 +54,10 @@ class FailedCheck:
     where: str  # the target in the broker's terms (":8883", "/etc/mosquitto/certs/server.key")
     command: str  # the command that shows this failure again
     new: bool  # it did not fail in the previous run
+    same: tuple[CheckResult, ...] = ()  # further checks of the broker that failed just so
+
+
+SAME_FAILURE = 3  # this many checks of one broker failing with one message share one card
 
 
 def when(moment: datetime) -> str:
@@ -152,6 +156,30 @@ def runs_chart(runs: Sequence[RunResults]) -> Chart:
     return title, chart, [("every check passed", GOOD), ("something failed", BAD)]
 
 
+def _failed_cards(
+    run: RunResults, results: Sequence[CheckResult], new_keys: set[tuple[str, str]]
+) -> list[FailedCheck]:
+    """One card per failed check; checks failing with the very same message (a broker that
+    cannot be reached) share one card, shown again by checking that broker."""
+    by_message: dict[str, list[CheckResult]] = {}
+    for result in results:
+        if result.outcome in FAILING:
+            by_message.setdefault(result.message or result.outcome, []).append(result)
+    cards = []
+    for group in by_message.values():
+        first = group[0]
+        new = any((r.host, r.key) in new_keys for r in group)
+        if len(group) >= SAME_FAILURE:
+            command = shlex.join(["iotfleet", "check", run.inventory, "--limit", first.host])
+            cards.append(FailedCheck(first, "", command, new, tuple(group[1:])))
+        else:
+            cards += [
+                FailedCheck(r, where(r), check_command(run, r), (r.host, r.key) in new_keys)
+                for r in group
+            ]
+    return cards
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("iotfleet.report", "templates"),
@@ -187,11 +215,7 @@ def render(runs: Sequence[RunResults], links: Sequence[Path] = ()) -> str:
         )
     brokers.sort(key=lambda b: (not b.failed, b.host))
     failures = {
-        b.host: [
-            FailedCheck(r, where(r), check_command(current, r), (r.host, r.key) in new_keys)
-            for r in current.host_results(b.host)
-            if r.outcome in FAILING
-        ]
+        b.host: _failed_cards(current, current.host_results(b.host), new_keys)
         for b in brokers
         if b.failed
     }

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -190,3 +191,20 @@ def test_report_command_rebuilds_the_page_from_the_history(reports: Path) -> Non
     missing = CliRunner().invoke(report_cli, ["--reports", str(reports), "--fleet", "nope"])
     assert missing.exit_code == 2
     assert "no run of fleet nope in" in missing.output and "(fleets there: plant)" in missing.output
+
+
+def test_a_broker_that_cannot_be_reached_is_one_card() -> None:
+    down = run(1, broken=True)
+    message = f"cannot reach {B2} over SSH: Connection refused"
+    down.results = [
+        r
+        if r.host != B2 or r.outcome != "passed"
+        else replace(r, outcome="failed", message=message)
+        for r in down.results
+    ]
+    html = page.render([down])
+    assert f"{B2}: 3 failed" in html and "3 checks failed the same way" in html
+    assert html.count(message) == 1
+    assert f"iotfleet check inventory/plant.py --limit {B2}</pre>" in html
+    # The broker with one failure keeps its own card and -k command.
+    assert f"{B1}: 1 failed" in html and "-k &#39;test_owner_and_mode[" in html
