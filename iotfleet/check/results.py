@@ -66,6 +66,23 @@ class Expiry:
         return self.seconds_left(now) / 86400
 
 
+@dataclass(frozen=True)
+class Identity:
+    """A certificate or CRL of the fleet PKI on the control machine (``iotfleet pki status``):
+    every valid device, client and broker identity, the CAs and the CRLs."""
+
+    kind: str  # device, client, broker, root-ca, intermediate-ca, crl, root-crl
+    name: str
+    at: datetime  # notAfter / nextUpdate (UTC)
+    state: str  # ok, renew (inside its renewal window), expired, stale
+
+    def seconds_left(self, now: datetime) -> float:
+        return (self.at - now).total_seconds()
+
+    def days_left(self, now: datetime) -> float:
+        return self.seconds_left(now) / 86400
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -91,6 +108,7 @@ class RunResults:
     # What was asked: markexpr, keyword, limit (a partial run is not a whole-fleet verdict).
     selection: dict[str, Any] = field(default_factory=dict)
     margins: dict[str, float] = field(default_factory=dict)  # cert_days, crl_hours
+    identities: list[Identity] = field(default_factory=list)  # the PKI's, soonest first
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -153,6 +171,16 @@ class RunResults:
                 }
                 for e in self.expiries
             ],
+            "identities": [
+                {
+                    "kind": i.kind,
+                    "name": i.name,
+                    "at": _iso(i.at),
+                    "days_left": round(i.days_left(self.started), 3),
+                    "state": i.state,
+                }
+                for i in sorted(self.identities, key=lambda i: i.at)
+            ],
             "results": [asdict(r) for r in self.results],
         }
 
@@ -181,6 +209,10 @@ class RunResults:
             iotfleet_version=data.get("iotfleet_version", ""),
             selection=data.get("selection", {}),
             margins=data.get("margins", {}),
+            identities=[
+                Identity(i["kind"], i["name"], _parse_time(i["at"]), i["state"])
+                for i in data.get("identities", [])
+            ],
         )
 
     @classmethod

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 from rich.console import Console
 
 from iotfleet.atomic import write_file_atomically
@@ -198,8 +199,16 @@ def run_check(request: CheckRequest, console: Console) -> int:
     run.inventory = str(request.inventory)
     run.duration = time.monotonic() - started
     run.save(results_file)
-    report = publish(run, request)
-    render_summary(run, console, reports=[report, results_file, request.reports / JUNIT, log])
+    try:
+        report: Path | None = publish(run, request)
+    except (OSError, ValueError, jinja2.TemplateError) as exc:
+        # The verdict is printed whatever happens to the page; the run still fails.
+        report, problem = None, f"{type(exc).__name__}: {exc}"
+    written = [p for p in (report, results_file, request.reports / JUNIT, log) if p]
+    render_summary(run, console, reports=written)
+    if report is None:
+        _error(console, f"the report or the metrics could not be written: {problem}")
+        return max(code, EXIT_FAILED)
     if request.prometheus:
         console.print(f"Metrics: {request.prometheus}", highlight=False, markup=False)
     return code

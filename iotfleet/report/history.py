@@ -14,6 +14,7 @@ from iotfleet.atomic import write_new_file
 from iotfleet.check.results import FAILING, PASSED, CheckResult, RunResults
 
 KEEP_DAYS = 60  # default of `--history-days`
+KEEP_IDENTITIES = 20  # the soonest PKI identities a history entry keeps (a fleet may have 10,000)
 HISTORY = "history"  # under the reports directory, unless --history says otherwise
 _STAMP = "%Y%m%dT%H%M%SZ"
 
@@ -30,7 +31,9 @@ def _fleet_dir(history: Path, fleet: str) -> Path:
 def append(history: Path, run: RunResults) -> Path:
     """Add ``run`` to the history; returns its file. Never overwrites an earlier run."""
     directory = _fleet_dir(history, run.fleet)
-    data = (json.dumps(run.to_json(), indent=1) + "\n").encode()
+    entry = run.to_json()
+    entry["identities"] = entry["identities"][:KEEP_IDENTITIES]
+    data = (json.dumps(entry, indent=1) + "\n").encode()
     stamp = run.started.strftime(_STAMP)
     for n in range(1000):
         path = directory / (f"{stamp}.json" if n == 0 else f"{stamp}-{n}.json")

@@ -31,6 +31,7 @@ from iotfleet.report.charts import BAD, GOOD, Point, Series, color, line_chart
 from iotfleet.report.history import Changes, changes
 
 MAX_X_TICKS = 8
+SOONEST_IDENTITIES = 10  # PKI identities listed on the page
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,12 @@ def render(runs: Sequence[RunResults], links: Sequence[Path] = ()) -> str:
             selection=selection,
             expiries=expiries,
             margin_for={CERTIFICATE: cert_days, CA: cert_days, CRL: crl_days},
+            identities=sorted(current.identities, key=lambda i: i.at)[:SOONEST_IDENTITIES],
+            identity_states={
+                state: sum(1 for i in current.identities if i.state == state)
+                for state in ("renew", "expired", "stale")
+            },
+            identity_count=len(current.identities),
             not_applicable=[r for r in current.results if r.outcome in (NOT_APPLICABLE, SKIPPED)],
             runs=runs,
             charts=[

@@ -33,6 +33,13 @@ _HELP = {
         "broker refuses every client certificate)"
     ),
     "iotfleet_crl_next_update_timestamp_seconds": "nextUpdate of the broker's CRL, as a Unix time",
+    "iotfleet_identity_expiry_seconds": (
+        "seconds from the run to the notAfter (CRLs: nextUpdate) of a certificate of the "
+        "fleet PKI: devices, clients, brokers, CAs"
+    ),
+    "iotfleet_identity_not_after_timestamp_seconds": (
+        "notAfter (CRLs: nextUpdate) of a certificate of the fleet PKI, as a Unix time"
+    ),
     "iotfleet_check_last_run_timestamp_seconds": "when the last compliance run started",
     "iotfleet_check_last_run_duration_seconds": "how long the last compliance run took",
     "iotfleet_check_last_run_success": "1 when every applicable check of the last run passed",
@@ -82,6 +89,10 @@ def textfile(run: RunResults) -> str:
             labels = {"broker": expiry.host}
             add("iotfleet_crl_next_update_seconds", labels, expiry.seconds_left(run.started))
             add("iotfleet_crl_next_update_timestamp_seconds", labels, expiry.at.timestamp())
+    for identity in run.identities:
+        labels = {"kind": identity.kind, "identity": identity.name}
+        add("iotfleet_identity_expiry_seconds", labels, identity.seconds_left(run.started))
+        add("iotfleet_identity_not_after_timestamp_seconds", labels, identity.at.timestamp())
     add("iotfleet_check_last_run_timestamp_seconds", {}, run.started.timestamp())
     add("iotfleet_check_last_run_duration_seconds", {}, round(run.duration, 3))
     add("iotfleet_check_last_run_success", {}, bool(run.results) and not run.failed)

@@ -26,6 +26,7 @@ from rich.console import Console
 
 from iotfleet import __version__
 from iotfleet.check.identities import ensure_foreign_canary
+from iotfleet.check.pki_identities import pki_identities
 from iotfleet.check.plan import PlanError, plan_from_hosts, read_inventory
 from iotfleet.check.results import (
     ERROR,
@@ -343,6 +344,7 @@ class _Collector:
         self.expiries: dict[tuple[str, str, str], Expiry] = {}
         self.started = utc_now()
         self.start = time.monotonic()
+        self.identities = pki_identities(_suite(config).ctx.pki_settings, self.started)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = {k: str(v) for k, v in report.user_properties}
@@ -383,6 +385,7 @@ class _Collector:
                 "limit": list(_option(self.config, "limit") or []),
             },
             margins={"cert_days": suite.cert_margin_days, "crl_hours": suite.crl_margin_hours},
+            identities=self.identities,
         )
 
     def pytest_sessionfinish(self) -> None:

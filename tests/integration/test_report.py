@@ -116,6 +116,15 @@ def test_good_broken_repaired_nights_in_the_report(nights: Nights) -> None:
         certificate.at.timestamp()
     )
     assert samples[f"iotfleet_certificate_expiry_seconds{{{labels}}}"] > 300 * 86400
+    # The PKI's own view of that broker's identity: the very certificate found on the broker.
+    issued = next(
+        i for i in broken.results.identities if (i.kind, i.name) == ("broker", broken_host)
+    )
+    assert issued.at == certificate.at
+    pki = f'fleet="{fleet}",identity="{broken_host}",kind="broker"'
+    assert samples[f"iotfleet_identity_not_after_timestamp_seconds{{{pki}}}"] == (
+        issued.at.timestamp()
+    )
 
     with chromium() as browser:
         browser.open(broken.reports / "report.html")
@@ -126,6 +135,9 @@ def test_good_broken_repaired_nights_in_the_report(nights: Nights) -> None:
         assert card.find_element("css selector", ".title").text.startswith(KEY_CHECK)
         assert f"{layout.SERVER_KEY} on {broken_host} is 0644 root:mosquitto" in card.text
         assert "Mosquitto 2.0." in browser.one("#summary").text
+        assert "certificates and CRLs in the PKI on the control machine" in (
+            browser.one("#identities").text
+        )
         assert [li.text for li in browser.all("#new-failures li")] == [
             f"{KEY_CHECK} on {broken_host}, {layout.SERVER_KEY}"
         ]

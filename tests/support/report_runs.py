@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from iotfleet.check.results import CheckResult, Expiry, RunResults
+from iotfleet.check.results import CheckResult, Expiry, Identity, RunResults
 
 B1, B2 = "mqtt1.plant.test", "mqtt2.plant.test"
 KEY = "/etc/mosquitto/certs/server.key"
@@ -64,6 +64,12 @@ def run(day: int, *, broken: bool = False, brokers: tuple[str, ...] = (B1, B2)) 
         iotfleet_version="0.1.0",
         selection={"markexpr": None, "keyword": None, "limit": []},
         margins={"cert_days": 14, "crl_hours": 24},
+        identities=[
+            Identity("crl", "crl", started + timedelta(days=6, hours=12), "ok"),
+            Identity("device", "sensor-007", START + timedelta(days=25), "renew"),
+            Identity("broker", B1, START + timedelta(days=90), "ok"),
+            Identity("intermediate-ca", "plant intermediate", START + timedelta(days=1800), "ok"),
+        ],
     )
 
 

@@ -258,6 +258,14 @@ def test_an_unreachable_broker_fails_every_check_quickly(tmp_path: Path, home: P
     assert f"Metrics: {metrics}" in result.output
     bad = CliRunner().invoke(cli, [str(inventory), "--prometheus", str(tmp_path / "m.txt")])
     assert bad.exit_code == 2 and "node_exporter reads only *.prom files" in bad.output
+    # Metrics that cannot be written: the summary is still printed, and the run fails.
+    (tmp_path / "a-file").write_text("")
+    unwritable = tmp_path / "a-file" / "iotfleet.prom"
+    broken = CliRunner().invoke(
+        cli, [str(inventory), "--reports", str(reports), "--prometheus", str(unwritable)]
+    )
+    assert broken.exit_code == 1 and "✗ mqtt1.test" in broken.output
+    assert "the report or the metrics could not be written: FileExistsError" in (broken.output)
 
 
 def test_the_suite_needs_an_inventory() -> None:

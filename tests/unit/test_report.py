@@ -51,6 +51,13 @@ def test_results_json_has_fleet_time_and_numeric_days_left(tmp_path: Path) -> No
     }
     crl = next(e for e in data["expiries"] if e["host"] == B1 and e["kind"] == "crl")
     assert crl["days_left"] == 6.5
+    assert data["identities"][1] == {
+        "kind": "device",
+        "name": "sensor-007",
+        "at": "2026-12-23T02:30:00Z",
+        "days_left": 25.0,
+        "state": "renew",
+    }
     assert RunResults.load(tmp_path / "results.json") == good
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
 
@@ -71,6 +78,11 @@ def test_history_keeps_every_run_in_order_and_drops_old_ones(tmp_path: Path) -> 
     history.append(store, other)
     assert (store / "_other_fleet").is_dir()  # never outside the history
     assert history.fleets(store) == ["../other fleet", "plant"]
+    many = run(6)
+    many.fleet = "big"
+    many.identities = [replace(many.identities[1], name=f"d{n}") for n in range(100)]
+    history.append(store, many)
+    assert len(history.load(store, "big")[0].identities) == history.KEEP_IDENTITIES
     removed = history.prune(store, "plant", 1.5, runs[2].started)
     assert [p.name for p in removed] == ["20261128T023000Z.json"]
     assert [r.started for r in history.load(store, "plant")] == [r.started for r in runs[1:]]
@@ -124,12 +136,20 @@ def test_prometheus_textfile() -> None:
     assert samples['iotfleet_check_last_run_timestamp_seconds{fleet="plant"}'] == (
         broken.started.timestamp()
     )
+    device = 'fleet="plant",kind="device",identity="sensor-007"'
+    assert (
+        samples[f"iotfleet_identity_expiry_seconds{{{device}}}"]
+        == (broken.identities[1].at - broken.started).total_seconds()
+    )
+    assert samples[f"iotfleet_identity_not_after_timestamp_seconds{{{device}}}"] == (
+        broken.identities[1].at.timestamp()
+    )
     assert samples['iotfleet_check_last_run_duration_seconds{fleet="plant"}'] == 10.5
     assert samples['iotfleet_check_last_run_success{fleet="plant"}'] == 0
     assert _samples(textfile(run(2)))['iotfleet_check_last_run_success{fleet="plant"}'] == 1
     # Every family is declared once, before its samples.
     names = re.findall(r"^# TYPE (\S+) gauge$", text, re.M)
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 12
     odd = run(0)
     odd.fleet = 'a "quoted"\\fleet\n'
     assert 'fleet="a \\"quoted\\"\\\\fleet\\n"' in textfile(odd)
@@ -143,6 +163,9 @@ def test_page_is_self_contained_and_in_plain_words() -> None:
     assert "::" not in html and "[gw" not in html  # no pytest node ids, no xdist noise
     assert KEY_PROBLEM in html and KEY_TITLE.replace("'", "&#39;") in html
     assert html.index(B1) < html.index(B2)  # the failing broker comes first
+    # The PKI's identities closest to expiry, with how many need a rollout.
+    assert "4 certificates and CRLs in the PKI on the control machine;\n    1 inside" in html
+    assert "<td>device</td><td>sensor-007</td>" in html
 
 
 def test_the_command_on_the_page_selects_exactly_that_check(tmp_path: Path) -> None:

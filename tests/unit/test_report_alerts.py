@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from iotfleet.check.results import Expiry
+from iotfleet.check.results import Expiry, Identity
 from iotfleet.report.prometheus import textfile
 from tests.support.report_runs import B1, B2, KEY_TITLE, run
 
@@ -33,7 +33,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_are_valid() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def _series(text: str, hours: int) -> list[dict[str, str]]:
@@ -70,7 +70,12 @@ def test_alerts_fire_on_iotfleets_metrics(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yml"
     text = RULES.read_text()
     rules.write_text(re.sub(r"\n {10}description: >-\n(?: {12}.*\n)+", "\n", text))
-    assert "description" not in rules.read_text() and text.count("description: >-") == 6
+    assert "description" not in rules.read_text() and text.count("description: >-") == 7
+    broken.identities = [
+        Identity("crl", "crl", EPOCH + timedelta(hours=12), "ok"),
+        Identity("device", "sensor-007", EPOCH + timedelta(days=13), "renew"),
+        Identity("device", "sensor-008", EPOCH + timedelta(days=15), "renew"),
+    ]
     fleet = {"fleet": "plant"}
     warning, critical = {"severity": "warning"}, {"severity": "critical"}
     certificate = {"kind": "certificate", "certificate": "broker certificate"}
@@ -97,6 +102,15 @@ def test_alerts_fire_on_iotfleets_metrics(tmp_path: Path) -> None:
                         ),
                     ),
                     _alert("IotfleetBrokerCertificateExpired", "1h"),
+                    # sensor-008 is 15 days out (and a CRL is no identity here).
+                    _alert(
+                        "IotfleetIdentityExpiresSoon",
+                        "1h",
+                        (
+                            {**fleet, **warning, "kind": "device", "identity": "sensor-007"},
+                            "device sensor-007 expires in 12d 23h 0m 0s",
+                        ),
+                    ),
                     _alert(
                         "IotfleetCrlNextUpdateSoon",
                         "1h",
