@@ -109,6 +109,18 @@ class RunResults:
     selection: dict[str, Any] = field(default_factory=dict)
     margins: dict[str, float] = field(default_factory=dict)  # cert_days, crl_hours
     identities: list[Identity] = field(default_factory=list)  # the PKI's, soonest first
+    # state -> count over all the PKI's identities, as loaded (a history entry keeps only the
+    # soonest identities); identity_counts() gives it for a run made here
+    identity_states: dict[str, int] = field(default_factory=dict)
+
+    def identity_counts(self) -> dict[str, int]:
+        """State -> number of the PKI's identities (all, also when only the soonest are kept)."""
+        if self.identity_states:
+            return dict(self.identity_states)
+        counts: dict[str, int] = {}
+        for identity in self.identities:
+            counts[identity.state] = counts.get(identity.state, 0) + 1
+        return counts
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -171,6 +183,7 @@ class RunResults:
                 }
                 for e in self.expiries
             ],
+            "identity_states": self.identity_counts(),
             "identities": [
                 {
                     "kind": i.kind,
@@ -213,6 +226,7 @@ class RunResults:
                 Identity(i["kind"], i["name"], _parse_time(i["at"]), i["state"])
                 for i in data.get("identities", [])
             ],
+            identity_states=data.get("identity_states", {}),
         )
 
     @classmethod

@@ -244,10 +244,10 @@ def render(runs: Sequence[RunResults], links: Sequence[Path] = ()) -> str:
             margin_for={CERTIFICATE: cert_days, CA: cert_days, CRL: crl_days},
             identities=sorted(current.identities, key=lambda i: i.at)[:SOONEST_IDENTITIES],
             identity_states={
-                state: sum(1 for i in current.identities if i.state == state)
+                state: current.identity_counts().get(state, 0)
                 for state in ("renew", "expired", "stale")
             },
-            identity_count=len(current.identities),
+            identity_count=sum(current.identity_counts().values()),
             not_applicable=[r for r in current.results if r.outcome in (NOT_APPLICABLE, SKIPPED)],
             runs=runs,
             charts=[

@@ -58,7 +58,9 @@ def test_results_json_has_fleet_time_and_numeric_days_left(tmp_path: Path) -> No
         "days_left": 25.0,
         "state": "renew",
     }
-    assert RunResults.load(tmp_path / "results.json") == good
+    assert data["identity_states"] == {"ok": 3, "renew": 1}
+    loaded = RunResults.load(tmp_path / "results.json")
+    assert loaded == replace(good, identity_states=good.identity_counts())
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
 
 
@@ -82,7 +84,10 @@ def test_history_keeps_every_run_in_order_and_drops_old_ones(tmp_path: Path) -> 
     many.fleet = "big"
     many.identities = [replace(many.identities[1], name=f"d{n}") for n in range(100)]
     history.append(store, many)
-    assert len(history.load(store, "big")[0].identities) == history.KEEP_IDENTITIES
+    big = history.load(store, "big")[0]
+    assert len(big.identities) == history.KEEP_IDENTITIES
+    assert big.identity_states == {"renew": 100}  # counted over all of them
+    assert "100 certificates and CRLs in the PKI" in page.render([big])
     removed = history.prune(store, "plant", 1.5, runs[2].started)
     assert [p.name for p in removed] == ["20261128T023000Z.json"]
     assert [r.started for r in history.load(store, "plant")] == [r.started for r in runs[1:]]
