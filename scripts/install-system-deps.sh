@@ -38,3 +38,12 @@ trap '[ "$made_guard" -eq 1 ] && rm -f "$guard"' EXIT
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The tests run node_exporter and promtool as plain programs: a Prometheus server or exporter
+# that this script brought in must not start at the next boot either.
+if [ -d /run/systemd/system ]; then
+  for p in "${missing[@]}"; do
+    case "$p" in
+      prometheus | prometheus-node-exporter) systemctl disable -q "$p.service" 2>/dev/null || true ;;
+    esac
+  done
+fi
