@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
 from iotfleet.model.names import check_dns_name, check_mac
 from iotfleet.model.secretref import SecretRef
+from iotfleet.model.strict import reject_loose_boolean
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Auth = Literal["certificate", "certificate+password", "password"]
@@ -39,6 +47,11 @@ STRONG_TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_A
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        return reject_loose_boolean(cls, info.field_name, value)
 
 
 class Listener(_Settings):
