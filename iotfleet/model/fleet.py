@@ -157,7 +157,13 @@ class PkiConfig(_Model):
     passphrase_env: str = Field(
         "IOTFLEET_PKI_PASSPHRASE", description="environment variable holding the CA passphrase"
     )
-    passphrase_file: Path | None = Field(None, description="or a 0600 file holding it")
+    passphrase_file: Path | None = Field(None, description="or a 0600 file holding it (~ ok)")
+
+    @field_validator("passphrase_file")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
     ca_name: str = Field("iotfleet", description="name used in the CA subjects")
     renew_before_days: int = Field(30, ge=1, le=365, description="renew inside this window")
     broker_days: int = Field(397, ge=2, le=3650, description="validity of broker certificates")
