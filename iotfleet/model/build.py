@@ -124,9 +124,11 @@ def _unknown_keys(host: RawHost) -> Iterable[Problem]:
     for key in host.data:
         if key in known or key.startswith("_"):
             continue
-        prefix = key.partition("_")[0] + "_"
-        near_miss = difflib.get_close_matches(prefix, KEY_PREFIXES, n=1, cutoff=TYPO_CUTOFF)
-        if prefix not in KEY_PREFIXES and not near_miss:
+        first_word = key.partition("_")[0] + "_"
+        ours = key.startswith(KEY_PREFIXES)
+        if not ours and not difflib.get_close_matches(
+            first_word, KEY_PREFIXES, n=1, cutoff=TYPO_CUTOFF
+        ):
             continue  # someone else's key (ssh_user, a user's own data)
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
