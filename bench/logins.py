@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import secrets
 import sys
 import tempfile
 import time
@@ -29,13 +30,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from roles.mosquitto.plugin_build import auth_plugin
+
 from iotfleet.model.settings import MosquittoSettings
 from iotfleet.mosquitto.passwd import hash_password
-from roles.mosquitto.plugin_build import auth_plugin
 from tests.support.local_broker import free_port, running_mosquitto
 
 USER = "bench-user"
-PASSWORD = "bench-password-0123456789"
+PASSWORD = secrets.token_urlsafe(24)  # made per run: nothing to keep
 BASELINE = 101  # mosquitto_passwd's default
 
 
