@@ -26,6 +26,9 @@ flash_stations = [
     (
         "@local",
         {
+            # Real boards need a real firmware build (the default stand-in is refused for
+            # them): build files/firmware/iotfleet-gateway/ with PlatformIO, see docs/gateways.md.
+            "espgw_firmware": "files/firmware/iotfleet-gateway/.pio/build/d1_mini/firmware.bin",
             "espgw_boards": [
                 {"port": "/dev/ttyUSB0", "device": "gw-0001", "mac": "18:fe:34:a1:00:01"},
                 {"port": "/dev/ttyUSB1", "device": "gw-0002"},

@@ -21,8 +21,9 @@ fleet_roles = {
     "historian": {"read": ["devices/+/telemetry/#"]},
 }
 
-# The CA passphrase comes from this environment variable (or pki_passphrase_file).
-pki_passphrase_env = "IOTFLEET_PKI_PASSPHRASE"
+# The CA passphrase: a 0600 file outside the checkout (see the README). Losing it loses the CA;
+# keep a copy apart from the backups of the PKI. (pki_passphrase_env names a variable instead.)
+pki_passphrase_file = "~/.config/iotfleet/plant-a.pki-passphrase"
 
 espgw_wifi_ssid = "plant-a-iot"
 espgw_wifi_passphrase = "env:PLANT_A_WIFI_PASSPHRASE"

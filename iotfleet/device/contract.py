@@ -91,9 +91,9 @@ class GatewayConfig(BaseModel):
     topics: Topics
     keepalive: int = Field(60, ge=5, le=3600, description="MQTT keepalive, seconds")
     telemetry_interval: int = Field(30, ge=1, le=86400, description="seconds between readings")
-    ntp_servers: list[str] = Field(
-        default_factory=lambda: ["pool.ntp.org", "time.google.com"],
-        description="time sources: certificates cannot be checked without the date",
+    ntp_servers: Annotated[list[str], Field(min_length=1, max_length=3)] = Field(
+        description="time sources (espgw_ntp_servers): certificates cannot be checked without "
+        "the date"
     )
     backoff_initial: float = Field(1.0, gt=0, le=60, description="first reconnect delay, s")
     backoff_max: float = Field(300.0, gt=0, le=3600, description="longest reconnect delay, s")

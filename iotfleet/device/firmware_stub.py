@@ -42,9 +42,7 @@ def reference_firmware(extra_bytes: int = 0) -> bytes:
     where real sketches carry their flash-mapped code (benchmarks flash a realistic size).
     """
     code = SPIN + MARKER
-    header = struct.pack(
-        "<BBBBI", IMAGE_MAGIC, 1, FLASH_MODE_DIO, FLASH_SIZE_4MB_40MHZ, IRAM_START
-    )
+    header = struct.pack("<BBBBI", IMAGE_MAGIC, 1, FLASH_MODE_DIO, FLASH_SIZE_4MB_40MHZ, IRAM_START)
     body = header + _segment(IRAM_START, code)
     # Pad so the checksum byte is the last byte of a 16-byte line (what the ROM reads).
     body += b"\x00" * (15 - len(body) % 16)
@@ -53,6 +51,11 @@ def reference_firmware(extra_bytes: int = 0) -> bytes:
 
 
 _CODE_LIKE = bytes(i & 0x3F for i in range(256))  # 6 bits of entropy per byte
+
+
+def is_stand_in(image: bytes) -> bool:
+    """True if ``image`` is this stand-in (it boots into a loop: no gateway runs on a board)."""
+    return MARKER in image[: len(SPIN) + len(MARKER) + 64]
 
 
 def _filler(size: int) -> bytes:

@@ -133,6 +133,7 @@ def device_bundle(
         mqtt_port=settings.broker_port,
         mqtt_username=device.id if password is not None else None,
         topics=Topics.under(ctx.fleet.topic_prefix(device)),
+        ntp_servers=settings.ntp_servers,
     )
     return Bundle(
         config=config,

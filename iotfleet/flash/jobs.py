@@ -15,7 +15,7 @@ from typing import Literal
 
 from iotfleet.context import FleetContext
 from iotfleet.device import DeviceImageError, board_layout, build_device_image
-from iotfleet.device.firmware_stub import IMAGE_MAGIC
+from iotfleet.device.firmware_stub import IMAGE_MAGIC, is_stand_in
 from iotfleet.flash.errors import FailureKind
 from iotfleet.flash.registry import Result
 from iotfleet.model import Board, FlashStation
@@ -155,6 +155,15 @@ def _job(
     key = f"espgw_boards[{index}].firmware" if board.firmware else "espgw_firmware"
     path = board.firmware or station.gateway.firmware
     firmware = _firmware(base / path, firmware_cache, f"host {station.name}", key)
+    if is_stand_in(firmware) and is_real_device(board):
+        raise DeviceImageError(
+            f"host {station.name}",
+            key,
+            f"{path} is iotfleet's stand-in image, which boots into a loop: it is flashed only "
+            f"to emulated boards, and {board.port} is a serial device. Build the reference "
+            "firmware (files/firmware/iotfleet-gateway/: `pio run`, see docs/gateways.md) or "
+            "your own, and set espgw_firmware to it",
+        )
     if len(firmware) > layout.fs_offset:
         raise DeviceImageError(
             f"host {station.name}",
@@ -183,6 +192,12 @@ def _job(
         cert_serial=image.cert_serial,
         flash_file=board.flash_file,
     )
+
+
+def is_real_device(board: Board) -> bool:
+    """A board on a serial device path that no emulator stands behind (the lab names the flash
+    file of each emulated board, attached ones included)."""
+    return "://" not in board.port and board.flash_file is None
 
 
 def _firmware(path: Path, cache: dict[Path, bytes], where: str, key: str) -> bytes:

@@ -65,6 +65,8 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
     problems: list[Problem] = []
     for host in hosts:
         problems.extend(_unknown_keys(host))
+    problems.extend(_unknown_groups(hosts))
+    problems.extend(_duplicate_hosts(hosts))
     fleet_data = _fleet_level_data(hosts, problems)
 
     name = fleet_data.get("fleet_name")
@@ -96,7 +98,7 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
     _check_boards(stations, devices, brokers, problems)
 
     if problems or pki is None:
-        raise InventoryError(problems)
+        raise InventoryError(_merge_repeats(problems))
     return Fleet(
         name=name,
         topic_root=topic_root,
@@ -109,14 +111,82 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
     )
 
 
+KEY_PREFIXES = (*PREFIXED_MODELS, "fleet_")
+# How alike a word must be to one of ours to be taken for a typo of it (difflib's ratio):
+# "mosquito_" and "firewal_" are, "ssh_" and "lab_" are not.
+TYPO_CUTOFF = 0.8
+
+
 def _unknown_keys(host: RawHost) -> Iterable[Problem]:
+    """Keys of ours that nothing reads: a known prefix with an unknown name, or a near-miss of
+    a known prefix (``mosquito_persistence``), which would otherwise be silently ignored."""
     known = known_keys()
     for key in host.data:
-        if key in known or not key.startswith((*PREFIXED_MODELS, "fleet_")):
+        if key in known or key.startswith("_"):
             continue
+        first_word = key.partition("_")[0] + "_"
+        ours = key.startswith(KEY_PREFIXES)
+        if not ours and not difflib.get_close_matches(
+            first_word, KEY_PREFIXES, n=1, cutoff=TYPO_CUTOFF
+        ):
+            continue  # someone else's key (ssh_user, a user's own data)
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         yield Problem(f"host {host.name}", key, f"unknown key{hint}")
+
+
+def _merge_repeats(problems: list[Problem]) -> list[Problem]:
+    """One line for a problem every host shares (a fleet-wide file sets the key for all)."""
+    hosts_of: dict[tuple[str, str], list[str]] = {}
+    merged: list[Problem] = []
+    for problem in problems:
+        if problem.where.startswith("host "):
+            holders = hosts_of.setdefault((problem.key, problem.message), [])
+            if not holders:
+                merged.append(problem)
+            holders.append(problem.where.removeprefix("host "))
+        else:
+            merged.append(problem)
+    result = []
+    for problem in merged:
+        holders = hosts_of.get((problem.key, problem.message), [])
+        if len(holders) > 1:
+            shown = ", ".join(holders[:3]) + (
+                f" and {len(holders) - 3} more" if len(holders) > 3 else ""
+            )
+            problem = Problem(f"hosts {shown}", problem.key, problem.message)
+        result.append(problem)
+    return result
+
+
+def _unknown_groups(hosts: Sequence[RawHost]) -> Iterable[Problem]:
+    """A group named like one of ours but not quite (``broker``) would roll out nothing."""
+    ours = (BROKERS_GROUP, STATIONS_GROUP)
+    seen: set[str] = set()
+    for host in hosts:
+        for group in host.groups:
+            if group in ours or group in seen:
+                continue
+            seen.add(group)
+            close = difflib.get_close_matches(group, ours, n=1, cutoff=TYPO_CUTOFF)
+            if close:
+                yield Problem(f"group {group}", "name", f"unknown group (did you mean {close[0]}?)")
+
+
+def _duplicate_hosts(hosts: Sequence[RawHost]) -> Iterable[Problem]:
+    """Two inventory names for one machine would get two rollouts racing on it."""
+    first: dict[tuple[str, int], str] = {}
+    for host in hosts:
+        address = str(host.data.get("ssh_hostname") or host.name).lower()
+        where = (address, int(host.data.get("ssh_port") or 22))
+        if where in first:
+            yield Problem(
+                f"host {host.name}",
+                "ssh_hostname",
+                f"{address}:{where[1]} is also host {first[where]}: list each machine once",
+            )
+        else:
+            first[where] = host.name
 
 
 def _fleet_level_data(hosts: Sequence[RawHost], problems: list[Problem]) -> dict[str, Any]:
@@ -254,6 +324,13 @@ def _check_unique_identities(
         if count > 1:
             problems.append(
                 Problem(name, "name", f"used {count} times across brokers, devices and clients")
+            )
+    macs = Counter(d.mac for d in devices if d.mac)  # normalised: lower case
+    for mac, count in macs.items():
+        if count > 1:
+            holders = ", ".join(d.id for d in devices if d.mac == mac)
+            problems.append(
+                Problem(f"devices {holders}", "mac", f"{mac} is given to {count} devices")
             )
 
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from iotfleet.model.names import (
     check_identity_name,
@@ -22,6 +29,7 @@ from iotfleet.model.settings import (
     GatewaySettings,
     MosquittoSettings,
 )
+from iotfleet.model.strict import reject_loose_boolean
 
 KeyType = Literal["ec-p256", "rsa-2048"]
 RevocationReason = Literal[
@@ -36,6 +44,11 @@ RevocationReason = Literal[
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        return reject_loose_boolean(cls, info.field_name, value)
 
 
 class Role(_Model):
@@ -144,7 +157,13 @@ class PkiConfig(_Model):
     passphrase_env: str = Field(
         "IOTFLEET_PKI_PASSPHRASE", description="environment variable holding the CA passphrase"
     )
-    passphrase_file: Path | None = Field(None, description="or a 0600 file holding it")
+    passphrase_file: Path | None = Field(None, description="or a 0600 file holding it (~ ok)")
+
+    @field_validator("passphrase_file")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
     ca_name: str = Field("iotfleet", description="name used in the CA subjects")
     renew_before_days: int = Field(30, ge=1, le=365, description="renew inside this window")
     broker_days: int = Field(397, ge=2, le=3650, description="validity of broker certificates")

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
 from iotfleet.model.names import check_dns_name, check_mac
 from iotfleet.model.secretref import SecretRef
+from iotfleet.model.strict import reject_loose_boolean
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Auth = Literal["certificate", "certificate+password", "password"]
@@ -34,11 +42,19 @@ STRONG_TLS12_CIPHERS = ":".join(
         "ECDHE-RSA-AES128-GCM-SHA256",
     ]
 )
+# Public pools, reachable from any network with internet access; documented as the one
+# default an offline plant must change (espgw_ntp_servers).
+DEFAULT_NTP_SERVERS = ("pool.ntp.org", "time.cloudflare.com")
 STRONG_TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
 
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        return reject_loose_boolean(cls, info.field_name, value)
 
 
 class Listener(_Settings):
@@ -254,6 +270,11 @@ class GatewaySettings(_Settings):
         None, description="broker hosts gateways connect to; default: every broker"
     )
     broker_port: Port = Field(8883, description="broker port gateways connect to")
+    ntp_servers: Annotated[list[str], Field(min_length=1, max_length=3)] = Field(
+        default_factory=lambda: list(DEFAULT_NTP_SERVERS),
+        description="time servers gateways ask (certificates need the date); on a network "
+        "without internet access, name the plant's own NTP server",
+    )
     parallel: int = Field(8, ge=1, le=64, description="boards flashed at once")
     reenroll: bool = Field(False, description="accept a new MAC for an enrolled device id")
     baud: int = Field(460800, ge=9600, le=4_000_000, description="serial speed for flashing")
@@ -263,12 +284,24 @@ class GatewaySettings(_Settings):
     def _secret(cls, value: object) -> SecretRef | None:
         return None if value is None else SecretRef.parse(value)
 
+    @field_validator("ntp_servers")
+    @classmethod
+    def _ntp(cls, servers: list[str]) -> list[str]:
+        return [_host_name_or_address(s) for s in servers]
+
     @field_validator("wifi_ssid")
     @classmethod
     def _ssid(cls, value: str | None) -> str | None:
         if value is not None and not 1 <= len(value.encode()) <= 32:
             raise ValueError("a Wi-Fi SSID is 1..32 bytes")
         return value
+
+
+def _host_name_or_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return check_dns_name(value)
 
 
 ROLE_SETTINGS: dict[str, type[_Settings]] = {

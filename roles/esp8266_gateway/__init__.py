@@ -14,9 +14,19 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt
 
 from iotfleet.context import FleetContext
+from iotfleet.flash.jobs import station_jobs
 from iotfleet.model import FlashStation
 from roles.esp8266_gateway.defaults import DEFAULTS
 from roles.esp8266_gateway.operations import flash_station_boards, relays_on_station
+
+
+def refuse_bad_board_inputs(ctx: FleetContext, station: FlashStation) -> None:
+    """Stop the run before any host is touched if a board cannot be flashed as listed (firmware,
+    layout, Wi-Fi secrets, the stand-in image on a real device): every problem, once."""
+    _, refused = station_jobs(ctx, station)
+    if refused:
+        problems = "\n".join(f"  - {result.message}" for result in refused)
+        raise SystemExit(f"iotfleet: cannot flash the boards of {station.name}:\n{problems}")
 
 
 def station_of(ctx: FleetContext, name: str) -> FlashStation:
@@ -30,6 +40,7 @@ def deploy_gateways(ctx: FleetContext) -> None:
     if not station.boards:
         host.noop("no boards listed (espgw_boards)")
         return
+    refuse_bad_board_inputs(ctx, station)
     if relays_on_station(station):
         apt.packages(
             name="Install pyserial for the serial relay",

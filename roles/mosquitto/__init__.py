@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host
@@ -15,6 +14,7 @@ from iotfleet.mosquitto import layout
 from roles.mosquitto.defaults import DEFAULTS
 from roles.mosquitto.facts import MosquittoPasswordHashes
 from roles.mosquitto.operations import apply_files, install_packages
+from roles.mosquitto.private_files import private_files
 from roles.mosquitto.render import health_options, health_topic_of, service_files
 from roles.pki import broker_pki_files, health_identity_files
 
@@ -55,15 +55,10 @@ def deploy_mosquitto(ctx: FleetContext) -> None:
         *health_identity_files(ctx.pki, broker.name),
         ManagedFile(layout.HEALTH_OPTIONS, health_options(ctx, broker), "root", "root", "600"),
     ]
-    for managed in health_files:
-        files.put(
-            name=f"Health-check identity: {managed.path}",
-            src=BytesIO(managed.content),
-            dest=managed.path,
-            user=managed.owner,
-            group=managed.group,
-            mode=managed.mode,
-        )
+    private_files(
+        name="Health-check identity (certificate, key, password; never shown)",
+        files=health_files,
+    )
     existing = host.get_fact(MosquittoPasswordHashes, path=layout.PASSWORD_FILE)
     config, managed_files = service_files(ctx, broker, existing)
     apply_files(

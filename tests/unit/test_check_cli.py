@@ -75,7 +75,9 @@ def test_ssh_endpoint_follows_pyinfra_data_and_defaults() -> None:
 
 
 def _fleet(*names: str) -> tuple[Any, dict[str, Any]]:
-    data = {n: {"fleet_name": "unit", "ssh_hostname": "192.0.2.1"} for n in names}
+    data = {
+        n: {"fleet_name": "unit", "ssh_hostname": f"192.0.2.{i}"} for i, n in enumerate(names, 1)
+    }
     fleet = build_fleet([RawHost(n, ("brokers",), d) for n, d in data.items()])
     return fleet, data
 
@@ -84,11 +86,11 @@ def test_plan_limits_and_names() -> None:
     fleet, data = _fleet("mqtt1.example", "mqtt10.example")
     plan = plan_for(fleet, data, ["mqtt10.example"])
     assert [b.name for b in plan.brokers] == ["mqtt10.example"]
-    assert plan.brokers[0].client_names == ("mqtt10.example", "192.0.2.1")
+    assert plan.brokers[0].client_names == ("mqtt10.example", "192.0.2.2")
     with pytest.raises(PlanError, match="--limit mqtt2: not a broker of this inventory"):
         plan_for(fleet, data, ["mqtt2"])
     # A name that does not resolve from here: probes use the address (also a SAN).
-    assert plan.brokers[0].connect_name == "192.0.2.1"
+    assert plan.brokers[0].connect_name == "192.0.2.2"
     broker = plan.brokers[0].model
     assert connect_name(broker, ["localhost", "127.0.0.1"]) == "localhost"
 

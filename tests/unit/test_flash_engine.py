@@ -271,10 +271,12 @@ def test_missing_and_busy_ports(
     from tests.support.local_broker import free_port
 
     missing = f"socket://127.0.0.1:{free_port()}"
+    built = tmp_path / "built-firmware.bin"  # a real board gets a real build, not the stand-in
+    built.write_bytes(b"\xe9" + bytes(255))
     ctx = gateways.context(
         [
             {"port": missing, "device": "gw-1"},
-            {"port": "/dev/ttyUSB-iotfleet-none", "device": "gw-2"},
+            {"port": "/dev/ttyUSB-iotfleet-none", "device": "gw-2", "firmware": str(built)},
         ]
     )
     jobs, _ = station_jobs(ctx, "@local")
@@ -462,3 +464,41 @@ def test_small_chip_needs_a_small_layout(
         gw.flash.flush()
         files = read_flash_files(gw.flash.path, "1M64")  # 16 blocks of 4 KB at 0xEB000
         assert Bundle.from_files(files).config.device_id == "gw-1"
+
+
+def test_stand_in_firmware_is_refused_for_a_real_serial_device(
+    gateways: GatewayFleet, tmp_path: Path
+) -> None:
+    ctx = gateways.context(
+        [
+            {"port": "/dev/ttyUSB0", "device": "gw-1"},
+            # An emulated board behind a device path (the lab's attached boards) may have it.
+            {"port": "/dev/ttyUSB1", "device": "gw-2", "flash_file": str(tmp_path / "gw2.flash")},
+        ]
+    )
+    jobs, refused = station_jobs(ctx, "@local")
+    assert [j.device_id for j in jobs] == ["gw-2"]
+    [result] = refused
+    assert result.kind == "input" and result.device_id == "gw-1"
+    assert "espgw_firmware" in result.message and "stand-in image" in result.message
+    assert "files/firmware/iotfleet-gateway/" in result.message
+
+
+def test_rollout_refuses_bad_boards_up_front_listing_each_once(
+    gateways: GatewayFleet, tmp_path: Path
+) -> None:
+    from roles.esp8266_gateway import refuse_bad_board_inputs, station_of
+
+    ctx = gateways.context(
+        [
+            {"port": "/dev/ttyUSB0", "device": "gw-1"},
+            {"port": "/dev/ttyUSB1", "device": "gw-2", "layout": "1M9M"},
+        ]
+    )
+    with pytest.raises(SystemExit) as stopped:
+        refuse_bad_board_inputs(ctx, station_of(ctx, "@local"))
+    message = str(stopped.value)
+    assert message.startswith("iotfleet: cannot flash the boards of @local:")
+    lines = message.splitlines()[1:]
+    assert len(lines) == 2 and "gw-1" in lines[0] and "gw-2" in lines[1], message
+    assert "stand-in image" in lines[0] and "1M9M" in lines[1], message

@@ -132,7 +132,10 @@ def test_unknown_roles_and_bad_topic_filters_are_refused() -> None:
 
 
 def test_fleet_wide_keys_must_agree_between_hosts() -> None:
-    problems = problems_of(broker("a.example.net"), broker("b.example.net", fleet_name="other"))
+    problems = problems_of(
+        broker("a.example.net"),
+        broker("b.example.net", fleet_name="other", ssh_hostname="192.0.2.11"),
+    )
     assert problems == [
         "host b.example.net: fleet_name: differs from host a.example.net: fleet-wide keys must "
         "be set once (group_data/all.py or the inventory's own group)"
@@ -224,4 +227,65 @@ def test_boards_of_a_remote_station_may_be_its_device_paths_or_network_ports() -
         "port is socket://HOST:PORT or rfc2217://HOST:PORT",
         "host flash1.example.net: espgw_boards[2].port: '/dev/tty USB1' is neither a device "
         "path of the station (/dev/ttyUSB0) nor a network serial port (socket://, rfc2217://)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"mosquito_persistence": False},
+            "mosquito_persistence: unknown key (did you mean mosquitto_persistence?)",
+        ),
+        (
+            {"firewal_enabled": False},
+            "firewal_enabled: unknown key (did you mean firewall_enabled?)",
+        ),
+        ({"flet_devices": []}, "flet_devices: unknown key (did you mean fleet_devices?)"),
+        ({"mosquitto_persistence": "no"}, "mosquitto_persistence: must be True or False, not 'no'"),
+        ({"firewall_enabled": 0}, "firewall_enabled: must be True or False, not 0"),
+        (
+            {"mosquitto_listeners": [{"port": 8883, "tls": "yes"}]},
+            "mosquitto_listeners[0].tls: must be True or False, not 'yes'",
+        ),
+    ],
+)
+def test_near_miss_keys_and_loose_booleans_are_refused(data: dict[str, Any], expected: str) -> None:
+    assert problems_of(broker(**data)) == [f"host mqtt1.example.net: {expected}"]
+
+
+def test_keys_of_others_are_left_alone() -> None:
+    fleet = build_fleet([broker(ssh_user="root", lab_slot=3, my_own_setting="x")])
+    assert fleet.brokers[0].name == "mqtt1.example.net"
+
+
+def test_misspelt_group_is_refused() -> None:
+    host = RawHost("mqtt1.example.net", ("broker",), {"fleet_name": "demo"})
+    assert problems_of(host) == ["group broker: name: unknown group (did you mean brokers?)"]
+
+
+def test_same_machine_listed_twice_is_refused() -> None:
+    assert problems_of(broker("mqtt1"), broker("mqtt1-again")) == [
+        "host mqtt1-again: ssh_hostname: 192.0.2.10:22 is also host mqtt1: list each machine once"
+    ]
+
+
+def test_two_devices_with_one_mac_in_any_case_are_refused() -> None:
+    devices = [
+        {"id": "gw-1", "mac": "18:FE:34:AA:BB:CC"},
+        {"id": "gw-2", "mac": "18-fe-34-aa-bb-cc"},
+    ]
+    assert problems_of(broker(fleet_devices=devices)) == [
+        "devices gw-1, gw-2: mac: 18:fe:34:aa:bb:cc is given to 2 devices"
+    ]
+
+
+def test_a_problem_every_host_shares_is_listed_once() -> None:
+    hosts = [
+        broker(f"mqtt{i}", ssh_hostname=f"192.0.2.{i}", mosquito_persistence=False)
+        for i in range(1, 6)
+    ]
+    assert problems_of(*hosts) == [
+        "hosts mqtt1, mqtt2, mqtt3 and 2 more: mosquito_persistence: unknown key "
+        "(did you mean mosquitto_persistence?)"
     ]
