@@ -52,6 +52,7 @@ class Chain:
     prio: int | str | None = None
     policy: str | None = None
     rules: tuple[tuple[dict[str, Any], ...], ...] = ()
+    type: str | None = None  # filter, nat, route
 
     @property
     def where(self) -> str:
@@ -64,7 +65,12 @@ class Ruleset:
     sets: dict[tuple[str, str, str], tuple[Any, ...]]
 
     def input_chains(self) -> list[Chain]:
-        return [c for c in self.chains.values() if c.hook == "input" and c.family in INPUT_FAMILIES]
+        # Filter chains only: a nat chain on the input hook rewrites, it does not decide.
+        return [
+            c
+            for c in self.chains.values()
+            if c.hook == "input" and c.family in INPUT_FAMILIES and c.type in (None, "filter")
+        ]
 
     def chain(self, family: str, table: str, name: str) -> Chain | None:
         return self.chains.get((family, table, name))
@@ -83,7 +89,9 @@ def parse_ruleset(text: str) -> Ruleset:
         if "chain" in item:
             c = item["chain"]
             key = (c["family"], c["table"], c["name"])
-            chains[key] = Chain(*key, c.get("hook"), c.get("prio"), c.get("policy"))
+            chains[key] = Chain(
+                *key, c.get("hook"), c.get("prio"), c.get("policy"), type=c.get("type")
+            )
         elif "rule" in item:
             r = item["rule"]
             rules.setdefault((r["family"], r["table"], r["chain"]), []).append(tuple(r["expr"]))

@@ -86,11 +86,34 @@ def test_password_guessing_is_throttled_per_source(limited: DeployedLab) -> None
 
 # -- SSH ---------------------------------------------------------------------------------------
 
+
+def test_ssh_only_from_firewall_ssh_sources(deployed: DeployedLab) -> None:
+    """The lab allows SSH from its control machine only: another lab host gets no connection
+    to port 22, while it still reaches the broker's MQTT listener."""
+    lab = deployed.lab
+    broker, other = lab.hosts[0], lab.hosts[1]
+    reach = f"timeout 5 bash -c 'exec 3<>/dev/tcp/{broker.address}/{{port}}'"
+    assert lab.ssh(other, reach.format(port=CERT), check=False).returncode == 0
+    assert lab.ssh(other, reach.format(port=22), check=False).returncode != 0
+    _sshd_socket(broker.address).close()
+
+
 TEST_DROPIN = "/etc/ssh/sshd_config.d/50-itest-passwords.conf"
 
 
+def _sshd_socket(address: str) -> socket.socket:
+    """A connection to sshd; right after a reload sshd re-executes itself and refuses new
+    connections for a moment (sessions already open are not affected)."""
+    for _ in range(100):
+        try:
+            return socket.create_connection((address, 22), timeout=10)
+        except ConnectionRefusedError:
+            time.sleep(0.1)
+    raise AssertionError(f"sshd on {address} does not accept connections")
+
+
 def _password_login(address: str, password: str) -> bool:
-    transport = paramiko.Transport(socket.create_connection((address, 22), timeout=10))
+    transport = paramiko.Transport(_sshd_socket(address))
     try:
         transport.start_client(timeout=10)
         transport.auth_password("root", password)
@@ -107,6 +130,7 @@ def _forward_reaches_sshd(deployed: DeployedLab) -> tuple[bool, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         local = probe.getsockname()[1]
+    _sshd_socket(host.address).close()
     argv = deployed.lab.ssh_argv(host, "sleep 20")
     argv[1:1] = ["-L", f"127.0.0.1:{local}:127.0.0.1:22"]
     tunnel = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
@@ -137,7 +161,8 @@ def _allow_password_logins(deployed: DeployedLab, password: str) -> None:
     """What an unhardened host may have: root with a password, password logins on."""
     deployed.ssh(
         f"printf 'root:%s\\n' {shlex.quote(password)} | chpasswd && "
-        "printf 'PasswordAuthentication yes\\nKbdInteractiveAuthentication yes\\n' "
+        "printf 'PasswordAuthentication yes\\nKbdInteractiveAuthentication yes\\n"
+        "PermitRootLogin yes\\n' "
         f"> {TEST_DROPIN} && sshd -t && systemctl reload ssh"
     )
 
@@ -149,6 +174,7 @@ def test_sshd_hardening_refuses_passwords_and_forwards(deployed: DeployedLab) ->
     try:
         # Without the hardening, both attacks work on this host: the test can fail.
         _rollout(deployed, "--data", "ssh_hardening_enabled=false")
+        _sshd_socket(host.address).close()
         assert deployed.ssh(f"test -e {DROPIN} || echo absent").strip() == "absent"
         _allow_password_logins(deployed, password)
         assert _password_login(host.address, password)
@@ -156,6 +182,7 @@ def test_sshd_hardening_refuses_passwords_and_forwards(deployed: DeployedLab) ->
 
         # Hardening on (the lab's default): the same attacks fail, keys still work.
         _rollout(deployed)
+        _sshd_socket(host.address).close()
         assert not _password_login(host.address, password)
         assert not _forward_reaches_sshd(deployed)[0]
         assert deployed.ssh("echo key login works").strip() == "key login works"
