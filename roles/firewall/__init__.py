@@ -17,10 +17,12 @@ from pyinfra.operations import apt, files, systemd
 
 from iotfleet.model import Broker
 from roles.firewall.defaults import DEFAULTS
-from roles.firewall.facts import LoadedRulesetDigest, SshConnection
+from roles.firewall.facts import LoadedRuleset, SshConnection
 
 TEMPLATES = Path(__file__).parent / "templates"
 RULES_PATH = "/etc/iotfleet/firewall.nft"
+# SHA-256 of `nft -t list table inet iotfleet` right after iotfleet loaded it.
+LOADED_DIGEST_PATH = "/etc/iotfleet/firewall.loaded.sha256"
 UNIT_PATH = "/etc/systemd/system/iotfleet-firewall.service"
 _JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 # Sources remembered by the password-listener limit (per family). When the set is full, new
@@ -110,11 +112,17 @@ def check_ssh_survives(broker: Broker, connection: tuple[str, int] | None) -> No
 
 @operation()
 def load_ruleset(ruleset: str) -> Generator[Any, None, None]:
-    """Load the ruleset atomically when the loaded one differs (checked with ``nft -c`` first)."""
-    if host.get_fact(LoadedRulesetDigest) == ruleset_digest(ruleset):
+    """Load the ruleset atomically when the loaded one differs from it or was changed since
+    iotfleet loaded it (checked with ``nft -c`` first)."""
+    comment, loaded, recorded = host.get_fact(LoadedRuleset, recorded=LOADED_DIGEST_PATH)
+    if comment == ruleset_digest(ruleset) and loaded is not None and loaded == recorded:
         host.noop("the iotfleet nftables table is loaded and current")
         return
-    yield StringCommand("nft", "-c", "-f", RULES_PATH, "&&", "nft", "-f", RULES_PATH)
+    yield StringCommand(
+        "nft", "-c", "-f", RULES_PATH, "&&", "nft", "-f", RULES_PATH,
+        "&&", "nft", "-t", "list", "table", "inet", "iotfleet",
+        "|", "sha256sum", "|", "cut", "-d' '", "-f1", ">", LOADED_DIGEST_PATH,
+    )  # fmt: skip
 
 
 @deploy("nftables firewall", data_defaults=DEFAULTS)
