@@ -20,6 +20,10 @@ class LoadedRuleset(FactBase[tuple[str | None, str | None, str | None]]):
             f"cat {recorded} 2>/dev/null || echo; fi"
         )
 
+    @staticmethod
+    def default() -> tuple[str | None, str | None, str | None]:
+        return None, None, None  # no output: the table is not loaded
+
     def process(self, output: list[str]) -> tuple[str | None, str | None, str | None]:
         values = [line.strip() or None for line in output] + [None, None, None]
         return values[0], values[1], values[2]
