@@ -12,8 +12,11 @@ pytestmark = [pytest.mark.host, pytest.mark.firewall]
 
 
 def test_firewall_loaded(broker: Param, suite: Suite) -> None:
-    """Every input-hook chain drops by default and accepts only replies, loopback, ICMP, SSH
-    (from firewall_ssh_sources) and the listeners; password listeners limit each source."""
+    """The firewall drops by default and accepts nothing wider than the inventory.
+
+    Every input-hook chain of the whole ruleset (nft -j) drops by default and accepts only
+    replies, loopback, ICMP, SSH (from firewall_ssh_sources) and the listeners; password
+    listeners limit new connections per source."""
     if not broker.broker.model.firewall.enabled:
         pytest.skip(f"{NOT_APPLICABLE}: firewall_enabled is false for {broker.host}")
     facts = suite.facts(broker.broker)

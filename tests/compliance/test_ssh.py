@@ -13,8 +13,10 @@ pytestmark = [pytest.mark.host, pytest.mark.ssh]
 
 
 def test_sshd_hardened(broker: Param, suite: Suite) -> None:
-    """sshd -T shows keys only, no forwarding or tunnels and the inventory's algorithms; a
-    password login from the control machine is refused before any password is checked."""
+    """sshd takes keys only and forwards nothing, with the inventory's algorithms.
+
+    Read from ``sshd -T`` on the host, and seen from outside: a password login tried from the
+    control machine is not offered a password prompt."""
     model = broker.broker.model
     if not model.ssh_hardening.enabled:
         pytest.skip(f"{NOT_APPLICABLE}: ssh_hardening_enabled is false for {broker.host}")

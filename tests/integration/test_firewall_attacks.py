@@ -227,9 +227,9 @@ DROP_LIMIT = (
     "sed -n 's/.*@password_sources.* # handle \\([0-9]*\\)$/\\1/p'); do "
     "nft delete rule inet iotfleet input handle $h; done"
 )
-SECOND_TABLE = (
-    "nft -f - <<'EOF'\ntable inet itest_open {\n chain input {\n"
-    "  type filter hook input priority filter + 10; policy accept;\n }\n}\nEOF"
+SECOND_TABLE = _nft(
+    "add table inet itest_open",
+    "add chain inet itest_open input '{ type filter hook input priority 10; policy accept; }'",
 )
 
 FIREWALL_BREAKAGES = [
@@ -284,7 +284,7 @@ FIREWALL_BREAKAGES = [
             ]
         },
         # Other tables are not iotfleet's: a rollout leaves them alone.
-        cleanup="nft delete table inet itest_open",
+        cleanup="nft delete table inet itest_open || true",
     ),
     Breakage(
         "sshd drop-in loosened",
