@@ -57,7 +57,7 @@ def _host_data(state: LabState, host: HostState, paths: LabPaths) -> dict[str, A
         "ssh_look_for_keys": False,
         # Only the control machine SSHes in. It also runs `iotfleet check`, whose TLS scans
         # open ~550 connections per listener: it is spared the password listeners' limit,
-        # which every other source (another lab host, a gateway) gets.
+        # which every other source (another lab host) gets.
         "firewall_ssh_sources": [state.bridge_address],
         "firewall_password_limit_exempt": [state.bridge_address],
         "lab_name": state.name,
