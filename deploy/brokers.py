@@ -6,8 +6,10 @@ from iotfleet.model import BROKERS_GROUP
 from roles.firewall import deploy_firewall
 from roles.fleet_context import reconciled_fleet
 from roles.mosquitto import deploy_mosquitto
+from roles.ssh_hardening import deploy_ssh_hardening
 
 ctx = reconciled_fleet()
 if BROKERS_GROUP in host.groups:
     deploy_mosquitto(ctx=ctx)
     deploy_firewall(broker=ctx.fleet.broker(host.name))
+    deploy_ssh_hardening(broker=ctx.fleet.broker(host.name))

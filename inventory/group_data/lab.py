@@ -24,6 +24,7 @@ __all__ = [
     "fleet_name",
     "mosquitto_listeners",
     "pki_passphrase_file",
+    "ssh_hardening_enabled",
 ]
 
 fleet_name = lab_name(None)
@@ -55,6 +56,10 @@ mosquitto_listeners = [
     # check the CRL on websockets listeners.
     {"port": 8443, "protocol": "websockets", "auth": "password"},
 ]
+
+# Lab brokers are no jump hosts: sshd takes keys only, forwards nothing, offers modern
+# algorithms only (the lab logs in as root with its own key).
+ssh_hardening_enabled = True
 
 if _lab_inventory:
     # The lab's CA passphrase is generated once and kept with the lab fleet's state (0600).

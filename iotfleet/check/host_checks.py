@@ -8,7 +8,6 @@ root:mosquitto". An empty list means the check passed. Pure functions: no host a
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -441,66 +440,4 @@ def acl_problems(host: str, fleet: Fleet, broker_name: str, text: str) -> list[s
                 f"the ACL on {host} no longer lets {who} {_VERB[access]} '{topic}' "
                 "(granted by the inventory)"
             )
-    return problems
-
-
-# -- firewall --------------------------------------------------------------------------------
-
-
-def expected_open_ports(broker: Broker) -> set[int]:
-    """SSH, listeners reachable from the network and extra ports (as roles/firewall opens)."""
-    return broker.network_ports() | {broker.firewall_ssh_port}
-
-
-_DPORT = re.compile(r"tcp dport (\{[^}]*\}|[\w-]+)([^\n]*)")
-
-
-def _ports(spec: str) -> set[int] | None:
-    """Ports of ``8883`` or ``{ 22, 8883-8885 }``; None for anything unusual (a named map)."""
-    ports: set[int] = set()
-    for item in spec.strip("{} ").split(","):
-        item = item.strip()
-        low, sep, high = item.partition("-")
-        if low.isdigit() and (not sep or high.isdigit()):
-            ports.update(range(int(low), int(high or low) + 1))
-        else:
-            return None
-    return ports
-
-
-def firewall_problems(
-    host: str, broker: Broker, table: str | None, unit_enabled: bool
-) -> list[str]:
-    if table is None:
-        return [f"the firewall table inet iotfleet is not loaded on {host}: every port is open"]
-    problems = []
-    if "hook input" not in table or "policy drop" not in table:
-        problems.append(
-            f"the firewall on {host} does not drop by default (no input chain with policy drop)"
-        )
-    opened: set[int] = set()
-    for spec, rest in _DPORT.findall(table):
-        if "accept" not in rest:
-            continue
-        ports = _ports(spec)
-        if ports is None:
-            problems.append(f"the firewall on {host} opens ports through '{spec}'")
-        else:
-            opened |= ports
-    wanted = expected_open_ports(broker)
-    extra, missing = sorted(opened - wanted), sorted(wanted - opened)
-    if extra:
-        problems.append(
-            f"the firewall on {host} opens TCP {', '.join(map(str, extra))}, which the inventory "
-            "does not"
-        )
-    if missing:
-        problems.append(
-            f"the firewall on {host} blocks TCP {', '.join(map(str, missing))} that the "
-            "inventory opens"
-        )
-    if not unit_enabled:
-        problems.append(
-            f"iotfleet-firewall.service is not enabled on {host}: no firewall after a reboot"
-        )
     return problems

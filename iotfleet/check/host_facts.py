@@ -1,7 +1,7 @@
 """What the inside checks read on a broker, over one SSH connection, each fact read once.
 
 Every command here only reads (stat, cat of public files, sha256sum of the key, ss,
-systemctl, nft list, dpkg-query): a check never writes on a host.
+systemctl, nft list, sshd -T, dpkg-query): a check never writes on a host.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 from iotfleet.check.mosquitto_conf import MosquittoConfig, include_dirs, parse_config
 from iotfleet.mosquitto import layout
 
-FIREWALL_TABLE = "inet iotfleet"
 FIREWALL_UNIT = "iotfleet-firewall"
 SANDBOX_PROPERTIES = (
     "User",
@@ -250,9 +249,14 @@ class BrokerFacts:
         return self._output(f"systemd-analyze security {layout.SERVICE} --no-pager 2>&1", ok=(0, 1))
 
     @cached_property
-    def firewall_table(self) -> str | None:
-        result = self._run(f"nft list table {FIREWALL_TABLE}")
-        return str(result.stdout) if result.rc == 0 else None
+    def firewall_ruleset(self) -> str:
+        """``nft -j list ruleset``: every table, so no other one can open a port unseen."""
+        return self._output("nft -j list ruleset")
+
+    @cached_property
+    def sshd_effective(self) -> str:
+        """``sshd -T``: the configuration sshd would run with (drop-ins and defaults)."""
+        return self._output("sshd -T")
 
     @cached_property
     def firewall_unit_enabled(self) -> bool:

@@ -55,6 +55,11 @@ def _host_data(state: LabState, host: HostState, paths: LabPaths) -> dict[str, A
         "ssh_strict_host_key_checking": "yes",
         "ssh_allow_agent": False,
         "ssh_look_for_keys": False,
+        # Only the control machine SSHes in. It also runs `iotfleet check`, whose TLS scans
+        # open ~550 connections per listener: it is spared the password listeners' limit,
+        # which every other source (another lab host) gets.
+        "firewall_ssh_sources": [state.bridge_address],
+        "firewall_password_limit_exempt": [state.bridge_address],
         "lab_name": state.name,
         "lab_suite": state.suite,
         "lab_address": host.address,

@@ -20,6 +20,7 @@ from iotfleet.model.settings import (
     GatewaySettings,
     Listener,
     MosquittoSettings,
+    SshHardeningSettings,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "RawHost",
     "Role",
     "SecretRef",
+    "SshHardeningSettings",
     "build_fleet",
     "known_keys",
 ]

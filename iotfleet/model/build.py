@@ -26,7 +26,12 @@ from iotfleet.model.fleet import (
     Role,
 )
 from iotfleet.model.names import check_topic_name, is_dns_name, opens_other_devices
-from iotfleet.model.settings import FirewallSettings, GatewaySettings, MosquittoSettings
+from iotfleet.model.settings import (
+    FirewallSettings,
+    GatewaySettings,
+    MosquittoSettings,
+    SshHardeningSettings,
+)
 
 BROKERS_GROUP = "brokers"
 STATIONS_GROUP = "flash_stations"
@@ -37,6 +42,7 @@ FLEET_KEYS = {"fleet_name", "fleet_devices", "fleet_clients", "fleet_roles", "fl
 PREFIXED_MODELS: dict[str, type[BaseModel]] = {
     "mosquitto_": MosquittoSettings,
     "firewall_": FirewallSettings,
+    "ssh_hardening_": SshHardeningSettings,
     "espgw_": GatewaySettings,
     "pki_": PkiConfig,
 }
@@ -290,9 +296,18 @@ def _broker(host: RawHost, problems: list[Problem]) -> Broker | None:
     firewall = _validate(
         FirewallSettings, _strip(host.data, "firewall_"), where, "firewall_", problems
     )
+    hardening = _validate(
+        SshHardeningSettings,
+        _strip(host.data, "ssh_hardening_"),
+        where,
+        "ssh_hardening_",
+        problems,
+    )
     ssh_port = host.data.get("ssh_port") or 22
-    if mosquitto is None or firewall is None:
+    if mosquitto is None or firewall is None or hardening is None:
         return None
+    if hardening.enabled:
+        problems.extend(_hardening_lockouts(host, hardening))
     ssh = firewall.ssh_port or int(ssh_port)
     for index, listener in enumerate(mosquitto.listeners):
         if listener.port == ssh:
@@ -305,7 +320,27 @@ def _broker(host: RawHost, problems: list[Problem]) -> Broker | None:
         ssh_port=int(ssh_port),
         mosquitto=mosquitto,
         firewall=firewall,
+        ssh_hardening=hardening,
     )
+
+
+def _hardening_lockouts(host: RawHost, hardening: SshHardeningSettings) -> Iterable[Problem]:
+    """The hardened sshd would refuse the way the rollout itself logs in: say so up front."""
+    where = f"host {host.name}"
+    if host.data.get("ssh_password"):
+        yield Problem(
+            where,
+            "ssh_hardening_enabled",
+            "the inventory logs in with ssh_password, which the hardening turns off (keys "
+            "only): the next rollout would be locked out; log in with ssh_key instead",
+        )
+    if hardening.permit_root_login == "no" and host.data.get("ssh_user") == "root":
+        yield Problem(
+            where,
+            "ssh_hardening_permit_root_login",
+            "the inventory logs in as root (ssh_user), which 'no' would lock out: use "
+            "prohibit-password or log in as a sudo user",
+        )
 
 
 def _station(host: RawHost, problems: list[Problem]) -> FlashStation | None:

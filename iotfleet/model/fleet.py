@@ -28,6 +28,7 @@ from iotfleet.model.settings import (
     FirewallSettings,
     GatewaySettings,
     MosquittoSettings,
+    SshHardeningSettings,
 )
 from iotfleet.model.strict import reject_loose_boolean
 
@@ -183,6 +184,7 @@ class Broker(_Model):
     ssh_port: int = 22
     mosquitto: MosquittoSettings
     firewall: FirewallSettings
+    ssh_hardening: SshHardeningSettings = Field(default_factory=SshHardeningSettings)
 
     @property
     def firewall_ssh_port(self) -> int:
@@ -199,6 +201,14 @@ class Broker(_Model):
         ports.update(self.firewall.extra_tcp_ports)
         ports.discard(self.firewall_ssh_port)
         return ports
+
+    def password_ports(self) -> set[int]:
+        """Reachable listeners that check passwords: the ones a guesser can try."""
+        return {
+            listener.port
+            for listener in self.mosquitto.listeners
+            if listener.requires_password and listener.port in self.network_ports()
+        }
 
 
 class FlashStation(_Model):

@@ -213,11 +213,99 @@ class FirewallSettings(_Settings):
     extra_tcp_ports: list[Port] = Field(
         default_factory=list, description="more TCP ports to open (e.g. a metrics exporter)"
     )
+    # A classroom of 30 behind one NAT address connects in a burst when the lesson starts
+    # (a client and a dashboard each: 60) and reconnects at about one a second after a broker
+    # restart; a password guesser from one address gets 60 tries, then one a second.
+    password_rate: int = Field(
+        60,
+        ge=0,
+        le=1_000_000,
+        description="new connections per minute one source (IPv4 address, IPv6 /64) may open "
+        "to password listeners, beyond the burst; 0 turns the limit off",
+    )
+    password_burst: int = Field(
+        60,
+        ge=1,
+        le=1_000_000,
+        description="connections one source may open at once to password listeners before "
+        "the rate applies (sized for a classroom behind one NAT address)",
+    )
+    password_limit_exempt: list[str] = Field(
+        default_factory=list,
+        description="networks (CIDR) not rate-limited on password listeners, e.g. the host "
+        "running `iotfleet check` (its TLS scans open hundreds of connections)",
+    )
 
-    @field_validator("ssh_sources")
+    @field_validator("ssh_sources", "password_limit_exempt")
     @classmethod
     def _cidrs(cls, values: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(v, strict=False)) for v in values]
+
+
+# Key exchange, ciphers and MACs that OpenSSH 9.2 (bookworm) and 10.0 (trixie) accept and that
+# paramiko (pyinfra, the flash relay) can use: curve25519/DH group16 + GEX, AES-CTR/GCM, ETM MACs.
+MODERN_SSH_KEX = [
+    "sntrup761x25519-sha512@openssh.com",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group-exchange-sha256",
+]
+MODERN_SSH_CIPHERS = [
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+]
+MODERN_SSH_MACS = [
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+]
+_SSH_ALGORITHM = r"^[a-z0-9][a-z0-9@.+-]*$"
+
+
+class SshHardeningSettings(_Settings):
+    """``ssh_hardening_*`` keys: an opt-in sshd drop-in on brokers (keys only, no forwarding)."""
+
+    enabled: bool = Field(
+        False,
+        description="harden sshd on brokers: keys only, no forwarding or tunnels, modern "
+        "algorithms (the inventory must connect with a key)",
+    )
+    permit_root_login: Literal["prohibit-password", "no"] = Field(
+        "prohibit-password",
+        description="root logs in with a key only (the rollout connects as root) or never",
+    )
+    max_auth_tries: int = Field(
+        3, ge=1, le=10, description="authentication attempts per connection"
+    )
+    login_grace_time: int = Field(
+        30, ge=5, le=600, description="seconds a client has to log in before it is cut"
+    )
+    max_startups: str = Field(
+        "10:30:60",
+        pattern=r"^\d+(:\d+:\d+)?$",
+        description="unauthenticated connections before sshd drops new ones (start:rate:full)",
+    )
+    kex_algorithms: list[Annotated[str, Field(pattern=_SSH_ALGORITHM)]] = Field(
+        default_factory=lambda: list(MODERN_SSH_KEX),
+        min_length=1,
+        description="key exchange algorithms sshd offers",
+    )
+    ciphers: list[Annotated[str, Field(pattern=_SSH_ALGORITHM)]] = Field(
+        default_factory=lambda: list(MODERN_SSH_CIPHERS),
+        min_length=1,
+        description="ciphers sshd offers",
+    )
+    macs: list[Annotated[str, Field(pattern=_SSH_ALGORITHM)]] = Field(
+        default_factory=lambda: list(MODERN_SSH_MACS),
+        min_length=1,
+        description="MACs sshd offers",
+    )
 
 
 class Board(_Settings):
@@ -307,6 +395,7 @@ def _host_name_or_address(value: str) -> str:
 ROLE_SETTINGS: dict[str, type[_Settings]] = {
     "mosquitto": MosquittoSettings,
     "firewall": FirewallSettings,
+    "ssh_hardening": SshHardeningSettings,
     "espgw": GatewaySettings,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 from collections.abc import Generator
 from io import BytesIO
 from pathlib import Path
@@ -16,12 +17,19 @@ from pyinfra.operations import apt, files, systemd
 
 from iotfleet.model import Broker
 from roles.firewall.defaults import DEFAULTS
-from roles.firewall.facts import LoadedRulesetDigest, SshConnection
+from roles.firewall.facts import LoadedRuleset, SshConnection
 
 TEMPLATES = Path(__file__).parent / "templates"
 RULES_PATH = "/etc/iotfleet/firewall.nft"
+# SHA-256 of `nft -t list table inet iotfleet` right after iotfleet loaded it.
+LOADED_DIGEST_PATH = "/etc/iotfleet/firewall.loaded.sha256"
 UNIT_PATH = "/etc/systemd/system/iotfleet-firewall.service"
 _JINJA = {"trim_blocks": True, "lstrip_blocks": True}
+# Sources remembered by the password-listener limit (per family). When the set is full, new
+# sources are not limited until old ones time out: 65536 addresses is far beyond a fleet's
+# clients, and an attacker that many addresses strong is a DDoS, not a guesser.
+LIMIT_SET_SIZE = 65536
+LIMIT_MIN_TIMEOUT = 120
 
 
 class FirewallWouldCutSshError(Exception):
@@ -33,15 +41,45 @@ def open_tcp_ports(broker: Broker) -> list[int]:
     return sorted(broker.network_ports())
 
 
+def _by_family(networks: list[str]) -> tuple[list[str], list[str]]:
+    parsed = [ipaddress.ip_network(n) for n in networks]
+    return [str(n) for n in parsed if n.version == 4], [str(n) for n in parsed if n.version == 6]
+
+
+def _exempt(family: str, networks: list[str]) -> str:
+    return f"{family} saddr != {{ {', '.join(networks)} }} " if networks else ""
+
+
+def password_limit(broker: Broker) -> dict[str, object] | None:
+    """Template values of the per-source limit on password listeners; None when off."""
+    settings = broker.firewall
+    ports = sorted(broker.password_ports())
+    if not ports or settings.password_rate == 0:
+        return None
+    exempt_v4, exempt_v6 = _by_family(settings.password_limit_exempt)
+    refill = math.ceil(settings.password_burst * 60 / settings.password_rate)
+    return {
+        "ports": ports,
+        "rate": settings.password_rate,
+        "burst": settings.password_burst,
+        # Forget a source only once its bucket would be full again: forgetting is then free.
+        "timeout": max(LIMIT_MIN_TIMEOUT, refill),
+        "size": LIMIT_SET_SIZE,
+        "exempt_v4": _exempt("ip", exempt_v4),
+        "exempt_v6": _exempt("ip6", exempt_v6),
+    }
+
+
 def render_ruleset(broker: Broker) -> str:
     """The nftables file; its own digest sits in the table comment so drift is visible."""
-    sources = [ipaddress.ip_network(s) for s in broker.firewall.ssh_sources]
+    ssh_v4, ssh_v6 = _by_family(broker.firewall.ssh_sources)
     context = {
         "host_name": broker.name,
         "ssh_port": broker.firewall_ssh_port,
-        "ssh_sources_v4": [str(n) for n in sources if n.version == 4],
-        "ssh_sources_v6": [str(n) for n in sources if n.version == 6],
+        "ssh_sources_v4": ssh_v4,
+        "ssh_sources_v6": ssh_v6,
         "tcp_ports": open_tcp_ports(broker),
+        "limit": password_limit(broker),
     }
     template = get_template(str(TEMPLATES / "firewall.nft.j2"), dict(_JINJA))
     digest = hashlib.sha256(template.render(digest="", **context).encode()).hexdigest()[:16]
@@ -74,11 +112,17 @@ def check_ssh_survives(broker: Broker, connection: tuple[str, int] | None) -> No
 
 @operation()
 def load_ruleset(ruleset: str) -> Generator[Any, None, None]:
-    """Load the ruleset atomically when the loaded one differs (checked with ``nft -c`` first)."""
-    if host.get_fact(LoadedRulesetDigest) == ruleset_digest(ruleset):
+    """Load the ruleset atomically when the loaded one differs from it or was changed since
+    iotfleet loaded it (checked with ``nft -c`` first)."""
+    comment, loaded, recorded = host.get_fact(LoadedRuleset, recorded=LOADED_DIGEST_PATH)
+    if comment == ruleset_digest(ruleset) and loaded is not None and loaded == recorded:
         host.noop("the iotfleet nftables table is loaded and current")
         return
-    yield StringCommand("nft", "-c", "-f", RULES_PATH, "&&", "nft", "-f", RULES_PATH)
+    yield StringCommand(
+        "nft", "-c", "-f", RULES_PATH, "&&", "nft", "-f", RULES_PATH,
+        "&&", "nft", "-t", "list", "table", "inet", "iotfleet",
+        "|", "sha256sum", "|", "cut", "-d' '", "-f1", ">", LOADED_DIGEST_PATH,
+    )  # fmt: skip
 
 
 @deploy("nftables firewall", data_defaults=DEFAULTS)
@@ -117,6 +161,4 @@ def deploy_firewall(broker: Broker) -> None:
     )
     load_ruleset(name="Load the nftables ruleset atomically", ruleset=ruleset)
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    systemd.service(
-        name="Enable the firewall at boot", service="iotfleet-firewall", enabled=True
-    )
+    systemd.service(name="Enable the firewall at boot", service="iotfleet-firewall", enabled=True)

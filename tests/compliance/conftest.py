@@ -53,6 +53,7 @@ MARKERS = {
     "config": "effective Mosquitto configuration: anonymous, certificates, TLS, CRL, ACL",
     "pki": "certificates, key and CRL on disk are the PKI's, with time left",
     "firewall": "the nftables input filter is loaded and opens only what it should",
+    "ssh": "sshd takes keys only and forwards nothing (with ssh_hardening_enabled)",
     "tls": "TLS versions, cipher suites, chain and names seen from outside (sslyze)",
     "mqtt": "MQTT attacks from outside: who gets in, who may publish and read what",
     "listener_kind(kind)": "which listeners a listener check runs on (internal)",

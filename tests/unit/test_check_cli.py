@@ -243,6 +243,7 @@ def test_an_unreachable_broker_fails_every_check_quickly(tmp_path: Path, home: P
     assert {r.message for r in run.results if r.outcome == "not applicable"} == {
         "mqtt1.test has no reachable listener that checks passwords",
         "mqtt1.test has no reachable password listener and an active user with that password",
+        "ssh_hardening_enabled is false for mqtt1.test",
     }
     assert run.fleet == "clitest" and run.inventory == str(inventory) and run.duration > 0
     # JUnit XML for CI: one test case per result, each naming its host and check.

@@ -21,7 +21,6 @@ from iotfleet.check.host_checks import (
     crl_config_problems,
     expected_files,
     file_problems,
-    firewall_problems,
     package_problems,
     plain_listener_problems,
     sandbox_problems,
@@ -67,21 +66,6 @@ LISTEN 0      100       [::]:8885    [::]:* users:(("mosquitto",pid=407,fd=9))
 LISTEN 0      100       [::]:8884    [::]:* users:(("mosquitto",pid=407,fd=7))
 LISTEN 0      100       [::]:8883    [::]:* users:(("mosquitto",pid=407,fd=5))
 LISTEN 0      128       [::]:22      [::]:* users:(("sshd",pid=33,fd=4))
-"""
-
-NFT = """\
-table inet iotfleet {
-	comment "iotfleet ruleset a57b3dc52b24434b"
-	chain input {
-		type filter hook input priority filter; policy drop;
-		ct state invalid drop
-		ct state established,related accept
-		iif "lo" accept
-		ip protocol 1 icmp type { echo-request } limit rate 20/second accept
-		tcp dport 22 ct state new accept
-		tcp dport { 8443, 8883, 8884, 8885 } ct state new accept
-	}
-}
 """
 
 SHOW = f"""\
@@ -332,23 +316,6 @@ def test_service_user_and_sandbox(broker: Broker) -> None:
         f"systemd-analyze security scores mosquitto on {HOST} 9.6 (expected <= 1.5): the "
         "sandbox is not in effect",
     ]
-
-
-def test_firewall(broker: Broker) -> None:
-    assert firewall_problems(HOST, broker, NFT, True) == []
-    assert firewall_problems(HOST, broker, None, True) == [
-        f"the firewall table inet iotfleet is not loaded on {HOST}: every port is open"
-    ]
-    opened = NFT.replace("tcp dport 22 ct", "tcp dport { 22, 1883-1884 } ct")
-    assert firewall_problems(HOST, broker, opened, False) == [
-        f"the firewall on {HOST} opens TCP 1883, 1884, which the inventory does not",
-        f"iotfleet-firewall.service is not enabled on {HOST}: no firewall after a reboot",
-    ]
-    accepting = NFT.replace("policy drop", "policy accept")
-    assert "does not drop by default" in firewall_problems(HOST, broker, accepting, True)[0]
-
-
-# -- ACL ------------------------------------------------------------------------------------------
 
 
 def test_acl(fleet: Fleet) -> None:
