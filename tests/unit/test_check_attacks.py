@@ -22,6 +22,7 @@ from iotfleet.check.factors import (
     mixed_pairs,
     why_refused,
 )
+from iotfleet.check.identities import credentials
 from iotfleet.check.mqtt_probe import session
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.passwd import parse_password_file
@@ -229,7 +230,7 @@ def test_a_retained_flood_is_counted_and_cleared(local: Local, tmp_path: Path) -
             f"back); only {prefix}/status may hold one"
         ]
         # Cleared: a new subscriber finds nothing of the flood.
-        identity = mqtt_checks.credentials(local.ctx, "board", where.listener)
+        identity = credentials(local.ctx, "board", where.listener)
         with session(prober.mqtt_target(where), identity, reconnect=False, timeout=3) as spy:
             spy.subscribe(f"{prefix}/#")
             spy.idle(0.5)
