@@ -236,6 +236,8 @@ def test_an_unreachable_broker_fails_every_check_quickly(tmp_path: Path, home: P
     assert {r.message for r in run.results if r.outcome == "not applicable"} == {
         "mqtt1.test has no reachable listener that checks passwords",
         "mqtt1.test has no reachable password listener and an active user with that password",
+        "mqtt1.test has no reachable listener that takes passwords without certificates",
+        "mqtt1.test has no reachable listener that requires a certificate and a password",
     }
     print(result.output)
     assert (reports / "junit.xml").is_file() and (reports / "report.html").is_file()
