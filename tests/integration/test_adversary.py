@@ -32,6 +32,7 @@ ATTACK_CHECKS = {
 }
 PASSWORD_PORTS = (8884, 8443)  # inventory/group_data/lab.py: the password-only listeners
 # Lines of a listener block that load an authentication plugin (Mosquitto 2.0 spellings).
+BREAKAGE_COMMENT = "iotfleet-test-breakage"
 PLUGIN_LINE = re.compile(r"^(plugin|auth_plugin|plugin_opt_\S+|auth_opt_\S+)\s", re.MULTILINE)
 
 
@@ -135,9 +136,20 @@ def break_packet_limits(lab: DeployedLab) -> None:
 
 def break_rate_limit(lab: DeployedLab) -> None:
     """New connections to the password listeners accepted before any rate limit (the loaded
-    ruleset keeps its digest comment: a rollout would not notice, the cleanup reloads it)."""
+    table keeps its digest comment, so a rollout would not notice: the cleanup deletes it)."""
     ports = ", ".join(str(p) for p in PASSWORD_PORTS)
-    lab.ssh(f"nft insert rule inet iotfleet input tcp dport {{ {ports} }} ct state new accept")
+    lab.ssh(
+        f"nft insert rule inet iotfleet input tcp dport {{ {ports} }} ct state new accept "
+        f'comment "{BREAKAGE_COMMENT}"'
+    )
+
+
+# The rule the breakage inserted, deleted by its handle.
+REMOVE_INSERTED_RULE = (
+    "for handle in $(nft -a list chain inet iotfleet input | "
+    f"sed -n 's/.*comment \"{BREAKAGE_COMMENT}\" # handle \\([0-9]*\\)$/\\1/p'); do "
+    "nft delete rule inet iotfleet input handle $handle; done"
+)
 
 
 BREAKAGES = [
@@ -200,7 +212,7 @@ BREAKAGES = [
                 "no per-source rate limit on {host}:8443",
             ]
         },
-        cleanup="systemctl reload iotfleet-firewall",
+        cleanup=REMOVE_INSERTED_RULE,
     ),
 ]
 
