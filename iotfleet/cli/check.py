@@ -28,7 +28,7 @@ from iotfleet.paths import reports_dir
     "markexpr",
     metavar="MARKEXPR",
     help="Only checks matching these markers "
-    "(host, outside, service, listeners, files, config, pki, firewall, tls, mqtt).",
+    "(host, outside, service, listeners, files, config, pki, firewall, tls, mqtt, attack, flood).",
 )
 @click.option("-k", "keyword", metavar="EXPR", help="Only checks whose id matches (pytest -k).")
 @click.option(
