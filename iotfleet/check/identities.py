@@ -7,6 +7,10 @@
 * a password user for password listeners and a certificate+password user for two-factor
   listeners: the probe device (it has both), else the first active user that has what the
   listener asks for;
+* for the factor matrix, one identity of every kind: the probe devices, the first active
+  client of each ``auth``, the first active device with and without a password. Attempts
+  that must get in are made only as the probe identities; the real ones are only seen
+  refused (a refused login disconnects nobody);
 * certificates every broker must refuse: the revoked and expired canaries kept beside the PKI
   (``iotfleet.fleet_pki``) and one from a foreign CA, made once and kept with them.
 
@@ -91,6 +95,41 @@ def choose_cast(
         password_user=with_password[0] if with_password else None,
         two_factor_user=two_factor,
     )
+
+
+def matrix_names(fleet: Fleet, pki: PkiStore, passwords: set[str], cast: ProbeCast) -> list[str]:
+    """One identity of every kind, for the factor matrix (the probe cast first)."""
+    names = [n for n in (cast.device, cast.peer) if n is not None]
+    for auth in ("certificate", "certificate+password", "password"):
+        client = next(
+            (
+                c.name
+                for c in sorted(fleet.active_clients, key=lambda c: c.name)
+                if c.auth == auth and (not c.has_certificate or _has_certificate(pki, c.name))
+            ),
+            None,
+        )
+        if client is not None:
+            names.append(client)
+    for with_password in (False, True):
+        device = next(
+            (
+                d.id
+                for d in sorted(fleet.active_devices, key=lambda d: d.id)
+                if (d.id in passwords) == with_password
+                and d.id not in names
+                and _has_certificate(pki, d.id)
+            ),
+            None,
+        )
+        if device is not None:
+            names.append(device)
+    return names
+
+
+def certified_names(pki: PkiStore, names: list[str]) -> set[str]:
+    """Those of ``names`` that have a valid certificate."""
+    return {n for n in names if _has_certificate(pki, n)}
 
 
 def listener_user(cast: ProbeCast, listener: Listener) -> str | None:

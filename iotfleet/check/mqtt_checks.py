@@ -7,17 +7,52 @@ itself, not merely at CONNECT. Reads are judged by what arrives, never by SUBACK
 grants subscriptions its ACL forbids and filters at delivery).
 
 Probes publish non-retained QoS 1 messages with clean sessions that expire at once: nothing
-is left on the broker. Their payload says what they are.
+is left on the broker. Their payload says what they are. The one exception is the retained
+flood, which publishes retained messages on the probe device's own telemetry topics to count
+what the broker keeps, and always clears them again (empty retained payloads).
+
+The adversary checks (marker ``attack``) go further: the factor matrix tries every identity
+kind with each of its factors alone, both, and with another identity's (``factors``); raw
+attacks (``raw_attacks``) send an oversized CONNECT before authentication and a burst of new
+connections to password listeners.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-from iotfleet.check.identities import ProbeCast, credentials, listener_user, refused_certificate
-from iotfleet.check.mqtt_probe import Identity, ProbeError, Session, Target, session, succeeded
+from iotfleet.check import raw_attacks
+from iotfleet.check.factors import (
+    CERTIFICATE,
+    PASSWORD,
+    Factors,
+    Principal,
+    describe_factors,
+    matrix,
+    mixed_pairs,
+    principals_of,
+    why_refused,
+)
+from iotfleet.check.identities import (
+    ProbeCast,
+    certified_names,
+    credentials,
+    listener_user,
+    matrix_names,
+    refused_certificate,
+)
+from iotfleet.check.mqtt_probe import (
+    ConnectResult,
+    Identity,
+    ProbeError,
+    Session,
+    Target,
+    session,
+    succeeded,
+)
 from iotfleet.check.mqtt_probe import try_connect as _try_connect
 from iotfleet.check.plan import BrokerTarget, ListenerTarget
 from iotfleet.context import FleetContext
@@ -28,6 +63,13 @@ PROBE_LEAF = "iotfleet-compliance"
 PROBE_PAYLOAD = b"iotfleet compliance probe: not a measurement, ignore"
 SETTLE_SECONDS = 0.5  # after the last PUBACK, for deliveries to arrive
 NOBODY = "iotfleet-compliance-nobody"  # a device id no fleet has (topics of "another device")
+NETWORK_RETRIES = 2  # a login attempt whose connection failed is tried again (rate limits)
+NETWORK_RETRY_PAUSE = 1.0
+RETAINED_FLOOD = 5  # retained messages the probe device tries to leave on its telemetry
+CONNECTION_BURST = 40  # new connections at once from this host to a password-only listener
+BURST_WAIT = 3.0  # seconds the burst's handshakes may take
+RATE_LIMIT_RECOVERY = 30.0  # seconds waited, after a burst, for the listener to answer again
+OVERSIZE_WAIT = 3.0  # seconds a broker has to close the connection of an oversized CONNECT
 REFUSED_NAMES = {
     "foreign": "certificate from another CA",
     "revoked": "revoked certificate",
@@ -79,6 +121,7 @@ class BrokerProber:
         self.timeout = timeout
         self._reachable: dict[int, str | None] = {}
         self._rules = acl_rules(ctx.fleet, target.name)
+        self._principals: list[Principal] | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -116,8 +159,15 @@ class BrokerProber:
                 self._reachable[listener.port] = f"{listener.id} does not answer ({exc})"
         return self._reachable[listener.port]
 
-    def _connect(self, listener: ListenerTarget, identity: Identity):  # type: ignore[no-untyped-def]
-        return _try_connect(self.mqtt_target(listener), identity, timeout=self.timeout)
+    def _connect(self, listener: ListenerTarget, identity: Identity) -> ConnectResult:
+        """One login attempt; one whose connection failed is tried again after a pause, so a
+        broker's per-source rate limit does not turn into a false "cannot check"."""
+        for attempt in range(NETWORK_RETRIES + 1):
+            result = _try_connect(self.mqtt_target(listener), identity, timeout=self.timeout)
+            if result.stage != "network" or attempt == NETWORK_RETRIES:
+                return result
+            time.sleep(NETWORK_RETRY_PAUSE)
+        raise AssertionError("unreachable")
 
     def _must_refuse(
         self, listener: ListenerTarget, identity: Identity, what: str, *, by_tls: bool = False
@@ -327,6 +377,219 @@ class BrokerProber:
         if len(problems) > 5:
             problems = [*problems[:5], f"... and {len(problems) - 5} more such topics"]
         return problems
+
+    # -- adversary: the factor matrix -----------------------------------------------------------
+
+    def principals(self) -> list[Principal]:
+        """One identity of every kind (``identities.matrix_names``), as the matrix sees it."""
+        if self._principals is None:
+            names = matrix_names(self.ctx.fleet, self.ctx.pki, set(self.ctx.passwords), self.cast)
+            self._principals = principals_of(
+                self.ctx.fleet,
+                self.target.name,
+                names,
+                set(self.ctx.passwords),
+                certified_names(self.ctx.pki, names),
+                {name: self.who(name) for name in names},
+            )
+        return self._principals
+
+    def _factor_identity(self, owner: str, factors: Factors, login: str | None = None) -> Identity:
+        """``owner``'s certificate (if asked) and the password login of ``login`` (default the
+        owner, if asked)."""
+        certificate = key = username = password = None
+        if CERTIFICATE in factors:
+            certificate = self.ctx.pki.certificate_pem(owner)
+            key = self.ctx.pki.private_key_pem(owner)
+        if PASSWORD in factors:
+            username = login or owner
+            password = self.ctx.passwords[username].get_secret_value()
+        return Identity(certificate, key, username, password)
+
+    def _may_log_in_as(self, name: str) -> bool:
+        """Attempts that must succeed are made only as the probe cast: a real identity's
+        successful login would disconnect it (client id = username)."""
+        return name in (self.cast.device, self.cast.peer)
+
+    def factor_matrix(self, listener: ListenerTarget) -> list[str]:
+        """Every identity kind with each of its factors alone and both: in exactly where the
+        inventory lets it in (``factors.admitted``), refused everywhere else."""
+        down = self.unreachable(listener)
+        if down:
+            return [f"cannot try the identities' factors: {down}"]
+        auth = listener.listener.auth
+        problems = []
+        for attempt in matrix(auth, self.principals()):
+            who, shown = attempt.principal, describe_factors(attempt.factors)
+            if attempt.expected and not self._may_log_in_as(who.name):
+                continue
+            result = self._connect(listener, self._factor_identity(who.name, attempt.factors))
+            if result.stage == "network":
+                problems.append(f"cannot try {who.who} with {shown}: {result.detail}")
+            elif attempt.expected and not result.accepted:
+                problems.append(
+                    f"{who.describe()} is refused on {listener.id} ({auth}) with {shown} "
+                    f"({result.detail}); the inventory lets it in there"
+                )
+            elif not attempt.expected and result.accepted:
+                problems.append(
+                    f"{who.describe()} gets in on {listener.id} ({auth}) with {shown}: "
+                    f"{why_refused(auth, who, attempt.factors)}"
+                )
+        return problems
+
+    def mixed_identities(self, listener: ListenerTarget) -> list[str]:
+        """On a certificate+password listener, one identity's certificate with another's
+        login (username and its right password) is refused: the CN must be the username."""
+        down = self.unreachable(listener)
+        if down:
+            return [f"cannot try mixed identities: {down}"]
+        problems = []
+        both = frozenset({CERTIFICATE, PASSWORD})
+        for owner, login in mixed_pairs(self.principals()):
+            identity = self._factor_identity(owner.name, both, login=login.name)
+            result = self._connect(listener, identity)
+            what = f"the certificate of {owner.who} with the login of {login.who}"
+            if result.stage == "network":
+                problems.append(f"cannot try {what}: {result.detail}")
+            elif result.accepted:
+                problems.append(
+                    f"{what} gets in on {listener.id} as {login.name}: the certificate's CN "
+                    f"({owner.name}) must be the username on a certificate+password listener"
+                )
+        return problems
+
+    # -- adversary: raw attacks and floods -------------------------------------------------------
+
+    def oversized_connect(self, listener: ListenerTarget) -> list[str]:
+        """A CONNECT announcing 256 MiB, sent before any authentication, makes the broker close
+        the connection at once instead of waiting for (and reserving) the rest."""
+        certificate = key = None
+        if listener.listener.requires_certificate:
+            holder = self.cast.device or self.cast.two_factor_user
+            if holder is None:
+                return [f"cannot open TLS on {listener.id}: no identity with a certificate"]
+            certificate = self.ctx.pki.certificate_pem(holder)
+            key = self.ctx.pki.private_key_pem(holder)
+        outcome = raw_attacks.send_oversized_connect(
+            listener.connect_name,
+            listener.port,
+            self.ctx.pki.ca_chain_pem(),
+            certificate_pem=certificate,
+            private_key_pem=key,
+            websockets=listener.websockets,
+            wait=OVERSIZE_WAIT,
+            timeout=self.timeout,
+        )
+        if outcome.stage != "sent":
+            return [f"cannot send an oversized CONNECT to {listener.id}: {outcome.detail}"]
+        if not outcome.closed:
+            announced = raw_attacks.MAX_REMAINING_LENGTH
+            return [
+                f"a CONNECT announcing {announced} bytes (256 MiB) before authentication is "
+                f"not refused on {listener.id}: {outcome.detail} after {outcome.seconds:.0f} s "
+                "(the broker waits for the rest: no max_packet_size)"
+            ]
+        return []
+
+    def _reader(self, device: str) -> tuple[str, ListenerTarget] | None:
+        """An identity of the fleet that may read ``device``'s telemetry, with a listener of
+        this broker it may log in on (first by name)."""
+        topic = f"{self.prefix(device)}/telemetry/{PROBE_LEAF}"
+        clients = {c.name: c for c in self.ctx.fleet.active_clients}
+        for name in sorted(clients):
+            if not self.grants(name).can_read(topic):
+                continue
+            client = clients[name]
+            for candidate in self.target.listeners:
+                if not candidate.reachable or candidate.listener.auth != client.auth:
+                    continue
+                if candidate.listener.requires_password and name not in self.ctx.passwords:
+                    continue
+                return name, candidate
+        return None
+
+    def retained_flood(self, listener: ListenerTarget) -> list[str]:
+        """The probe device leaves retained messages on several of its own telemetry topics;
+        a fresh subscriber then finds at most the contract's one (on ``<prefix>/status``).
+        Whatever was retained is cleared again with empty retained payloads."""
+        device = self.cast.device
+        assert device is not None
+        prefix = self.prefix(device)
+        topics = [f"{prefix}/telemetry/{PROBE_LEAF}/retained-{n}" for n in range(RETAINED_FLOOD)]
+        identity = credentials(self.ctx, device, listener.listener)
+        codes: list[int | None] = []
+        try:
+            with self._session(listener, identity) as s:
+                for topic in topics:
+                    codes.append(s.publish(topic, PROBE_PAYLOAD, retain=True))
+        except ProbeError as exc:
+            return [_failed_step(self.who(device), "publish retained messages", listener, exc)]
+        except TimeoutError:
+            codes.append(None)  # no PUBACK (the broker may drop the session): count what it kept
+        if all(code is not None and not succeeded(code) for code in codes):
+            return []  # every retained publish refused (PUBACK 0x87): nothing was kept
+        reader = self._reader(device)
+        if reader is None:
+            self._clear_retained(listener, identity, topics)
+            return [
+                f"the broker accepted retained publishes of {self.who(device)} on its telemetry "
+                f"({listener.id}), and no identity of the fleet may read them back to count them"
+            ]
+        name, reader_listener = reader
+        try:
+            reader_identity = credentials(self.ctx, name, reader_listener.listener)
+            with self._session(reader_listener, reader_identity) as spy:
+                spy.subscribe(f"{prefix}/#")
+                spy.idle(SETTLE_SECONDS)
+                kept = sorted({m.topic for m in spy.messages(prefix) if m.retain and m.payload})
+        except (ProbeError, TimeoutError) as exc:
+            self._clear_retained(listener, identity, topics)
+            return [_failed_step(self.who(name), "read retained messages", reader_listener, exc)]
+        # Only telemetry: a retained command an operator left for the device is not its own.
+        extra = [t for t in kept if t.startswith(f"{prefix}/telemetry/")]
+        self._clear_retained(listener, identity, sorted({*topics, *extra}))
+        if not extra:
+            return []
+        return [
+            f"{self.who(device)} keeps {len(extra)} retained message(s) on its own telemetry "
+            f"topics via {listener.id} (a fresh subscriber, {self.who(name)} on "
+            f"{reader_listener.id}, read them back); only {prefix}/status may hold one"
+        ]
+
+    def _clear_retained(
+        self, listener: ListenerTarget, identity: Identity, topics: list[str]
+    ) -> None:
+        """Empty retained payloads: the broker forgets what the flood left (best effort)."""
+        try:
+            with self._session(listener, identity) as s:
+                for topic in topics:
+                    s.publish(topic, b"", retain=True)
+        except (ProbeError, TimeoutError):
+            pass
+
+    def password_rate_limit(self, listener: ListenerTarget) -> list[str]:
+        """A burst of new connections from this host to a password-only listener is not all
+        answered: each connection could try passwords. Afterwards it waits (bounded) until
+        the listener answers this host again, so later checks and runs are not locked out."""
+        down = self.unreachable(listener)
+        if down:
+            return [f"cannot try a connection burst: {down}"]
+        answered = raw_attacks.connection_burst(
+            listener.connect_name, listener.port, CONNECTION_BURST, BURST_WAIT
+        )
+        deadline = time.monotonic() + RATE_LIMIT_RECOVERY
+        while time.monotonic() < deadline:
+            if raw_attacks.answers(listener.connect_name, listener.port):
+                break
+            time.sleep(1)
+        if answered >= CONNECTION_BURST:
+            return [
+                f"no per-source rate limit on {listener.id}: all {answered} new connections "
+                f"opened at once from this host were answered within {BURST_WAIT:g} s (each "
+                "one can try passwords)"
+            ]
+        return []
 
 
 def _failed_step(who: str, step: str, listener: ListenerTarget, exc: Exception) -> str:

@@ -157,9 +157,11 @@ class Session:
         with self._lock:
             self._messages.append(message)
 
-    def publish(self, topic: str, payload: bytes = b"iotfleet probe", qos: int = 1) -> int:
+    def publish(
+        self, topic: str, payload: bytes = b"iotfleet probe", qos: int = 1, retain: bool = False
+    ) -> int:
         """Reason code of the PUBACK: below 0x80 accepted, 0x87 not authorized."""
-        info = self._client.publish(topic, payload, qos=qos)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
         return _as_code(self._wait(self._waiter(info.mid)))
 
     def subscribe(self, topic: str, qos: int = 1) -> int:

@@ -61,6 +61,8 @@ LISTENER_KINDS = {
     "reachable": "listener reachable from other hosts",
     "certificate": "reachable listener that requires client certificates",
     "password": "reachable listener that checks passwords",
+    "password-only": "reachable listener that takes passwords without certificates",
+    "two-factor": "reachable listener that requires a certificate and a password",
     "password-user": "reachable password listener and an active user with that password",
     "device": "reachable certificate listener and an active device with a certificate",
     "user": "reachable listener some active identity of the fleet can log in on",
@@ -84,6 +86,8 @@ def listener_applies(kind: str, listener: ListenerTarget, cast: ProbeCast) -> bo
         "tls": settings.tls,
         "certificate": settings.requires_certificate,
         "password": settings.requires_password,
+        "password-only": settings.auth == "password",
+        "two-factor": settings.auth == "certificate+password",
         "password-user": settings.requires_password and user is not None,
         "device": settings.auth == "certificate" and cast.device is not None,
         "user": user is not None,
@@ -104,6 +108,12 @@ def host_of_test(nodeid: str, hosts: list[str]) -> str:
         if param == host or param.startswith((f"{host}:", f"{host}-")):
             return host
     return nodeid
+
+
+def runs_last(item: pytest.Item) -> bool:
+    """Checks marked ``flood`` trip a broker's per-source limits (the checking host is then
+    held back for a while): they run after every other check of their broker."""
+    return item.get_closest_marker("flood") is not None
 
 
 def fail_on(problems: list[str]) -> None:

@@ -59,7 +59,8 @@ def _prometheus_file(_ctx: click.Context, _param: click.Parameter, value: Path |
     "markexpr",
     metavar="MARKEXPR",
     help="Only checks matching these markers "
-    "(host, outside, service, listeners, files, config, pki, firewall, ssh, tls, mqtt).",
+    "(host, outside, service, listeners, files, config, pki, firewall, ssh, tls, mqtt, attack, "
+    "flood).",
 )
 @click.option("-k", "keyword", metavar="EXPR", help="Only checks whose id matches (pytest -k).")
 @click.option(

@@ -40,7 +40,7 @@ from iotfleet.check.results import (
     render_summary,
     utc_now,
 )
-from iotfleet.check.suite import Param, Suite, host_of_test
+from iotfleet.check.suite import Param, Suite, host_of_test, runs_last
 from iotfleet.model import InventoryError, RawHost
 from iotfleet.pki import PkiError
 
@@ -56,6 +56,8 @@ MARKERS = {
     "ssh": "sshd takes keys only and forwards nothing (with ssh_hardening_enabled)",
     "tls": "TLS versions, cipher suites, chain and names seen from outside (sslyze)",
     "mqtt": "MQTT attacks from outside: who gets in, who may publish and read what",
+    "attack": "adversary checks: factor matrix, oversized CONNECT, retained flood, rate limit",
+    "flood": "checks that trip a broker's per-source limits (run after its other checks)",
     "listener_kind(kind)": "which listeners a listener check runs on (internal)",
 }
 
@@ -261,7 +263,12 @@ def _param_of(item: pytest.Item) -> Param | None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each check names its host, target, title and groups (JUnit properties, results)."""
+    """Each check names its host, target, title and groups (JUnit properties, results).
+
+    Flood checks move to the end (stable order otherwise): every check of a broker runs in
+    one worker in collection order, so they run after all the others of their broker.
+    """
+    items[:] = sorted(items, key=runs_last)
     for item in items:
         param = _param_of(item)
         if param is None:

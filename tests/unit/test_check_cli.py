@@ -244,6 +244,8 @@ def test_an_unreachable_broker_fails_every_check_quickly(tmp_path: Path, home: P
         "mqtt1.test has no reachable listener that checks passwords",
         "mqtt1.test has no reachable password listener and an active user with that password",
         "ssh_hardening_enabled is false for mqtt1.test",
+        "mqtt1.test has no reachable listener that takes passwords without certificates",
+        "mqtt1.test has no reachable listener that requires a certificate and a password",
     }
     assert run.fleet == "clitest" and run.inventory == str(inventory) and run.duration > 0
     # JUnit XML for CI: one test case per result, each naming its host and check.

@@ -1,0 +1,224 @@
+"""The adversary checks (``iotfleet check -m attack``, issue 10) against real lab brokers: a
+rollout of inventory/lab.py passes every one of them, and each hole an attacker used, reopened
+on the first broker over SSH, makes its check fail naming the listener, the identity and the
+factors, until a rollout (or reloading the firewall) closes it again.
+
+Each breakage works on the broker-side layout of the fixes (per-listener password files, the
+auth plugin, max_packet_size and memory_limit, the nftables per-source limits) and on the
+older one (one shared password file), where the holes are open from the start.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+
+import pytest
+
+from iotfleet.mosquitto import layout
+from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
+from tests.integration.conftest import LabFactory
+from tests.integration.test_compliance import Breakage, DeployedLab, _break_check_repair
+
+pytestmark = pytest.mark.lab
+
+ATTACK_CHECKS = {
+    "test_only_the_identitys_own_factors_get_in",
+    "test_certificate_and_login_of_different_identities_refused",
+    "test_oversized_connect_closed_before_authentication",
+    "test_device_retained_messages_bounded",
+    "test_password_attempts_rate_limited",
+}
+PASSWORD_PORTS = (8884, 8443)  # inventory/group_data/lab.py: the password-only listeners
+# Lines of a listener block that load an authentication plugin (Mosquitto 2.0 spellings).
+BREAKAGE_COMMENT = "iotfleet-test-breakage"
+PLUGIN_LINE = re.compile(r"^(plugin|auth_plugin|plugin_opt_\S+|auth_opt_\S+)\s", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def deployed(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) -> DeployedLab:
+    lab = lab_factory(suite="bookworm", brokers=2)
+    deployed = DeployedLab(lab, tmp_path_factory.mktemp("adversary"))
+    deployed.rollout()
+    return deployed
+
+
+def test_a_rollout_passes_every_attack(deployed: DeployedLab) -> None:
+    run = deployed.check("-m", "attack")
+    assert run.returncode == 0, run.explain()
+    assert run.results is not None
+    passed = {
+        (r.host, r.test.split("::")[-1].split("[")[0])
+        for r in run.results.results
+        if r.outcome == "passed"
+    }
+    for host in (h.fqdn for h in deployed.lab.hosts):
+        assert {(host, check) for check in ATTACK_CHECKS} <= passed, run.explain()
+    # The flood checks ran after every other check of their broker.
+    order = [r.test for r in run.results.results if r.host == deployed.broken]
+    floods = [i for i, t in enumerate(order) if "test_password_attempts_rate_limited" in t]
+    assert floods and min(floods) == len(order) - len(floods), order
+
+
+# -- breakages -----------------------------------------------------------------------------------
+
+
+def _blocks(conf: str) -> dict[int, str]:
+    """``{port: listener block}`` of a mosquitto.conf."""
+    return {int(b.split()[0]): b for b in conf.split("\nlistener ")[1:]}
+
+
+def password_files(conf: str) -> dict[int, str]:
+    """``{port: password_file}`` of every listener that has one (shared or per listener)."""
+    files = {}
+    for port, block in _blocks(conf).items():
+        match = re.search(r"^password_file\s+(\S+)", block, re.MULTILINE)
+        if match:
+            files[port] = match.group(1)
+    return files
+
+
+def break_password_listener(lab: DeployedLab) -> None:
+    """control-room's hash line in the password file of the password-only listener 8884 (with
+    one shared file, as before the fix, it is there already)."""
+    files = password_files(lab.ssh(f"cat {layout.CONFIG}"))
+    target = files[8884]
+    sources = " ".join(shlex.quote(f) for f in sorted(set(files.values())))
+    line = lab.ssh(f"grep -h '^control-room:' {sources} | head -n 1").strip()
+    assert line, f"control-room has no password hash in {sources}"
+    lab.ssh(
+        f"grep -qxF {shlex.quote(line)} {shlex.quote(target)} || "
+        f"printf '%s\\n' {shlex.quote(line)} >> {shlex.quote(target)}"
+    )
+    lab.ssh("systemctl reload mosquitto && sleep 0.5")
+
+
+def _without_plugin(port: int) -> Callable[[str], str]:
+    def change(conf: str) -> str:
+        head, *blocks = conf.split("\nlistener ")
+        changed = [
+            PLUGIN_LINE.sub("# iotfleet-test: removed ", b) if int(b.split()[0]) == port else b
+            for b in blocks
+        ]
+        return "\nlistener ".join([head, *changed])
+
+    return change
+
+
+def _edit_if_changed(lab: DeployedLab, change: Callable[[str], str]) -> None:
+    before = lab.ssh(f"cat {layout.CONFIG}")
+    after = change(before)
+    if after != before:  # before the fix there is nothing to remove: the hole is open already
+        lab.write(layout.CONFIG, after.encode())
+        lab.restart()
+
+
+def break_cn_binding(lab: DeployedLab) -> None:
+    """No authentication plugin on 8885: nothing binds the certificate's CN to the username."""
+    _edit_if_changed(lab, _without_plugin(8885))
+
+
+def break_retained_limit(lab: DeployedLab) -> None:
+    """No authentication plugin on 8883, where devices publish: retained anywhere again."""
+    _edit_if_changed(lab, _without_plugin(8883))
+
+
+def break_packet_limits(lab: DeployedLab) -> None:
+    """No max_packet_size and no memory_limit: the broker reserves what a CONNECT announces
+    (on websockets listeners Mosquitto 2.0 ignores max_packet_size: memory_limit stops it)."""
+
+    def change(conf: str) -> str:
+        return re.sub(r"^(max_packet_size|memory_limit)\s.*\n", "", conf, flags=re.MULTILINE)
+
+    _edit_if_changed(lab, change)
+
+
+def break_rate_limit(lab: DeployedLab) -> None:
+    """New connections to the password listeners accepted before any rate limit (the loaded
+    table keeps its digest comment, so a rollout would not notice: the cleanup deletes it)."""
+    ports = ", ".join(str(p) for p in PASSWORD_PORTS)
+    lab.ssh(
+        f"nft insert rule inet iotfleet input tcp dport {{ {ports} }} ct state new accept "
+        f'comment "{BREAKAGE_COMMENT}"'
+    )
+
+
+# The rule the breakage inserted, deleted by its handle.
+REMOVE_INSERTED_RULE = (
+    "for handle in $(nft -a list chain inet iotfleet input | "
+    f"sed -n 's/.*comment \"{BREAKAGE_COMMENT}\" # handle \\([0-9]*\\)$/\\1/p'); do "
+    "nft delete rule inet iotfleet input handle $handle; done"
+)
+
+
+BREAKAGES = [
+    Breakage(
+        "control-room's password on the password-only listener",
+        break_password_listener,
+        "attack",
+        {
+            "test_only_the_identitys_own_factors_get_in": [
+                "client control-room (auth certificate+password, has certificate and password) "
+                "gets in on {host}:8884 (password) with its password alone: it may log in only "
+                "on certificate+password listeners, this one is password"
+            ]
+        },
+    ),
+    Breakage(
+        "no CN binding on the certificate+password listener",
+        break_cn_binding,
+        "attack",
+        {
+            "test_certificate_and_login_of_different_identities_refused": [
+                f"the certificate of probe device {PROBE_PEER} with the login of probe device "
+                f"{PROBE_DEVICE} gets in on {{host}}:8885 as {PROBE_DEVICE}: the certificate's "
+                f"CN ({PROBE_PEER}) must be the username"
+            ]
+        },
+    ),
+    Breakage(
+        "no packet size or memory limit",
+        break_packet_limits,
+        "attack",
+        {
+            "test_oversized_connect_closed_before_authentication": [
+                "a CONNECT announcing 268435455 bytes (256 MiB) before authentication is not "
+                "refused on {host}:8883: the connection stayed open",
+                "is not refused on {host}:8443: the connection stayed open",
+            ]
+        },
+    ),
+    Breakage(
+        "retained messages anywhere under a device's prefix",
+        break_retained_limit,
+        "attack",
+        {
+            "test_device_retained_messages_bounded": [
+                f"probe device {PROBE_DEVICE} keeps 5 retained message(s) on its own telemetry "
+                "topics via {host}:8883",
+                f"only devices/{PROBE_DEVICE}/status may hold one",
+            ]
+        },
+    ),
+    Breakage(
+        "no per-source rate limit on the password listeners",
+        break_rate_limit,
+        "attack",
+        {
+            "test_password_attempts_rate_limited": [
+                "no per-source rate limit on {host}:8884: all 40 new connections opened at once "
+                "from this host were answered",
+                "no per-source rate limit on {host}:8443",
+            ]
+        },
+        cleanup=REMOVE_INSERTED_RULE,
+    ),
+]
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES, ids=[b.name for b in BREAKAGES])
+def test_an_attack_check_catches_the_reopened_hole(
+    deployed: DeployedLab, breakage: Breakage
+) -> None:
+    _break_check_repair(deployed, breakage)
