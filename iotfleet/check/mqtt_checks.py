@@ -66,7 +66,9 @@ NOBODY = "iotfleet-compliance-nobody"  # a device id no fleet has (topics of "an
 NETWORK_RETRIES = 2  # a login attempt whose connection failed is tried again (rate limits)
 NETWORK_RETRY_PAUSE = 1.0
 RETAINED_FLOOD = 5  # retained messages the probe device tries to leave on its telemetry
-CONNECTION_BURST = 40  # new connections at once from this host to a password-only listener
+# New connections at once from this host to a password-only listener, beyond the burst the
+# inventory allows each source (firewall_password_burst): that many more must go unanswered.
+BURST_MARGIN = 20
 BURST_WAIT = 3.0  # seconds the burst's handshakes may take
 RATE_LIMIT_RECOVERY = 30.0  # seconds waited, after a burst, for the listener to answer again
 OVERSIZE_WAIT = 3.0  # seconds a broker has to close the connection of an oversized CONNECT
@@ -568,22 +570,24 @@ class BrokerProber:
         except (ProbeError, TimeoutError):
             pass
 
-    def password_rate_limit(self, listener: ListenerTarget) -> list[str]:
-        """A burst of new connections from this host to a password-only listener is not all
-        answered: each connection could try passwords. Afterwards it waits (bounded) until
-        the listener answers this host again, so later checks and runs are not locked out."""
+    def password_rate_limit(self, listener: ListenerTarget, allowed_burst: int) -> list[str]:
+        """A burst of ``allowed_burst`` + ``BURST_MARGIN`` new connections from this host to a
+        password-only listener is not all answered: each connection could try passwords.
+        Afterwards it waits (bounded) until the listener answers this host again, so later
+        checks and runs are not locked out."""
         down = self.unreachable(listener)
         if down:
             return [f"cannot try a connection burst: {down}"]
+        burst = allowed_burst + BURST_MARGIN
         answered = raw_attacks.connection_burst(
-            listener.connect_name, listener.port, CONNECTION_BURST, BURST_WAIT
+            listener.connect_name, listener.port, burst, BURST_WAIT
         )
         deadline = time.monotonic() + RATE_LIMIT_RECOVERY
         while time.monotonic() < deadline:
             if raw_attacks.answers(listener.connect_name, listener.port):
                 break
             time.sleep(1)
-        if answered >= CONNECTION_BURST:
+        if answered >= burst:
             return [
                 f"no per-source rate limit on {listener.id}: all {answered} new connections "
                 f"opened at once from this host were answered within {BURST_WAIT:g} s (each "

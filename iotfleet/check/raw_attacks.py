@@ -174,6 +174,15 @@ def connection_burst(host: str, port: int, count: int, wait: float = 3.0) -> int
     return answered
 
 
+def source_address(host: str, port: int) -> str:
+    """The address this machine sends from to reach ``host:port`` (routing only: a UDP socket
+    connected without sending anything)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(address)
+        return str(probe.getsockname()[0])
+
+
 def answers(host: str, port: int, timeout: float = 1.0) -> bool:
     """Whether one new TCP connection to ``host:port`` is answered within ``timeout``."""
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ import click
 from rich.console import Console
 
 from iotfleet.check.runner import CheckRequest, run_check
+from iotfleet.inventory import OVERRIDE_DATA_ENV, parse_data_option
 from iotfleet.paths import reports_dir
 from iotfleet.report.history import KEEP_DAYS
 from iotfleet.report.prometheus import SUFFIX
@@ -71,6 +74,13 @@ def _prometheus_file(_ctx: click.Context, _param: click.Parameter, value: Path |
 )
 @click.option("--limit", multiple=True, metavar="HOST", help="Check only this broker (repeatable).")
 @click.option(
+    "--data",
+    "data",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override host data as the rollout did (pyinfra --data; repeatable).",
+)
+@click.option(
     "--probe-device",
     metavar="ID",
     help="A real device for the MQTT probes to connect as (default: iotfleet's own probes).",
@@ -97,6 +107,7 @@ def cli(
     keyword: str | None,
     parallel: int | None,
     limit: tuple[str, ...],
+    data: tuple[str, ...],
     probe_device: str | None,
     cert_margin_days: float | None,
     crl_margin_hours: float | None,
@@ -104,6 +115,13 @@ def cli(
     """Check a fleet against its inventory: inside each broker (SSH) and from outside (TLS,
     MQTT attacks). Exit 0 when every check passes, 1 when one fails, 2 on a usage or
     inventory error."""
+    if data:
+        try:
+            overrides = dict(parse_data_option(option) for option in data)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        # Every process of this run that loads the inventory sees the same overrides.
+        os.environ[OVERRIDE_DATA_ENV] = json.dumps(overrides)
     request = CheckRequest(
         inventory=inventory,
         reports=(reports or reports_dir()).resolve(),

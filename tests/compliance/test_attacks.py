@@ -3,9 +3,13 @@ CONNECT before authentication, a retained flood from a device, a burst of passwo
 
 from __future__ import annotations
 
+from ipaddress import ip_address, ip_network
+
 import pytest
 
+from iotfleet.check import raw_attacks
 from iotfleet.check.plan import ListenerTarget
+from iotfleet.check.results import NOT_APPLICABLE
 from iotfleet.check.suite import Param, Suite, fail_on
 
 # Not ``mqtt``: ``-m mqtt`` keeps its meaning, and the floods run only when asked or in a
@@ -48,4 +52,16 @@ def test_device_retained_messages_bounded(listener: Param, suite: Suite) -> None
 @pytest.mark.listener_kind("password-only")
 def test_password_attempts_rate_limited(listener: Param, suite: Suite) -> None:
     """A burst of new connections from one host to a password listener is rate-limited."""
-    fail_on(suite.prober(listener.host).password_rate_limit(_target(listener)))
+    target = _target(listener)
+    firewall = listener.broker.model.firewall
+    if not firewall.enabled or firewall.password_rate == 0:
+        pytest.skip(f"{NOT_APPLICABLE}: the inventory sets no per-source limit on {target.id}")
+    source = raw_attacks.source_address(target.connect_name, target.port)
+    exempt = [n for n in firewall.password_limit_exempt if ip_address(source) in ip_network(n)]
+    if exempt:
+        # The inside firewall check proves the limit rules and their exemptions.
+        pytest.skip(
+            f"{NOT_APPLICABLE}: this host ({source}) is exempt from the limit on {target.id} "
+            f"(firewall_password_limit_exempt {exempt[0]})"
+        )
+    fail_on(suite.prober(listener.host).password_rate_limit(target, firewall.password_burst))
