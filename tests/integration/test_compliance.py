@@ -359,11 +359,18 @@ def break_authentication(lab: DeployedLab) -> None:
         if port == 8884:
             block = block.replace("allow_anonymous false", "allow_anonymous true")
             block = block.replace("use_username_as_clientid true\n", "")
-            block = block.replace(f"password_file {layout.PASSWORD_FILE}\n", "")
+            block = block.replace(f"password_file {layout.password_file(8884)}\n", "")
             block = block.replace(f"acl_file {layout.ACL_FILE}\n", "")
+            # iotfleet's plugin would still refuse anonymous clients: drop it too.
+            block = "".join(
+                line for line in block.splitlines(keepends=True) if not line.startswith("plugin")
+            )
         if port == 8885:
             block = block.replace("require_certificate true", "require_certificate false")
             block = block.replace(f"crlfile {layout.CRL}\n", "")
+            block = "".join(
+                line for line in block.splitlines(keepends=True) if not line.startswith("plugin")
+            )
         return block
 
     lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, weaken))

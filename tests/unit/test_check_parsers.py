@@ -137,7 +137,7 @@ def broker(fleet: Fleet) -> Broker:
 
 @pytest.fixture
 def config_text(fleet: Fleet, broker: Broker) -> str:
-    return BrokerConfig(broker, fleet.name, True).text()
+    return BrokerConfig(broker, fleet).text()
 
 
 def _listener(broker: Broker, port: int) -> Any:
@@ -184,11 +184,11 @@ def test_each_weakened_listener_setting_is_named(broker: Broker, config_text: st
         f"client certificates are not required on {HOST}:8883"
     )
     no_passwords = parse_config(
-        _edit(config_text, 8884, f"password_file {layout.PASSWORD_FILE}\n", "")
+        _edit(config_text, 8884, f"password_file {layout.password_file(8884)}\n", "")
     )
     assert authentication_problems(HOST, _listener(broker, 8884), no_passwords) == [
         f"passwords are not checked on {HOST}:8884 (password_file is not set, expected "
-        f"{layout.PASSWORD_FILE})"
+        f"{layout.password_file(8884)})"
     ]
     old_tls = parse_config(_edit(config_text, 8885, "tls_version tlsv1.2", "tls_version tlsv1.1"))
     assert tls_config_problems(HOST, broker, _listener(broker, 8885), old_tls) == [
@@ -285,7 +285,7 @@ def test_file_modes(broker: Broker) -> None:
     assert file_problems(HOST, key, None) == [
         f"{layout.SERVER_KEY} (broker private key) is missing on {HOST}"
     ]
-    assert layout.PASSWORD_FILE in {f.path for f in expected_files(broker)}
+    assert layout.password_file(8884) in {f.path for f in expected_files(broker)}
 
 
 def test_package(broker: Broker) -> None:
