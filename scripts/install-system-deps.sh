@@ -9,6 +9,7 @@ packages=(
   apt-utils                                          # apt-ftparchive: the lab's own package source
   openssh-client openssl ca-certificates             # ssh to lab hosts, openssl verify in tests
   mosquitto mosquitto-clients                        # real broker and clients for tests
+  gcc libmosquitto-dev mosquitto-dev libssl-dev      # build iotfleet's Mosquitto plugin
   python3-venv
 )
 

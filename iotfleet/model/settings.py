@@ -39,9 +39,11 @@ STRONG_TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_A
 # max_packet_size = payload limit + this: a PUBLISH topic may be 65535 bytes (its 2-byte length
 # field) and MQTT 5 properties (user properties, correlation data) need a few KiB more.
 PACKET_HEADROOM = 65535 + 4096
-# Default MemoryMax: the broker's own base (code, retained store of a small fleet) plus, for
-# every connection the listeners allow, a TLS session and its client context (measured ~30-40
-# KiB per idle TLS client on Mosquitto 2.0.11 / OpenSSL 3) with margin.
+# Default MemoryMax: the broker's own base (~10 MiB RSS idle, plus the retained store of a
+# fleet) and, for every connection the listeners allow, 48 KiB: an idle TLS client costs ~15
+# KiB on Mosquitto 2.0.11 / OpenSSL 3 (measured: 800 clients), the rest is room for its
+# in-flight messages and handshake buffers. Past it the broker is throttled, then restarted,
+# instead of the host swapping or the OOM killer picking another service.
 MEMORY_BASE_MB = 64
 MEMORY_PER_CONNECTION_KB = 48
 
