@@ -169,7 +169,7 @@ class MosquittoSettings(_Settings):
         1_048_576,
         ge=1024,
         le=1 << 31,
-        description="bytes of payload queued for one client (on top of the message count)",
+        description="bytes queued for one client (whichever of count or bytes is reached first)",
     )
     memory_max_mb: int | None = Field(
         None,

@@ -99,7 +99,8 @@ def test_health_identity_is_refused_from_outside(deployed: DeployedLab) -> None:
 
 
 def test_limits_are_rendered_live(deployed: DeployedLab) -> None:
-    settings = MosquittoSettings()
+    broker = deployed.context().fleet.broker(deployed.broken)
+    settings = broker.mosquitto
     conf = deployed.ssh(f"cat {layout.CONFIG}")
     assert f"\nmax_packet_size {settings.max_packet_size}\n" in conf
     memory = deployed.ssh("systemctl show mosquitto -p MemoryMax --value").strip()
@@ -145,6 +146,10 @@ def break_memory_max(lab: DeployedLab) -> None:
     lab.restart()
 
 
+def break_password_file_mode(lab: DeployedLab) -> None:
+    lab.ssh(f"chmod 0644 {layout.password_file(PASSWORD)}")
+
+
 def break_plugin(lab: DeployedLab) -> None:
     lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, _drop_plugin(BOTH)))
     lab.restart()
@@ -156,6 +161,7 @@ class Breakage:
     apply: Callable[[DeployedLab], None]
     check: str
     phrases: list[str]  # {host} = the broken broker
+    markexpr: str = "config"
 
 
 BREAKAGES = [
@@ -167,6 +173,16 @@ BREAKAGES = [
             f"{layout.password_file(PASSWORD)} on {{host}} lets client control-room log in with "
             f"a password on listener {PASSWORD} (password), which the inventory does not"
         ],
+    ),
+    Breakage(
+        "the 8884 password file made 0644",
+        break_password_file_mode,
+        "test_owner_and_mode",
+        [
+            f"{layout.password_file(PASSWORD)} on {{host}} is 0644 root:mosquitto, expected 0640 "
+            "root:mosquitto (readable by every local user)"
+        ],
+        markexpr="files",
     ),
     Breakage(
         "max_packet_size removed",
@@ -202,7 +218,7 @@ def test_check_names_the_breakage_and_a_rollout_repairs_it(
     deployed: DeployedLab, breakage: Breakage
 ) -> None:
     host = deployed.broken
-    scope = ["-m", "config", "--limit", host]
+    scope = ["-m", breakage.markexpr, "--limit", host]
     try:
         breakage.apply(deployed)
         run = deployed.check(*scope)
