@@ -156,8 +156,10 @@ static bool parse_entry(char *line, struct entry *entry)
 		return false;
 	}
 	*colon = '\0';
-	for (char *tok = strtok_r(colon + 1, "$", &save); tok && count < 4;
-	     tok = strtok_r(NULL, "$", &save)) {
+	for (char *tok = strtok_r(colon + 1, "$", &save); tok; tok = strtok_r(NULL, "$", &save)) {
+		if (count == 4) {
+			return false; /* more fields than $7$iterations$salt$hash */
+		}
 		fields[count++] = tok;
 	}
 	if (count != 4 || strcmp(fields[0], "7") != 0) {
