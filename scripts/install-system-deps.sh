@@ -12,6 +12,7 @@ packages=(
   chromium chromium-driver                          # the report page, seen in a real browser by tests
   prometheus-node-exporter                           # serves the --prometheus textfile in tests (never started as a service)
   prometheus                                         # promtool: checks and tests the alert rules in files/prometheus/
+  gcc libmosquitto-dev mosquitto-dev libssl-dev      # build iotfleet's Mosquitto plugin
   python3-venv
 )
 

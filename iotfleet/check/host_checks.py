@@ -17,6 +17,8 @@ from iotfleet.health import health_identity_name
 from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules
+from iotfleet.mosquitto.auth_plugin import plugin_options
+from iotfleet.mosquitto.logins import password_users
 from iotfleet.probes import PROBE_DEVICES
 
 MAX_EXPOSURE = 1.5  # systemd-analyze security score the hardened unit must stay under
@@ -55,8 +57,14 @@ def expected_files(broker: Broker) -> list[ExpectedFile]:
             layout.HEALTH_OPTIONS, "regular file", "root", "root", "0600", "health password"
         ),
     ]
-    if any(listener.requires_password for listener in broker.mosquitto.listeners):
-        files.insert(4, broker_file(layout.PASSWORD_FILE, "password file"))
+    files[4:4] = [
+        broker_file(layout.password_file(lst.port), f"password file of listener {lst.port}")
+        for lst in broker.mosquitto.listeners
+        if lst.requires_password
+    ]
+    files.append(
+        ExpectedFile(layout.AUTH_PLUGIN, "regular file", "root", "root", "0644", "auth plugin")
+    )
     return files
 
 
@@ -305,10 +313,11 @@ def authentication_problems(host: str, listener: Listener, config: MosquittoConf
             )
     if listener.requires_password:
         password_file = config.effective(configured, "password_file")
-        if password_file != layout.PASSWORD_FILE:
+        wanted = layout.password_file(listener.port)
+        if password_file != wanted:
             problems.append(
                 f"passwords are not checked on {where} (password_file is "
-                f"{password_file or 'not set'}, expected {layout.PASSWORD_FILE})"
+                f"{password_file or 'not set'}, expected {wanted})"
             )
     if listener.tls and not configured.tls:
         problems.append(f"no TLS on {where} (no certfile), the inventory asks for TLS")
@@ -365,6 +374,113 @@ def acl_config_problems(host: str, listener: Listener, config: MosquittoConfig) 
             f"no ACL on {host}:{listener.port} (acl_file is {acl or 'not set'}, expected "
             f"{layout.ACL_FILE}): every client may read and write every topic"
         )
+    return problems
+
+
+def plugin_problems(
+    host: str, fleet: Fleet, broker: Broker, listener: Listener, config: MosquittoConfig
+) -> list[str]:
+    """iotfleet's plugin is loaded on the listener with the options its auth needs."""
+    configured, problems = _configured(host, listener, config)
+    if configured is None:
+        return problems
+    where = f"{host}:{listener.port}"
+    plugin = config.effective(configured, "plugin")
+    if plugin != layout.AUTH_PLUGIN:
+        return [
+            f"iotfleet's plugin is not loaded on {where} (plugin is {plugin or 'not set'}, "
+            f"expected {layout.AUTH_PLUGIN}): "
+            + (
+                "any fleet certificate logs in with another identity's password; "
+                if listener.auth == "certificate+password"
+                else ""
+            )
+            + "devices may keep unlimited retained messages, the health identity may log in "
+            "from the network"
+        ]
+    expected = dict(
+        plugin_options(
+            fleet,
+            broker,
+            listener,
+            layout.password_file(listener.port) if listener.requires_password else None,
+        )
+    )
+    for key in ("password_file", "require_cn", "local_only"):
+        want = expected.get(key)
+        got = configured.options.get(f"plugin_opt_{key}")
+        if got != want:
+            problems.append(
+                f"iotfleet's plugin on {where}: plugin_opt_{key} is {got or 'not set'}, "
+                f"expected {want or 'not set'}"
+            )
+    return problems
+
+
+def limit_problems(host: str, broker: Broker, config: MosquittoConfig) -> list[str]:
+    """Packet size, in-flight and queued messages are bounded as the inventory says."""
+    settings = broker.mosquitto
+    wanted = {
+        "max_packet_size": settings.max_packet_size,
+        "max_inflight_messages": settings.max_inflight_messages,
+        "max_queued_messages": settings.max_queued_messages,
+        "max_queued_bytes": settings.max_queued_bytes,
+    }
+    why = {
+        "max_packet_size": ": a CONNECT announcing 256 MiB is buffered before authentication",
+    }
+    problems = []
+    for option, want in wanted.items():
+        got = config.global_options.get(option)
+        if got != str(want):
+            problems.append(
+                f"{option} on {host} is {got or 'not set (unlimited)'}, expected {want}"
+                + why.get(option, "")
+            )
+    return problems
+
+
+def memory_problems(host: str, broker: Broker, props: dict[str, str]) -> list[str]:
+    """The unit has the memory ceiling the inventory sizes (MemoryHigh/MemoryMax)."""
+    settings = broker.mosquitto
+    problems = []
+    for key, mib in (
+        ("MemoryMax", settings.memory_ceiling_mb),
+        ("MemoryHigh", settings.memory_high_mb),
+    ):
+        want = mib * 1024 * 1024
+        got = props.get(key, "")
+        if got != str(want):
+            shown = "infinity (no limit)" if got in ("", "infinity") else f"{got} bytes"
+            problems.append(
+                f"mosquitto.service on {host} has {key}={shown}, expected {want} bytes "
+                "(mosquitto_memory_max_mb): the broker may take all of the host's memory"
+            )
+    return problems
+
+
+def password_file_problems(
+    host: str, fleet: Fleet, broker_name: str, listener: Listener, usernames: list[str] | None
+) -> list[str]:
+    """The listener's password file holds exactly the identities allowed a password there."""
+    path = layout.password_file(listener.port)
+    if usernames is None:
+        return [f"{path} (password file of listener {listener.port}) is missing on {host}"]
+    expected = password_users(fleet, broker_name, listener)
+    problems = []
+    for user in sorted(set(usernames) - expected):
+        problems.append(
+            f"{path} on {host} lets {_owner(fleet, user, broker_name)} log in with a password "
+            f"on listener {listener.port} ({listener.auth}), which the inventory does not"
+        )
+    for user in sorted(expected - set(usernames)):
+        problems.append(
+            f"{path} on {host} has no password for {_owner(fleet, user, broker_name)}, who "
+            "the inventory lets log in there"
+        )
+    duplicates = sorted({u for u in usernames if usernames.count(u) > 1})
+    if duplicates:
+        problems.append(f"{path} on {host} lists {', '.join(duplicates)} more than once")
     return problems
 
 

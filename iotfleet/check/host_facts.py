@@ -28,6 +28,8 @@ SANDBOX_PROPERTIES = (
     "CapabilityBoundingSet",
     "AmbientCapabilities",
     "MainPID",
+    "MemoryHigh",
+    "MemoryMax",
 )
 
 
@@ -266,6 +268,13 @@ class BrokerFacts:
         """Content of a public file (certificate, chain, CRL, ACL); None if missing."""
         result = self._run(f"cat {shlex.quote(path)}")
         return result.stdout_bytes if result.rc == 0 else None
+
+    def usernames(self, path: str) -> list[str] | None:
+        """Usernames of a password file, cut on the host: no hash ever travels."""
+        result = self._run(f"cut -d: -f1 {shlex.quote(path)}")
+        if result.rc != 0:
+            return None
+        return [u for u in str(result.stdout).splitlines() if u and not u.startswith("#")]
 
     def sha256(self, path: str) -> str | None:
         """Digest of a file whose content must not travel (the broker's private key)."""

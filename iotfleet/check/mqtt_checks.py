@@ -434,11 +434,43 @@ class BrokerProber:
                     f"({result.detail}); the inventory lets it in there"
                 )
             elif not attempt.expected and result.accepted:
+                if self._two_factor_confined(listener, who, attempt.factors):
+                    continue
                 problems.append(
                     f"{who.describe()} gets in on {listener.id} ({auth}) with {shown}: "
                     f"{why_refused(auth, who, attempt.factors)}"
                 )
         return problems
+
+    def _two_factor_confined(
+        self, listener: ListenerTarget, who: Principal, factors: Factors
+    ) -> bool:
+        """A certificate+password client's certificate on a certificate-only listener (which
+        ignores passwords): Mosquitto takes the certificate as the login there without asking
+        any plugin, so the connection cannot be refused; it counts as refused only if that
+        session may do nothing (every subscription and publish its roles grant is denied)."""
+        if not (
+            listener.listener.auth == "certificate"
+            and who.auth == "certificate+password"
+            and CERTIFICATE in factors
+        ):
+            return False
+        grants = acl_rules(self.ctx.fleet, listener.broker).get(who.name, [])
+        if not grants:
+            return False
+        concrete = "iotfleet-check"
+        try:
+            with self._session(listener, self._factor_identity(who.name, factors)) as s:
+                for access, topic in grants:
+                    if access in ("read", "readwrite") and s.subscribe(topic) < 0x80:
+                        return False
+                    if access in ("write", "readwrite"):
+                        name = topic.replace("+", concrete).replace("#", concrete)
+                        if s.publish(name) < 0x80:
+                            return False
+        except (ProbeError, TimeoutError):
+            return False
+        return True
 
     def mixed_identities(self, listener: ListenerTarget) -> list[str]:
         """On a certificate+password listener, one identity's certificate with another's

@@ -57,6 +57,7 @@ LISTENER_KINDS = {
     "all": "listener",
     "tls-configured": "TLS listener",
     "certificate-configured": "listener that requires client certificates",
+    "password-configured": "listener that checks passwords",
     "tls": "TLS listener reachable from other hosts",
     "reachable": "listener reachable from other hosts",
     "certificate": "reachable listener that requires client certificates",
@@ -75,6 +76,7 @@ def listener_applies(kind: str, listener: ListenerTarget, cast: ProbeCast) -> bo
         "all": True,
         "tls-configured": settings.tls,
         "certificate-configured": settings.requires_certificate,
+        "password-configured": settings.requires_password,
     }
     if kind in inside:
         return inside[kind]

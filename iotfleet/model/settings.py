@@ -47,6 +47,17 @@ STRONG_TLS12_CIPHERS = ":".join(
 DEFAULT_NTP_SERVERS = ("pool.ntp.org", "time.cloudflare.com")
 STRONG_TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
 
+# max_packet_size = payload limit + this: a PUBLISH topic may be 65535 bytes (its 2-byte length
+# field) and MQTT 5 properties (user properties, correlation data) need a few KiB more.
+PACKET_HEADROOM = 65535 + 4096
+# Default MemoryMax: the broker's own base (~10 MiB RSS idle, plus the retained store of a
+# fleet) and, for every connection the listeners allow, 48 KiB: an idle TLS client costs ~15
+# KiB on Mosquitto 2.0.11 / OpenSSL 3 (measured: 800 clients), the rest is room for its
+# in-flight messages and handshake buffers. Past it the broker is throttled, then restarted,
+# instead of the host swapping or the OOM killer picking another service.
+MEMORY_BASE_MB = 64
+MEMORY_PER_CONNECTION_KB = 48
+
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -153,9 +164,59 @@ class MosquittoSettings(_Settings):
     password_min_length: int = Field(
         16, ge=8, le=1024, description="shortest password accepted for MQTT users"
     )
+    # Mosquitto verifies passwords on its single event-loop thread, twice per login here (the
+    # iotfleet plugin, then Mosquitto's own check): 10000 PBKDF2-SHA512 rounds cost ~12 ms per
+    # verify on a 2-core EPYC VM, ~40 password logins/s per broker, and 100x Mosquitto's 101 for
+    # anyone guessing offline from a stolen hash. Much more would let a burst of reconnects (or
+    # an attacker's wrong passwords) stall every other client.
+    password_iterations: int = Field(
+        10000,
+        ge=1000,
+        le=1_000_000,
+        description="PBKDF2-SHA512 rounds of each $7$ password hash (cost per login)",
+    )
+    max_inflight_messages: int = Field(
+        20, ge=1, le=65535, description="QoS 1/2 messages in flight to one client at once"
+    )
+    max_queued_messages: int = Field(
+        1000, ge=1, le=1_000_000, description="messages queued for one client beyond those"
+    )
+    max_queued_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=1 << 31,
+        description="bytes queued for one client (whichever of count or bytes is reached first)",
+    )
+    memory_max_mb: int | None = Field(
+        None,
+        ge=64,
+        le=1 << 20,
+        description="MemoryMax of the broker in MiB (MemoryHigh at 90%); default: "
+        "64 MiB + 48 KiB per allowed connection",
+    )
     health_timeout: int = Field(
         20, ge=2, le=300, description="seconds a (re)started broker has to answer health checks"
     )
+
+    @property
+    def max_packet_size(self) -> int:
+        """Largest MQTT packet accepted, checked against the fixed header before Mosquitto
+        allocates the packet, even before authentication (a CONNECT announcing 256 MiB is
+        closed, not buffered): the payload limit plus room for the rest of a PUBLISH."""
+        return self.message_size_limit + PACKET_HEADROOM
+
+    @property
+    def memory_ceiling_mb(self) -> int:
+        """MemoryMax in MiB: the inventory's, or sized to the connection limit."""
+        if self.memory_max_mb is not None:
+            return self.memory_max_mb
+        connections = self.max_connections * len(self.listeners)
+        return MEMORY_BASE_MB + -(-connections * MEMORY_PER_CONNECTION_KB // 1024)
+
+    @property
+    def memory_high_mb(self) -> int:
+        """MemoryHigh in MiB: throttled (reclaimed hard) from 90% of the ceiling."""
+        return self.memory_ceiling_mb * 9 // 10
 
     @field_validator("listeners")
     @classmethod

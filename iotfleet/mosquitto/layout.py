@@ -9,7 +9,11 @@ CA_CHAIN = f"{CERT_DIR}/ca-chain.pem"
 SERVER_CERT = f"{CERT_DIR}/server.pem"
 SERVER_KEY = f"{CERT_DIR}/server.key"
 CRL = f"{CERT_DIR}/crl.pem"
-PASSWORD_FILE = f"{CONFIG_DIR}/passwd"
+# One password file per listener (ports are unique per broker): each holds only the identities
+# whose auth allows a password on that listener.
+PASSWORD_FILE_PREFIX = f"{CONFIG_DIR}/passwd-"
+# The single shared file of earlier releases; removed by the rollout.
+LEGACY_PASSWORD_FILE = f"{CONFIG_DIR}/passwd"
 ACL_FILE = f"{CONFIG_DIR}/acl"
 DROPIN_DIR = "/etc/systemd/system/mosquitto.service.d"
 DROPIN = f"{DROPIN_DIR}/iotfleet-hardening.conf"
@@ -28,7 +32,14 @@ STAGING_DIR = f"{STATE_DIR}/staging"
 ROLLBACK_DIR = f"{STATE_DIR}/last-good"
 TOOLS_DIR = "/usr/local/lib/iotfleet"
 APPLY_SCRIPT = f"{TOOLS_DIR}/mosquitto-apply"
+# iotfleet's Mosquitto plugin (root 0644: the sandboxed broker only reads it).
+AUTH_PLUGIN = f"{TOOLS_DIR}/iotfleet_auth.so"
 
 SERVICE = "mosquitto"
 OWNER = "root"
 GROUP = "mosquitto"
+
+
+def password_file(port: int) -> str:
+    """The password file of the listener on ``port``."""
+    return f"{PASSWORD_FILE_PREFIX}{int(port)}"

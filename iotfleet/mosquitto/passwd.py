@@ -1,9 +1,11 @@
 """Mosquitto password files, hashed in Python exactly as ``mosquitto_passwd`` writes them.
 
 Format ``$7$<iterations>$<base64 salt>$<base64 hash>``: PBKDF2-HMAC-SHA512, 12-byte salt,
-64-byte hash, 101 iterations (Mosquitto 2.0's default). Clear passwords never leave the
-control machine; an existing hash is kept when it still verifies, so an unchanged inventory
-renders a byte-identical file and the broker is not reloaded for nothing.
+64-byte hash; the iteration count is ``mosquitto_password_iterations`` (Mosquitto's own
+default, 101, is far too cheap). Clear passwords never leave the control machine. Salts are
+derived, not random (``derive_salt``), so an unchanged inventory renders a byte-identical file
+without reading the live hashes back from the host, and the broker is not reloaded for
+nothing.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-ITERATIONS = 101
+ITERATIONS = 101  # mosquitto_passwd's default; iotfleet renders its own count
 SALT_BYTES = 12
 HASH_BYTES = 64
 
@@ -58,20 +60,25 @@ def parse_password_file(text: str) -> dict[str, str]:
     return entries
 
 
-def render_password_file(passwords: Mapping[str, str], existing: Mapping[str, str]) -> str:
-    """Render the file for ``{username: clear password}``.
+def derive_salt(key: bytes, *, broker: str, port: int, user: str, password: str) -> bytes:
+    """The salt of one entry: HMAC-SHA256 of the fleet's salt key over broker, listener, user
+    and password. The same inventory renders byte-identical files without reading the host;
+    a changed password gets a new salt; the same password on two listeners or brokers gets
+    two different hashes."""
+    message = "\0".join((broker, str(int(port)), user, password)).encode()
+    return hmac.new(key, message, hashlib.sha256).digest()[:SALT_BYTES]
 
-    A user's existing hash is reused when the password still verifies against it, so only
-    changed passwords get a new salt; users not in ``passwords`` disappear.
-    """
+
+def render_password_file(
+    passwords: Mapping[str, str], salt_of: Callable[[str, str], bytes], iterations: int
+) -> str:
+    """Render the file for ``{username: clear password}``; ``salt_of(user, password)`` gives
+    each entry's salt. A hash made with another iteration count is simply rendered anew."""
     lines = []
     for user in sorted(passwords):
         if ":" in user or "\n" in user:
             raise ValueError(f"username {user!r} cannot be written to a Mosquitto password file")
-        old = existing.get(user)
-        if old is not None and verify_password(passwords[user], old):
-            stored = old
-        else:
-            stored = hash_password(passwords[user])
+        password = passwords[user]
+        stored = hash_password(password, salt=salt_of(user, password), iterations=iterations)
         lines.append(f"{user}:{stored}\n")
     return "".join(lines)

@@ -12,7 +12,6 @@ from iotfleet.context import FleetContext
 from iotfleet.managed_file import ManagedFile
 from iotfleet.mosquitto import layout
 from roles.mosquitto.defaults import DEFAULTS
-from roles.mosquitto.facts import MosquittoPasswordHashes
 from roles.mosquitto.operations import apply_files, install_packages
 from roles.mosquitto.private_files import private_files
 from roles.mosquitto.render import health_options, health_topic_of, service_files
@@ -59,8 +58,9 @@ def deploy_mosquitto(ctx: FleetContext) -> None:
         name="Health-check identity (certificate, key, password; never shown)",
         files=health_files,
     )
-    existing = host.get_fact(MosquittoPasswordHashes, path=layout.PASSWORD_FILE)
-    config, managed_files = service_files(ctx, broker, existing)
+    # Nothing is read back from the host: password salts are derived (never `cat` a password
+    # file into fact output, which pyinfra -vvv prints).
+    config, managed_files = service_files(ctx, broker)
     apply_files(
         name="Apply the broker configuration (tested on spare ports, health-checked, rollback)",
         files=[*broker_pki_files(ctx.pki, broker.name), *managed_files],
@@ -68,6 +68,11 @@ def deploy_mosquitto(ctx: FleetContext) -> None:
         candidate_config=lambda staged: config.text(staged, candidate=True),
         health_topic=health_topic_of(broker),
         health_timeout=broker.mosquitto.health_timeout,
+    )
+    files.file(
+        name=f"No shared password file ({layout.LEGACY_PASSWORD_FILE}): one per listener",
+        path=layout.LEGACY_PASSWORD_FILE,
+        present=False,
     )
     systemd.service(
         name="Mosquitto enabled at boot and running",

@@ -17,6 +17,10 @@ the same values; ``iotfleet keys`` prints the table. The keys:
     mosquitto_ciphers_tls13       TLS 1.3 cipher suites
     mosquitto_username_as_clientid client id forced to the username (no session takeover)
     mosquitto_password_min_length shortest MQTT password accepted
+    mosquitto_password_iterations PBKDF2-SHA512 rounds of each $7$ hash
+    mosquitto_max_inflight_messages, mosquitto_max_queued_messages, mosquitto_max_queued_bytes
+                                  what one client may hold in the broker
+    mosquitto_memory_max_mb       MemoryMax of the unit (default sized to the connection limit)
     mosquitto_health_timeout      seconds a restarted broker has to pass its health check
 """
 

@@ -8,7 +8,6 @@ from typing import Any
 from pyinfra.api import FactBase
 
 from iotfleet.managed_file import FileState
-from iotfleet.mosquitto.passwd import parse_password_file
 
 
 class ManagedFileStates(FactBase[dict[str, FileState]]):
@@ -21,7 +20,7 @@ class ManagedFileStates(FactBase[dict[str, FileState]]):
     def command(self, paths: tuple[str, ...]) -> str:
         quoted = " ".join(shlex.quote(p) for p in paths)
         return (
-            f"for f in {quoted}; do [ -f \"$f\" ] || continue; "
+            f'for f in {quoted}; do [ -f "$f" ] || continue; '
             'printf "%s %s %s\\n" "$(stat -c "%U %G %a" "$f")" '
             '"$(sha256sum <"$f" | cut -d" " -f1)" "$f"; done'
         )
@@ -32,20 +31,6 @@ class ManagedFileStates(FactBase[dict[str, FileState]]):
             owner, group, mode, digest, path = line.split(" ", 4)
             states[path] = FileState(owner, group, mode, digest)
         return states
-
-
-class MosquittoPasswordHashes(FactBase[dict[str, str]]):
-    """``{username: hash}`` from the broker's password file (empty if there is none)."""
-
-    @staticmethod
-    def default() -> dict[str, str]:
-        return {}
-
-    def command(self, path: str) -> str:
-        return f"cat {shlex.quote(path)} 2>/dev/null || true"
-
-    def process(self, output: list[str]) -> dict[str, str]:
-        return parse_password_file("\n".join(output))
 
 
 class ServiceActive(FactBase[bool]):

@@ -84,7 +84,12 @@ def apply_files(
     for managed in changed:
         dest = f"{stage}/{managed.staged_name}"
         yield FileUploadCommand(BytesIO(managed.content), dest)
-        yield StringCommand("chown", f"root:{managed.group}", dest, "&&", "chmod", "640", dest)
+        # Staged copies are private to their group, except files that end up readable by
+        # everyone anyway (the plugin, root:root 0644), which the test broker must load.
+        staged_mode = "644" if int(managed.mode, 8) & 0o004 else "640"
+        yield StringCommand(
+            "chown", f"root:{managed.group}", dest, "&&", "chmod", staged_mode, dest
+        )
         manifest.append(
             f"{managed.action} {managed.owner} {managed.group} {managed.mode} "
             f"{managed.staged_name} {managed.path}\n"
@@ -99,5 +104,3 @@ def apply_files(
     ):
         yield FileUploadCommand(BytesIO(content.encode()), f"{stage}/{name}")
     yield StringCommand(f"IOTFLEET_HEALTH_TIMEOUT={int(health_timeout)}", layout.APPLY_SCRIPT)
-
-

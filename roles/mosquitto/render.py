@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,16 +13,20 @@ from iotfleet.context import FleetContext
 from iotfleet.credentials import health_password
 from iotfleet.health import health_identity_name, health_topic
 from iotfleet.managed_file import Action, ManagedFile
-from iotfleet.model import Broker, Listener
+from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
-from iotfleet.mosquitto.passwd import render_password_file
-from iotfleet.probes import PROBE_PASSWORD_USERS
+from iotfleet.mosquitto.auth_plugin import plugin_options
+from iotfleet.mosquitto.logins import password_users
+from iotfleet.mosquitto.passwd import derive_salt, render_password_file
+from roles.mosquitto.plugin_build import auth_plugin
 
 TEMPLATES = Path(__file__).parent / "templates"
 _JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 # Headroom over max_connections for the broker's own files, sockets and listeners.
 NOFILE_HEADROOM = 1024
+# Generated once per fleet (0600 in its state dir): the key the password salts derive from.
+SALT_KEY_SLOT = "mosquitto/password-salt-key"
 
 
 def render_template(name: str, **context: Any) -> str:
@@ -34,20 +38,22 @@ class BrokerConfig:
     """Everything mosquitto.conf needs; rendered for the real broker or for a test run."""
 
     broker: Broker
-    fleet_name: str
-    with_passwords: bool
+    fleet: Fleet
 
-    @staticmethod
-    def file_keys() -> dict[str, str]:
+    def file_keys(self) -> dict[str, str]:
         """Template name -> live path of every file mosquitto.conf refers to."""
-        return {
+        keys = {
             "ca_chain": layout.CA_CHAIN,
             "server_cert": layout.SERVER_CERT,
             "server_key": layout.SERVER_KEY,
             "crl": layout.CRL,
-            "passwd": layout.PASSWORD_FILE,
             "acl": layout.ACL_FILE,
+            "plugin": layout.AUTH_PLUGIN,
         }
+        for listener in self.broker.mosquitto.listeners:
+            if listener.requires_password:
+                keys[f"passwd-{listener.port}"] = layout.password_file(listener.port)
+        return keys
 
     def text(self, moved: Mapping[str, str] | None = None, *, candidate: bool = False) -> str:
         """The configuration; ``moved`` maps live paths to where those files are instead.
@@ -58,21 +64,27 @@ class BrokerConfig:
         moved = moved or {}
         files = {key: moved.get(path, path) for key, path in self.file_keys().items()}
         settings = self.broker.mosquitto
-        listeners: Sequence[Listener | _ListenerView] = settings.listeners
-        if candidate:
-            listeners = [
-                _ListenerView(listener, port=f"@PORT{index}@", bind_address="127.0.0.1")
-                for index, listener in enumerate(settings.listeners)
-            ]
+        blocks = []
+        for index, listener in enumerate(settings.listeners):
+            view: Listener | _ListenerView = listener
+            if candidate:
+                view = _ListenerView(listener, port=f"@PORT{index}@", bind_address="127.0.0.1")
+            password_file = files.get(f"passwd-{listener.port}")
+            options = plugin_options(self.fleet, self.broker, listener, password_file)
+            blocks.append((view, password_file, options))
         return render_template(
             "mosquitto.conf.j2",
             broker_name=self.broker.name,
-            fleet_name=self.fleet_name,
+            fleet_name=self.fleet.name,
             persistence=settings.persistence and not candidate,
             persistence_location=layout.PERSISTENCE_DIR,
             message_size_limit=settings.message_size_limit,
+            max_packet_size=settings.max_packet_size,
+            max_inflight_messages=settings.max_inflight_messages,
+            max_queued_messages=settings.max_queued_messages,
+            max_queued_bytes=settings.max_queued_bytes,
             log_types=settings.log_types,
-            listeners=listeners,
+            blocks=blocks,
             max_connections=settings.max_connections,
             username_as_clientid=settings.username_as_clientid,
             tls_version=settings.tls_version,
@@ -101,29 +113,34 @@ class _ListenerView:
         return getattr(self._listener, name)
 
 
-def uses_passwords(broker: Broker) -> bool:
-    return any(listener.requires_password for listener in broker.mosquitto.listeners)
-
-
 def limit_nofile(broker: Broker) -> int:
     return broker.mosquitto.max_connections * len(broker.mosquitto.listeners) + NOFILE_HEADROOM
 
 
-def service_files(
-    ctx: FleetContext, broker: Broker, existing_hashes: dict[str, str]
-) -> tuple[BrokerConfig, list[ManagedFile]]:
-    """mosquitto.conf, ACL, password file and the sandbox drop-in for ``broker``."""
-    config = BrokerConfig(broker, ctx.fleet.name, uses_passwords(broker))
+def memory_limits(broker: Broker) -> tuple[str, str]:
+    """(MemoryHigh, MemoryMax) of the unit: throttled at 90%, killed (and restarted) at 100%."""
+    settings = broker.mosquitto
+    return f"{settings.memory_high_mb}M", f"{settings.memory_ceiling_mb}M"
+
+
+def service_files(ctx: FleetContext, broker: Broker) -> tuple[BrokerConfig, list[ManagedFile]]:
+    """mosquitto.conf, ACL, one password file per password listener, the plugin and the
+    sandbox drop-in for ``broker``. Pure: the same inventory renders the same bytes."""
+    config = BrokerConfig(broker, ctx.fleet)
     acl = render_acl(acl_rules(ctx.fleet, broker.name))
+    memory_high, memory_max = memory_limits(broker)
     files = [
         _config_file(layout.CONFIG, config.text(), "restart"),
         _config_file(layout.ACL_FILE, acl, "reload"),
+        ManagedFile(layout.AUTH_PLUGIN, auth_plugin(), "root", "root", "644", "restart"),
         ManagedFile(
             layout.DROPIN,
             render_template(
                 "iotfleet-hardening.conf.j2",
                 limit_nofile=limit_nofile(broker),
                 bind_low_ports=any(lst.port < 1024 for lst in broker.mosquitto.listeners),
+                memory_high=memory_high,
+                memory_max=memory_max,
             ).encode(),
             "root",
             "root",
@@ -131,16 +148,22 @@ def service_files(
             "daemon-reload",
         ),
     ]
-    if config.with_passwords:
-        allowed = ctx.fleet.users_of(broker.name) | set(PROBE_PASSWORD_USERS)
-        clear = {
-            user: secret.get_secret_value()
-            for user, secret in ctx.passwords.items()
-            if user in allowed
-        }
-        clear.update(health_password_entry(ctx, broker))
-        passwd = render_password_file(clear, existing_hashes)
-        files.append(_config_file(layout.PASSWORD_FILE, passwd, "reload"))
+    clear = {u: s.get_secret_value() for u, s in ctx.passwords.items()}
+    clear.update(health_password_entry(ctx, broker))
+    salt_key = ctx.secrets.generated(SALT_KEY_SLOT).encode()
+    iterations = broker.mosquitto.password_iterations
+    for listener in broker.mosquitto.listeners:
+        users = password_users(ctx.fleet, broker.name, listener)
+        if not users:
+            continue
+
+        def salt_of(user: str, password: str, port: int = listener.port) -> bytes:
+            return derive_salt(
+                salt_key, broker=broker.name, port=port, user=user, password=password
+            )
+
+        passwd = render_password_file({u: clear[u] for u in users}, salt_of, iterations)
+        files.append(_config_file(layout.password_file(listener.port), passwd, "reload"))
     return config, files
 
 

@@ -10,6 +10,10 @@ from iotfleet.check.host_checks import (
     anonymous_problems,
     authentication_problems,
     crl_config_problems,
+    limit_problems,
+    memory_problems,
+    password_file_problems,
+    plugin_problems,
     tls_config_problems,
 )
 from iotfleet.check.suite import Param, Suite, fail_on
@@ -67,3 +71,32 @@ def test_acl_grants_only_the_inventory(broker: Param, suite: Suite) -> None:
         return
     fleet = suite.plan.fleet
     fail_on(acl_problems(broker.host, fleet, broker.host, text.decode(errors="replace")))
+
+
+@pytest.mark.listener_kind("all")
+def test_auth_plugin_loaded(listener: Param, suite: Suite) -> None:
+    """iotfleet's plugin guards the listener (CN = username, local-only health, retained)."""
+    config = suite.facts(listener.broker).config
+    fleet = suite.plan.fleet
+    model = listener.broker.model
+    fail_on(plugin_problems(listener.host, fleet, model, _listener(listener), config))
+
+
+@pytest.mark.listener_kind("password-configured")
+def test_password_file_holds_only_this_listeners_logins(listener: Param, suite: Suite) -> None:
+    """Each password listener has its own file, with exactly the usernames allowed there."""
+    settings = _listener(listener)
+    names = suite.facts(listener.broker).usernames(layout.password_file(settings.port))
+    fleet = suite.plan.fleet
+    fail_on(password_file_problems(listener.host, fleet, listener.host, settings, names))
+
+
+def test_packets_and_queues_bounded(broker: Param, suite: Suite) -> None:
+    """max_packet_size (checked before authentication), in-flight and queued limits."""
+    config = suite.facts(broker.broker).config
+    fail_on(limit_problems(broker.host, broker.broker.model, config))
+
+
+def test_memory_ceiling(broker: Param, suite: Suite) -> None:
+    """The broker's unit has MemoryHigh/MemoryMax sized to its connection limit."""
+    fail_on(memory_problems(broker.host, broker.broker.model, suite.facts(broker.broker).unit))

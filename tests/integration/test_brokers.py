@@ -186,6 +186,13 @@ def test_two_factor_listener(deployed: DeployedLab) -> None:
     password_only = Identity(username=both.username, password=both.password)
     assert not try_connect(tgt, cert_only).accepted
     assert not try_connect(tgt, password_only).accepted
+    # iotfleet's plugin (one binary for bookworm's 2.0.11 and trixie's 2.0.21): another fleet
+    # certificate with control-room's login is refused, and the refusal is logged.
+    sensor = identity_of(ctx, "sensor-1")
+    stolen = Identity(sensor.certificate_pem, sensor.private_key_pem, both.username, both.password)
+    assert not try_connect(tgt, stolen).accepted
+    journal = deployed.ssh(broker, "journalctl -u mosquitto -o cat --no-pager -n 200")
+    assert f"on listener {BOTH}: client certificate CN 'sensor-1' is not the username" in journal
 
 
 def test_device_cannot_read_other_devices_everything_or_sys(
@@ -223,7 +230,8 @@ def test_files_are_owned_and_locked_down(deployed: DeployedLab) -> None:
             [
                 layout.CONFIG,
                 layout.ACL_FILE,
-                layout.PASSWORD_FILE,
+                layout.password_file(8884),
+                layout.AUTH_PLUGIN,
                 layout.CA_CHAIN,
                 layout.SERVER_CERT,
                 layout.SERVER_KEY,
@@ -238,7 +246,8 @@ def test_files_are_owned_and_locked_down(deployed: DeployedLab) -> None:
         "/etc/mosquitto/certs": "root:mosquitto 750",
         layout.CONFIG: "root:mosquitto 640",
         layout.ACL_FILE: "root:mosquitto 640",
-        layout.PASSWORD_FILE: "root:mosquitto 640",
+        layout.password_file(8884): "root:mosquitto 640",
+        layout.AUTH_PLUGIN: "root:root 644",
         layout.CA_CHAIN: "root:mosquitto 640",
         layout.SERVER_CERT: "root:mosquitto 640",
         layout.SERVER_KEY: "root:mosquitto 640",

@@ -7,7 +7,9 @@ tests/integration/test_adversary.py shows the same checks on real lab brokers.
 
 from __future__ import annotations
 
+import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,6 @@ from iotfleet.check.factors import (
 from iotfleet.check.identities import credentials
 from iotfleet.check.mqtt_probe import session
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.passwd import parse_password_file
 from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
 from tests.unit.test_check_probes import BOTH, CERT, Local, local
 from tests.unit.test_check_probes import PASSWORD as PASSWORD_LISTENER
@@ -150,10 +151,28 @@ def test_a_connection_burst_counts_what_is_answered() -> None:
 # -- against a real Mosquitto -----------------------------------------------------------------
 
 
-def test_todays_broker_lets_the_wrong_factors_in(local: Local, tmp_path: Path) -> None:
+PLUGIN_LINE = re.compile(r"^(plugin|plugin_opt_\S+)\s.*\n", re.MULTILINE)
+
+
+def _before_the_fixes(local: Local, tmp_path: Path) -> Callable[[int, str], str]:
+    """Listener blocks as before issue 10: no plugin, one password file shared by every
+    password listener (each listener's own users together)."""
+    shared = tmp_path / "passwd-shared"
+    shared.write_text(
+        "".join(path.read_text() for live, path in sorted(local.files.items()) if "passwd-" in live)
+    )
+
+    def change(_port: int, block: str) -> str:
+        block = PLUGIN_LINE.sub("", block)
+        return re.sub(r"^password_file \S+$", f"password_file {shared}", block, flags=re.M)
+
+    return change
+
+
+def test_a_broker_before_the_fixes_lets_the_wrong_factors_in(local: Local, tmp_path: Path) -> None:
     """One shared password file and no CN binding: desk's password alone, desk's certificate
     alone, and any certificate with any login get in."""
-    with local.running(tmp_path):
+    with local.running(tmp_path, _before_the_fixes(local, tmp_path)):
         prober = local.prober()
         password, cert, both = (local.listener(i) for i in (PASSWORD_LISTENER, CERT, BOTH))
         assert (
@@ -176,20 +195,16 @@ def test_todays_broker_lets_the_wrong_factors_in(local: Local, tmp_path: Path) -
         assert any("with the login of client desk gets in" in p for p in mixed)
 
 
-def test_a_password_file_per_listener_closes_the_password_door(
+def test_iotfleets_broker_admits_exactly_the_inventorys_factors(
     local: Local, tmp_path: Path
 ) -> None:
-    shared = local.files[layout.PASSWORD_FILE]
-    entries = parse_password_file(shared.read_text())
-    own = tmp_path / "passwd-password"
-    own.write_text("".join(f"{u}:{entries[u]}\n" for u in ("board", PROBE_DEVICE)))
-    password = local.listener(PASSWORD_LISTENER)
-
-    def per_listener(port: int, block: str) -> str:
-        return block.replace(str(shared), str(own)) if port == password.port else block
-
-    with local.running(tmp_path, per_listener):
-        assert local.prober().factor_matrix(password) == []
+    """Per-listener password files and the plugin: every attempt the matrix makes comes out as
+    the inventory says (desk's certificate alone on the certificate listener may do nothing)."""
+    with local.running(tmp_path):
+        prober = local.prober()
+        for index in (PASSWORD_LISTENER, CERT, BOTH):
+            assert prober.factor_matrix(local.listener(index)) == []
+        assert prober.mixed_identities(local.listener(BOTH)) == []
 
 
 def test_an_oversized_connect_is_closed_only_with_max_packet_size(
@@ -197,7 +212,11 @@ def test_an_oversized_connect_is_closed_only_with_max_packet_size(
 ) -> None:
     monkeypatch.setattr(mqtt_checks, "OVERSIZE_WAIT", 1.0)
     password, cert = local.listener(PASSWORD_LISTENER), local.listener(CERT)
-    with local.running(tmp_path):
+
+    def unbounded(head: str) -> str:
+        return re.sub(r"^max_packet_size .*\n", "", head, flags=re.M)
+
+    with local.running(tmp_path, head_change=unbounded):
         prober = local.prober()
         for target in (password, cert):
             assert prober.oversized_connect(target) == [
@@ -205,12 +224,7 @@ def test_an_oversized_connect_is_closed_only_with_max_packet_size(
                 f"refused on {target.id}: the connection stayed open, the broker reading after "
                 "1 s (the broker waits for the rest: no max_packet_size)"
             ]
-
-    def limited(port: int, block: str) -> str:
-        # A global setting: Mosquitto takes it wherever it stands in the file.
-        return block + "\nmax_packet_size 300000\n" if port == cert.port else block
-
-    with local.running(tmp_path, limited):
+    with local.running(tmp_path):
         prober = local.prober()
         assert prober.oversized_connect(password) == []
         assert prober.oversized_connect(cert) == []
@@ -219,7 +233,7 @@ def test_an_oversized_connect_is_closed_only_with_max_packet_size(
 def test_a_retained_flood_is_counted_and_cleared(local: Local, tmp_path: Path) -> None:
     cert = local.listener(CERT)
     prefix = f"devices/{PROBE_DEVICE}"
-    with local.running(tmp_path):
+    with local.running(tmp_path, _before_the_fixes(local, tmp_path)):
         prober = local.prober()
         problems = prober.retained_flood(cert)
         reader, where = prober._reader(PROBE_DEVICE) or ("", cert)
@@ -235,6 +249,8 @@ def test_a_retained_flood_is_counted_and_cleared(local: Local, tmp_path: Path) -
             spy.subscribe(f"{prefix}/#")
             spy.idle(0.5)
             assert [m.topic for m in spy.messages(prefix) if m.retain] == []
+    with local.running(tmp_path):
+        assert local.prober().retained_flood(cert) == []
 
 
 def test_a_device_that_may_not_publish_telemetry_keeps_nothing(

@@ -241,6 +241,7 @@ def test_an_unreachable_broker_fails_every_check_quickly(tmp_path: Path, home: P
     run = RunResults.load(reports / "results.json")
     assert {r.outcome for r in run.results} == {"failed", "not applicable"}
     assert {r.message for r in run.results if r.outcome == "not applicable"} == {
+        "mqtt1.test has no listener that checks passwords",
         "mqtt1.test has no reachable listener that checks passwords",
         "mqtt1.test has no reachable password listener and an active user with that password",
         "ssh_hardening_enabled is false for mqtt1.test",

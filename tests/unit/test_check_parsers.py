@@ -21,8 +21,12 @@ from iotfleet.check.host_checks import (
     crl_config_problems,
     expected_files,
     file_problems,
+    limit_problems,
+    memory_problems,
     package_problems,
+    password_file_problems,
     plain_listener_problems,
+    plugin_problems,
     sandbox_problems,
     service_problems,
     socket_problems,
@@ -44,6 +48,7 @@ from iotfleet.context import FleetContext
 from iotfleet.model import Broker, Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
+from iotfleet.mosquitto.logins import password_users
 from roles.mosquitto.render import BrokerConfig
 
 HOST = "mqtt1.example.net"
@@ -121,7 +126,7 @@ def broker(fleet: Fleet) -> Broker:
 
 @pytest.fixture
 def config_text(fleet: Fleet, broker: Broker) -> str:
-    return BrokerConfig(broker, fleet.name, True).text()
+    return BrokerConfig(broker, fleet).text()
 
 
 def _listener(broker: Broker, port: int) -> Any:
@@ -168,11 +173,11 @@ def test_each_weakened_listener_setting_is_named(broker: Broker, config_text: st
         f"client certificates are not required on {HOST}:8883"
     )
     no_passwords = parse_config(
-        _edit(config_text, 8884, f"password_file {layout.PASSWORD_FILE}\n", "")
+        _edit(config_text, 8884, f"password_file {layout.password_file(8884)}\n", "")
     )
     assert authentication_problems(HOST, _listener(broker, 8884), no_passwords) == [
         f"passwords are not checked on {HOST}:8884 (password_file is not set, expected "
-        f"{layout.PASSWORD_FILE})"
+        f"{layout.password_file(8884)})"
     ]
     old_tls = parse_config(_edit(config_text, 8885, "tls_version tlsv1.2", "tls_version tlsv1.1"))
     assert tls_config_problems(HOST, broker, _listener(broker, 8885), old_tls) == [
@@ -269,7 +274,7 @@ def test_file_modes(broker: Broker) -> None:
     assert file_problems(HOST, key, None) == [
         f"{layout.SERVER_KEY} (broker private key) is missing on {HOST}"
     ]
-    assert layout.PASSWORD_FILE in {f.path for f in expected_files(broker)}
+    assert layout.password_file(8884) in {f.path for f in expected_files(broker)}
 
 
 def test_package(broker: Broker) -> None:
@@ -352,3 +357,43 @@ def test_topic_matching_and_grants() -> None:
     grants = Grants([("read", "devices/+/telemetry/#"), ("write", "devices/+/commands/#")])
     assert grants.can_read("devices/x/telemetry/t") and not grants.can_write("devices/x/telemetry")
     assert grants.can_write("devices/x/commands/reboot") and not grants.can_read("$SYS/x")
+
+
+def test_plugin_limits_memory_and_password_names_are_judged(
+    fleet: Fleet, broker: Broker, config_text: str
+) -> None:
+    config = parse_config(config_text)
+    both = _listener(broker, 8885)
+    assert plugin_problems(HOST, fleet, broker, both, config) == []
+    assert limit_problems(HOST, broker, config) == []
+    no_plugin = parse_config(_edit(config_text, 8885, "plugin /", "#plugin /"))
+    assert plugin_problems(HOST, fleet, broker, both, no_plugin)[0].startswith(
+        f"iotfleet's plugin is not loaded on {HOST}:8885 (plugin is not set"
+    )
+    no_cn = parse_config(_edit(config_text, 8885, "plugin_opt_require_cn true\n", ""))
+    assert plugin_problems(HOST, fleet, broker, both, no_cn) == [
+        f"iotfleet's plugin on {HOST}:8885: plugin_opt_require_cn is not set, expected true"
+    ]
+    unbounded = parse_config(config_text.replace("max_packet_size ", "#max_packet_size "))
+    assert limit_problems(HOST, broker, unbounded)[0].startswith(
+        f"max_packet_size on {HOST} is not set (unlimited), expected "
+        f"{broker.mosquitto.max_packet_size}"
+    )
+    ceiling = broker.mosquitto.memory_ceiling_mb * 1048576
+    high = broker.mosquitto.memory_high_mb * 1048576
+    props = {"MemoryMax": str(ceiling), "MemoryHigh": str(high)}
+    assert memory_problems(HOST, broker, props) == []
+    assert memory_problems(HOST, broker, {**props, "MemoryMax": "infinity"}) == [
+        f"mosquitto.service on {HOST} has MemoryMax=infinity (no limit), expected {ceiling} "
+        "bytes (mosquitto_memory_max_mb): the broker may take all of the host's memory"
+    ]
+    password = _listener(broker, 8884)
+    names = sorted(password_users(fleet, broker.name, password))
+    assert "wallboard" in names and "ops" not in names
+    assert password_file_problems(HOST, fleet, broker.name, password, names) == []
+    assert password_file_problems(HOST, fleet, broker.name, password, [*names, "ops"]) == [
+        f"{layout.password_file(8884)} on {HOST} lets client ops log in with a password on "
+        "listener 8884 (password), which the inventory does not"
+    ]
+    # A certificate+password listener has no place for a password-only client.
+    assert "wallboard" not in password_users(fleet, broker.name, both)

@@ -67,7 +67,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             for server in boards.values():
                 server.flash.flush()
             broker = ctx.fleet.brokers[0]
-            config, files = service_files(ctx, broker, {})
+            config, files = service_files(ctx, broker)
             paths: dict[str, str] = {}
             for managed in [*broker_pki_files(ctx.pki, broker.name), *files]:
                 local = work / managed.staged_name

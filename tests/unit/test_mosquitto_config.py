@@ -77,6 +77,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
                             "auth": "password",
                             "password": "generated",
                         },
+                        {
+                            "name": "desk",
+                            "roles": ["operator"],
+                            "auth": "certificate+password",
+                            "password": "generated",
+                        },
                     ],
                 },
             )
@@ -85,7 +91,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     ctx = FleetContext.for_fleet(fleet)
     reconcile_fleet(fleet, ctx.pki_settings, ctx.state_dir)
     broker_host = fleet.brokers[0]
-    config, files = service_files(ctx, broker_host, {})
+    config, files = service_files(ctx, broker_host)
     paths: dict[str, str] = {}
     for managed in [*broker_pki_files(ctx.pki, broker_host.name), *files]:
         local = work / managed.staged_name
@@ -122,9 +128,7 @@ def test_device_cannot_read_other_devices_everything_or_sys(broker: LocalBroker)
         assert not spy.wait_for_message("", timeout=1), [m.topic for m in spy.messages()]
 
 
-@pytest.mark.parametrize(
-    "identity_name", ["anonymous", "foreign", REVOKED_CANARY, EXPIRED_CANARY]
-)
+@pytest.mark.parametrize("identity_name", ["anonymous", "foreign", REVOKED_CANARY, EXPIRED_CANARY])
 def test_certificate_listener_refuses_bad_clients(broker: LocalBroker, identity_name: str) -> None:
     if identity_name == "anonymous":
         identity = Identity()
@@ -171,13 +175,30 @@ def test_password_listener(broker: LocalBroker) -> None:
 
 
 def test_two_factor_listener_needs_certificate_and_password(broker: LocalBroker) -> None:
-    password = broker.ctx.passwords["wallboard"].get_secret_value()
+    password = broker.ctx.passwords["desk"].get_secret_value()
     target = broker.target(broker.both_port)
-    with_cert = broker.device("gw-1")
-    both = Identity(with_cert.certificate_pem, with_cert.private_key_pem, "wallboard", password)
+    desk = broker.device("desk")
+    both = Identity(desk.certificate_pem, desk.private_key_pem, "desk", password)
     assert try_connect(target, both).accepted
-    assert not try_connect(target, Identity(username="wallboard", password=password)).accepted
-    assert not try_connect(target, with_cert).accepted
+    assert not try_connect(target, Identity(username="desk", password=password)).accepted
+    assert not try_connect(target, desk).accepted
+    # Another identity's certificate with desk's login: the CN is not the username.
+    gw = broker.device("gw-1")
+    stolen = Identity(gw.certificate_pem, gw.private_key_pem, "desk", password)
+    assert not try_connect(target, stolen).accepted
+    # A password-only client has no password on the two-factor listener.
+    wallboard = broker.ctx.passwords["wallboard"].get_secret_value()
+    board = Identity(desk.certificate_pem, desk.private_key_pem, "wallboard", wallboard)
+    assert not try_connect(target, board).accepted
+
+
+def test_two_factor_clients_password_alone_is_refused_on_password_listeners(
+    broker: LocalBroker,
+) -> None:
+    password = broker.ctx.passwords["desk"].get_secret_value()
+    for port in (broker.password_port, broker.websockets_port):
+        result = try_connect(broker.target(port), Identity(username="desk", password=password))
+        assert not result.accepted and result.detail == "CONNACK refused: Not authorized"
 
 
 def test_a_device_cannot_take_over_another_devices_session(broker: LocalBroker) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from iotfleet.mosquitto.passwd import (
+    derive_salt,
     hash_password,
     parse_password_file,
     render_password_file,
@@ -33,14 +35,33 @@ def test_we_verify_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
     assert not verify_password("wrong", stored)
 
 
-def test_unchanged_passwords_keep_their_hash_changed_ones_get_a_new_one() -> None:
-    first = render_password_file({"alice": "a" * 20, "bob": "b" * 20}, {})
-    existing = parse_password_file(first)
-    second = render_password_file({"alice": "a" * 20, "bob": "B" * 20}, existing)
-    again = parse_password_file(second)
-    assert again["alice"] == existing["alice"]
-    assert again["bob"] != existing["bob"] and verify_password("B" * 20, again["bob"])
-    assert render_password_file({"alice": "a" * 20}, again) == f"alice:{existing['alice']}\n"
+def test_salts_are_derived_so_the_same_inventory_renders_the_same_file() -> None:
+    key = b"k" * 32
+
+    def salts(port: int) -> Callable[[str, str], bytes]:
+        def salt_of(user: str, password: str) -> bytes:
+            return derive_salt(key, broker="b1", port=port, user=user, password=password)
+
+        return salt_of
+
+    passwords = {"alice": "a" * 20, "bob": "b" * 20}
+    first = render_password_file(passwords, salts(8884), 1000)
+    assert render_password_file(dict(passwords), salts(8884), 1000) == first
+    entries = parse_password_file(first)
+    assert all(verify_password(passwords[u], entries[u]) for u in passwords)
+    # A changed password gets a new salt; the others keep their bytes.
+    changed = parse_password_file(
+        render_password_file({**passwords, "bob": "B" * 20}, salts(8884), 1000)
+    )
+    assert changed["alice"] == entries["alice"]
+    assert changed["bob"].split("$")[3] != entries["bob"].split("$")[3]
+    # The same password on another listener is another hash.
+    other = parse_password_file(render_password_file(passwords, salts(8885), 1000))
+    assert other["alice"] != entries["alice"]
+    # Another iteration count: every entry is hashed anew.
+    stronger = parse_password_file(render_password_file(passwords, salts(8884), 2000))
+    assert {h.split("$")[2] for h in stronger.values()} == {"2000"}
+    assert verify_password("a" * 20, stronger["alice"])
 
 
 def _free_port() -> int:
@@ -50,7 +71,9 @@ def _free_port() -> int:
 
 
 def test_real_broker_accepts_our_hash_and_refuses_a_wrong_password(tmp_path: Path) -> None:
-    (tmp_path / "passwd").write_text(render_password_file({"dev": "x" * 24}, {}))
+    (tmp_path / "passwd").write_text(
+        render_password_file({"dev": "x" * 24}, lambda u, p: b"s" * 12, 1000)
+    )
     port = _free_port()
     (tmp_path / "m.conf").write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\n"
