@@ -422,12 +422,14 @@ def limit_problems(host: str, broker: Broker, config: MosquittoConfig) -> list[s
     settings = broker.mosquitto
     wanted = {
         "max_packet_size": settings.max_packet_size,
+        "memory_limit": settings.heap_limit,
         "max_inflight_messages": settings.max_inflight_messages,
         "max_queued_messages": settings.max_queued_messages,
         "max_queued_bytes": settings.max_queued_bytes,
     }
     why = {
         "max_packet_size": ": a CONNECT announcing 256 MiB is buffered before authentication",
+        "memory_limit": ": the broker allocates until the kernel kills it",
     }
     problems = []
     for option, want in wanted.items():

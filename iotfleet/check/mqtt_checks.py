@@ -19,6 +19,7 @@ connections to password listeners.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -471,6 +472,29 @@ class BrokerProber:
         except (ProbeError, TimeoutError):
             return False
         return True
+
+    def refused_login(self, listener: ListenerTarget) -> tuple[str, str] | str:
+        """One login that must be refused: a made-up username with a random password (and the
+        probe device's certificate where the listener asks for one). Returns the username and
+        this host's address as the broker sees it, or why the attempt could not be made."""
+        down = self.unreachable(listener)
+        if down:
+            return f"cannot try a refused login: {down}"
+        certificate = key = None
+        if listener.listener.requires_certificate:
+            holder = self.cast.device
+            if holder is None:
+                return f"cannot open TLS on {listener.id}: no probe device with a certificate"
+            certificate = self.ctx.pki.certificate_pem(holder)
+            key = self.ctx.pki.private_key_pem(holder)
+        user = f"iotfleet-check-{secrets.token_hex(4)}"
+        identity = Identity(certificate, key, user, secrets.token_urlsafe(16))
+        result = self._connect(listener, identity)
+        if result.stage == "network":
+            return f"cannot try a refused login on {listener.id}: {result.detail}"
+        if result.accepted:
+            return f"a made-up user {user!r} with a random password gets in on {listener.id}"
+        return user, raw_attacks.source_address(listener.connect_name, listener.port)
 
     def mixed_identities(self, listener: ListenerTarget) -> list[str]:
         """On a certificate+password listener, one identity's certificate with another's

@@ -32,6 +32,10 @@ DEFAULT_LOG_TYPES: list[LogType] = ["error", "warning", "notice", "information"]
 
 # TLS 1.2 suites: ECDHE key exchange and AEAD only (no CBC, no RSA key exchange). The ECDSA
 # suites are what an EC broker certificate uses; the RSA ones serve RSA broker keys.
+MIB = 1024 * 1024
+# Below 256 MiB, the most an MQTT packet can announce, with room for what the broker holds.
+WEBSOCKETS_HEAP_LIMIT = 224 * MIB
+
 STRONG_TLS12_CIPHERS = ":".join(
     [
         "ECDHE-ECDSA-AES256-GCM-SHA384",
@@ -212,6 +216,20 @@ class MosquittoSettings(_Settings):
             return self.memory_max_mb
         connections = self.max_connections * len(self.listeners)
         return MEMORY_BASE_MB + -(-connections * MEMORY_PER_CONNECTION_KB // 1024)
+
+    @property
+    def heap_limit(self) -> int:
+        """Mosquitto's own ``memory_limit`` in bytes: allocations past it are refused (the
+        client that asked is disconnected) before the kernel's MemoryMax would kill the broker.
+
+        With a websockets listener it stays below the largest MQTT packet (256 MiB): Mosquitto
+        2.0 (2.0.11 to 2.0.20 at least) allocates what a websockets packet announces without
+        applying ``max_packet_size``, so only this limit refuses a forged CONNECT there.
+        """
+        limit = self.memory_high_mb * MIB
+        if any(listener.protocol == "websockets" for listener in self.listeners):
+            limit = min(limit, WEBSOCKETS_HEAP_LIMIT)
+        return limit
 
     @property
     def memory_high_mb(self) -> int:

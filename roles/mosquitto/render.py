@@ -80,6 +80,7 @@ class BrokerConfig:
             persistence_location=layout.PERSISTENCE_DIR,
             message_size_limit=settings.message_size_limit,
             max_packet_size=settings.max_packet_size,
+            memory_limit=settings.heap_limit,
             max_inflight_messages=settings.max_inflight_messages,
             max_queued_messages=settings.max_queued_messages,
             max_queued_bytes=settings.max_queued_bytes,

@@ -8,6 +8,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from iotfleet.check import raw_attacks
+from iotfleet.check.login_trace import journal_problems
 from iotfleet.check.plan import ListenerTarget
 from iotfleet.check.results import NOT_APPLICABLE
 from iotfleet.check.suite import Param, Suite, fail_on
@@ -46,6 +47,19 @@ def test_oversized_connect_closed_before_authentication(listener: Param, suite: 
 def test_device_retained_messages_bounded(listener: Param, suite: Suite) -> None:
     """A device cannot leave retained messages beyond its one status topic."""
     fail_on(suite.prober(listener.host).retained_flood(_target(listener)))
+
+
+@pytest.mark.listener_kind("password")
+def test_refused_login_is_traceable(listener: Param, suite: Suite) -> None:
+    """A refused login reaches the broker's journal with its username and address."""
+    target = _target(listener)
+    attempt = suite.prober(listener.host).refused_login(target)
+    if isinstance(attempt, str):
+        fail_on([attempt])
+        return
+    user, source = attempt
+    host = suite.testinfra_host(listener.broker)
+    fail_on(journal_problems(host, user, source, target.id))
 
 
 @pytest.mark.flood

@@ -36,6 +36,7 @@ ATTACK_CHECKS = {
     "test_oversized_connect_closed_before_authentication",
     "test_device_retained_messages_bounded",
     "test_password_attempts_rate_limited",
+    "test_refused_login_is_traceable",
 }
 PASSWORD_PORTS = (8884, 8443)  # inventory/group_data/lab.py: the password-only listeners
 # Lines of a listener block that load an authentication plugin (Mosquitto 2.0 spellings).
@@ -177,6 +178,15 @@ def break_packet_limits(lab: DeployedLab) -> None:
     _edit_if_changed(lab, change)
 
 
+def break_login_log(lab: DeployedLab) -> None:
+    """The broker no longer logs at notice level, where the plugin names refused logins."""
+
+    def change(conf: str) -> str:
+        return re.sub(r"^log_type notice\n", "", conf, flags=re.MULTILINE)
+
+    _edit_if_changed(lab, change)
+
+
 def break_rate_limit(lab: DeployedLab) -> None:
     """New connections to the password listeners accepted before any rate limit (the loaded
     table keeps its digest comment, so a rollout would not notice: the cleanup deletes it)."""
@@ -241,6 +251,16 @@ REOPENED = [
                 f"probe device {PROBE_DEVICE} keeps 5 retained message(s) on its own telemetry "
                 "topics via {host}:8883",
                 f"only devices/{PROBE_DEVICE}/status may hold one",
+            ]
+        },
+    ),
+    Breakage(
+        "refused logins not logged",
+        break_login_log,
+        "attack",
+        {
+            "test_refused_login_is_traceable": [
+                "left no line in mosquitto's journal: failed logins are not traceable",
             ]
         },
     ),

@@ -90,3 +90,20 @@ def test_a_connect_announcing_256_mib_is_closed_without_buffering(tmp_path: Path
     assert limited_closed and limited_growth < 4096
     # The same attack without the limit: the broker holds what was sent, unauthenticated.
     assert not open_closed and open_growth > SENT // 1024 // 2
+
+
+def test_heap_limit_stays_below_the_largest_packet_with_websockets() -> None:
+    """Mosquitto 2.0 skips max_packet_size on websockets listeners: there the broker's own
+    memory_limit must refuse a 256 MiB allocation; elsewhere it sits under MemoryHigh."""
+    plain = MosquittoSettings()
+    assert plain.heap_limit == plain.memory_high_mb * 1024 * 1024
+    with_websockets = MosquittoSettings.model_validate(
+        {
+            "listeners": [
+                {"port": 8883},
+                {"port": 8443, "protocol": "websockets", "auth": "password"},
+            ]
+        }
+    )
+    assert with_websockets.heap_limit < MAX_REMAINING_LENGTH
+    assert with_websockets.heap_limit < with_websockets.memory_high_mb * 1024 * 1024
