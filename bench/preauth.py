@@ -9,8 +9,8 @@ slow attacker would. While the connections are held it samples the broker proces
 VmSize) and the unit's cgroup (memory.current), and counts the connections still open at the
 end. It runs twice, side by side:
 
-* before: the same broker without the issue-10 bounds (``max_packet_size`` removed from
-  mosquitto.conf, the unit's MemoryHigh/MemoryMax removed), as rolled out before;
+* before: the same broker without the issue-10 bounds (``max_packet_size`` and
+  ``memory_limit`` removed from mosquitto.conf, the unit's MemoryHigh/MemoryMax removed);
 * after: the broker as iotfleet rolls it out now.
 
 Bounded in count and time; traffic goes only to the lab's own broker.
@@ -42,7 +42,7 @@ ANNOUNCED = 256 * 1024 * 1024 - 1
 ATTACK_HEAD_START = b"\x00\x04MQTT\x04\xc2\x00\x3c"
 DRIP_SECONDS = 5
 UNBOUNDED = (
-    "sed -i '/^max_packet_size/d' /etc/mosquitto/mosquitto.conf && "
+    "sed -i '/^\\(max_packet_size\\|memory_limit\\) /d' /etc/mosquitto/mosquitto.conf && "
     "sed -i '/^Memory\\(High\\|Max\\)=/d' "
     "/etc/systemd/system/mosquitto.service.d/iotfleet-hardening.conf && "
     "systemctl daemon-reload && systemctl restart mosquitto"
