@@ -82,6 +82,7 @@ def pki_settings_for(fleet: Fleet, state_dir: Path) -> PkiSettings:
         client_days=config.client_days,
         crl_days=config.crl_days,
         crl_refresh_before_days=config.crl_refresh_before_days,
+        renew_same_key=config.device_renew_same_key,
     )
 
 

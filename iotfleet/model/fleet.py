@@ -154,6 +154,11 @@ class PkiConfig(_Model):
     crl_refresh_before_days: int = Field(
         3, ge=0, le=364, description="re-sign the CRL when nextUpdate is closer than this"
     )
+    device_renew_same_key: bool = Field(
+        True,
+        description="renew device certificates on the same key and deliver them over MQTT "
+        "(false: a new key, the old certificate revoked at once; boards must be re-flashed)",
+    )
 
 
 class Broker(_Model):
