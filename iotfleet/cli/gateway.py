@@ -131,7 +131,12 @@ def run(
                       markup=False, highlight=False)
 
     simulator = GatewaySimulator(
-        bundle, telemetry_interval=interval, broker=_broker_option(broker), log=log
+        bundle,
+        telemetry_interval=interval,
+        broker=_broker_option(broker),
+        log=log,
+        flash_file=path,  # a renewed certificate is stored here, like the board's LittleFS
+        layout=chosen,
     )
     log(f"read {path} ({chosen}); brokers "
         f"{', '.join(f'{h}:{p}' for h, p in simulator.targets)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from iotfleet.device.contract import certificate_topic
+from iotfleet.device.contract import CERTIFICATE_TOPIC_ROOT, certificate_topic
 from iotfleet.health import health_identity_name, health_topic
 from iotfleet.model import Device, Fleet, Role
 from iotfleet.probes import DELIVERY_IDENTITY, PROBE_DEVICES, probe_prefix
@@ -66,6 +66,7 @@ def _role_rules(role: Role, username: str) -> list[tuple[str, str]]:
 def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]]:
     """``{username: [(access, topic), ...]}`` for every active user of one broker."""
     users: dict[str, list[tuple[str, str]]] = {}
+    rules: list[tuple[str, str]]
     allowed = fleet.users_of(broker_name)
     for device in fleet.active_devices:
         if device.id in allowed:
@@ -73,9 +74,12 @@ def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]
     for client in fleet.active_clients:
         if client.name not in allowed:
             continue
-        rules: list[tuple[str, str]] = []
+        rules = []
         for role in client.roles:
             rules.extend(_role_rules(fleet.roles[role], client.name))
+        # Even an admin's "#" must not reach the certificate topics: only iotfleet delivers.
+        # (Mosquitto checks "deny" lines before the others.)
+        rules.append(("deny", f"{CERTIFICATE_TOPIC_ROOT}/#"))
         users[client.name] = rules
     users[health_identity_name(broker_name)] = [("readwrite", health_topic(broker_name))]
     users[DELIVERY_IDENTITY] = delivery_rules(fleet, broker_name)

@@ -60,7 +60,11 @@ def test_roles_expand_per_user_and_admin_alone_sees_sys() -> None:
     assert ("read", "config/gw-1") in rules["gw-1"]
     sys_readers = {u for u, r in rules.items() if any(t.startswith("$SYS") for _, t in r)}
     assert sys_readers == {"ops"}
-    assert rules["dash"] == [("read", "devices/+/telemetry/#"), ("read", "devices/+/status")]
+    assert rules["dash"] == [
+        ("read", "devices/+/telemetry/#"),
+        ("read", "devices/+/status"),
+        ("deny", "iotfleet/pki/#"),
+    ]
 
 
 def test_revoked_identities_lose_every_rule() -> None:
