@@ -90,8 +90,8 @@ def cli() -> None:
 
 _KIND_LABEL = {"root-ca": "root CA", "intermediate-ca": "intermediate", "root-crl": "root CRL",
                "crl": "CRL"}
-_STYLE = {"ok": "green", "renew": "yellow", "expired": "bold red", "stale": "bold red",
-          "missing": "bold red"}
+_STYLE = {"ok": "green", "retiring": "cyan", "renew": "yellow", "expired": "bold red",
+          "stale": "bold red", "missing": "bold red"}
 
 
 def _row_cells(row: StatusRow) -> list[str]:
@@ -114,6 +114,10 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
     table.add_column("days left", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
     rows = report.rows
+    with_delivery = any(row.delivered or row.in_use for row in rows)
+    if with_delivery:  # devices renewed over the air: delivered to the gateway / in use there
+        table.add_column("delivered", no_wrap=True)
+        table.add_column("in use", no_wrap=True)
     with_notes = any(row.note for row in rows)
     if with_notes:
         table.add_column("note", overflow="fold")
@@ -125,7 +129,10 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
         rows = tuple(shown)
     for row in rows:
         cells = _row_cells(row)
-        table.add_row(*(cells if with_notes else cells[:-1]))
+        note = cells.pop()
+        if with_delivery:
+            cells += [row.delivered, row.in_use]
+        table.add_row(*([*cells, note] if with_notes else cells))
     console.print(table)
     if hidden:
         console.print(f"{hidden} more identities are ok (--all lists them).")
@@ -201,3 +208,51 @@ def export_command(settings: PkiSettings, name: str, out_dir: Path) -> None:
     write_file_atomically(out_dir / f"{name}.crt", certificate, mode=0o644)
     write_file_atomically(out_dir / f"{name}.key", key, mode=0o600)
     click.echo(f"wrote {out_dir}/ca.pem, {name}.crt and {name}.key (0600)")
+
+
+@cli.command("deliver")
+@click.argument("devices", nargs=-1)
+@click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="IOTFLEET_INVENTORY", required=True,
+              help="pyinfra inventory of the fleet (its brokers and devices).")
+@click.option("--all", "every", is_flag=True,
+              help="Publish every active device's certificate, not only renewals not delivered.")
+@click.option("--wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds to wait, per broker, for online gateways to report the new serial.")
+def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait: float) -> None:
+    """Deliver renewed device certificates over MQTT (retained, QoS 1, on each device's own
+    certificate topic) and record which certificate each gateway reports using.
+
+    No passphrase needed. The next PKI deploy revokes a renewed device's old certificate once
+    the device was seen using the new one. Exit 1 if a delivery failed on every broker.
+    """
+    from iotfleet.cert_delivery import DeliveryError, deliver_certificates
+    from iotfleet.context import FleetContext
+    from iotfleet.inventory import load_fleet
+    from iotfleet.model import InventoryError
+    from iotfleet.secrets import SecretError
+
+    try:
+        fleet, _ = load_fleet(inventory)
+        ctx = FleetContext.for_fleet(fleet)
+        chosen: list[str] | None = list(devices) or None
+        if every:
+            chosen = [device.id for device in fleet.active_devices]
+        results = deliver_certificates(ctx, chosen, wait=wait)
+    except (InventoryError, SecretError, FileNotFoundError, DeliveryError, PkiError) as exc:
+        raise PkiCommandError(str(exc)) from None
+    if not results:
+        click.echo("nothing to deliver: every renewed certificate was delivered already "
+                   "(--all publishes them again)")
+        return
+    table = Table(title="certificate delivery", title_justify="left")
+    for column in ("device", "serial", "delivered to", "gateway", "in use"):
+        table.add_column(column)
+    for r in results:
+        in_use = "-" if r.in_use is None else ("[green]new[/]" if r.switched else r.in_use[:12])
+        delivered = ", ".join(r.brokers) or "[red]" + "; ".join(r.failures) + "[/]"
+        table.add_row(r.device, r.serial[:12], delivered, "online" if r.online else "offline",
+                      in_use)
+    Console().print(table)
+    if any(not r.delivered for r in results):
+        raise SystemExit(EXIT_ATTENTION)
