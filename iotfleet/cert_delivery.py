@@ -259,15 +259,19 @@ def _deliver_on(
 def _read_statuses(
     link: _Link, status_topics: dict[str, str], results: dict[str, DeviceDelivery]
 ) -> None:
+    """Merge this broker's statuses: a gateway is online if any broker says so, and the serial
+    it uses is the one it reported while online (a broker it left may hold an older one)."""
     for topic, payload in link.statuses.items():
         device = status_topics.get(topic)
-        if device is None:
+        if device is None or results[device].switched:
             continue
         try:
             status = GatewayStatus.model_validate_json(payload)
         except ValidationError:
             continue  # a command reply, not presence
-        results[device].online = status.state == "online"
+        if status.state != "online":
+            continue
+        results[device].online = True
         if status.cert_serial:
             results[device].in_use = status.cert_serial
 

@@ -104,6 +104,17 @@ def _row_cells(row: StatusRow) -> list[str]:
     ]
 
 
+def _field_state(row: StatusRow) -> str:
+    """One word for a device row renewed over the air: in use > delivered > not sent."""
+    if row.in_use == "yes":
+        return "[green]in use[/]"
+    if row.delivered == "yes":
+        return "delivered"
+    if row.delivered == "no":
+        return "[yellow]not sent[/]"
+    return "-" if row.in_use else ""
+
+
 def render_status(report: StatusReport, console: Console, *, show_all: bool) -> None:
     """The status table; large fleets list only CA rows and what needs attention by default."""
     table = Table(title=f"PKI {report.state_dir}", title_justify="left")
@@ -112,12 +123,11 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
     table.add_column("serial", no_wrap=True)
     table.add_column("expires", no_wrap=True)
     table.add_column("days left", justify="right", no_wrap=True)
-    table.add_column("state", no_wrap=True)
+    table.add_column("state", no_wrap=True, min_width=8)
     rows = report.rows
     with_delivery = any(row.delivered or row.in_use for row in rows)
     if with_delivery:  # devices renewed over the air: delivered to the gateway / in use there
-        table.add_column("delivered", no_wrap=True)
-        table.add_column("in use", no_wrap=True)
+        table.add_column("gateway", no_wrap=True)
     with_notes = any(row.note for row in rows)
     if with_notes:
         table.add_column("note", overflow="fold")
@@ -131,7 +141,7 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
         cells = _row_cells(row)
         note = cells.pop()
         if with_delivery:
-            cells += [row.delivered, row.in_use]
+            cells.append(_field_state(row))
         table.add_row(*([*cells, note] if with_notes else cells))
     console.print(table)
     if hidden:
@@ -256,3 +266,52 @@ def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait
     Console().print(table)
     if any(not r.delivered for r in results):
         raise SystemExit(EXIT_ATTENTION)
+
+
+@cli.command("refresh-crl")
+@click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="IOTFLEET_INVENTORY", required=True,
+              help="pyinfra inventory of the fleet (PKI settings and brokers).")
+@click.option("--force", is_flag=True, help="Re-sign even outside the refresh window.")
+@click.option("--no-push", is_flag=True, help="Only re-sign; do not run deploy/crl.py.")
+def refresh_crl_command(inventory: Path, force: bool, no_push: bool) -> None:
+    """Keep the CRL from lapsing between rollouts (what the CRL timer runs daily).
+
+    Re-signs the CRL when its nextUpdate is within pki_crl_refresh_before_days (needs the CA
+    passphrase), then pushes only the CRL to every broker: `pyinfra -y INVENTORY deploy/crl.py`
+    (a broker that has it already is left alone). Exit 1 if the push failed.
+    """
+    import subprocess
+    import sys
+
+    from iotfleet.pki import refresh_crl
+
+    settings = _settings_from_inventory(inventory)
+    try:
+        next_update = refresh_crl(settings, force=force)
+    except PkiError as exc:
+        raise PkiCommandError(str(exc)) from None
+    if next_update is None:
+        click.echo("CRL still fresh: not re-signed")
+    else:
+        click.echo(f"CRL re-signed, valid until {next_update:%Y-%m-%d %H:%M} UTC")
+    if no_push:
+        return
+    root = _checkout()
+    pyinfra = str(Path(sys.executable).with_name("pyinfra"))
+    pushed = subprocess.run(
+        [pyinfra, "-y", str(inventory.resolve()), str(root / "deploy" / "crl.py")],
+        cwd=root, check=False,
+    )  # fmt: skip
+    if pushed.returncode != 0:
+        raise SystemExit(EXIT_ATTENTION)
+
+
+def _checkout() -> Path:
+    """The iotfleet checkout holding deploy/crl.py (the CLI is installed from it)."""
+    import iotfleet
+
+    root = Path(iotfleet.__file__).resolve().parents[1]
+    if not (root / "deploy" / "crl.py").is_file():
+        raise PkiCommandError(f"{root} holds no deploy/crl.py: run from an iotfleet checkout")
+    return root

@@ -146,7 +146,8 @@ class GatewaySimulator:
                 break
             if self._switching:
                 self._switching = False
-                continue  # a new certificate: reconnect at once, no back-off
+                attempt -= 1  # a new certificate: the same broker again, at once, no back-off
+                continue
             delay = self.backoff.next_delay()
             self._log(f"reconnecting in {delay:.1f} s")
             self._stop.wait(delay)

@@ -136,17 +136,20 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         if record.status == "revoked":
             continue
         delivered = in_use = ""
-        if record.kind == "device":
-            seen = ledger.get(record.name, Delivery())
+        seen = ledger.get(record.name, Delivery())
+        over_the_air = record.name in ledger or bool(index.retiring(record.name))
+        if record.kind == "device" and over_the_air:  # else: flashed, nothing to show
             in_use = "-" if seen.in_use is None else _yes(seen.in_use == record.serial)
             delivered = "-"
             if record.status == "valid" and (index.retiring(record.name)
                                              or seen.delivered is not None):
                 delivered = _yes(seen.delivered == record.serial)
         if record.status == "retiring":
-            state_name, note = RETIRING, "kept valid until the device uses its new certificate"
+            # Kept valid until the device uses its successor (docs/pki.md): no note, the
+            # state says it and narrow terminals keep every column.
+            state_name, note = RETIRING, ""
             if within(record.not_after, moment, 0):
-                state_name, note = EXPIRED, "the device never switched"
+                state_name, note = EXPIRED, "never switched"
         else:
             state_name = _cert_state(record.not_after, moment, settings.renew_before_days)
             note = ""

@@ -103,7 +103,9 @@ def _wait(condition: Callable[[], bool], timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def test_renewal_over_the_air_through_the_rollout(field: FieldLab) -> None:
+def test_renewal_over_the_air_through_the_rollout(
+    field: FieldLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lab = field.lab
     old = {d: field.old[d].serial_number for d in BOARDS}
     programmed = {d: field.programmed(d) for d in BOARDS}
@@ -130,8 +132,9 @@ def test_renewal_over_the_air_through_the_rollout(field: FieldLab) -> None:
         assert ledger["gw2"].delivered == new["gw2"] and ledger["gw2"].in_use is None
         # Until the gateway was seen with the new one, the old one stayed valid everywhere.
         assert not field.crl_serials() & set(old.values())
+        monkeypatch.setenv("COLUMNS", "200")  # the table, unclipped
         status = run_iotfleet("pki", "status", "-i", "inventory/lab.py", lab_name=lab.name)
-        assert "retiring" in status.stdout, status.stdout + status.stderr
+        assert "retiring" in status.stdout and "in use" in status.stdout, status.stdout
 
         # The next rollout revokes gw1's old certificate (seen switching); gw2's stays valid.
         after = field.rollout_without_stations()
