@@ -190,6 +190,18 @@ class _Link:
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         self.statuses[message.topic] = bytes(message.payload)
 
+    def open(self, timeout: float) -> str | None:
+        """Connect and wait for CONNACK; None when connected, else why not."""
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except (ssl.SSLError, OSError) as exc:
+            return f"cannot connect to {self.host}:{self.port}: {exc}"
+        if not self.pump_until(lambda: self.connack is not None, timeout):
+            return "no CONNACK"
+        if self.connack is not None and self.connack.is_failure:
+            return f"refused ({self.connack})"
+        return None
+
     def pump_until(self, done: object, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not done():  # type: ignore[operator]
@@ -278,3 +290,83 @@ def _read_statuses(
 
 def serial_text(serial: int | None) -> str:
     return "-" if serial is None else serial_hex(serial)
+
+
+@dataclass
+class GatewaySeen:
+    """A gateway as its retained status shows it (``iotfleet gateway status``)."""
+
+    device: str
+    state: str = "unknown"  # online, offline, or unknown (never published a status)
+    brokers: list[str] = field(default_factory=list)  # where it is online (or last said so)
+    cert_serial: str | None = None
+    firmware: str | None = None
+    since: datetime | None = None  # when it published that status
+
+
+def gateway_statuses(
+    ctx: FleetContext,
+    *,
+    settle: float = 1.5,
+    timeout: float = 10.0,
+    targets: dict[str, tuple[str, int]] | None = None,
+) -> tuple[list[GatewaySeen], list[str]]:
+    """Every active device's retained status on every broker it may use, read with iotfleet's
+    delivery identity (it may read status topics and nothing else of a device). Returns the
+    gateways and the brokers that could not be read ("broker: why")."""
+    store = ctx.pki
+    identity = (store.certificate_pem(DELIVERY_IDENTITY), store.private_key_pem(DELIVERY_IDENTITY))
+    ca = store.ca_chain_pem()
+    seen = {d.id: GatewaySeen(d.id) for d in ctx.fleet.active_devices}
+    problems: list[str] = []
+    for broker in ctx.fleet.brokers:
+        allowed = ctx.fleet.users_of(broker.name)
+        topics = {
+            f"{ctx.fleet.topic_prefix(d)}/status": d.id
+            for d in ctx.fleet.active_devices
+            if d.id in allowed
+        }
+        if not topics:
+            continue
+        host, port = (targets or {}).get(broker.name) or delivery_listener(broker)
+        link = _Link(host, port, ca, identity)
+        problem = link.open(timeout)
+        if problem is not None:
+            problems.append(f"{broker.name}: {problem}")
+            link.client.disconnect()
+            continue
+        try:
+            for topic in topics:
+                link.client.subscribe(topic, qos=1)
+            link.pump_until(lambda: False, settle)  # retained messages come right away
+        finally:
+            link.client.disconnect()
+        for topic, payload in link.statuses.items():
+            device = topics.get(topic)
+            if device is None:
+                continue
+            try:
+                status = GatewayStatus.model_validate_json(payload)
+            except ValidationError:
+                continue
+            _merge(seen[device], broker.name, status)
+    return list(seen.values()), problems
+
+
+def _merge(gateway: GatewaySeen, broker: str, status: GatewayStatus) -> None:
+    """Online anywhere wins; otherwise the most recent status."""
+    if status.state == "online":
+        if gateway.state != "online":
+            gateway.brokers = []
+        gateway.state = "online"
+        gateway.brokers.append(broker)
+    elif gateway.state == "online":
+        return
+    else:
+        newer = gateway.since is None or (status.since is not None and status.since > gateway.since)
+        if not newer and gateway.state == "offline":
+            return
+        gateway.state, gateway.brokers = "offline", [broker]
+    gateway.cert_serial = status.cert_serial or gateway.cert_serial
+    gateway.firmware = status.firmware or gateway.firmware
+    gateway.since = status.since or gateway.since

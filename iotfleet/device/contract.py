@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -236,3 +237,4 @@ class GatewayStatus(BaseModel):
     state: Literal["online", "offline"]
     cert_serial: str | None = Field(None, description="serial of the certificate in use, hex")
     firmware: str | None = Field(None, description="firmware name and version")
+    since: datetime | None = Field(None, description="when the gateway published it (UTC)")

@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +366,9 @@ class GatewaySimulator:
 
 def _status(state: str, cert_serial: str | None = None) -> str:
     status = GatewayStatus(
-        state=state, cert_serial=cert_serial, firmware=FIRMWARE if cert_serial else None
+        state=state,
+        cert_serial=cert_serial,
+        firmware=FIRMWARE if cert_serial else None,
+        since=datetime.now(UTC).replace(microsecond=0) if cert_serial else None,
     )
     return status.model_dump_json(exclude_none=True)

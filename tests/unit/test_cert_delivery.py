@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from iotfleet.cert_delivery import deliver_certificates, pending_deliveries
-from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, Target, session
+from iotfleet.cert_delivery import deliver_certificates, gateway_statuses, pending_deliveries
+from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, Target, session, succeeded
 from iotfleet.context import FleetContext
 from iotfleet.device.contract import CERT_FILE, CertificateUpdate, certificate_topic
 from iotfleet.emulator import BoardServer
@@ -206,3 +206,31 @@ def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
             gw2.stop()
     finally:
         gw1.stop()
+
+
+def test_gateway_status_reads_presence_with_a_confined_identity(site: Site) -> None:
+    gw1 = site.simulator("gw-1").start()
+    try:
+        assert gw1.wait_connected(10), gw1.stats.last_error
+        gateways, problems = gateway_statuses(
+            site.ctx, targets={"localhost": ("localhost", site.port)}
+        )
+        assert problems == []
+        by_device = {g.device: g for g in gateways}
+        online = by_device["gw-1"]
+        assert (online.state, online.brokers, online.cert_serial) == (
+            "online",
+            ["localhost"],
+            gw1.cert_serial,
+        )
+        assert online.firmware and online.since is not None
+        # The identity that reads presence reads nothing else of a device.
+        with session(site.target(), site.as_(DELIVERY_IDENTITY)) as reader:
+            reader.subscribe("devices/+/telemetry/#")
+            reader.subscribe("devices/gw-1/commands/#")
+            assert succeeded(gw1.publish("devices/gw-1/telemetry/state", b"21.5"))
+            assert not reader.wait_for_message("devices/", timeout=1)
+    finally:
+        gw1.stop()
+    gateways, _ = gateway_statuses(site.ctx, targets={"localhost": ("localhost", site.port)})
+    assert {g.device: g.state for g in gateways}["gw-1"] == "offline"
