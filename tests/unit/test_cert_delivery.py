@@ -19,7 +19,7 @@ from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, Target, session,
 from iotfleet.context import FleetContext
 from iotfleet.device.contract import CERT_FILE, CertificateUpdate, certificate_topic
 from iotfleet.emulator import BoardServer
-from iotfleet.flash import flash_station
+from iotfleet.flash import FlashRegistry, flash_station
 from iotfleet.fleet_pki import reconcile_fleet
 from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle, read_flash_files
 from iotfleet.pki import revoke
@@ -38,6 +38,7 @@ class Site:
     ctx: FleetContext
     port: int
     boards: dict[str, BoardServer]
+    home: Path
 
     def flash_file(self, device: str) -> Path:
         return self.boards[device].flash.path
@@ -101,7 +102,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 local.write_bytes(managed.content)
                 paths[managed.path] = str(local)
             with running_mosquitto(config.text(paths), work, [port]):
-                yield Site(ctx, port, boards)
+                yield Site(ctx, port, boards, home)
         finally:
             for server in boards.values():
                 server.close()
@@ -157,6 +158,14 @@ def test_renewal_over_the_air_end_to_end(site: Site) -> None:
         assert reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir).retired == ("gw-2",)
     finally:
         gw1.stop()
+    # A board that comes back to a flash station gets the renewed certificate in its image too.
+    flashed_again = flash_station(ctx, "@local", progress=False, options=options(site.home))
+    assert all(r.ok for r in flashed_again), flashed_again
+    registry = FlashRegistry(ctx.registry_path)
+    for device in DEVICES:
+        record = registry.latest(device)
+        assert record is not None and record.cert_serial is not None
+        assert int(record.cert_serial, 16) == new[device]
 
 
 def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
