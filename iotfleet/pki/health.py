@@ -126,10 +126,12 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         if info is None:
             rows.append(StatusRow(kind, "", "", None, None, MISSING, "run a reconcile"))
             continue
+        crl_state = _crl_state(info.next_update, moment, window, matches)
+        if kind == "crl" and matches and crl_state != OK:
+            note = "run `iotfleet pki refresh-crl` (is the CRL timer running?)"
         rows.append(StatusRow(
             kind, f"CRL number {info.number}", "", info.next_update,
-            _days_left(info.next_update, moment),
-            _crl_state(info.next_update, moment, window, matches),
+            _days_left(info.next_update, moment), crl_state,
             note if matches else "file does not match the index: run a reconcile",
         ))
     for record in index.records:

@@ -68,6 +68,7 @@ def test_refresh_writes_nothing_outside_the_window_and_status_warns_inside(
     inside = T0 + 3 * DAY
     crl_row = next(r for r in status(settings, now=inside).rows if r.kind == "crl")
     assert crl_row.state == "renew" and crl_row.needs_attention
+    assert "iotfleet pki refresh-crl" in crl_row.note
     next_update = refresh_crl(settings, now=inside)
     assert next_update == inside + timedelta(days=PkiConfig().crl_days)
     crl_row = next(r for r in status(settings, now=inside).rows if r.kind == "crl")
