@@ -65,6 +65,10 @@ def revoke(settings: PkiSettings, name: str, reason: str, *,
             raise PkiInputError([f"{name!r} has no valid certificate in {layout.root} "
                                  "(never issued, or already revoked)"])
         record = index.revoke(name, reason, moment)
+        # A device renewed on the same key may still hold its previous certificate: it carries
+        # the same key, so it goes too (a keyCompromise must not leave it valid).
+        for retiring in index.retiring(name):
+            index.revoke_serial(retiring.serial, reason, moment)
         index.crl = write_crl(layout.crl, state.ca.intermediate, issuer.key,
                               leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
         save_index(layout, index)

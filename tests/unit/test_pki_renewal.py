@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from iotfleet.pki import PkiStore, reconcile, status
+from iotfleet.pki import PkiStore, reconcile, revoke, status
 from iotfleet.pki.delivery import read_ledger, record_observations
 from tests.unit.pki_helpers import DEVICE, ENV, FLEET, PASSPHRASE, settings_for
 
@@ -157,3 +157,11 @@ def test_status_shows_issued_delivered_and_in_use(tmp_path: Path) -> None:
     assert device_rows()[1] == (new_hex, "ok", "yes", "yes")
     ledger = read_ledger(state)
     assert ledger[DEVICE.name].in_use == new and ledger[DEVICE.name].delivered == new
+
+
+def test_revoking_a_renewed_device_revokes_its_retiring_certificate_too(tmp_path: Path) -> None:
+    state = tmp_path / "pki"
+    store, old, new, inside = _renewed(state)
+    revoke(settings_for(state), DEVICE.name, "keyCompromise", now=inside)
+    assert {old, new} <= _crl_serials(store)  # both carry the compromised key
+    assert not [r for r in store.records() if r.name == DEVICE.name and r.status != "revoked"]
