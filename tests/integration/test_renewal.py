@@ -135,6 +135,13 @@ def test_renewal_over_the_air_through_the_rollout(
         monkeypatch.setenv("COLUMNS", "200")  # the table, unclipped
         status = run_iotfleet("pki", "status", "-i", "inventory/lab.py", lab_name=lab.name)
         assert "retiring" in status.stdout and "in use" in status.stdout, status.stdout
+        # Which gateways are alive, from their retained status (read with the delivery identity).
+        alive = run_iotfleet("gateway", "status", "-i", "inventory/lab.py", lab_name=lab.name)
+        assert alive.returncode == 0, alive.stdout + alive.stderr
+        rows = {line.split()[1]: line for line in alive.stdout.splitlines() if "│ gw" in line}
+        assert "online" in rows["gw1"] and f"{new['gw1']:040x}"[:12] in rows["gw1"], alive.stdout
+        assert "iotfleet-simulator/1" in rows["gw1"] and "824" in rows["gw1"], alive.stdout
+        assert "online" not in rows["gw2"], alive.stdout
 
         # The next rollout revokes gw1's old certificate (seen switching); gw2's stays valid.
         after = field.rollout_without_stations()
