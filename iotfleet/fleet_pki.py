@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 from iotfleet.atomic import write_file_atomically
@@ -12,7 +13,7 @@ from iotfleet.model import Broker, Fleet
 from iotfleet.model.names import is_dns_name
 from iotfleet.pki import IdentitySpec, PkiSettings, PkiStore, ReconcileReport, reconcile
 from iotfleet.pki.testing import make_expired_identity
-from iotfleet.probes import PROBE_DEVICES
+from iotfleet.probes import DELIVERY_IDENTITY, PROBE_DEVICES
 
 
 def broker_dns_names(broker: Broker) -> list[str]:
@@ -46,6 +47,7 @@ def fleet_identities(fleet: Fleet) -> list[IdentitySpec]:
         )
         specs.append(IdentitySpec(name=health_identity_name(broker.name), kind="client"))
     specs.extend(IdentitySpec(name=probe, kind="device") for probe in PROBE_DEVICES)
+    specs.append(IdentitySpec(name=DELIVERY_IDENTITY, kind="client"))
     for device in fleet.devices:
         specs.append(
             IdentitySpec(
@@ -82,6 +84,7 @@ def pki_settings_for(fleet: Fleet, state_dir: Path) -> PkiSettings:
         client_days=config.client_days,
         crl_days=config.crl_days,
         crl_refresh_before_days=config.crl_refresh_before_days,
+        renew_same_key=config.device_renew_same_key,
     )
 
 
@@ -117,14 +120,19 @@ def _save_canary(state_dir: Path, name: str, certificate_pem: bytes, key_pem: by
     write_file_atomically(directory / f"{name}.pem", certificate_pem, mode=0o600)
 
 
-def reconcile_fleet(fleet: Fleet, settings: PkiSettings, state_dir: Path) -> ReconcileReport:
-    """Reconcile the PKI with the fleet, canaries included (needs the CA passphrase)."""
+def reconcile_fleet(
+    fleet: Fleet, settings: PkiSettings, state_dir: Path, *, now: datetime | None = None
+) -> ReconcileReport:
+    """Reconcile the PKI with the fleet, canaries included (needs the CA passphrase).
+
+    ``now``: the time to act at (default: the clock); tests move time with it.
+    """
     specs = fleet_identities(fleet)
     directory = canary_dir(state_dir)
     first: ReconcileReport | None = None
     if not (directory / f"{REVOKED_CANARY}.pem").exists():
         # Issue the canary, keep a copy of it, then revoke it in the same run.
-        first = reconcile(settings, [*specs, IdentitySpec(REVOKED_CANARY, "client")])
+        first = reconcile(settings, [*specs, IdentitySpec(REVOKED_CANARY, "client")], now=now)
         store = PkiStore(settings.state_dir)
         _save_canary(
             state_dir,
@@ -135,6 +143,7 @@ def reconcile_fleet(fleet: Fleet, settings: PkiSettings, state_dir: Path) -> Rec
     report = reconcile(
         settings,
         [*specs, IdentitySpec(REVOKED_CANARY, "client", revoked_reason="cessationOfOperation")],
+        now=now,
     )
     if not (directory / f"{EXPIRED_CANARY}.pem").exists():
         expired = make_expired_identity(settings, EXPIRED_CANARY, kind="client")
@@ -148,6 +157,8 @@ def _combined(first: ReconcileReport, second: ReconcileReport) -> ReconcileRepor
         second,
         issued=tuple(n for n in first.issued if n != REVOKED_CANARY) + second.issued,
         renewed=first.renewed + second.renewed,
+        renewed_same_key=first.renewed_same_key + second.renewed_same_key,
+        retired=first.retired + second.retired,
         revoked=first.revoked + tuple(n for n in second.revoked if n != REVOKED_CANARY),
         crl_changed=first.crl_changed or second.crl_changed,
         root_crl_changed=first.root_crl_changed or second.root_crl_changed,

@@ -14,6 +14,10 @@ PROBE_PEER = "iotfleet-probe-2"  # the other device, whose topics the probe must
 PROBE_DEVICES = (PROBE_DEVICE, PROBE_PEER)
 PROBE_PASSWORD_USERS = (PROBE_DEVICE,)
 
+# iotfleet's own client for over-the-air certificate delivery: the only identity that may write
+# a device's certificate topic (and read its status topic, to see which certificate it uses).
+DELIVERY_IDENTITY = "iotfleet-delivery"
+
 
 def probe_prefix(topic_root: str, name: str) -> str:
     """Topic prefix of a probe device (like a device's default ``<root>/<id>``)."""

@@ -14,7 +14,10 @@ from cryptography import x509
 from iotfleet.mosquitto import layout
 
 CERT_MARGIN_DAYS = 14  # a certificate closer to expiry than this fails the check
-CRL_MARGIN_HOURS = 24  # a CRL closer to nextUpdate than this fails the check
+# A CRL closer to nextUpdate than this fails the check: with the fleet defaults (CRL valid 7
+# days, re-signed by the daily CRL timer when 5 are left) it means the timer missed two runs,
+# three days before every client certificate is refused.
+CRL_MARGIN_HOURS = 72
 
 
 def load_pem_certificates(pem: bytes) -> list[x509.Certificate]:
@@ -164,6 +167,7 @@ def crl_update_problems(
     consequence = (
         ": the broker refuses every client certificate"
         if hours < 0
-        else f" (margin {margin_hours:g} hours): run a rollout to re-sign it"
+        else f" (margin {margin_hours:g} hours): run `iotfleet pki refresh-crl -i INVENTORY`;"
+        " is the CRL timer (files/nightly/iotfleet-crl@.timer) running?"
     )
     return [f"the CRL on {host} {when} (nextUpdate {next_update:%Y-%m-%d %H:%M} UTC){consequence}"]

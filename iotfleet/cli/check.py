@@ -95,7 +95,7 @@ def _prometheus_file(_ctx: click.Context, _param: click.Parameter, value: Path |
     "--crl-margin-hours",
     type=click.FloatRange(min=0),
     default=None,
-    help="Fail when a broker's CRL reaches nextUpdate sooner (default 24).",
+    help="Fail when a broker's CRL reaches nextUpdate sooner (default 72).",
 )
 def cli(
     inventory: Path,

@@ -131,7 +131,12 @@ def run(
                       markup=False, highlight=False)
 
     simulator = GatewaySimulator(
-        bundle, telemetry_interval=interval, broker=_broker_option(broker), log=log
+        bundle,
+        telemetry_interval=interval,
+        broker=_broker_option(broker),
+        log=log,
+        flash_file=path,  # a renewed certificate is stored here, like the board's LittleFS
+        layout=chosen,
     )
     log(f"read {path} ({chosen}); brokers "
         f"{', '.join(f'{h}:{p}' for h, p in simulator.targets)}")
@@ -275,3 +280,50 @@ def registry(inventory: Path | None, history: bool) -> None:
                       r.mac or "-", r.result, (r.firmware_sha256 or "-")[:12],
                       (r.image_sha256 or "-")[:12], (r.cert_serial or "-")[:16])
     Console().print(table)
+
+
+@cli.command("status")
+@_inventory_option
+@click.option("--settle", type=click.FloatRange(min=0.1), default=1.5, show_default=True,
+              help="Seconds to collect the retained statuses on each broker.")
+def status_command(inventory: Path | None, settle: float) -> None:
+    """Which gateways are alive: per device, online or offline (since when), on which broker,
+    the certificate it uses (serial, days left) and its firmware, from the retained status each
+    gateway publishes. Read with iotfleet's delivery identity, which may read status topics
+    only. Exit 1 if a broker could not be read."""
+    from datetime import UTC, datetime
+
+    from iotfleet.cert_delivery import DeliveryError, gateway_statuses
+    from iotfleet.context import FleetContext
+    from iotfleet.inventory import load_fleet
+    from iotfleet.model import InventoryError
+    from iotfleet.pki import PkiError
+    from iotfleet.secrets import SecretError
+
+    if inventory is None:
+        raise click.UsageError("give --inventory INVENTORY (or $IOTFLEET_INVENTORY)")
+    try:
+        fleet, _ = load_fleet(inventory)
+        ctx = FleetContext.for_fleet(fleet)
+        gateways, problems = gateway_statuses(ctx, settle=settle)
+        not_after = {r.serial_hex: r.not_after for r in ctx.pki.records()}
+    except (InventoryError, SecretError, FileNotFoundError, DeliveryError, PkiError) as exc:
+        raise GatewayCommandError(str(exc)) from None
+    now = datetime.now(UTC)
+    table = Table(title=f"gateways of fleet {fleet.name}", title_justify="left")
+    for column in ("device", "state", "since", "broker", "cert serial", "days left", "firmware"):
+        table.add_column(column, no_wrap=column != "broker")
+    for g in sorted(gateways, key=lambda item: item.device):
+        style = {"online": "green", "offline": "yellow"}.get(g.state, "red")
+        expires = not_after.get(g.cert_serial or "")
+        days = "-" if expires is None else str((expires - now).days)
+        table.add_row(
+            g.device, f"[{style}]{g.state}[/]",
+            f"{g.since:%Y-%m-%d %H:%M}" if g.since else "-", ", ".join(g.brokers) or "-",
+            (g.cert_serial or "-")[:12], days, g.firmware or "-",
+        )  # fmt: skip
+    Console().print(table)
+    for problem in problems:
+        _console().print(f"[red]{problem}[/]")
+    if problems:
+        sys.exit(EXIT_FAILED)

@@ -90,8 +90,8 @@ def cli() -> None:
 
 _KIND_LABEL = {"root-ca": "root CA", "intermediate-ca": "intermediate", "root-crl": "root CRL",
                "crl": "CRL"}
-_STYLE = {"ok": "green", "renew": "yellow", "expired": "bold red", "stale": "bold red",
-          "missing": "bold red"}
+_STYLE = {"ok": "green", "retiring": "cyan", "renew": "yellow", "expired": "bold red",
+          "stale": "bold red", "missing": "bold red"}
 
 
 def _row_cells(row: StatusRow) -> list[str]:
@@ -104,6 +104,17 @@ def _row_cells(row: StatusRow) -> list[str]:
     ]
 
 
+def _field_state(row: StatusRow) -> str:
+    """One word for a device row renewed over the air: in use > delivered > not sent."""
+    if row.in_use == "yes":
+        return "[green]in use[/]"
+    if row.delivered == "yes":
+        return "delivered"
+    if row.delivered == "no":
+        return "[yellow]not sent[/]"
+    return "-" if row.in_use else ""
+
+
 def render_status(report: StatusReport, console: Console, *, show_all: bool) -> None:
     """The status table; large fleets list only CA rows and what needs attention by default."""
     table = Table(title=f"PKI {report.state_dir}", title_justify="left")
@@ -112,8 +123,11 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
     table.add_column("serial", no_wrap=True)
     table.add_column("expires", no_wrap=True)
     table.add_column("days left", justify="right", no_wrap=True)
-    table.add_column("state", no_wrap=True)
+    table.add_column("state", no_wrap=True, min_width=8)
     rows = report.rows
+    with_delivery = any(row.delivered or row.in_use for row in rows)
+    if with_delivery:  # devices renewed over the air: delivered to the gateway / in use there
+        table.add_column("gateway", no_wrap=True)
     with_notes = any(row.note for row in rows)
     if with_notes:
         table.add_column("note", overflow="fold")
@@ -125,7 +139,10 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
         rows = tuple(shown)
     for row in rows:
         cells = _row_cells(row)
-        table.add_row(*(cells if with_notes else cells[:-1]))
+        note = cells.pop()
+        if with_delivery:
+            cells.append(_field_state(row))
+        table.add_row(*([*cells, note] if with_notes else cells))
     console.print(table)
     if hidden:
         console.print(f"{hidden} more identities are ok (--all lists them).")
@@ -201,3 +218,100 @@ def export_command(settings: PkiSettings, name: str, out_dir: Path) -> None:
     write_file_atomically(out_dir / f"{name}.crt", certificate, mode=0o644)
     write_file_atomically(out_dir / f"{name}.key", key, mode=0o600)
     click.echo(f"wrote {out_dir}/ca.pem, {name}.crt and {name}.key (0600)")
+
+
+@cli.command("deliver")
+@click.argument("devices", nargs=-1)
+@click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="IOTFLEET_INVENTORY", required=True,
+              help="pyinfra inventory of the fleet (its brokers and devices).")
+@click.option("--all", "every", is_flag=True,
+              help="Publish every active device's certificate, not only renewals not delivered.")
+@click.option("--wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds to wait, per broker, for online gateways to report the new serial.")
+def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait: float) -> None:
+    """Deliver renewed device certificates over MQTT (retained, QoS 1, on each device's own
+    certificate topic) and record which certificate each gateway reports using.
+
+    No passphrase needed. The next PKI deploy revokes a renewed device's old certificate once
+    the device was seen using the new one. Exit 1 if a delivery failed on every broker.
+    """
+    from iotfleet.cert_delivery import DeliveryError, deliver_certificates
+    from iotfleet.context import FleetContext
+    from iotfleet.inventory import load_fleet
+    from iotfleet.model import InventoryError
+    from iotfleet.secrets import SecretError
+
+    try:
+        fleet, _ = load_fleet(inventory)
+        ctx = FleetContext.for_fleet(fleet)
+        chosen: list[str] | None = list(devices) or None
+        if every:
+            chosen = [device.id for device in fleet.active_devices]
+        results = deliver_certificates(ctx, chosen, wait=wait)
+    except (InventoryError, SecretError, FileNotFoundError, DeliveryError, PkiError) as exc:
+        raise PkiCommandError(str(exc)) from None
+    if not results:
+        click.echo("nothing to deliver: every renewed certificate was delivered already "
+                   "(--all publishes them again)")
+        return
+    table = Table(title="certificate delivery", title_justify="left")
+    for column in ("device", "serial", "delivered to", "gateway", "in use"):
+        table.add_column(column)
+    for r in results:
+        in_use = "-" if r.in_use is None else ("[green]new[/]" if r.switched else r.in_use[:12])
+        delivered = ", ".join(r.brokers) or "[red]" + "; ".join(r.failures) + "[/]"
+        table.add_row(r.device, r.serial[:12], delivered, "online" if r.online else "offline",
+                      in_use)
+    Console().print(table)
+    if any(not r.delivered for r in results):
+        raise SystemExit(EXIT_ATTENTION)
+
+
+@cli.command("refresh-crl")
+@click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="IOTFLEET_INVENTORY", required=True,
+              help="pyinfra inventory of the fleet (PKI settings and brokers).")
+@click.option("--force", is_flag=True, help="Re-sign even outside the refresh window.")
+@click.option("--no-push", is_flag=True, help="Only re-sign; do not run deploy/crl.py.")
+def refresh_crl_command(inventory: Path, force: bool, no_push: bool) -> None:
+    """Keep the CRL from lapsing between rollouts (what the CRL timer runs daily).
+
+    Re-signs the CRL when its nextUpdate is within pki_crl_refresh_before_days (needs the CA
+    passphrase), then pushes only the CRL to every broker: `pyinfra -y INVENTORY deploy/crl.py`
+    (a broker that has it already is left alone). Exit 1 if the push failed.
+    """
+    import subprocess
+    import sys
+
+    from iotfleet.pki import refresh_crl
+
+    settings = _settings_from_inventory(inventory)
+    try:
+        next_update = refresh_crl(settings, force=force)
+    except PkiError as exc:
+        raise PkiCommandError(str(exc)) from None
+    if next_update is None:
+        click.echo("CRL still fresh: not re-signed")
+    else:
+        click.echo(f"CRL re-signed, valid until {next_update:%Y-%m-%d %H:%M} UTC")
+    if no_push:
+        return
+    root = _checkout()
+    pyinfra = str(Path(sys.executable).with_name("pyinfra"))
+    pushed = subprocess.run(
+        [pyinfra, "-y", str(inventory.resolve()), str(root / "deploy" / "crl.py")],
+        cwd=root, check=False,
+    )  # fmt: skip
+    if pushed.returncode != 0:
+        raise SystemExit(EXIT_ATTENTION)
+
+
+def _checkout() -> Path:
+    """The iotfleet checkout holding deploy/crl.py (the CLI is installed from it)."""
+    import iotfleet
+
+    root = Path(iotfleet.__file__).resolve().parents[1]
+    if not (root / "deploy" / "crl.py").is_file():
+        raise PkiCommandError(f"{root} holds no deploy/crl.py: run from an iotfleet checkout")
+    return root

@@ -9,12 +9,17 @@ The firmware (``files/firmware/iotfleet-gateway/``) and the gateway simulator
     /client.key      the device's private key, unencrypted PKCS#8 PEM
     /wifi.pass       Wi-Fi passphrase, 8..63 ASCII characters, no newline
     /mqtt.pass       MQTT password, no newline (only when the device has one)
+
+And over MQTT (``docs/gateways.md``, "Certificate renewal"): the renewed certificate arrives on
+``certificate_topic(device_id)`` as a ``CertificateUpdate``; the gateway reports the serial it
+uses in its ``GatewayStatus`` on its status topic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -31,6 +36,9 @@ MQTT_PASS_FILE = "/mqtt.pass"  # noqa: S105 - a file name
 REQUIRED_FILES = (CONFIG_FILE, CA_FILE, CERT_FILE, KEY_FILE, WIFI_PASS_FILE)
 MAX_FILE_SIZE = 16 * 1024  # the firmware reads each file into RAM (about 40 KB free heap)
 MAX_CONFIG_SIZE = 2048  # ArduinoJson's document in the sketch is sized for this
+
+CERTIFICATE_TOPIC_ROOT = "iotfleet/pki"  # reserved: outside every device's prefix
+MAX_UPDATE_SIZE = 8 * 1024  # a leaf + intermediate + root in PEM is about 2.5 KB (EC)
 
 WIFI_PASSPHRASE_MIN = 8  # WPA2-PSK passphrase: 8..63 printable ASCII characters
 WIFI_PASSPHRASE_MAX = 63
@@ -181,3 +189,52 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"])
     return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def certificate_topic(device_id: str) -> str:
+    """Where iotfleet delivers ``device_id``'s renewed certificate (retained, QoS 1).
+
+    Only that device may read it and only iotfleet's delivery identity may write it (ACL), so a
+    retained message there is the one iotfleet last published. The one place this topic is
+    spelled: the ACL, the publisher, the simulator and the docs all come here.
+    """
+    return f"{CERTIFICATE_TOPIC_ROOT}/{device_id}/certificate"
+
+
+class CertificateUpdate(BaseModel):
+    """Payload on ``certificate_topic``: JSON, UTF-8. The gateway trusts none of it until the
+    certificate chains to the CA in its flash and carries its own public key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    device: str = Field(description="the device id (the certificate's CN)")
+    serial: str = Field(pattern=r"^[0-9a-f]{40}$", description="40 lowercase hex digits")
+    certificate: str = Field(description="the new client certificate, PEM")
+    chain: str = Field(description="issuing intermediate + root, PEM (like /ca.pem)")
+
+    def to_payload(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> CertificateUpdate:
+        """Parse a message; ``ContractError`` saying what is wrong (never echoing the payload)."""
+        if len(payload) > MAX_UPDATE_SIZE:
+            raise ContractError(
+                f"certificate update of {len(payload)} bytes (max {MAX_UPDATE_SIZE})"
+            )
+        try:
+            return cls.model_validate_json(payload)
+        except ValidationError as exc:
+            raise ContractError(f"certificate update: {_first_error(exc)}") from None
+
+
+class GatewayStatus(BaseModel):
+    """Retained presence on the status topic (command replies there carry ``command`` instead)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    state: Literal["online", "offline"]
+    cert_serial: str | None = Field(None, description="serial of the certificate in use, hex")
+    firmware: str | None = Field(None, description="firmware name and version")
+    since: datetime | None = Field(None, description="when the gateway published it (UTC)")

@@ -107,6 +107,27 @@ def read_littlefs_image(image: bytes, layout: FlashLayout) -> dict[str, bytes]:
         fs.unmount()
 
 
+def replace_littlefs_files(image: bytes, layout: FlashLayout, files: Mapping[str, bytes]) -> bytes:
+    """``image`` with ``files`` written the way the firmware writes them: each to ``<name>.new``
+    first, then renamed over ``<name>`` (littlefs renames atomically: a power cut leaves the old
+    file or the new one, never half of one). Returns the new partition image."""
+    if len(image) != layout.fs_size:
+        raise FilesystemError(f"the {layout.name} partition is {layout.fs_size} bytes")
+    context = UserContext(buffer=bytearray(image))
+    fs = LittleFS(context=context, mount=False, **core_geometry(layout))
+    try:
+        fs.mount()
+        for path, content in files.items():
+            staging = f"{path}.new"
+            with fs.open(staging, "wb") as handle:
+                handle.write(content)
+            fs.rename(staging, path)
+        fs.unmount()
+    except LittleFSError as exc:
+        raise FilesystemError(f"cannot update the {layout.name} filesystem: {exc}") from None
+    return bytes(context.buffer)
+
+
 def _too_big(total: int, layout: FlashLayout) -> str:
     return (
         f"{total} bytes of files do not fit the {layout.name} filesystem "

@@ -5,10 +5,16 @@ certificate; announces itself on its status topic (retained, with an "offline" w
 telemetry every ``telemetry_interval`` seconds, answers commands (``ping``, ``telemetry``,
 ``restart``) on the status topic, and reconnects with exponential backoff when the broker goes.
 MQTT 5 is used so the broker's verdicts (e.g. 0x87 "not authorized") are visible.
+
+Certificate renewal over the air: it listens on its certificate topic (retained, so a renewal
+published while it was offline is waiting when it comes back), checks the certificate
+(``iotfleet.gateway.renewal``), stores it in its flash (``/client.pem``, write new then rename),
+reconnects with it and reports its serial in the retained online status.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import ssl
@@ -17,6 +23,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,13 +32,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from iotfleet.device.contract import Bundle
+from iotfleet.device.contract import CERT_FILE, Bundle, GatewayStatus, certificate_topic
 from iotfleet.gateway.backoff import Backoff
+from iotfleet.gateway.flashfile import GatewayError, write_flash_files
+from iotfleet.gateway.renewal import CertificateRejectedError, checked_update, serial_of
 from iotfleet.gateway.tls import gateway_tls_context
 
 Log = Callable[[str], None]
 NOT_AUTHORIZED = 0x87
 _MAX_PENDING_ACKS = 256
+FIRMWARE = "iotfleet-simulator/1"
+_CERTIFICATE = "\x00certificate"  # internal queue key: never a command name (MQTT has no NUL)
 
 
 @dataclass
@@ -41,6 +53,8 @@ class SimulatorStats:
     connect_failures: int = 0
     telemetry_sent: int = 0
     commands_handled: int = 0
+    certificates_installed: int = 0
+    certificates_rejected: int = 0
     last_error: str = ""
 
 
@@ -60,6 +74,8 @@ class GatewaySimulator:
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
         log: Log | None = None,
+        flash_file: Path | None = None,
+        layout: str = "4M2M",
     ) -> None:
         config = bundle.config
         self.bundle = bundle
@@ -72,6 +88,10 @@ class GatewaySimulator:
         self.connect_timeout = connect_timeout
         self.stats = SimulatorStats()
         self._log = log or (lambda _line: None)
+        # Where a renewed certificate is stored (None: kept in memory only, lost at "reboot").
+        self.flash_file = flash_file
+        self.layout = layout
+        self.certificate_topic = certificate_topic(self.device_id)
         self._tls = gateway_tls_context(
             bundle.ca_chain_pem, bundle.certificate_pem, bundle.private_key_pem
         )
@@ -84,6 +104,7 @@ class GatewaySimulator:
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
         self._seq = 0
+        self._switching = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -105,6 +126,11 @@ class GatewaySimulator:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def cert_serial(self) -> str:
+        """Serial (hex) of the certificate this gateway connects with."""
+        return serial_of(self.bundle.certificate_pem)
+
     def run(self, *, max_telemetry: int | None = None) -> SimulatorStats:
         """Connect, serve, reconnect with backoff, until stopped (or ``max_telemetry`` sent)."""
         attempt = 0
@@ -119,6 +145,10 @@ class GatewaySimulator:
                 self._log(f"cannot connect to {host}:{port}: {exc}")
             if self._stop.is_set():
                 break
+            if self._switching:
+                self._switching = False
+                attempt -= 1  # a new certificate: the same broker again, at once, no back-off
+                continue
             delay = self.backoff.next_delay()
             self._log(f"reconnecting in {delay:.1f} s")
             self._stop.wait(delay)
@@ -161,7 +191,7 @@ class GatewaySimulator:
             self._online(client, host, port)
             self._serve(client, gone, max_telemetry)
         finally:
-            if not gone.is_set():
+            if not gone.is_set() and not self._switching:  # a switch is not going offline
                 self._offline(client)
             client.disconnect()
             client.loop_stop()
@@ -191,7 +221,8 @@ class GatewaySimulator:
         self.backoff.reset()
         self.stats.connects += 1
         client.subscribe(f"{self.topics.commands}/#", qos=1)
-        client.publish(self.topics.status, _status("online"), qos=1, retain=True)
+        client.subscribe(self.certificate_topic, qos=1)
+        client.publish(self.topics.status, _status("online", self.cert_serial), qos=1, retain=True)
         self._connected.set()
         self._log(f"connected to {host}:{port} as {self.device_id}")
 
@@ -214,6 +245,10 @@ class GatewaySimulator:
                 name, payload = self._commands.get(timeout=min(0.2, max(0.0, next_reading - now)))
             except queue.Empty:
                 continue
+            if name == _CERTIFICATE:
+                if self._install_certificate(client, payload):
+                    return  # reconnect at once with the new certificate
+                continue
             if self._handle_command(client, name, payload) == "restart":
                 return  # like a reboot: drop the session, come back through the backoff loop
 
@@ -233,7 +268,9 @@ class GatewaySimulator:
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         prefix = self.topics.commands + "/"
-        if message.topic.startswith(prefix):
+        if message.topic == self.certificate_topic:
+            self._commands.put((_CERTIFICATE, bytes(message.payload)))
+        elif message.topic.startswith(prefix):
             self._commands.put((message.topic[len(prefix) :], bytes(message.payload)))
 
     def _handle_command(self, client: mqtt.Client, name: str, payload: bytes) -> str:
@@ -259,6 +296,39 @@ class GatewaySimulator:
         self.stats.commands_handled += 1
         self._log(f"command {name}: {'ok' if reply['ok'] else reply.get('error')}")
         return name
+
+    # -- certificate renewal -------------------------------------------------------------------
+
+    def _install_certificate(self, client: mqtt.Client, payload: bytes) -> bool:
+        """Check and store a pushed certificate; True when the gateway must reconnect with it."""
+        if not payload:
+            return False  # the retained message was cleared
+        try:
+            certificate = checked_update(payload, self.bundle)
+        except CertificateRejectedError as exc:
+            self.stats.certificates_rejected += 1
+            self.stats.last_error = f"certificate rejected: {exc}"
+            self._log(self.stats.last_error)
+            reply = {"command": "certificate", "ok": False, "error": str(exc)}
+            client.publish(self.topics.status, json.dumps(reply), qos=1)
+            return False
+        if certificate == self.bundle.certificate_pem:
+            return False  # already in use (the retained copy, seen again after reconnecting)
+        if self.flash_file is not None:
+            try:
+                write_flash_files(self.flash_file, {CERT_FILE: certificate}, self.layout)
+            except GatewayError as exc:
+                self.stats.last_error = f"cannot store the new certificate: {exc}"
+                self._log(self.stats.last_error)
+                return False
+        self.bundle = dataclasses.replace(self.bundle, certificate_pem=certificate)
+        self._tls = gateway_tls_context(
+            self.bundle.ca_chain_pem, certificate, self.bundle.private_key_pem
+        )
+        self.stats.certificates_installed += 1
+        self._log(f"installed certificate {self.cert_serial}; reconnecting with it")
+        self._switching = True
+        return True
 
     # -- direct publishing (tests, diagnostics) ------------------------------------------------
 
@@ -294,5 +364,11 @@ class GatewaySimulator:
                 self._acks.pop(info.mid, None)
 
 
-def _status(state: str) -> str:
-    return json.dumps({"state": state})
+def _status(state: str, cert_serial: str | None = None) -> str:
+    status = GatewayStatus(
+        state=state,
+        cert_serial=cert_serial,
+        firmware=FIRMWARE if cert_serial else None,
+        since=datetime.now(UTC).replace(microsecond=0) if cert_serial else None,
+    )
+    return status.model_dump_json(exclude_none=True)

@@ -172,7 +172,16 @@ class PkiConfig(_Model):
     client_days: int = Field(397, ge=2, le=3650, description="validity of client certificates")
     crl_days: int = Field(7, ge=1, le=365, description="validity of each CRL (nextUpdate)")
     crl_refresh_before_days: int = Field(
-        3, ge=0, le=364, description="re-sign the CRL when nextUpdate is closer than this"
+        5,
+        ge=0,
+        le=364,
+        description="re-sign the CRL when nextUpdate is closer than this (the daily CRL timer "
+        "re-signs every crl_days - this days; two missed runs still leave 3 days)",
+    )
+    device_renew_same_key: bool = Field(
+        True,
+        description="renew device certificates on the same key and deliver them over MQTT "
+        "(false: a new key, the old certificate revoked at once; boards must be re-flashed)",
     )
 
 

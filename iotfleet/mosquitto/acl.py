@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from iotfleet.device.contract import CERTIFICATE_TOPIC_ROOT, certificate_topic
 from iotfleet.health import health_identity_name, health_topic
 from iotfleet.model import Device, Fleet, Role
-from iotfleet.probes import PROBE_DEVICES, probe_prefix
+from iotfleet.probes import DELIVERY_IDENTITY, PROBE_DEVICES, probe_prefix
 
 HEADER = "# managed by iotfleet: rendered from the inventory, edits are overwritten\n"
 
@@ -24,9 +25,28 @@ def prefix_rules(prefix: str) -> list[tuple[str, str]]:
     ]
 
 
+def certificate_topics(fleet: Fleet) -> list[str]:
+    """Every active device's certificate delivery topic (retained by design: a gateway offline
+    during a renewal picks its certificate up when it comes back)."""
+    return [certificate_topic(device.id) for device in fleet.active_devices]
+
+
+def delivery_rules(fleet: Fleet, broker_name: str) -> list[tuple[str, str]]:
+    """iotfleet's delivery identity: write each device's certificate topic, read its status."""
+    allowed = fleet.users_of(broker_name)
+    rules: list[tuple[str, str]] = []
+    for device in fleet.active_devices:
+        if device.id in allowed:
+            rules.append(("write", certificate_topic(device.id)))
+            rules.append(("read", f"{fleet.topic_prefix(device)}/status"))
+    return rules
+
+
 def device_rules(fleet: Fleet, device: Device) -> list[tuple[str, str]]:
-    """(access, topic) pairs of one device: its own prefix only, plus its extra roles."""
+    """(access, topic) pairs of one device: its own prefix only, its certificate topic (read),
+    plus its extra roles."""
     rules = prefix_rules(fleet.topic_prefix(device))
+    rules.append(("read", certificate_topic(device.id)))
     for role in device.roles:
         rules.extend(_role_rules(fleet.roles[role], device.id))
     return rules
@@ -46,6 +66,7 @@ def _role_rules(role: Role, username: str) -> list[tuple[str, str]]:
 def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]]:
     """``{username: [(access, topic), ...]}`` for every active user of one broker."""
     users: dict[str, list[tuple[str, str]]] = {}
+    rules: list[tuple[str, str]]
     allowed = fleet.users_of(broker_name)
     for device in fleet.active_devices:
         if device.id in allowed:
@@ -53,11 +74,15 @@ def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]
     for client in fleet.active_clients:
         if client.name not in allowed:
             continue
-        rules: list[tuple[str, str]] = []
+        rules = []
         for role in client.roles:
             rules.extend(_role_rules(fleet.roles[role], client.name))
+        # Even an admin's "#" must not reach the certificate topics: only iotfleet delivers.
+        # (Mosquitto checks "deny" lines before the others.)
+        rules.append(("deny", f"{CERTIFICATE_TOPIC_ROOT}/#"))
         users[client.name] = rules
     users[health_identity_name(broker_name)] = [("readwrite", health_topic(broker_name))]
+    users[DELIVERY_IDENTITY] = delivery_rules(fleet, broker_name)
     for probe in PROBE_DEVICES:
         users[probe] = prefix_rules(probe_prefix(fleet.topic_root, probe))
     return users

@@ -6,6 +6,7 @@ Public API (see docs/pki.md):
 - ``status(settings, now=None) -> StatusReport``: days left, ``needs_attention``.
 - ``revoke(settings, name, reason, now=None) -> IndexRecord``: manual revocation.
 - ``renew_intermediate(settings, now=None) -> datetime``: needs the root key online.
+- ``refresh_crl(settings, now=None, force=False) -> datetime | None``: re-sign the CRL only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from iotfleet.pki.errors import (
 )
 from iotfleet.pki.health import StatusReport, StatusRow, status
 from iotfleet.pki.index import IndexRecord
-from iotfleet.pki.manual import renew_intermediate, revoke
+from iotfleet.pki.manual import refresh_crl, renew_intermediate, revoke
 from iotfleet.pki.reconciler import ReconcileReport, reconcile
 from iotfleet.pki.spec import (
     NAME_RULE,
@@ -52,6 +53,7 @@ __all__ = [
     "StatusRow",
     "default_state_dir",
     "reconcile",
+    "refresh_crl",
     "renew_intermediate",
     "revoke",
     "status",

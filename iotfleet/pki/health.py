@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from iotfleet.pki.delivery import Delivery, load_ledger
 from iotfleet.pki.reconciler import utc_now, within
 from iotfleet.pki.spec import PkiSettings
 from iotfleet.pki.state import load_state, locked_layout
@@ -19,6 +20,8 @@ RENEW = "renew"      # inside its renewal / refresh window
 EXPIRED = "expired"  # certificate past notAfter
 STALE = "stale"      # CRL past nextUpdate, or not the one the index recorded
 MISSING = "missing"
+RETIRING = "retiring"  # renewed on the same key; kept valid until its successor is in use
+_FINE = (OK, RETIRING)
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,14 @@ class StatusRow:
     days_left: int | None
     state: str
     note: str = ""
+    # Devices renewed over the air: "yes"/"no" (whether this certificate was delivered to the
+    # gateway / is the one it reports using); "-" when nothing is known or nothing is due.
+    delivered: str = ""
+    in_use: str = ""
 
     @property
     def needs_attention(self) -> bool:
-        return self.state != OK
+        return self.state not in _FINE
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,10 @@ def _crl_state(next_update: datetime, now: datetime, window: int, matches: bool)
     return RENEW if within(next_update, now, window) else OK
 
 
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
 def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusReport:
     """Read the state dir (verifying the index) and report days left for everything that expires.
 
@@ -85,6 +96,7 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
     moment = utc_now(now)
     with locked_layout(settings.state_dir, shared=True) as layout:
         state = load_state(layout)
+        ledger = load_ledger(layout)
     rows: list[StatusRow] = []
     ca = state.ca
     if ca is None:
@@ -114,18 +126,37 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         if info is None:
             rows.append(StatusRow(kind, "", "", None, None, MISSING, "run a reconcile"))
             continue
+        crl_state = _crl_state(info.next_update, moment, window, matches)
+        if kind == "crl" and matches and crl_state != OK:
+            note = "run `iotfleet pki refresh-crl` (is the CRL timer running?)"
         rows.append(StatusRow(
             kind, f"CRL number {info.number}", "", info.next_update,
-            _days_left(info.next_update, moment),
-            _crl_state(info.next_update, moment, window, matches),
+            _days_left(info.next_update, moment), crl_state,
             note if matches else "file does not match the index: run a reconcile",
         ))
     for record in index.records:
-        if record.status != "valid":
+        if record.status == "revoked":
             continue
+        delivered = in_use = ""
+        seen = ledger.get(record.name, Delivery())
+        over_the_air = record.name in ledger or bool(index.retiring(record.name))
+        if record.kind == "device" and over_the_air:  # else: flashed, nothing to show
+            in_use = "-" if seen.in_use is None else _yes(seen.in_use == record.serial)
+            delivered = "-"
+            if record.status == "valid" and (index.retiring(record.name)
+                                             or seen.delivered is not None):
+                delivered = _yes(seen.delivered == record.serial)
+        if record.status == "retiring":
+            # Kept valid until the device uses its successor (docs/pki.md): no note, the
+            # state says it and narrow terminals keep every column.
+            state_name, note = RETIRING, ""
+            if within(record.not_after, moment, 0):
+                state_name, note = EXPIRED, "never switched"
+        else:
+            state_name = _cert_state(record.not_after, moment, settings.renew_before_days)
+            note = ""
         rows.append(StatusRow(
             record.kind, record.name, record.serial_hex, record.not_after,
-            _days_left(record.not_after, moment),
-            _cert_state(record.not_after, moment, settings.renew_before_days),
+            _days_left(record.not_after, moment), state_name, note, delivered, in_use,
         ))
     return StatusReport(layout.root, tuple(rows), ca.root_key_online)

@@ -66,7 +66,9 @@ class IndexRecord:
     spec: str  # fingerprint of the IdentitySpec it was issued for (see spec_fingerprint)
     not_before: datetime
     not_after: datetime
-    status: Literal["valid", "revoked"]
+    # "retiring": renewed on the same key and still valid (not in the CRL) until the device is
+    # seen using its successor or it expires; the name's current certificate is the newer one.
+    status: Literal["valid", "retiring", "revoked"]
     reason: str | None = None
     revoked_at: datetime | None = None
     # Where the PEM lives: packs/<pack>.certs.pem / .keys.pem, (offset, length) of its block.
@@ -81,6 +83,11 @@ class IndexRecord:
     def revoke(self, reason: str, at: datetime) -> IndexRecord:
         """This record, revoked."""
         return replace(self, status="revoked", reason=reason, revoked_at=at)
+
+    @property
+    def usable(self) -> bool:
+        """Valid or retiring: a TLS peer accepts it (it is in no CRL)."""
+        return self.status != "revoked"
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,31 @@ class Index:
         self.records[position] = revoked
         return revoked
 
+    def retire(self, name: str) -> IndexRecord:
+        """Keep the valid certificate of ``name`` valid but no longer current (a same-key
+        renewal is about to be added); return the retiring record."""
+        position = self._current.pop(name)
+        retiring = replace(self.records[position], status="retiring")
+        self.records[position] = retiring
+        return retiring
+
+    def retiring(self, name: str | None = None) -> list[IndexRecord]:
+        """Retiring records (of ``name``, or all), oldest first."""
+        return [r for r in self.records
+                if r.status == "retiring" and (name is None or r.name == name)]
+
+    def position_of(self, serial: int) -> int | None:
+        """Where the record with ``serial`` is in issuance order."""
+        return next((i for i, r in enumerate(self.records) if r.serial == serial), None)
+
+    def revoke_serial(self, serial: int, reason: str, at: datetime) -> IndexRecord:
+        """Revoke a retiring record by serial; return it revoked."""
+        position = self.position_of(serial)
+        assert position is not None and self.records[position].status == "retiring"
+        revoked = self.records[position].revoke(reason, at)
+        self.records[position] = revoked
+        return revoked
+
     def revoked_records(self) -> list[IndexRecord]:
         return [r for r in self.records if r.status == "revoked"]
 
@@ -201,7 +233,7 @@ class Index:
         out = [_TXT_HEADER]
         for r in self.records:
             out.append("\t".join((
-                "V" if r.status == "valid" else "R",
+                {"valid": "V", "retiring": "V"}.get(r.status, "R"),
                 format_time(r.not_after),
                 format_time(r.revoked_at) if r.revoked_at else "-",
                 r.reason or "-",
@@ -255,12 +287,12 @@ def _parse_record(raw: object, where: str) -> IndexRecord:
         raise _bad(where, f"invalid pack name {record.pack!r}")
     if validate_name(record.name) or record.kind not in KINDS:
         raise _bad(where, "invalid name or kind")
-    if record.status == "valid" and (record.reason or record.revoked_at):
+    if record.status in ("valid", "retiring") and (record.reason or record.revoked_at):
         raise _bad(where, "a valid record carries a revocation")
     if record.status == "revoked" and (record.reason not in REVOCATION_REASONS
                                        or record.revoked_at is None):
         raise _bad(where, "a revoked record lacks a known reason or a revocation time")
-    if record.status not in ("valid", "revoked"):
+    if record.status not in ("valid", "retiring", "revoked"):
         raise _bad(where, f"unknown status {record.status!r}")
     return record
 

@@ -17,7 +17,7 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +42,8 @@ class IssueJob:
     serial: int
     not_before: datetime
     not_after: datetime
+    # Renewal on the same key: the key PEM of the certificate being renewed (None: a new key).
+    key_pem: bytes | None = field(default=None, repr=False)
 
 
 # Set in the parent right before the pool forks; read by the workers.
@@ -49,10 +51,15 @@ _WORKER_ISSUER: Issuer | None = None
 
 
 def _issue_one(job: IssueJob, issuer: Issuer) -> tuple[bytes, bytes]:
-    key = generate_key(job.spec.key_type)
-    cert = build_leaf(job.spec, public_key_of(key), issuer, job.serial, job.not_before,
-                      job.not_after)
-    return cert.public_bytes(serialization.Encoding.PEM), plain_key_pem(key)
+    if job.key_pem is not None:
+        key = serialization.load_pem_private_key(job.key_pem, password=None)
+        key_pem = job.key_pem
+    else:
+        key = generate_key(job.spec.key_type)
+        key_pem = plain_key_pem(key)
+    cert = build_leaf(job.spec, public_key_of(key), issuer, job.serial,  # type: ignore[arg-type]
+                      job.not_before, job.not_after)
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def _issue_chunk(jobs: Sequence[IssueJob]) -> list[tuple[bytes, bytes]]:

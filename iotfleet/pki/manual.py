@@ -1,4 +1,5 @@
-"""Operations a person runs by hand: revoke one identity, renew the intermediate."""
+"""Operations a person (or a timer) runs: revoke one identity, renew the intermediate, keep the
+CRL fresh."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from iotfleet.pki.errors import CaExpiredError, PkiInputError, StateError
 from iotfleet.pki.index import IndexRecord
 from iotfleet.pki.keys import load_encrypted_key
 from iotfleet.pki.passphrase import read_passphrase
-from iotfleet.pki.reconciler import utc_now
+from iotfleet.pki.reconciler import utc_now, within
 from iotfleet.pki.spec import PkiSettings, validate_name, validate_reason, validate_settings
 from iotfleet.pki.state import (
     dead_key_packs,
@@ -64,11 +65,43 @@ def revoke(settings: PkiSettings, name: str, reason: str, *,
             raise PkiInputError([f"{name!r} has no valid certificate in {layout.root} "
                                  "(never issued, or already revoked)"])
         record = index.revoke(name, reason, moment)
+        # A device renewed on the same key may still hold its previous certificate: it carries
+        # the same key, so it goes too (a keyCompromise must not leave it valid).
+        for retiring in index.retiring(name):
+            index.revoke_serial(retiring.serial, reason, moment)
         index.crl = write_crl(layout.crl, state.ca.intermediate, issuer.key,
                               leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
         save_index(layout, index)
         remove_files([*dead_key_packs(layout, index, [record.pack]), *state.leftovers])
         return record
+
+
+def refresh_crl(settings: PkiSettings, *, now: datetime | None = None,
+                force: bool = False) -> datetime | None:
+    """Re-sign the intermediate's CRL if its nextUpdate is within ``crl_refresh_before_days``
+    (or it is missing or not the one the index recorded, or ``force``); nothing else changes.
+
+    Returns the new nextUpdate, or None when the CRL was fresh and nothing was written. This is
+    what the CRL timer runs every day, so the CRL never lapses between rollouts.
+    """
+    moment = utc_now(now)
+    validate_settings(settings)
+    passphrase = read_passphrase(settings)
+    with locked_layout(settings.state_dir) as layout:
+        state = load_state(layout)
+        if state.ca is None:
+            raise StateError(f"no CA in {layout.root}: run a reconcile (the PKI deploy) first")
+        index = state.index
+        due = force or not state.crl_ok or index.crl is None or within(
+            index.crl.next_update, moment, settings.crl_refresh_before_days)
+        if not due:
+            return None
+        check_ca_valid(state.ca, moment)
+        issuer = _load_issuer(layout, state.ca, passphrase)
+        index.crl = write_crl(layout.crl, state.ca.intermediate, issuer.key,
+                              leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
+        save_index(layout, index)
+        return index.crl.next_update
 
 
 def renew_intermediate(settings: PkiSettings, *, now: datetime | None = None) -> datetime:

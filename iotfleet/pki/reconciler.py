@@ -13,7 +13,7 @@ A run with nothing to do writes nothing at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -33,6 +33,7 @@ from iotfleet.pki.ca import (
     write_new_ca,
 )
 from iotfleet.pki.certs import BACKDATE
+from iotfleet.pki.delivery import Delivery, load_ledger
 from iotfleet.pki.index import Index
 from iotfleet.pki.issue import IssueJob, new_pack_name, sign_batch, write_pack
 from iotfleet.pki.keys import PrivateKey
@@ -51,6 +52,7 @@ from iotfleet.pki.state import (
     leaf_crl_entries,
     load_state,
     locked_layout,
+    read_key_pem,
     remove_files,
     save_index,
     write_crl,
@@ -62,7 +64,12 @@ class ReconcileReport:
     """What a reconcile changed. ``changed`` is False exactly when no file was written."""
 
     issued: tuple[str, ...] = ()
-    renewed: tuple[str, ...] = ()  # their previous certificates were revoked as superseded
+    renewed: tuple[str, ...] = ()  # every renewal (same key or new)
+    # Devices renewed on the same key: the previous certificate stays valid ("retiring") until
+    # the gateway is seen using the new one (delivery ledger) or it expires. Other renewals
+    # revoke the previous certificate as superseded at once.
+    renewed_same_key: tuple[str, ...] = ()
+    retired: tuple[str, ...] = ()  # retiring certificates revoked (successor in use, or expired)
     revoked: tuple[str, ...] = ()  # left the inventory, or marked revoked there
     crl_changed: bool = False
     root_crl_changed: bool = False
@@ -73,7 +80,8 @@ class ReconcileReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.issued or self.renewed or self.revoked or self.crl_changed
+        return bool(self.issued or self.renewed or self.revoked or self.retired
+                    or self.crl_changed
                     or self.root_crl_changed or self.ca_created or self.intermediate_renewed
                     or self.files_repaired)
 
@@ -85,6 +93,7 @@ class ReconcileReport:
                 ("issued", self.issued),
                 ("renewed", self.renewed),
                 ("revoked", self.revoked),
+                ("old certificates retired", self.retired),
             )
             if names
         ]
@@ -104,6 +113,9 @@ class _Plan:
     renewed: list[str] = field(default_factory=list)
     revocations: list[tuple[str, str]] = field(default_factory=list)  # incl. superseded
     revoked: list[str] = field(default_factory=list)  # removed from or marked in the inventory
+    retire: list[str] = field(default_factory=list)  # same-key renewals: keep the old one valid
+    retirements: list[tuple[int, str]] = field(default_factory=list)  # (serial, reason)
+    retired: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -170,7 +182,8 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
                     "put ca/root.key back and run `iotfleet pki renew-intermediate`"
                 )
 
-        plan = _plan(settings, specs, index, ca.intermediate.not_valid_after_utc, moment)
+        plan = _plan(settings, specs, index, ca.intermediate.not_valid_after_utc, moment,
+                     layout=layout, ledger=load_ledger(layout))
         warnings += plan.warnings
 
         need_root_crl = bool(new_ca or new_intermediate) or (
@@ -185,7 +198,8 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
         if index.crl is not None and not state.crl_ok:
             warnings.append(f"{layout.crl} was missing or not the one the index recorded: "
                             "re-signed it")
-        need_crl = bool(new_ca or plan.revocations or not state.crl_ok or index.crl is None
+        need_crl = bool(new_ca or plan.revocations or plan.retirements or not state.crl_ok
+                        or index.crl is None
                         or within(index.crl.next_update, moment, settings.crl_refresh_before_days))
 
         if not (new_ca or new_intermediate or plan.jobs or need_root_crl or need_crl
@@ -202,8 +216,11 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
             fsio.atomic_write(layout.intermediate_cert, pem(new_intermediate))
             fsio.atomic_write(layout.chain, chain_pem(ca))
 
-        touched_packs = [index.revoke(name, reason, moment).pack
-                         for name, reason in plan.revocations]
+        touched_packs = [index.revoke_serial(serial, reason, moment).pack
+                         for serial, reason in plan.retirements]
+        touched_packs += [index.revoke(name, reason, moment).pack
+                          for name, reason in plan.revocations]
+        touched_packs += [index.retire(name).pack for name in plan.retire]
         for record in issued:
             index.add(record)
         adopted = adopt_orphans(state.orphan_cert_packs, index, moment)
@@ -224,6 +241,7 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
         remove_files(dead_key_packs(layout, index, touched_packs) + state.leftovers)
         return ReconcileReport(
             issued=tuple(plan.issued), renewed=tuple(plan.renewed),
+            renewed_same_key=tuple(plan.retire), retired=tuple(plan.retired),
             revoked=tuple(plan.revoked),
             crl_changed=need_crl, root_crl_changed=need_root_crl, ca_created=new_ca is not None,
             intermediate_renewed=new_intermediate is not None,
@@ -234,11 +252,13 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
 
 
 def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
-          issuer_not_after: datetime, now: datetime) -> _Plan:
-    """Decide, without writing, what to issue, renew and revoke."""
+          issuer_not_after: datetime, now: datetime, *, layout: StateLayout,
+          ledger: Mapping[str, Delivery]) -> _Plan:
+    """Decide, without writing, what to issue, renew, retire and revoke."""
     plan = _Plan()
     serials: set[int] = set()
     capped = 0
+    _plan_retirements(plan, specs, index, ledger, now)
     for spec in specs:
         current = index.current(spec.name)
         if spec.revoked_reason is not None:
@@ -259,6 +279,13 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
                 capped += 1  # the intermediate ends first: renewing would gain nothing
                 continue
             plan.renewed.append(spec.name)
+            if spec.kind == "device" and settings.renew_same_key:
+                # The key stays where it is (control machine and board): the new certificate
+                # reaches the gateway over MQTT, and the old one stays valid until then.
+                plan.retire.append(spec.name)
+                plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE,
+                                          not_after, key_pem=read_key_pem(layout, current)))
+                continue
             plan.revocations.append((spec.name, "superseded"))
         else:
             continue
@@ -271,6 +298,31 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
         plan.warnings.append(f"{capped} certificate(s) are due for renewal but cannot outlive the "
                              "intermediate: renew the intermediate first")
     return plan
+
+
+def _plan_retirements(plan: _Plan, specs: Sequence[IdentitySpec], index: Index,
+                      ledger: Mapping[str, Delivery], now: datetime) -> None:
+    """Revoke retiring certificates that are no longer needed: the device was seen using a
+    newer one, the old one expired, or the device left the inventory or was revoked there."""
+    reasons = {spec.name: spec.revoked_reason for spec in specs}
+    for record in index.retiring():
+        if record.name not in reasons:
+            reason: str | None = "cessationOfOperation"
+        elif reasons[record.name] is not None:
+            reason = reasons[record.name]
+        elif record.not_after <= now:
+            reason = "superseded"  # expired: it leaves the CRL at once, but the state is clear
+        else:
+            reason = None
+            seen = ledger.get(record.name, Delivery()).in_use
+            seen_at = index.position_of(seen) if seen is not None else None
+            own_at = index.position_of(record.serial)
+            if (seen_at is not None and own_at is not None and seen_at > own_at
+                    and index.records[seen_at].name == record.name):
+                reason = "superseded"
+        if reason is not None:
+            plan.retirements.append((record.serial, reason))
+            plan.retired.append(record.name)
 
 
 def _new_serial(index: Index, taken: set[int]) -> int:

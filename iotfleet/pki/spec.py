@@ -95,6 +95,9 @@ class PkiSettings:
     crl_refresh_before_days: int = 2
     # The root's CRL (covering the intermediate) is signed only when the root key is online.
     root_crl_days: int = 365
+    # Devices in their renewal window get a new certificate on the same key (delivered over
+    # MQTT; the old one stays valid until the device uses the new one) instead of a new key.
+    renew_same_key: bool = True
     # Worker processes for large batches (key generation + signing); None = one per CPU.
     workers: int | None = None
 

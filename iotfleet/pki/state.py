@@ -102,11 +102,13 @@ def _scan_files(layout: StateLayout, index: Index) -> tuple[list[Path], list[Pat
     history: set[str] = set()
     for record in index.records:
         history.add(record.pack)
-        if record.status != "valid":
+        if record.status == "revoked":
             continue
         end = sum(record.cert_span)
         if end > cert_end.get(record.pack, (0, ""))[0]:
             cert_end[record.pack] = (end, record.name)
+        if record.status != "valid":
+            continue  # a retiring certificate's key lives on in its successor's pack
         end = sum(record.key_span)
         if end > key_end.get(record.pack, (0, ""))[0]:
             key_end[record.pack] = (end, record.name)
@@ -209,6 +211,22 @@ def write_crl(path: Path, issuer_cert: x509.Certificate,
     next_update = crl.next_update_utc
     assert next_update is not None
     return CrlInfo(number, next_update, hashlib.sha256(data).hexdigest())
+
+
+def read_key_pem(layout: StateLayout, record: IndexRecord) -> bytes:
+    """The private key PEM of a valid record, from its key pack (for a same-key renewal)."""
+    offset, length = record.key_span
+    try:
+        with open(layout.key_pack(record.pack), "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+    except FileNotFoundError:
+        raise StateError(f"{layout.key_pack(record.pack)} (holding {record.name!r}) is "
+                         "missing: restore it from a backup") from None
+    if len(data) != length or not data.startswith(b"-----BEGIN "):
+        raise IndexCorruptError(f"{layout.key_pack(record.pack)} does not hold the key of "
+                                f"{record.name!r} where the index says")
+    return data
 
 
 def leaf_crl_entries(index: Index, now: datetime) -> list[RevokedEntry]:

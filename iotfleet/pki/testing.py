@@ -42,9 +42,9 @@ def _spec(name: str, kind: Kind, dns_names: tuple[str, ...],
 
 def _leaf(spec: IdentitySpec, issuer_key: PrivateKey,
           intermediate: x509.Certificate, not_before: datetime, not_after: datetime,
-          chain: bytes) -> ThrowawayIdentity:
+          chain: bytes, key: PrivateKey | None = None) -> ThrowawayIdentity:
     issuer = issuer_from(issuer_key, intermediate)
-    key = generate_key(spec.key_type)
+    key = key or generate_key(spec.key_type)
     cert = build_leaf(spec, public_key_of(key), issuer, x509.random_serial_number(),
                       not_before, not_after)
     return ThrowawayIdentity(spec.name, cert.public_bytes(serialization.Encoding.PEM),
@@ -54,18 +54,26 @@ def _leaf(spec: IdentitySpec, issuer_key: PrivateKey,
 def make_foreign_ca_identity(name: str, kind: Kind = "device", *,
                              dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
                              ca_name: str = "iotfleet",
-                             now: datetime | None = None) -> ThrowawayIdentity:
+                             now: datetime | None = None,
+                             key_pem: bytes | None = None) -> ThrowawayIdentity:
     """A valid-looking identity from a CA the fleet does not trust.
 
     Same profile and, by default, the same CA subject names as the fleet's: only the keys differ,
-    which is exactly what a verifier must notice.
+    which is exactly what a verifier must notice. ``key_pem``: certify this (a real device's)
+    key instead of a new one, as a forger pushing a certificate to that device would.
     """
     moment = utc_now(now)
     spec = _spec(name, kind, dns_names, ip_addresses)
     foreign = create_ca(PkiSettings(state_dir=Path("/nonexistent"), ca_name=ca_name), moment)
     return _leaf(spec, foreign.intermediate_key, foreign.certs.intermediate,
                  moment - timedelta(minutes=5), moment + timedelta(days=30),
-                 chain_pem(foreign.certs))
+                 chain_pem(foreign.certs), _load_key(key_pem) if key_pem else None)
+
+
+def _load_key(key_pem: bytes) -> PrivateKey:
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, PrivateKey)
+    return key
 
 
 def make_expired_identity(settings: PkiSettings, name: str, kind: Kind = "device", *,

@@ -101,7 +101,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--crl-margin-hours",
         type=float,
         default=None,
-        help="fail when a broker's CRL reaches nextUpdate sooner (default 24)",
+        help="fail when a broker's CRL reaches nextUpdate sooner (default 72)",
     )
     group.addoption("--results-json", metavar="PATH", help="write every result as JSON here")
     group.addoption("--inventory-dump", metavar="PATH", help="(internal) the loaded inventory")

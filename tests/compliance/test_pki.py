@@ -84,7 +84,7 @@ def test_certificates_valid_beyond_margin(
 def test_crl_next_update_beyond_margin(
     broker: Param, suite: Suite, record_expiry: RecordExpiry
 ) -> None:
-    """The CRL's nextUpdate is beyond the margin (default 24 hours).
+    """The CRL's nextUpdate is beyond the margin (default 72 hours: the CRL timer missed 2 runs).
 
     Past nextUpdate, Mosquitto refuses every client certificate.
     """

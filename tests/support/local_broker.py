@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -43,6 +44,11 @@ def running_mosquitto(config: str, workdir: Path, ports: list[int]) -> Iterator[
     (``user root``) instead of dropping to the mosquitto user.
     """
     conf = workdir / "mosquitto.conf"
+    # Retained messages stay in this test's own dir, never in the machine's /var/lib/mosquitto
+    # (shared by every test run here: one run's retained messages would leak into the next).
+    config = re.sub(
+        r"^persistence_location .*$", f"persistence_location {workdir}/", config, flags=re.M
+    )
     conf.write_text("user root\n" + config)
     log = workdir / "mosquitto.log"
     with log.open("wb") as out:

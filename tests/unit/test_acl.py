@@ -6,8 +6,8 @@ import pytest
 
 from iotfleet.health import health_identity_name
 from iotfleet.model import InventoryError, RawHost, build_fleet
-from iotfleet.mosquitto.acl import acl_rules, render_acl
-from iotfleet.probes import PROBE_DEVICE, PROBE_DEVICES
+from iotfleet.mosquitto.acl import acl_rules, certificate_topics, render_acl
+from iotfleet.probes import DELIVERY_IDENTITY, PROBE_DEVICE, PROBE_DEVICES
 
 BROKER = "mqtt1.example.net"
 
@@ -22,8 +22,29 @@ def test_device_gets_only_its_own_prefix() -> None:
         ("write", "devices/gw-1/telemetry/#"),
         ("write", "devices/gw-1/status"),
         ("read", "devices/gw-1/commands/#"),
+        ("read", "iotfleet/pki/gw-1/certificate"),
     ]
     assert all("gw-1" not in topic for _, topic in rules["gw-2"])
+
+
+def test_only_the_delivery_identity_writes_certificate_topics() -> None:
+    f = fleet(
+        fleet_devices=[{"id": "gw-1"}, {"id": "gw-2", "revoked": "keyCompromise"}],
+        fleet_clients=[{"name": "ops", "roles": ["admin"]}],
+    )
+    rules = acl_rules(f, BROKER)
+    assert rules[DELIVERY_IDENTITY] == [
+        ("write", "iotfleet/pki/gw-1/certificate"),
+        ("read", "devices/gw-1/status"),
+    ]
+    writers = {
+        user
+        for user, granted in rules.items()
+        for access, topic in granted
+        if access in ("write", "readwrite") and topic.startswith("iotfleet/pki")
+    }
+    assert writers == {DELIVERY_IDENTITY}
+    assert certificate_topics(f) == ["iotfleet/pki/gw-1/certificate"]
 
 
 def test_roles_expand_per_user_and_admin_alone_sees_sys() -> None:
@@ -39,12 +60,21 @@ def test_roles_expand_per_user_and_admin_alone_sees_sys() -> None:
     assert ("read", "config/gw-1") in rules["gw-1"]
     sys_readers = {u for u, r in rules.items() if any(t.startswith("$SYS") for _, t in r)}
     assert sys_readers == {"ops"}
-    assert rules["dash"] == [("read", "devices/+/telemetry/#"), ("read", "devices/+/status")]
+    assert rules["dash"] == [
+        ("read", "devices/+/telemetry/#"),
+        ("read", "devices/+/status"),
+        ("deny", "iotfleet/pki/#"),
+    ]
 
 
 def test_revoked_identities_lose_every_rule() -> None:
     f = fleet(fleet_devices=[{"id": "gw-1", "revoked": "keyCompromise"}, {"id": "gw-2"}])
-    assert set(acl_rules(f, BROKER)) == {"gw-2", health_identity_name(BROKER), *PROBE_DEVICES}
+    assert set(acl_rules(f, BROKER)) == {
+        "gw-2",
+        health_identity_name(BROKER),
+        DELIVERY_IDENTITY,
+        *PROBE_DEVICES,
+    }
 
 
 def test_rendering_is_deterministic_and_has_no_pattern_lines() -> None:
@@ -63,8 +93,11 @@ def test_identities_limited_to_some_brokers_exist_only_there() -> None:
         "fleet_clients": [{"name": "ann", "brokers": ["b2"], "roles": ["dashboard"]}],
     }
     two = build_fleet([RawHost("b1", ("brokers",), data), RawHost("b2", ("brokers",), data)])
-    assert set(acl_rules(two, "b1")) == {"gw-1", "gw-2", health_identity_name("b1"), *PROBE_DEVICES}
-    assert set(acl_rules(two, "b2")) == {"gw-2", "ann", health_identity_name("b2"), *PROBE_DEVICES}
+    own = {DELIVERY_IDENTITY, *PROBE_DEVICES}
+    assert set(acl_rules(two, "b1")) == {"gw-1", "gw-2", health_identity_name("b1"), *own}
+    assert set(acl_rules(two, "b2")) == {"gw-2", "ann", health_identity_name("b2"), *own}
+    # The delivery identity writes only the certificate topics of the broker's own devices.
+    assert ("write", "iotfleet/pki/gw-1/certificate") not in acl_rules(two, "b2")[DELIVERY_IDENTITY]
 
 
 def test_unknown_broker_of_an_identity_is_refused() -> None:

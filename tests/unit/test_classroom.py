@@ -78,8 +78,14 @@ def test_adding_a_student_changes_only_that_student() -> None:
     assert after.students[:3] == before.students
     old, new = classroom_fleet_data(before), classroom_fleet_data(after)
     added = [d for d in new["fleet_devices"] if d not in old["fleet_devices"]]
-    assert added == [{"id": "carol-gw", "group": "carol", "topic_prefix": "class/carol/gw",
-                      "mac": emulated_mac("s", "carol-gw")}]
+    assert added == [
+        {
+            "id": "carol-gw",
+            "group": "carol",
+            "topic_prefix": "class/carol/gw",
+            "mac": emulated_mac("s", "carol-gw"),
+        }
+    ]
     assert {k: v for k, v in new.items() if k not in ("fleet_devices", "fleet_clients")} == {
         k: v for k, v in old.items() if k not in ("fleet_devices", "fleet_clients")
     }
@@ -90,11 +96,15 @@ def test_students_are_isolated_and_the_teacher_reads_all() -> None:
     data = classroom_fleet_data(spec)
     fleet = build_fleet([RawHost("broker1", ("brokers",), {"ssh_hostname": "10.0.0.2", **data})])
     rules = acl_rules(fleet, "broker1")
-    assert rules["alice-martin"] == [("readwrite", "class/alice-martin/#")]
+    assert rules["alice-martin"] == [
+        ("readwrite", "class/alice-martin/#"),
+        ("deny", "iotfleet/pki/#"),
+    ]
     assert rules["alice-martin-gw"] == [
         ("write", "class/alice-martin/gw/telemetry/#"),
         ("write", "class/alice-martin/gw/status"),
         ("read", "class/alice-martin/gw/commands/#"),
+        ("read", "iotfleet/pki/alice-martin-gw/certificate"),
     ]
     assert ("read", "class/#") in rules["teacher"]
     assert fleet.device("zoe-obrien-gw").mac == "18:fe:34:aa:bb:cc"

@@ -8,6 +8,10 @@
 // then joins Wi-Fi, sets the clock by NTP (certificates cannot be checked without the date),
 // connects to the first broker that answers over TLS with its client certificate (BearSSL),
 // publishes telemetry, answers commands, and reconnects with exponential backoff and jitter.
+// Certificate renewal over the air (docs/gateways.md): it listens on
+// iotfleet/pki/<device id>/certificate, installs a certificate only if it carries this board's
+// own public key and chains to a root in the flashed /ca.pem, stores it (write /client.pem.new,
+// rename over /client.pem), restarts with it and reports its serial in the online status.
 //
 // Not compiled in iotfleet's CI (no Xtensa toolchain there); the same contract is exercised by
 // iotfleet's gateway simulator (`iotfleet gateway run`). Secrets are never printed.
@@ -26,13 +30,15 @@ constexpr int kContractVersion = 1;
 constexpr size_t kMaxFile = 16 * 1024;     // iotfleet refuses bigger files
 constexpr size_t kMaxConfig = 2048;
 constexpr time_t kSaneTime = 1700000000;   // any date before this means NTP has not answered
+constexpr size_t kMqttBuffer = 6144;       // a certificate update (leaf + chain, EC) is ~2.6 KB
+const char *kFirmware = "iotfleet-gateway/1";
 
 struct Config {
   String deviceId, ssid, wifiPass, username, mqttPass;
   String hosts[8];
   int hostCount = 0;
   uint16_t mqttPort = 8883;
-  String telemetryTopic, statusTopic, commandsTopic, commandsFilter;
+  String telemetryTopic, statusTopic, commandsTopic, commandsFilter, certificateTopic;
   uint16_t keepalive = 60;
   uint32_t telemetryInterval = 30;
   String ntp[3];
@@ -42,6 +48,7 @@ struct Config {
 
 Config config;
 String caPem, certPem, keyPem;
+String certSerial;  // hex serial of /client.pem, reported in the online status
 BearSSL::X509List *trustAnchors = nullptr;
 BearSSL::X509List *clientCert = nullptr;
 BearSSL::PrivateKey *clientKey = nullptr;
@@ -64,6 +71,40 @@ bool readFile(const char *path, String &out, size_t limit) {
   out = f.readString();
   f.close();
   return true;
+}
+
+// The serial of the first certificate in ``list``, as 40 lowercase hex digits (how iotfleet
+// writes serials): Certificate ::= SEQUENCE { tbs SEQUENCE { [0] version?, serial INTEGER, ...
+String serialHex(BearSSL::X509List *list) {
+  if (list == nullptr || list->getCount() == 0) return "";
+  const br_x509_certificate &c = list->getX509Certs()[0];
+  const uint8_t *p = c.data, *end = c.data + c.data_len;
+  auto header = [&](uint8_t tag, size_t &len) -> bool {  // reads a DER tag and length
+    if (p + 2 > end || *p++ != tag) return false;
+    len = *p++;
+    if (len & 0x80) {
+      int n = len & 0x7f;
+      len = 0;
+      while (n-- > 0 && p < end) len = (len << 8) | *p++;
+    }
+    return p + len <= end;
+  };
+  size_t len;
+  if (!header(0x30, len) || !header(0x30, len)) return "";
+  if (p < end && *p == 0xA0) {  // explicit version
+    if (!header(0xA0, len)) return "";
+    p += len;
+  }
+  if (!header(0x02, len)) return "";
+  String hex;
+  for (size_t i = 0; i < len; i++) {
+    if (i == 0 && p[i] == 0 && len > 1) continue;  // DER sign byte
+    char b[3];
+    snprintf(b, sizeof b, "%02x", p[i]);
+    hex += b;
+  }
+  while (hex.length() < 40) hex = "0" + hex;
+  return hex;
 }
 
 [[noreturn]] void halt(const char *why) {
@@ -116,6 +157,8 @@ void loadContract() {
   clientCert = new BearSSL::X509List(certPem.c_str());
   clientKey = new BearSSL::PrivateKey(keyPem.c_str());
   keyPem = "";  // BearSSL holds the parsed key; drop the PEM copy
+  certSerial = serialHex(clientCert);
+  config.certificateTopic = String("iotfleet/pki/") + config.deviceId + "/certificate";
   tlsClient.setTrustAnchors(trustAnchors);
   if (clientKey->isEC()) {
     // iotfleet's issuing CA uses an EC key.
@@ -154,7 +197,111 @@ void setClock() {
 }
 
 String statusJson(const char *state) {
-  return String("{\"state\":\"") + state + "\"}";
+  JsonDocument doc;
+  doc["state"] = state;
+  if (strcmp(state, "online") == 0) {
+    doc["cert_serial"] = certSerial;
+    doc["firmware"] = kFirmware;
+    char since[24];
+    time_t now = time(nullptr);
+    strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    doc["since"] = since;
+  }
+  String body;
+  serializeJson(doc, body);
+  return body;
+}
+
+// The public key of a private key, as BearSSL encodes it (EC point, or RSA modulus).
+bool ownPublicKey(uint8_t *out, size_t &len) {
+  if (clientKey->isEC()) {
+    const br_ec_private_key *sk = clientKey->getEC();
+    br_ec_public_key pk;
+    len = br_ec_compute_pub(br_ec_get_default(), &pk, out, sk);
+    return len > 0;
+  }
+  len = br_rsa_compute_modulus_get_default()(out, clientKey->getRSA());
+  return len > 0;
+}
+
+// Why the pushed certificate must not be used, or nullptr when it may be installed.
+const char *checkCertificate(BearSSL::X509List &leafAndChain) {
+  if (leafAndChain.getCount() == 0) return "not PEM";
+  // Trust anchors come from the flash only (trustAnchors, from /ca.pem); the message may add
+  // intermediates. BearSSL's minimal engine checks signatures, validity dates, CA constraints.
+  br_x509_minimal_context x;
+  br_x509_minimal_init(&x, &br_sha256_vtable, trustAnchors->getTrustAnchors(),
+                       trustAnchors->getCount());
+  br_x509_minimal_set_hash(&x, br_sha256_ID, &br_sha256_vtable);
+  br_x509_minimal_set_hash(&x, br_sha384_ID, &br_sha384_vtable);
+  br_x509_minimal_set_ecdsa(&x, br_ec_get_default(), br_ecdsa_vrfy_asn1_get_default());
+  br_x509_minimal_set_rsa(&x, br_rsa_pkcs1_vrfy_get_default());
+  time_t now = time(nullptr);
+  br_x509_minimal_set_time(&x, (uint32_t)(now / 86400 + 719528), (uint32_t)(now % 86400));
+  const br_x509_class **vt = &x.vtable;
+  (*vt)->start_chain(vt, nullptr);  // no server name: this is our own client certificate
+  for (size_t i = 0; i < leafAndChain.getCount(); i++) {
+    const br_x509_certificate &c = leafAndChain.getX509Certs()[i];
+    (*vt)->start_cert(vt, c.data_len);
+    (*vt)->append(vt, c.data, c.data_len);
+    (*vt)->end_cert(vt);
+  }
+  if ((*vt)->end_chain(vt) != BR_ERR_OK) return "the certificate does not chain to the CA";
+  const br_x509_pkey *pk = (*vt)->get_pkey(vt, nullptr);
+  uint8_t own[520];
+  size_t ownLen = 0;
+  if (pk == nullptr || !ownPublicKey(own, ownLen)) return "no public key";
+  const uint8_t *theirs = pk->key_type == BR_KEYTYPE_EC ? pk->key.ec.q : pk->key.rsa.n;
+  size_t theirLen = pk->key_type == BR_KEYTYPE_EC ? pk->key.ec.qlen : pk->key.rsa.nlen;
+  if (theirLen != ownLen || memcmp(theirs, own, ownLen) != 0) {
+    return "the certificate does not carry this gateway's key";
+  }
+  return nullptr;
+}
+
+void certificateUpdate(uint8_t *payload, unsigned int length) {
+  JsonDocument update;
+  const char *why = nullptr;
+  if (deserializeJson(update, payload, length) || update["version"] != 1) {
+    why = "certificate update: not version 1 JSON";
+  } else if (config.deviceId != update["device"].as<String>()) {
+    why = "the update is for another device";
+  } else if (update["serial"].as<String>() == certSerial) {
+    return;  // the retained copy of what this board uses already
+  }
+  String pemLeaf = update["certificate"].as<String>();
+  if (why == nullptr) {
+    BearSSL::X509List leafAndChain(pemLeaf.c_str());
+    leafAndChain.append(update["chain"].as<const char *>());
+    why = checkCertificate(leafAndChain);
+    if (why == nullptr && serialHex(&leafAndChain) != update["serial"].as<String>()) {
+      why = "the serial does not match the certificate";
+    }
+  }
+  if (why != nullptr) {
+    Serial.printf("iotfleet: certificate rejected: %s\n", why);
+    JsonDocument reply;
+    reply["command"] = "certificate";
+    reply["ok"] = false;
+    reply["error"] = why;
+    String body;
+    serializeJson(reply, body);
+    mqtt.publish(config.statusTopic.c_str(), body.c_str());
+    return;
+  }
+  // Write new, then rename: a power cut leaves the old certificate or the new one, never half.
+  File f = LittleFS.open("/client.pem.new", "w");
+  bool ok = f && f.print(pemLeaf) == pemLeaf.length();
+  if (f) f.close();
+  if (!ok || !LittleFS.rename("/client.pem.new", "/client.pem")) {
+    LittleFS.remove("/client.pem.new");
+    Serial.println("iotfleet: cannot store the new certificate");
+    return;
+  }
+  Serial.printf("iotfleet: installed certificate %s; restarting with it\n",
+                update["serial"].as<const char *>());
+  mqtt.disconnect();  // a switch, not going offline: the next online status says so
+  ESP.restart();
 }
 
 void publishTelemetry() {
@@ -170,6 +317,10 @@ void publishTelemetry() {
 }
 
 void onMessage(char *topic, uint8_t *payload, unsigned int length) {
+  if (config.certificateTopic == topic) {
+    certificateUpdate(payload, length);
+    return;
+  }
   String name = String(topic).substring(config.commandsTopic.length() + 1);
   JsonDocument request;
   deserializeJson(request, payload, length);  // commands may carry {"id": ...}
@@ -225,6 +376,7 @@ bool connectBroker() {
     return false;
   }
   mqtt.subscribe(config.commandsFilter.c_str(), 1);
+  mqtt.subscribe(config.certificateTopic.c_str(), 1);  // retained: waiting if renewed offline
   mqtt.publish(config.statusTopic.c_str(), statusJson("online").c_str(), true);
   Serial.printf("iotfleet: connected to %s:%u\n", host.c_str(), config.mqttPort);
   attempts = 0;
@@ -240,7 +392,7 @@ void setup() {
   loadContract();
   joinWifi();
   setClock();
-  mqtt.setBufferSize(1024);
+  mqtt.setBufferSize(kMqttBuffer);
   mqtt.setCallback(onMessage);
 }
 

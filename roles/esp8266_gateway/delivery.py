@@ -1,0 +1,44 @@
+"""Over-the-air delivery of renewed device certificates, as a step of the rollout.
+
+The step is one operation pyinfra lists (``python.call`` on the control machine), added on one
+host only (the first broker of the fleet, after that broker tier has rendered the ACL that lets
+iotfleet's delivery identity write the certificate topics). Loading the deploy file only
+decides whether there is work; publishing happens when pyinfra executes the operation.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.operations import python
+
+from iotfleet.cert_delivery import deliver_certificates, pending_deliveries
+from iotfleet.context import FleetContext
+
+
+def _deliver(ctx: FleetContext, devices: list[str]) -> None:
+    results = deliver_certificates(ctx, devices)
+    failed = [r for r in results if not r.delivered]
+    for r in results:
+        state = "in use" if r.switched else ("delivered" if r.delivered else "NOT delivered")
+        print(f"iotfleet: certificate {r.serial[:12]} of {r.device}: {state}")
+    if failed:
+        raise RuntimeError(
+            "certificates not delivered: "
+            + "; ".join(f"{r.device} ({', '.join(r.failures)})" for r in failed)
+        )
+
+
+def deliver_renewed_certificates(ctx: FleetContext) -> None:
+    """Publish the certificates renewed on the same key that no gateway was sent yet."""
+    if not ctx.fleet.brokers or host.name != ctx.fleet.brokers[0].name:
+        return
+    pending = pending_deliveries(ctx)
+    if not pending:
+        host.noop("no renewed device certificate to deliver")
+        return
+    python.call(
+        name=f"Deliver {len(pending)} renewed device certificate(s) over MQTT",
+        function=_deliver,
+        ctx=ctx,
+        devices=pending,
+    )
