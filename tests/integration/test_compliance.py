@@ -137,7 +137,16 @@ def test_fresh_rollout_passes_the_whole_suite(deployed: DeployedLab) -> None:
     assert run.results is not None
     hosts = {h.fqdn for h in deployed.lab.hosts}
     assert set(run.results.hosts()) == hosts
-    assert all(r.outcome == "passed" for r in run.results.results), run.explain()
+    # Every check applies to the lab fleet, except the password burst from this host: the lab
+    # spares its control machine from the per-source limit (test_adversary lifts that).
+    not_passed = [r for r in run.results.results if r.outcome != "passed"]
+    assert all(
+        r.outcome == "not applicable"
+        and "test_password_attempts_rate_limited" in r.test
+        and "is exempt from the limit" in r.message
+        for r in not_passed
+    ), run.explain()
+    assert len(not_passed) == 2 * len(hosts), run.explain()  # 8884 and 8443 on each broker
     assert len(run.results.results) > 100
     for host in hosts:
         assert run.results.facts[host]["mosquitto_version"].startswith("2.0.")
