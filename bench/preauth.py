@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iotfleet.check.raw_attacks import remaining_length
 from iotfleet.lab.state import lab_paths, load_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,15 +53,6 @@ SAMPLE = (
     "awk '/^VmRSS:/ {r=$2} /^VmSize:/ {v=$2} END {print r, v}' /proc/$pid/status; "
     "systemctl show -p MemoryCurrent --value mosquitto | sed 's/\\[not set\\]/0/'"
 )
-
-
-def remaining_length(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 @dataclass

@@ -13,21 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from iotfleet.check.raw_attacks import remaining_length
 from iotfleet.model.settings import MosquittoSettings
 from tests.support.local_broker import free_port, running_mosquitto
 
 MAX_REMAINING_LENGTH = 268_435_455  # 256 MiB - 1: the largest an MQTT fixed header can say
 SENT = 24 * 1024 * 1024  # what the attacker streams after the header
 CHUNK = 1024 * 1024
-
-
-def _remaining_length(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _rss_kib(pid: int) -> int:
@@ -59,7 +51,7 @@ def _broker(work: Path, limit: str) -> Iterator[tuple[int, int]]:
 def _attack(port: int, pid: int) -> tuple[int, bool]:
     """(RSS growth in KiB while the connection is held, whether the broker closed it)."""
     before = _rss_kib(pid)
-    header = bytes([0x10]) + _remaining_length(MAX_REMAINING_LENGTH)
+    header = bytes([0x10]) + remaining_length(MAX_REMAINING_LENGTH)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         closed = False
         try:
