@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.lab_fleet import lab_context, lab_environment
 from tests.support.rollout import Rollout, run_iotfleet, run_pyinfra
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -96,13 +95,6 @@ def field(lab_factory: LabFactory) -> FieldLab:
     return field
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_renewal_over_the_air_through_the_rollout(
     field: FieldLab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,7 +113,7 @@ def test_renewal_over_the_air_through_the_rollout(
         new = {d: ctx.pki.record(d).serial for d in BOARDS}  # type: ignore[union-attr]
         assert all(new[d] != old[d] for d in BOARDS)
         # The running gateway kept going: it switched to the new certificate on its own.
-        _wait(lambda: gw1.cert_serial == f"{new['gw1']:040x}" and gw1.connected)
+        wait_until(lambda: gw1.cert_serial == f"{new['gw1']:040x}" and gw1.connected, timeout=60)
         assert gw1.stats.certificates_installed == 1
         assert read_flash_files(field.flash_file("gw1"))[CERT_FILE] == ctx.pki.certificate_pem(
             "gw1"
@@ -159,7 +151,7 @@ def test_renewal_over_the_air_through_the_rollout(
         # finds the new one waiting (retained).
         gw2 = field.simulator("gw2").start()
         try:
-            _wait(lambda: gw2.stats.certificates_installed == 1 and gw2.connected)
+            wait_until(lambda: gw2.stats.certificates_installed == 1 and gw2.connected, timeout=60)
             assert gw2.stats.connects >= 2  # once with the old certificate, then with the new
             assert gw2.cert_serial == f"{new['gw2']:040x}"
             assert field.programmed("gw2") == programmed["gw2"]
@@ -207,7 +199,7 @@ def test_forged_or_foreign_certificates_pushed_to_a_gateway_are_refused(field: F
         with session(target(ctx, broker, 8883), identity_of(ctx, DELIVERY_IDENTITY)) as pusher:
             for count, (why, update) in enumerate(pushes.items(), 1):
                 assert succeeded(pusher.publish(certificate_topic("gw1"), update.to_payload()))
-                _wait(lambda n=count: gw1.stats.certificates_rejected >= n)  # type: ignore[misc]
+                wait_until(lambda n=count: gw1.stats.certificates_rejected >= n, timeout=60)  # type: ignore[misc]
                 assert why in gw1.stats.last_error
         assert gw1.cert_serial == serial and gw1.stats.certificates_installed == 0
         assert read_flash_files(field.flash_file("gw1"))[CERT_FILE] == ctx.pki.certificate_pem(

@@ -6,8 +6,7 @@ identity may write a certificate topic."""
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from iotfleet.probes import DELIVERY_IDENTITY
 from roles.mosquitto.render import service_files
 from roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
+from tests.support.waiting import wait_until
 from tests.unit.gateway_helpers import GatewayFleet, board, emulated, gateway_environment, options
 
 DEVICES = ("gw-1", "gw-2")
@@ -108,13 +108,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 server.close()
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_renewal_over_the_air_end_to_end(site: Site) -> None:
     ctx = site.ctx
     flashed = {d: read_bundle(site.flash_file(d)).certificate_pem for d in DEVICES}
@@ -150,7 +143,7 @@ def test_renewal_over_the_air_end_to_end(site: Site) -> None:
         # gw-2 comes back online: the retained certificate is waiting for it.
         gw2 = site.simulator("gw-2").start()
         try:
-            _wait(lambda: gw2.stats.certificates_installed == 1 and gw2.connected)
+            wait_until(lambda: gw2.stats.certificates_installed == 1 and gw2.connected, timeout=15)
             assert gw2.cert_serial == f"{new['gw-2']:040x}"
             assert site.deliver("gw-2")["gw-2"].switched  # type: ignore[attr-defined]
         finally:
@@ -194,10 +187,10 @@ def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
         with session(site.target(), site.as_(DELIVERY_IDENTITY)) as delivery:
             for count, (why, update) in enumerate(pushes.items(), 1):
                 assert delivery.publish(certificate_topic("gw-1"), update.to_payload()) == 0
-                _wait(lambda n=count: gw1.stats.certificates_rejected >= n)  # type: ignore[misc]
+                wait_until(lambda n=count: gw1.stats.certificates_rejected >= n, timeout=15)  # type: ignore[misc]
                 assert why in gw1.stats.last_error
             assert delivery.publish(certificate_topic("gw-1"), b"not json") == 0
-            _wait(lambda: gw1.stats.certificates_rejected >= 3)
+            wait_until(lambda: gw1.stats.certificates_rejected >= 3, timeout=15)
             assert "certificate update" in gw1.stats.last_error
         assert gw1.cert_serial == serial and gw1.stats.certificates_installed == 0
         assert read_flash_files(site.flash_file("gw-1"))[CERT_FILE] == ctx.pki.certificate_pem(

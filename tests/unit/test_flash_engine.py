@@ -100,7 +100,6 @@ def test_first_flash_writes_everything_second_writes_nothing(
         assert second.bytes_written == 0
         assert gw.counters.bytes_programmed == programmed  # not one byte written
         assert gw.counters.write_sessions == 2 and gw.counters.bytes_erased == first_erased(gw)
-        assert second.duration < 2.0
 
     history = registry.history("gw-1")
     assert [r.result for r in history] == ["flashed", "unchanged"]

@@ -23,6 +23,7 @@ from iotfleet.gateway import Backoff, GatewayError, GatewaySimulator, read_bundl
 from roles.mosquitto.render import service_files
 from roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
+from tests.support.waiting import wait_until
 from tests.unit.gateway_helpers import (
     WIFI_PASSPHRASE,
     GatewayFleet,
@@ -91,8 +92,9 @@ def test_bundle_read_back_from_the_emulated_flash(site: Site) -> None:
 
 def test_connects_publishes_answers_and_is_refused_elsewhere(site: Site) -> None:
     bundle = read_bundle(site.flash_file("gw-1"))
-    simulator = GatewaySimulator(bundle, telemetry_interval=0.2,
-                                 backoff=Backoff(initial=0.05, maximum=0.2))
+    simulator = GatewaySimulator(
+        bundle, telemetry_interval=0.2, backoff=Backoff(initial=0.05, maximum=0.2)
+    )
     with session(site.target(), site.admin()) as admin:
         admin.subscribe("devices/+/telemetry/#")
         admin.subscribe("devices/gw-1/status")
@@ -115,7 +117,7 @@ def test_connects_publishes_answers_and_is_refused_elsewhere(site: Site) -> None
 
             # "restart" drops the session; the gateway comes back through its backoff.
             assert succeeded(admin.publish("devices/gw-1/commands/restart", b""))
-            _wait(lambda: simulator.stats.connects >= 2 and simulator.connected)
+            wait_until(lambda: simulator.stats.connects >= 2 and simulator.connected, timeout=10)
         finally:
             simulator.stop()
         assert simulator.stats.telemetry_sent >= 1 and simulator.stats.commands_handled >= 2
@@ -124,11 +126,12 @@ def test_connects_publishes_answers_and_is_refused_elsewhere(site: Site) -> None
 def test_backoff_when_the_broker_is_unreachable(site: Site) -> None:
     bundle = read_bundle(site.flash_file("gw-2"))
     closed_port = free_port()
-    simulator = GatewaySimulator(bundle, broker=("localhost", closed_port),
-                                 backoff=Backoff(initial=0.02, maximum=0.05))
+    simulator = GatewaySimulator(
+        bundle, broker=("localhost", closed_port), backoff=Backoff(initial=0.02, maximum=0.05)
+    )
     simulator.start()
     try:
-        _wait(lambda: simulator.stats.connect_failures >= 3)
+        wait_until(lambda: simulator.stats.connect_failures >= 3, timeout=10)
     finally:
         simulator.stop()
     assert simulator.stats.connects == 0
@@ -147,8 +150,19 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
 
 def test_cli_run_and_inspect(site: Site) -> None:
     runner = CliRunner()
-    result = runner.invoke(gateway_cli, ["run", "gw-2", "--flash", str(site.flash_file("gw-2")),
-                                         "--count", "2", "--interval", "0.1"])
+    result = runner.invoke(
+        gateway_cli,
+        [
+            "run",
+            "gw-2",
+            "--flash",
+            str(site.flash_file("gw-2")),
+            "--count",
+            "2",
+            "--interval",
+            "0.1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"connected to localhost:{site.port} as gw-2" in result.output
     assert "2 reading(s)" in result.output
@@ -177,15 +191,5 @@ def _wait_ack(admin: object, command: str) -> list[dict[str, object]]:
                 found.append(body)
         return bool(found)
 
-    _wait(arrived)
+    wait_until(arrived, timeout=10)
     return found
-
-
-def _wait(condition: object, timeout: float = 10) -> None:
-    import time
-
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
