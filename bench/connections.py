@@ -48,15 +48,11 @@ brokers = lab_inventory_groups("{lab}")["brokers"]
 
 GROUP_DATA = '''
 """Bench fleet: {count} devices, one admin."""
-from iotfleet.paths import fleet_dir
-from iotfleet.secrets import SecretStore
 
 fleet_name = "{lab}"
 fleet_devices = [{{"id": f"bench-{{i:05d}}"}} for i in range({count})]
 fleet_clients = [{{"name": "bench-admin", "roles": ["admin"]}}]
-pki_passphrase_file = str(
-    SecretStore(fleet_dir(fleet_name) / "secrets").generated_file("pki-passphrase")
-)
+pki_passphrase_generated = True
 '''
 
 

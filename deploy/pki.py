@@ -1,7 +1,9 @@
-"""Tier 1, on the control machine: reconcile the fleet's PKI with the inventory.
+"""Tier 1, on the control machine: commit the fleet's PKI plan.
 
-Issues missing identities, renews those inside the renewal window, revokes devices that left
-the inventory or are marked revoked, and re-signs the CRL. No host is changed by this tier.
+Loading the inventory plans, in memory: issue missing identities, renew those inside the
+renewal window, revoke devices that left the inventory or are marked revoked, re-sign the CRL,
+generate missing secrets. This tier adds the operation that writes that plan (pyinfra lists it
+as ``PKI of fleet NAME: ...``; ``--dry`` shows it and writes nothing). No host is changed.
 """
 
 from roles.fleet_context import reconciled_fleet

@@ -1,4 +1,8 @@
-"""Crash-safe file writes: readers see the old file or the new one, never half of either."""
+"""Crash-safe file writes: readers see the old file or the new one, never half of either.
+
+Both helpers honour a planning run's stage (``iotfleet.pki.fsio.staged``): while one is active
+they record the write for the commit instead of doing it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,16 @@ import os
 import tempfile
 from pathlib import Path
 
+from iotfleet.pki import fsio
+from iotfleet.pki.errors import StateError
+
 
 def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` (temp file in the same directory, fsync, rename)."""
+    stage = fsio.active_stage()
+    if stage is not None:
+        stage.record(lambda: write_file_atomically(path, data, mode=mode), path=path, data=data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -27,7 +38,25 @@ def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None
 
 
 def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
-    """Create ``path`` with ``data`` unless it exists; never overwrites. True if created."""
+    """Create ``path`` with ``data`` unless it exists; never overwrites. True if created.
+
+    A staged write that finds the file created by someone else at commit time fails the commit
+    (what was planned from it would not match).
+    """
+    stage = fsio.active_stage()
+    if stage is not None:
+        if stage.exists(path):
+            return False
+
+        def create() -> None:
+            if not write_new_file(path, data, mode=mode):
+                raise StateError(
+                    f"{path} was created by another run since this one planned: nothing more "
+                    "was written; run again"
+                )
+
+        stage.record(create, path=path, data=data)
+        return True
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -11,36 +11,51 @@ from iotfleet.credentials import mqtt_passwords
 from iotfleet.fleet_pki import pki_settings_for
 from iotfleet.model import Fleet
 from iotfleet.paths import fleet_dir
-from iotfleet.pki import PkiSettings, PkiStore
+from iotfleet.pki import PkiSettings, PkiStore, fsio
 from iotfleet.secrets import SecretStore
 
 
 @dataclass(frozen=True)
 class FleetContext:
-    """The fleet, where its control-machine state lives, and its resolved passwords."""
+    """The fleet, where its control-machine state lives, and its resolved passwords.
+
+    ``stage``: a planning run's recorded writes (new secrets, the PKI plan), read as if done
+    until the run commits them.
+    """
 
     fleet: Fleet
     state_dir: Path
     secrets: SecretStore
     pki_settings: PkiSettings
     passwords: dict[str, SecretStr]
+    stage: fsio.Stage | None = field(default=None, compare=False)
 
     @classmethod
-    def for_fleet(cls, fleet: Fleet) -> FleetContext:
-        """Resolve secrets (raises ``InventoryError`` naming owner and key on problems)."""
+    def for_fleet(
+        cls, fleet: Fleet, *, stage: fsio.Stage | None = None, read_only: bool = False
+    ) -> FleetContext:
+        """Resolve secrets (raises ``InventoryError`` naming owner and key on problems).
+
+        Args:
+            fleet: the validated fleet.
+            stage: record secrets generated now there (a rollout being planned).
+            read_only: a generated secret that does not exist yet is an error (``iotfleet
+                check`` and other commands that promise to change nothing).
+        """
         state_dir = fleet_dir(fleet.name)
-        secrets = SecretStore(state_dir / "secrets")
+        secrets = SecretStore(state_dir / "secrets", stage=stage, read_only=read_only)
         return cls(
             fleet=fleet,
             state_dir=state_dir,
             secrets=secrets,
-            pki_settings=pki_settings_for(fleet, state_dir),
+            pki_settings=pki_settings_for(fleet, state_dir, secrets),
             passwords=mqtt_passwords(fleet, secrets),
+            stage=stage,
         )
 
     @property
     def pki(self) -> PkiStore:
-        return PkiStore(self.pki_settings.state_dir)
+        return PkiStore(self.pki_settings.state_dir, self.stage)
 
     @property
     def registry_path(self) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -11,9 +11,12 @@ from iotfleet.atomic import write_file_atomically
 from iotfleet.health import health_identity_name
 from iotfleet.model import Broker, Fleet
 from iotfleet.model.names import is_dns_name
-from iotfleet.pki import IdentitySpec, PkiSettings, PkiStore, ReconcileReport, reconcile
-from iotfleet.pki.testing import make_expired_identity
+from iotfleet.pki import IdentitySpec, PkiSettings, ReconcileReport, reconcile
+from iotfleet.pki.ca import CaCerts
+from iotfleet.pki.certs import Issuer
+from iotfleet.pki.testing import make_expired_identity_with, make_foreign_ca_identity
 from iotfleet.probes import DELIVERY_IDENTITY, PROBE_DEVICES
+from iotfleet.secrets import SecretStore
 
 
 def broker_dns_names(broker: Broker) -> list[str]:
@@ -70,13 +73,25 @@ def fleet_identities(fleet: Fleet) -> list[IdentitySpec]:
     return specs
 
 
-def pki_settings_for(fleet: Fleet, state_dir: Path) -> PkiSettings:
-    """The PKI engine's settings from the inventory's ``pki_*`` keys."""
+# Where the generated CA passphrase is kept (pki_passphrase_generated).
+PASSPHRASE_SLOT = "pki-passphrase"  # noqa: S105 (a slot name)
+
+
+def pki_settings_for(fleet: Fleet, state_dir: Path, secrets: SecretStore) -> PkiSettings:
+    """The PKI engine's settings from the inventory's ``pki_*`` keys.
+
+    A generated passphrase comes from ``secrets`` (staged there by a planning run when new).
+    """
     config = fleet.pki
+    passphrase_file, passphrase_value = config.passphrase_file, None
+    if config.passphrase_generated:
+        passphrase_value = secrets.generated(PASSPHRASE_SLOT).encode()
+        passphrase_file = secrets.slot_path(PASSPHRASE_SLOT)
     return PkiSettings(
         state_dir=config.state_dir or state_dir / "pki",
         passphrase_env=config.passphrase_env,
-        passphrase_file=config.passphrase_file,
+        passphrase_file=passphrase_file,
+        passphrase_value=passphrase_value,
         ca_name=config.ca_name,
         renew_before_days=config.renew_before_days,
         broker_days=config.broker_days,
@@ -93,6 +108,8 @@ def pki_settings_for(fleet: Fleet, state_dir: Path) -> PkiSettings:
 # CRL), one signed by the fleet CA that has already expired.
 REVOKED_CANARY = "iotfleet-canary-revoked"
 EXPIRED_CANARY = "iotfleet-canary-expired"
+# And one from a CA the fleet does not trust, with the fleet CA's names (only the keys differ).
+FOREIGN_CANARY = "iotfleet-canary-foreign"
 
 
 @dataclass(frozen=True)
@@ -120,49 +137,60 @@ def _save_canary(state_dir: Path, name: str, certificate_pem: bytes, key_pem: by
     write_file_atomically(directory / f"{name}.pem", certificate_pem, mode=0o600)
 
 
+def foreign_canary_paths(state_dir: Path) -> tuple[Path, Path, Path]:
+    """(certificate, key, its CA chain) of the foreign-CA canary."""
+    directory = canary_dir(state_dir)
+    return (
+        directory / f"{FOREIGN_CANARY}.pem",
+        directory / f"{FOREIGN_CANARY}.key",
+        directory / f"{FOREIGN_CANARY}-ca.pem",
+    )
+
+
+def _ensure_foreign_canary(state_dir: Path, ca_name: str) -> None:
+    cert_path, key_path, ca_path = foreign_canary_paths(state_dir)
+    if cert_path.exists() and key_path.exists() and ca_path.exists():
+        return
+    foreign = make_foreign_ca_identity(FOREIGN_CANARY, kind="client", ca_name=ca_name)
+    write_file_atomically(key_path, foreign.private_key_pem, mode=0o600)
+    write_file_atomically(ca_path, foreign.ca_chain_pem, mode=0o600)
+    write_file_atomically(cert_path, foreign.certificate_pem, mode=0o600)
+
+
 def reconcile_fleet(
     fleet: Fleet, settings: PkiSettings, state_dir: Path, *, now: datetime | None = None
 ) -> ReconcileReport:
     """Reconcile the PKI with the fleet, canaries included (needs the CA passphrase).
 
+    One reconcile: a missing revoked canary is issued and revoked in the same run, a missing
+    expired one signed while the state is locked. Inside a planning stage every write
+    (canaries included) is recorded for the commit.
+
     ``now``: the time to act at (default: the clock); tests move time with it.
     """
-    specs = fleet_identities(fleet)
     directory = canary_dir(state_dir)
-    first: ReconcileReport | None = None
-    if not (directory / f"{REVOKED_CANARY}.pem").exists():
-        # Issue the canary, keep a copy of it, then revoke it in the same run.
-        first = reconcile(settings, [*specs, IdentitySpec(REVOKED_CANARY, "client")], now=now)
-        store = PkiStore(settings.state_dir)
-        _save_canary(
-            state_dir,
-            REVOKED_CANARY,
-            store.certificate_pem(REVOKED_CANARY),
-            store.private_key_pem(REVOKED_CANARY),
-        )
+    revoked_missing = not (directory / f"{REVOKED_CANARY}.pem").exists()
+    expired_missing = not (directory / f"{EXPIRED_CANARY}.pem").exists()
+
+    def sign_expired_canary(issuer: Issuer, ca: CaCerts, moment: datetime) -> None:
+        if expired_missing:
+            expired = make_expired_identity_with(issuer, ca, EXPIRED_CANARY, "client", moment)
+            _save_canary(
+                state_dir, EXPIRED_CANARY, expired.certificate_pem, expired.private_key_pem
+            )
+
     report = reconcile(
         settings,
-        [*specs, IdentitySpec(REVOKED_CANARY, "client", revoked_reason="cessationOfOperation")],
+        [
+            *fleet_identities(fleet),
+            IdentitySpec(REVOKED_CANARY, "client", revoked_reason="cessationOfOperation"),
+        ],
         now=now,
+        issue_revoked=(REVOKED_CANARY,) if revoked_missing else (),
+        with_issuer=sign_expired_canary,
     )
-    if not (directory / f"{EXPIRED_CANARY}.pem").exists():
-        expired = make_expired_identity(settings, EXPIRED_CANARY, kind="client")
-        _save_canary(state_dir, EXPIRED_CANARY, expired.certificate_pem, expired.private_key_pem)
-    return report if first is None else _combined(first, report)
-
-
-def _combined(first: ReconcileReport, second: ReconcileReport) -> ReconcileReport:
-    """One report for two reconciles of the same run (canary issued, then revoked)."""
-    return replace(
-        second,
-        issued=tuple(n for n in first.issued if n != REVOKED_CANARY) + second.issued,
-        renewed=first.renewed + second.renewed,
-        renewed_same_key=first.renewed_same_key + second.renewed_same_key,
-        retired=first.retired + second.retired,
-        revoked=first.revoked + tuple(n for n in second.revoked if n != REVOKED_CANARY),
-        crl_changed=first.crl_changed or second.crl_changed,
-        root_crl_changed=first.root_crl_changed or second.root_crl_changed,
-        ca_created=first.ca_created or second.ca_created,
-        intermediate_renewed=first.intermediate_renewed or second.intermediate_renewed,
-        warnings=first.warnings + second.warnings,
-    )
+    if REVOKED_CANARY in report.captured:
+        certificate_pem, key_pem = report.captured[REVOKED_CANARY]
+        _save_canary(state_dir, REVOKED_CANARY, certificate_pem, key_pem)
+    _ensure_foreign_canary(state_dir, settings.ca_name)
+    return report

@@ -1,11 +1,14 @@
 """Resolve secret references (env, file, generated) without ever echoing a value.
 
 Generated secrets are created once and kept, 0600, in the fleet's state directory, so a
-rerun (or a classroom regenerated from the same roster) reuses them.
+rerun (or a classroom regenerated from the same roster) reuses them. A planning run (a rollout
+being loaded, ``--dry``) generates missing ones in memory, into its stage, written only when
+the run commits; a read-only store (``iotfleet check``) refuses to make any.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets as _random
 import stat
@@ -15,6 +18,7 @@ from pydantic import SecretStr
 
 from iotfleet.atomic import write_new_file
 from iotfleet.model import SecretRef
+from iotfleet.pki import fsio
 
 GENERATED_BYTES = 24  # 32 URL-safe characters
 
@@ -24,10 +28,18 @@ class SecretError(ValueError):
 
 
 class SecretStore:
-    """Reads ``env:``/``file:`` references and keeps ``generated`` secrets under ``directory``."""
+    """Reads ``env:``/``file:`` references and keeps ``generated`` secrets under ``directory``.
 
-    def __init__(self, directory: Path) -> None:
+    ``stage``: record new generated secrets there (committed with the run) instead of writing
+    them. ``read_only``: a missing generated secret is an error, never created.
+    """
+
+    def __init__(
+        self, directory: Path, *, stage: fsio.Stage | None = None, read_only: bool = False
+    ) -> None:
         self.directory = directory
+        self.stage = stage
+        self.read_only = read_only
 
     def resolve(self, ref: SecretRef, slot: str, *, where: str, key: str) -> SecretStr:
         """Return the secret ``ref`` points to.
@@ -49,24 +61,34 @@ class SecretStore:
 
     def generated(self, slot: str) -> str:
         """Return the generated secret for ``slot``, creating it on first use."""
-        path = self._slot_path(slot)
-        if not path.exists():
+        path = self.slot_path(slot)
+        stage = self.stage if self.stage is not None and not self.stage.committed else None
+        if not (stage.exists(path) if stage is not None else path.exists()):
+            if self.read_only:
+                raise SecretError(
+                    f"no generated secret {slot} in {self.directory} yet: run the rollout first"
+                )
             value = _random.token_urlsafe(GENERATED_BYTES)
-            # Two concurrent runs may race here: the first writer wins, both read its value.
-            write_new_file(path, (value + "\n").encode(), mode=0o600)
-        return path.read_text().strip()
+            # Two concurrent runs may race here: the first writer wins, both read its value
+            # (a staged one fails its commit instead, having rendered files from its own).
+            with fsio.staged(stage) if stage is not None else contextlib.nullcontext():
+                write_new_file(path, (value + "\n").encode(), mode=0o600)
+        data = stage.read_bytes(path) if stage is not None else path.read_bytes()
+        return data.decode().strip()
 
     def generated_file(self, slot: str) -> Path:
         """Path of the generated secret for ``slot`` (created on first use), for settings that
-        take a file, such as ``pki_passphrase_file``."""
-        self.generated(slot)
-        return self._slot_path(slot)
+        take a file. Writes at once, whatever the stage: only for commands that create state."""
+        if not self.slot_path(slot).exists():
+            SecretStore(self.directory, read_only=self.read_only).generated(slot)
+        return self.slot_path(slot)
 
     def forget(self, slot: str) -> None:
         """Drop a generated secret so the next use creates a new one (e.g. a student reset)."""
-        self._slot_path(slot).unlink(missing_ok=True)
+        self.slot_path(slot).unlink(missing_ok=True)
 
-    def _slot_path(self, slot: str) -> Path:
+    def slot_path(self, slot: str) -> Path:
+        """Where the generated secret ``slot`` is kept."""
         parts = slot.split("/")
         if not all(p and p not in {".", ".."} for p in parts):
             raise ValueError(f"invalid secret slot {slot!r}")

@@ -1,46 +1,110 @@
-"""The fleet of the running ``pyinfra`` command, validated once for all hosts and roles.
+"""The fleet of the running ``pyinfra`` command: validated, planned, then committed.
 
-pyinfra executes deploy files once per host; the fleet and its secrets are resolved on the
-first call and reused, so every host sees the same, once-validated fleet, and a bad inventory
-stops the run before any operation is executed on any host.
+pyinfra executes deploy files once per host; the fleet is validated and its plan computed on
+the first call and reused, so every host sees the same fleet and a bad inventory stops the run
+before any operation. Loading writes nothing on the control machine: secrets the fleet lacks
+are generated in memory and the PKI reconcile (issue, renew, revoke, re-sign the CRL) is
+recorded into a stage that brokers' files and gateways' images are rendered from. The first
+operation of the run commits that stage (``commit_fleet_plan``), so ``--dry``, a declined
+prompt or a run that fails before it leave the state directory byte-identical, and pyinfra's
+own output lists what the commit does.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+from dataclasses import dataclass
 from functools import cache
 
+from pyinfra import host
 from pyinfra import inventory as current_inventory
+from pyinfra.operations import python
 
 from iotfleet.context import FleetContext
 from iotfleet.fleet_pki import reconcile_fleet
 from iotfleet.inventory import raw_hosts
 from iotfleet.model import InventoryError, build_fleet
-from iotfleet.pki import PkiError
+from iotfleet.pki import PkiError, ReconcileReport, fsio
 from iotfleet.secrets import SecretError
+
+# Planned changes of a kind are listed by name up to this many (beyond, counted).
+NAMES_IN_SUMMARY = 5
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """The validated fleet with everything this run would write, not written yet."""
+
+    ctx: FleetContext
+    report: ReconcileReport
+    stage: fsio.Stage
+
+    def summary(self) -> str:
+        """What the commit does, e.g. ``issue 3, renew gw-0007, re-sign CRL; 2 new secrets``."""
+        line = self.report.summary(planned=True, names_up_to=NAMES_IN_SUMMARY)
+        secrets_dir = self.ctx.secrets.directory
+        new_secrets = [p for p in self.stage.changed_paths() if p.is_relative_to(secrets_dir)]
+        if new_secrets:
+            line += f"; generate {len(new_secrets)} secret(s)"
+        return line
 
 
 @cache
 def fleet_context() -> FleetContext:
-    """The validated fleet of this pyinfra run; exits with the list of problems if invalid."""
+    """The validated fleet of this pyinfra run, read-only: no PKI plan, no new secret (tiers
+    that only push what the PKI holds, such as ``deploy/crl.py``)."""
     try:
-        return FleetContext.for_fleet(build_fleet(raw_hosts(current_inventory)))
+        return FleetContext.for_fleet(build_fleet(raw_hosts(current_inventory)), read_only=True)
     except (InventoryError, SecretError) as exc:
         raise SystemExit(f"iotfleet: {exc}") from None
 
 
 @cache
-def reconciled_fleet() -> FleetContext:
-    """The fleet with its PKI reconciled on the control machine (once per pyinfra run).
-
-    Runs while pyinfra prepares operations, before any host is changed: brokers need the
-    certificates and CRL it produces. It issues what is missing, renews what expires soon,
-    revokes what left the inventory and refreshes the CRL.
-    """
-    ctx = fleet_context()
+def fleet_plan() -> FleetPlan:
+    """The fleet and its PKI plan (computed once per pyinfra run; exits listing problems)."""
+    stage = fsio.Stage()
     try:
-        report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
+        fleet = build_fleet(raw_hosts(current_inventory))
+        ctx = FleetContext.for_fleet(fleet, stage=stage)
+        with fsio.staged(stage):
+            report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
+    except (InventoryError, SecretError) as exc:
+        raise SystemExit(f"iotfleet: {exc}") from None
     except PkiError as exc:
         raise SystemExit(f"iotfleet: PKI: {exc}") from None
-    print(f"iotfleet: PKI of fleet {ctx.fleet.name}: {report.summary()}", file=sys.stderr)
-    return ctx
+    plan = FleetPlan(ctx, report, stage)
+    print(f"iotfleet: PKI of fleet {fleet.name} (plan): {plan.summary()}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"iotfleet: PKI warning: {warning}", file=sys.stderr)
+    return plan
+
+
+_commit_lock = threading.Lock()
+_hosts_with_commit: set[str] = set()
+
+
+def _commit(plan: FleetPlan) -> None:
+    # Every host runs this first operation; the first one commits, the others find it done.
+    with _commit_lock:
+        try:
+            plan.stage.commit()
+        except PkiError as exc:
+            raise RuntimeError(f"PKI of fleet {plan.ctx.fleet.name}: {exc}") from None
+
+
+def reconciled_fleet() -> FleetContext:
+    """The fleet, with the operation that commits its plan added for the current host.
+
+    Call it from every deploy file that renders from the PKI or secrets: the commit operation
+    is added once per host, before the caller's operations.
+    """
+    plan = fleet_plan()
+    if host.name not in _hosts_with_commit:
+        _hosts_with_commit.add(host.name)
+        name = f"PKI of fleet {plan.ctx.fleet.name}: {plan.summary()}"
+        if plan.stage.empty:
+            host.noop(name)
+        else:
+            python.call(name=name, function=_commit, plan=plan)
+    return plan.ctx

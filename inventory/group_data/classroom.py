@@ -19,6 +19,6 @@ if inventory.get_group("classroom", None):
     fleet_clients = _data["fleet_clients"]
     fleet_roles = _data["fleet_roles"]
     mosquitto_listeners = _data["mosquitto_listeners"]
-    pki_passphrase_file = _data["pki_passphrase_file"]
+    pki_passphrase_generated = _data["pki_passphrase_generated"]
     espgw_wifi_ssid = _data["espgw_wifi_ssid"]
     espgw_wifi_passphrase = _data["espgw_wifi_passphrase"]

@@ -9,8 +9,6 @@ from pyinfra import inventory
 
 from iotfleet.lab.inventory import lab_gateway_names
 from iotfleet.lab.naming import lab_name
-from iotfleet.paths import fleet_dir
-from iotfleet.secrets import SecretStore
 
 # pyinfra reads every file of group_data/ whatever the inventory: only the lab's own
 # inventory (its hosts form the group "lab") reads the lab's state and makes its secrets.
@@ -23,7 +21,7 @@ __all__ = [
     "fleet_devices",
     "fleet_name",
     "mosquitto_listeners",
-    "pki_passphrase_file",
+    "pki_passphrase_generated",
     "ssh_hardening_enabled",
 ]
 
@@ -61,11 +59,9 @@ mosquitto_listeners = [
 # algorithms only (the lab logs in as root with its own key).
 ssh_hardening_enabled = True
 
-if _lab_inventory:
-    # The lab's CA passphrase is generated once and kept with the lab fleet's state (0600).
-    pki_passphrase_file = str(
-        SecretStore(fleet_dir(fleet_name) / "secrets").generated_file("pki-passphrase")
-    )
+# The lab's CA passphrase is generated once (by the first rollout) and kept with the lab
+# fleet's state (0600).
+pki_passphrase_generated = _lab_inventory
 
 espgw_wifi_ssid = "iotfleet-lab"
 espgw_wifi_passphrase = "generated"

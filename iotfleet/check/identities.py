@@ -23,15 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.check.mqtt_probe import Identity
 from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import EXPIRED_CANARY, REVOKED_CANARY, canary_dir, load_canary
+from iotfleet.fleet_pki import (
+    EXPIRED_CANARY,
+    REVOKED_CANARY,
+    foreign_canary_paths,
+    load_canary,
+)
 from iotfleet.model import Fleet, Listener
-from iotfleet.pki import PkiStore
+from iotfleet.pki import PkiStore, StateError
 from iotfleet.probes import PROBE_DEVICE, PROBE_DEVICES, PROBE_PEER
 
-FOREIGN_CANARY = "iotfleet-canary-foreign"
 REFUSED_KINDS = ("foreign", "revoked", "expired")
 
 
@@ -162,31 +165,10 @@ def refused_certificate(ctx: FleetContext, kind: str) -> Identity:
     return Identity(canary.certificate_pem, canary.private_key_pem)
 
 
-def foreign_paths(state_dir: Path) -> tuple[Path, Path, Path]:
-    directory = canary_dir(state_dir)
-    return (
-        directory / f"{FOREIGN_CANARY}.pem",
-        directory / f"{FOREIGN_CANARY}.key",
-        directory / f"{FOREIGN_CANARY}-ca.pem",
-    )
-
-
-def ensure_foreign_canary(state_dir: Path) -> None:
-    """Make the foreign-CA canary once (no passphrase needed: it is not the fleet's CA)."""
-    cert_path, key_path, ca_path = foreign_paths(state_dir)
-    if cert_path.exists() and key_path.exists() and ca_path.exists():
-        return
-    from iotfleet.pki.testing import make_foreign_ca_identity
-
-    # Same profile and CA names as the fleet's: only the keys differ.
-    foreign = make_foreign_ca_identity(FOREIGN_CANARY, kind="client")
-    write_file_atomically(key_path, foreign.private_key_pem, mode=0o600)
-    write_file_atomically(ca_path, foreign.ca_chain_pem, mode=0o600)
-    write_file_atomically(cert_path, foreign.certificate_pem, mode=0o600)
-
-
 def foreign_canary(state_dir: Path) -> tuple[bytes, bytes]:
-    """(certificate, key) of the foreign-CA canary, made on first use."""
-    ensure_foreign_canary(state_dir)
-    cert_path, key_path, _ = foreign_paths(state_dir)
-    return cert_path.read_bytes(), key_path.read_bytes()
+    """(certificate, key) of the foreign-CA canary the rollout made (raises StateError before)."""
+    cert_path, key_path, _ = foreign_canary_paths(state_dir)
+    try:
+        return cert_path.read_bytes(), key_path.read_bytes()
+    except FileNotFoundError:
+        raise StateError(f"no {cert_path} yet: run the rollout first") from None

@@ -33,6 +33,7 @@ from iotfleet.pki import PkiError
 from iotfleet.report import history as run_history
 from iotfleet.report import page
 from iotfleet.report.prometheus import write_textfile
+from iotfleet.secrets import SecretError
 
 MAX_WORKERS = 16  # hosts checked at once; each worker mostly waits on the network
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -146,9 +147,17 @@ def run_check(request: CheckRequest, console: Console) -> int:
     try:
         hosts = read_inventory(request.inventory)
         plan = plan_from_hosts(hosts, request.limit)
-        ctx = FleetContext.for_fleet(plan.fleet)
     except (PlanError, InventoryError) as exc:
         return _error(console, str(exc))
+    try:
+        # Read-only: the check creates no secret; the rollout makes them.
+        ctx = FleetContext.for_fleet(plan.fleet, read_only=True)
+    except (InventoryError, SecretError) as exc:
+        return _error(
+            console,
+            f"fleet {plan.fleet.name} has not been rolled out yet (pyinfra {request.inventory} "
+            f"deploy.py): {exc}",
+        )
     try:
         # The checks compare with the fleet's PKI and use its canaries: it must exist.
         ctx.pki.ca_chain_pem()

@@ -136,7 +136,7 @@ class Suite:
         crl_margin_hours: float = CRL_MARGIN_HOURS,
     ) -> None:
         self.plan = plan
-        self.ctx = FleetContext.for_fleet(plan.fleet)
+        self.ctx = FleetContext.for_fleet(plan.fleet, read_only=True)
         self.cast = choose_cast(plan.fleet, self.ctx.pki, set(self.ctx.passwords), probe_device)
         self.cert_margin_days = cert_margin_days
         self.crl_margin_hours = crl_margin_hours

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ssl
-import tempfile
 import warnings
-from pathlib import Path
+
+from iotfleet.pki.memory_files import memory_file
 
 
 def client_context(
@@ -41,12 +41,7 @@ def client_context(
 
 
 def load_identity(context: ssl.SSLContext, certificate_pem: bytes, private_key_pem: bytes) -> None:
-    """Load a client certificate and key; ssl wants files, so they live a moment in a 0700
-    directory of this user and are removed at once."""
-    with tempfile.TemporaryDirectory(prefix="iotfleet-probe-") as private_dir:
-        cert_path = Path(private_dir) / "client.pem"
-        key_path = Path(private_dir) / "client.key"
-        cert_path.write_bytes(certificate_pem)
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(private_key_pem)
+    """Load a client certificate and key; ssl wants paths, so they are memory files (the key
+    never touches a disk or a temporary directory)."""
+    with memory_file(certificate_pem) as cert_path, memory_file(private_key_pem) as key_path:
         context.load_cert_chain(cert_path, key_path)

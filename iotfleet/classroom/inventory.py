@@ -15,8 +15,6 @@ from iotfleet.lab import naming as lab_naming
 from iotfleet.lab.errors import LabError
 from iotfleet.lab.inventory import lab_inventory_groups
 from iotfleet.model import Fleet, RawHost, build_fleet
-from iotfleet.paths import fleet_dir
-from iotfleet.secrets import SecretStore
 
 # Devices on 8883 with certificates; students and the teacher with passwords over TLS (8884)
 # and from a browser over WebSockets (8443).
@@ -58,7 +56,6 @@ def _only_on(brokers: list[str] | None) -> dict[str, Any]:
 
 def classroom_fleet_data(spec: ClassSpec) -> dict[str, Any]:
     """The fleet-wide inventory keys of the class (what group_data/classroom.py exports)."""
-    secrets = SecretStore(fleet_dir(spec.name) / "secrets")
     return {
         "fleet_name": spec.name,
         "fleet_topic_root": TOPIC_ROOT,
@@ -87,7 +84,7 @@ def classroom_fleet_data(spec: ClassSpec) -> dict[str, Any]:
         ],
         "fleet_roles": ROLES,
         "mosquitto_listeners": LISTENERS,
-        "pki_passphrase_file": str(secrets.generated_file("pki-passphrase")),
+        "pki_passphrase_generated": True,
         "espgw_wifi_ssid": f"{spec.name}-iot",
         "espgw_wifi_passphrase": "generated",
     }

@@ -208,7 +208,7 @@ def flash(
         raise click.UsageError("give --inventory INVENTORY (or $IOTFLEET_INVENTORY)")
     try:
         fleet, hosts = load_fleet(inventory)
-        ctx = FleetContext.for_fleet(fleet)
+        ctx = FleetContext.for_fleet(fleet, read_only=True)
     except (InventoryError, SecretError, FileNotFoundError) as exc:
         raise GatewayCommandError(str(exc)) from None
     stations = [s for s in fleet.stations if station is None or s.name == station]
@@ -304,7 +304,7 @@ def status_command(inventory: Path | None, settle: float) -> None:
         raise click.UsageError("give --inventory INVENTORY (or $IOTFLEET_INVENTORY)")
     try:
         fleet, _ = load_fleet(inventory)
-        ctx = FleetContext.for_fleet(fleet)
+        ctx = FleetContext.for_fleet(fleet, read_only=True)
         gateways, problems = gateway_statuses(ctx, settle=settle)
         not_after = {r.serial_hex: r.not_after for r in ctx.pki.records()}
     except (InventoryError, SecretError, FileNotFoundError, DeliveryError, PkiError) as exc:

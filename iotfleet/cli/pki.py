@@ -39,7 +39,9 @@ def resolve_settings(
     if inventory is not None:
         settings = _settings_from_inventory(inventory)
         if passphrase_file is not None:
-            settings = dataclasses.replace(settings, passphrase_file=passphrase_file)
+            settings = dataclasses.replace(
+                settings, passphrase_file=passphrase_file, passphrase_value=None
+            )
         return settings
     if state_dir is None:
         raise click.UsageError(
@@ -53,12 +55,15 @@ def _settings_from_inventory(inventory: Path) -> PkiSettings:
     from iotfleet.inventory import load_fleet
     from iotfleet.model import InventoryError
     from iotfleet.paths import fleet_dir
+    from iotfleet.secrets import SecretError, SecretStore
 
     try:
         fleet, _ = load_fleet(inventory)
-    except (InventoryError, FileNotFoundError) as exc:
+        # Read-only: a generated CA passphrase exists once a rollout created the PKI.
+        secrets = SecretStore(fleet_dir(fleet.name) / "secrets", read_only=True)
+        return pki_settings_for(fleet, fleet_dir(fleet.name), secrets)
+    except (InventoryError, SecretError, FileNotFoundError) as exc:
         raise PkiCommandError(str(exc)) from None
-    return pki_settings_for(fleet, fleet_dir(fleet.name))
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -244,7 +249,7 @@ def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait
 
     try:
         fleet, _ = load_fleet(inventory)
-        ctx = FleetContext.for_fleet(fleet)
+        ctx = FleetContext.for_fleet(fleet, read_only=True)
         chosen: list[str] | None = list(devices) or None
         if every:
             chosen = [device.id for device in fleet.active_devices]

@@ -159,6 +159,11 @@ class PkiConfig(_Model):
         "IOTFLEET_PKI_PASSPHRASE", description="environment variable holding the CA passphrase"
     )
     passphrase_file: Path | None = Field(None, description="or a 0600 file holding it (~ ok)")
+    passphrase_generated: bool = Field(
+        False,
+        description="or generate it once and keep it 0600 with the fleet's state (labs, "
+        "classrooms; back the state dir up with it)",
+    )
 
     @field_validator("passphrase_file")
     @classmethod

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -130,9 +129,9 @@ def write_new_ca(layout: StateLayout, new_ca: NewCa, passphrase: Passphrase) -> 
         fsio.atomic_write(staging / layout.root_cert.name, pem(new_ca.certs.root))
         fsio.atomic_write(staging / layout.intermediate_cert.name, pem(new_ca.certs.intermediate))
         fsio.atomic_write(staging / layout.chain.name, chain_pem(new_ca.certs))
-        staging.rename(layout.ca_dir)
+        fsio.rename_tree(staging, layout.ca_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        fsio.remove_tree(staging)
         raise
     fsio.fsync_dir(layout.root)
 
@@ -140,7 +139,7 @@ def write_new_ca(layout: StateLayout, new_ca: NewCa, passphrase: Passphrase) -> 
 def remove_stale_staging(layout: StateLayout) -> None:
     """Drop a half-built ca/ left by a crash during CA creation (it was never used)."""
     for entry in layout.root.glob(".ca-new-*"):
-        shutil.rmtree(entry, ignore_errors=True)
+        fsio.remove_tree(entry)
 
 
 def load_issuer(layout: StateLayout, certs: CaCerts, passphrase: Passphrase) -> Issuer:

@@ -18,9 +18,10 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from iotfleet.pki.errors import IndexCorruptError
@@ -297,14 +298,15 @@ def _parse_record(raw: object, where: str) -> IndexRecord:
     return record
 
 
-def load_index(layout: StateLayout) -> Index:
+def load_index(layout: StateLayout, read: Callable[[Path], bytes] = Path.read_bytes) -> Index:
     """Read and verify index.json and index.txt; raise IndexCorruptError naming the bad record/line.
 
-    A state dir without index.json yields an empty index (a new PKI).
+    A state dir without index.json yields an empty index (a new PKI). ``read``: how files are
+    read (a planning run's stage reads what it will have written).
     """
     path = layout.index_json
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read(path).decode("utf-8")
     except FileNotFoundError:
         return Index()
     except UnicodeDecodeError:
@@ -348,7 +350,7 @@ def load_index(layout: StateLayout) -> Index:
                               "changed (the index digest does not match)")
     index = Index(records, _parse_crl_info(doc.get("crl"), f"{path} crl"),
                   _parse_crl_info(doc.get("root_crl"), f"{path} root_crl"))
-    _check_txt(layout, index)
+    _check_txt(layout, index, read)
     return index
 
 
@@ -357,10 +359,10 @@ def _first_record_line(text: str) -> int:
     return text.count("\n", 0, marker) + 2 if marker >= 0 else 0
 
 
-def _check_txt(layout: StateLayout, index: Index) -> None:
+def _check_txt(layout: StateLayout, index: Index, read: Callable[[Path], bytes]) -> None:
     """index.txt must be exactly what index.json renders to (missing is fine: it is regenerated)."""
     try:
-        actual = layout.index_txt.read_bytes()
+        actual = read(layout.index_txt)
     except FileNotFoundError:
         return
     expected = index.to_txt()

@@ -42,7 +42,9 @@ def passphrase_source(settings: PkiSettings) -> str:
 def read_passphrase(settings: PkiSettings) -> Passphrase:
     """Read the passphrase: ``passphrase_file`` when set (must be 0600/0400), else the env var."""
     source = passphrase_source(settings)
-    if settings.passphrase_file is not None:
+    if settings.passphrase_value is not None:
+        value = settings.passphrase_value
+    elif settings.passphrase_file is not None:
         value = _read_passphrase_file(settings, source)
     else:
         # Raw bytes: decoding/encoding errors could otherwise quote parts of the secret.

@@ -13,7 +13,7 @@ A run with nothing to do writes nothing at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -32,7 +32,7 @@ from iotfleet.pki.ca import (
     recertify_intermediate,
     write_new_ca,
 )
-from iotfleet.pki.certs import BACKDATE
+from iotfleet.pki.certs import BACKDATE, Issuer
 from iotfleet.pki.delivery import Delivery, load_ledger
 from iotfleet.pki.index import Index
 from iotfleet.pki.issue import IssueJob, new_pack_name, sign_batch, write_pack
@@ -71,12 +71,15 @@ class ReconcileReport:
     renewed_same_key: tuple[str, ...] = ()
     retired: tuple[str, ...] = ()  # retiring certificates revoked (successor in use, or expired)
     revoked: tuple[str, ...] = ()  # left the inventory, or marked revoked there
+    revoked_reasons: Mapping[str, str] = field(default_factory=dict)  # of ``revoked``
     crl_changed: bool = False
     root_crl_changed: bool = False
     ca_created: bool = False
     intermediate_renewed: bool = False
     files_repaired: int = 0  # leftovers of interrupted runs removed, index.txt regenerated
     warnings: tuple[str, ...] = ()
+    # (certificate PEM, key PEM) of identities issued and revoked in this run (``issue_revoked``)
+    captured: Mapping[str, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
 
     @property
     def changed(self) -> bool:
@@ -85,24 +88,33 @@ class ReconcileReport:
                     or self.root_crl_changed or self.ca_created or self.intermediate_renewed
                     or self.files_repaired)
 
-    def summary(self) -> str:
-        """One line for humans: what changed, or that nothing did."""
-        parts = [
-            f"{label} {len(names)}"
-            for label, names in (
-                ("issued", self.issued),
-                ("renewed", self.renewed),
-                ("revoked", self.revoked),
-                ("old certificates retired", self.retired),
-            )
-            if names
-        ]
+    def summary(self, *, planned: bool = False, names_up_to: int = 0) -> str:
+        """One line for humans: what changed (``planned``: what will), or that nothing did.
+
+        ``names_up_to``: list the identities of a kind of change when there are at most this
+        many (``renew gw-0007``), else only count them.
+        """
+        labels = (("issue", "issued"), ("renew", "renewed"), ("revoke", "revoked"),
+                  ("retire old certificate of", "old certificates retired"))
+        parts = []
+        for (verb, past), names in zip(labels, (self.issued, self.renewed, self.revoked,
+                                                self.retired), strict=True):
+            if not names:
+                continue
+            if planned and len(names) <= names_up_to:
+                shown = [f"{n} ({self.revoked_reasons[n]})" if n in self.revoked_reasons else n
+                         for n in names]
+                parts.append(f"{verb} {', '.join(shown)}")
+            else:
+                parts.append(f"{verb if planned else past} {len(names)}")
         if self.ca_created:
-            parts.insert(0, "CA created")
+            parts.insert(0, "create CA" if planned else "CA created")
         if self.intermediate_renewed:
-            parts.append("intermediate renewed")
+            parts.append("renew intermediate" if planned else "intermediate renewed")
         if self.crl_changed:
-            parts.append("CRL re-signed")
+            parts.append("re-sign CRL" if planned else "CRL re-signed")
+        if self.files_repaired and planned:
+            parts.append(f"repair {self.files_repaired} file(s)")
         return ", ".join(parts) if parts else "no change"
 
 
@@ -116,6 +128,7 @@ class _Plan:
     retire: list[str] = field(default_factory=list)  # same-key renewals: keep the old one valid
     retirements: list[tuple[int, str]] = field(default_factory=list)  # (serial, reason)
     retired: list[str] = field(default_factory=list)
+    issue_revoked: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -133,14 +146,23 @@ def within(deadline: datetime, now: datetime, days: int) -> bool:
 
 
 def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
-              now: datetime | None = None) -> ReconcileReport:
+              now: datetime | None = None, issue_revoked: Collection[str] = (),
+              with_issuer: Callable[[Issuer, CaCerts, datetime], None] | None = None,
+              ) -> ReconcileReport:
     """Issue what is missing, renew what expires soon or changed, revoke what left the inventory
     (cessationOfOperation) or is marked revoked, and keep both CRLs signed before nextUpdate.
+
+    Inside a planning stage (``fsio.staged``) every write is recorded for a later commit.
 
     Args:
         settings: where the state lives, validity periods, passphrase source.
         identities: every identity the inventory says should exist (names unique).
         now: the time to act at (default: the clock); tests use it to move time.
+        issue_revoked: names of identities marked revoked that have no certificate yet, to issue
+            and revoke in this run (canaries: a certificate every CRL lists); their PEMs are in
+            the report's ``captured``.
+        with_issuer: called with the fleet's issuer while the state is locked (to sign material
+            kept outside the index, such as an expired canary).
 
     Raises:
         PkiInputError, PassphraseError, IndexCorruptError, CaExpiredError, StateError: before
@@ -182,8 +204,10 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
                     "put ca/root.key back and run `iotfleet pki renew-intermediate`"
                 )
 
+        if with_issuer is not None:
+            with_issuer(issuer, ca, moment)
         plan = _plan(settings, specs, index, ca.intermediate.not_valid_after_utc, moment,
-                     layout=layout, ledger=load_ledger(layout))
+                     layout=layout, ledger=load_ledger(layout), issue_revoked=issue_revoked)
         warnings += plan.warnings
 
         need_root_crl = bool(new_ca or new_intermediate) or (
@@ -198,7 +222,8 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
         if index.crl is not None and not state.crl_ok:
             warnings.append(f"{layout.crl} was missing or not the one the index recorded: "
                             "re-signed it")
-        need_crl = bool(new_ca or plan.revocations or plan.retirements or not state.crl_ok
+        need_crl = bool(new_ca or plan.revocations or plan.retirements or plan.issue_revoked
+                        or not state.crl_ok
                         or index.crl is None
                         or within(index.crl.next_update, moment, settings.crl_refresh_before_days))
 
@@ -223,6 +248,10 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
         touched_packs += [index.retire(name).pack for name in plan.retire]
         for record in issued:
             index.add(record)
+        for name, reason in plan.issue_revoked:
+            touched_packs.append(index.revoke(name, reason, moment).pack)
+        captured = {job.spec.name: pair for job, pair in zip(plan.jobs, pems, strict=True)
+                    if job.spec.name in dict(plan.issue_revoked)}
         adopted = adopt_orphans(state.orphan_cert_packs, index, moment)
         if adopted:
             need_crl = True
@@ -243,17 +272,18 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
             issued=tuple(plan.issued), renewed=tuple(plan.renewed),
             renewed_same_key=tuple(plan.retire), retired=tuple(plan.retired),
             revoked=tuple(plan.revoked),
+            revoked_reasons={n: r for n, r in plan.revocations if n in plan.revoked},
             crl_changed=need_crl, root_crl_changed=need_root_crl, ca_created=new_ca is not None,
             intermediate_renewed=new_intermediate is not None,
             files_repaired=(len(state.leftovers) + len(state.orphan_cert_packs)
                             + int(state.txt_missing)),
-            warnings=tuple(warnings),
+            warnings=tuple(warnings), captured=captured,
         )
 
 
 def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
           issuer_not_after: datetime, now: datetime, *, layout: StateLayout,
-          ledger: Mapping[str, Delivery]) -> _Plan:
+          ledger: Mapping[str, Delivery], issue_revoked: Collection[str] = ()) -> _Plan:
     """Decide, without writing, what to issue, renew, retire and revoke."""
     plan = _Plan()
     serials: set[int] = set()
@@ -266,6 +296,10 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
             if current is not None:
                 plan.revocations.append((spec.name, spec.revoked_reason))
                 plan.revoked.append(spec.name)
+            elif spec.name in issue_revoked:
+                plan.issue_revoked.append((spec.name, spec.revoked_reason))
+                plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE, min(
+                    now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)))
             continue
         fingerprint = spec_fingerprint(spec)
         not_after = min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)

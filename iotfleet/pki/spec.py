@@ -10,7 +10,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -100,6 +100,9 @@ class PkiSettings:
     renew_same_key: bool = True
     # Worker processes for large batches (key generation + signing); None = one per CPU.
     workers: int | None = None
+    # The passphrase itself, already read (a generated one a planning run has not written yet);
+    # ``passphrase_file`` then only says where it is kept.
+    passphrase_value: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def for_fleet(cls, fleet_name: str, **overrides: object) -> PkiSettings:

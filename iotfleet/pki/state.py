@@ -83,6 +83,12 @@ def load_state(layout: StateLayout) -> LoadedState:
             f"{layout.index_json} is missing but {layout.packs_dir} holds issued certificates: "
             "restore index.json from a backup (the engine will not re-issue the whole fleet)"
         )
+    stage = fsio.active_stage()
+    if stage is not None:
+        # A planning run: its commit must find the state as it was read here.
+        stage.lock_path = layout.lock
+        for path in (layout.index_json, layout.chain, layout.crl):
+            stage.guard(path)
     state = LoadedState(layout, ca, index)
     if ca is None:
         return state
@@ -248,6 +254,6 @@ def remove_files(paths: list[Path]) -> None:
     """Delete files (dead key packs, leftovers) and make the removal durable."""
     dirs = {p.parent for p in paths}
     for path in paths:
-        path.unlink(missing_ok=True)
+        fsio.remove(path)
     for directory in dirs:
         fsio.fsync_dir(directory)

@@ -18,13 +18,20 @@ class PkiStore:
     """Certificates, keys and CRLs of one state dir, by identity name.
 
     The index is verified when first read and re-read only when index.json changes, so asking
-    for 10,000 certificates in a row costs one index load.
+    for 10,000 certificates in a row costs one index load. ``stage``: a planning run's staged
+    writes, read as if committed (until they are).
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, stage: fsio.Stage | None = None) -> None:
         self.layout = StateLayout(Path(state_dir))
+        self._stage = stage
         self._index: Index | None = None
         self._stamp: tuple[int, int, int] | None = None
+        self._staged_index: Index | None = None
+
+    def _planned(self) -> fsio.Stage | None:
+        """The stage while its writes are not on disk yet."""
+        return self._stage if self._stage is not None and not self._stage.committed else None
 
     # -- CA side ---------------------------------------------------------------------------
 
@@ -78,6 +85,11 @@ class PkiStore:
         return record
 
     def _load(self) -> Index:
+        stage = self._planned()
+        if stage is not None and stage.has(self.layout.index_json):
+            if self._staged_index is None:
+                self._staged_index = load_index(self.layout, stage.read_bytes)
+            return self._staged_index
         try:
             info = self.layout.index_json.stat()
         except FileNotFoundError:
@@ -93,9 +105,13 @@ class PkiStore:
     def _read_span(self, path: Path, span: tuple[int, int], name: str) -> bytes:
         offset, length = span
         try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read(length)
+            stage = self._planned()
+            if stage is not None and stage.has(path):
+                data = stage.read_bytes(path)[offset : offset + length]
+            else:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read(length)
         except FileNotFoundError:
             raise StateError(f"{path} (holding {name!r}) is missing; restore it from a backup "
                              "or revoke the identity to have it re-issued") from None
@@ -107,7 +123,8 @@ class PkiStore:
 
     def _read(self, path: Path) -> bytes:
         try:
-            return path.read_bytes()
+            stage = self._planned()
+            return stage.read_bytes(path) if stage is not None else path.read_bytes()
         except FileNotFoundError:
             raise StateError(
                 f"{path} is missing (run a reconcile, or restore from backup)") from None

@@ -12,8 +12,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from iotfleet.pki.ca import chain_pem, create_ca, issuer_from, load_ca_certs
-from iotfleet.pki.certs import build_leaf, public_key_of
+from iotfleet.pki.ca import CaCerts, chain_pem, create_ca, issuer_from, load_ca_certs
+from iotfleet.pki.certs import Issuer, build_leaf, public_key_of
 from iotfleet.pki.errors import StateError
 from iotfleet.pki.keys import PrivateKey, generate_key, load_encrypted_key, plain_key_pem
 from iotfleet.pki.layout import StateLayout
@@ -84,16 +84,30 @@ def make_expired_identity(settings: PkiSettings, name: str, kind: Kind = "device
 
     Needs the CA passphrase (it signs with the real intermediate key).
     """
-    moment = utc_now(now)
-    spec = _spec(name, kind, dns_names, ip_addresses)
     layout = StateLayout(settings.state_dir)
     certs = load_ca_certs(layout)
     if certs is None:
         raise StateError(f"no CA in {layout.root}: run a reconcile first")
     key = load_encrypted_key(layout.intermediate_key, read_passphrase(settings))
-    not_after = moment - timedelta(days=expired_days_ago)
-    return _leaf(spec, key, certs.intermediate, not_after - timedelta(days=30), not_after,
+    return make_expired_identity_with(
+        issuer_from(key, certs.intermediate), certs, name, kind, utc_now(now),
+        dns_names=dns_names, ip_addresses=ip_addresses, expired_days_ago=expired_days_ago)
+
+
+def make_expired_identity_with(issuer: Issuer, certs: CaCerts, name: str, kind: Kind,
+                               now: datetime, *, dns_names: tuple[str, ...] = (),
+                               ip_addresses: tuple[str, ...] = (),
+                               expired_days_ago: int = 1) -> ThrowawayIdentity:
+    """Like ``make_expired_identity``, with an issuer already loaded (inside a reconcile)."""
+    spec = _spec(name, kind, dns_names, ip_addresses)
+    not_after = now - timedelta(days=expired_days_ago)
+    return _leaf(spec, issuer.key, certs.intermediate, not_after - timedelta(days=30), not_after,
                  chain_pem(certs))
 
 
-__all__ = ["ThrowawayIdentity", "make_expired_identity", "make_foreign_ca_identity"]
+__all__ = [
+    "ThrowawayIdentity",
+    "make_expired_identity",
+    "make_expired_identity_with",
+    "make_foreign_ca_identity",
+]

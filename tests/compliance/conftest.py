@@ -25,7 +25,6 @@ import pytest
 from rich.console import Console
 
 from iotfleet import __version__
-from iotfleet.check.identities import ensure_foreign_canary
 from iotfleet.check.pki_identities import pki_identities
 from iotfleet.check.plan import PlanError, plan_from_hosts, read_inventory
 from iotfleet.check.results import (
@@ -181,8 +180,6 @@ def pytest_configure(config: pytest.Config) -> None:
                 if value is not None
             },
         )
-        if not _is_worker(config):
-            ensure_foreign_canary(suite.ctx.state_dir)
     except (InventoryError, PlanError, LookupError, PkiError) as exc:
         raise pytest.UsageError(f"inventory {_option(config, 'inventory')}: {exc}") from None
     config.stash[_HOSTS_KEY] = hosts_json

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from iotfleet.check.identities import ensure_foreign_canary, foreign_paths
 from iotfleet.check.plan import load_plan
 from iotfleet.check.results import RunResults
 from iotfleet.context import FleetContext
+from iotfleet.fleet_pki import foreign_canary_paths
 from iotfleet.mosquitto import layout
 from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
 from tests.integration.conftest import LabFactory, RunningLab
@@ -396,8 +396,7 @@ def break_authentication(lab: DeployedLab) -> None:
         ),
     )
     ctx = lab.context()
-    ensure_foreign_canary(ctx.state_dir)
-    foreign_ca = foreign_paths(ctx.state_dir)[2].read_bytes()
+    foreign_ca = foreign_canary_paths(ctx.state_dir)[2].read_bytes()
     lab.write(layout.CA_CHAIN, ctx.pki.ca_chain_pem() + foreign_ca)
     lab.restart()
 
