@@ -40,6 +40,9 @@ class FleetPlan:
     report: ReconcileReport
     stage: fsio.Stage
 
+    def __repr__(self) -> str:  # pyinfra -vvv prints operation arguments: show no content
+        return f"FleetPlan(fleet={self.ctx.fleet.name!r})"
+
     def summary(self) -> str:
         """What the commit does, e.g. ``issue 3, renew gw-0007, re-sign CRL; 2 new secrets``."""
         line = self.report.summary(planned=True, names_up_to=NAMES_IN_SUMMARY)

@@ -1,0 +1,248 @@
+"""Plan, then commit, with the real pyinfra CLI on the bookworm lab (issue 11).
+
+`pyinfra --dry`, a declined prompt and a run refused before its first operation leave the fleet's
+state directory byte-identical (every file hashed before and after), on a fresh fleet and on an
+existing fleet with a device removed; the next real run then does what the dry run printed.
+`iotfleet check` and `iotfleet pki status` change nothing. Two rollouts started together end
+consistent. The fleet here is a fresh one on the shared lab (``--data fleet_name=...``); the
+module ends by rolling the lab's own fleet out again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iotfleet.check.mqtt_probe import try_connect
+from iotfleet.inventory import OVERRIDE_DATA_ENV
+from iotfleet.paths import fleet_dir
+from iotfleet.pki import PkiStore
+from tests.integration.conftest import LabFactory, RunningLab
+from tests.support.broker_clients import identity_of, target
+from tests.support.lab_fleet import lab_context
+from tests.support.rollout import PYINFRA, REPO, Rollout, run_iotfleet, run_pyinfra
+
+pytestmark = pytest.mark.lab
+
+_PLAN = re.compile(r"PKI of fleet (\S+) \(plan\): (.*)")
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root``: files by content digest and mode, directories by mode."""
+    if not root.exists():
+        return {}
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        key = str(path.relative_to(root))
+        if path.is_file():
+            entries[key] = f"{hashlib.sha256(path.read_bytes()).hexdigest()} {info.st_mode:o}"
+        else:
+            entries[key + "/"] = f"{info.st_mode:o}"
+    return entries
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: LabFactory) -> Iterator[RunningLab]:
+    lab = lab_factory(suite="bookworm", brokers=2)
+    yield lab
+    # Leave the shared lab serving its own fleet again.
+    restored = run_pyinfra(lab.name)
+    assert restored.returncode == 0, restored.explain()
+
+
+@pytest.fixture(scope="module")
+def fresh(lab: RunningLab) -> Iterator[str]:
+    name = f"{lab.name}-plan"
+    shutil.rmtree(fleet_dir(name), ignore_errors=True)
+    yield name
+    shutil.rmtree(fleet_dir(name), ignore_errors=True)
+
+
+def _devices(lab: RunningLab) -> list[dict[str, object]]:
+    return [
+        {"id": d.id, "group": d.group, **({"revoked": d.revoked} if d.revoked else {})}
+        for d in lab_context(lab.name).fleet.devices
+    ]
+
+
+def _data(fleet: str, devices: list[dict[str, object]] | None = None) -> list[str]:
+    args = ["--data", f"fleet_name={fleet}"]
+    if devices is not None:
+        args += ["--data", f"fleet_devices={json.dumps(devices)}"]
+    return args
+
+
+def _declined(lab: RunningLab, data: list[str]) -> subprocess.CompletedProcess[str]:
+    """pyinfra without -y, answering the prompt with something other than enter."""
+    return subprocess.run(
+        [PYINFRA, *data, "inventory/lab.py", "deploy.py"],
+        cwd=REPO,
+        env={**os.environ, "IOTFLEET_LAB": lab.name},
+        input="no\n",
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def _plan_line(output: str, fleet: str) -> str:
+    lines = [m.group(2) for m in _PLAN.finditer(output) if m.group(1) == fleet]
+    assert lines, output[-4000:]
+    return lines[0]
+
+
+def _issued_count(plan: str) -> int:
+    match = re.search(r"\bissue (\d+)\b", plan)
+    return int(match.group(1)) if match else 0
+
+
+def test_dry_and_declined_runs_of_a_fresh_fleet_write_nothing(lab: RunningLab, fresh: str) -> None:
+    state = fleet_dir(fresh)
+    dry = run_pyinfra(lab.name, "deploy.py", "--dry", *_data(fresh))
+    assert dry.returncode == 0, dry.explain()
+    plan = _plan_line(dry.output, fresh)
+    assert plan.startswith("create CA, issue "), plan
+    assert "re-sign CRL" in plan and "generate" in plan, plan
+    assert _snapshot(state) == {}, "pyinfra --dry wrote fleet state"
+
+    declined = _declined(lab, _data(fresh))
+    output = declined.stdout + declined.stderr
+    assert "Unexpected user input" in output, output[-3000:]
+    assert f"PKI of fleet {fresh}: create CA" in output, "the prompt did not list the commit"
+    assert _snapshot(state) == {}, "a declined prompt wrote fleet state"
+
+    refused = run_pyinfra(lab.name, "deploy.py", *_data(fresh), "--data", "mosquitto_listeners=7")
+    assert refused.returncode != 0 and "mosquitto_listeners" in refused.output, refused.explain()
+    assert _snapshot(state) == {}, "a run refused before its first operation wrote fleet state"
+
+    # The real run does what the dry run printed, and lists it as its first operation.
+    real = run_pyinfra(lab.name, "deploy.py", *_data(fresh))
+    assert real.returncode == 0, real.explain()
+    assert _plan_line(real.output, fresh) == plan
+    assert f"PKI of fleet {fresh}: create CA" in real.output
+    store = PkiStore(state / "pki")
+    assert len([r for r in store.records() if r.status != "revoked"]) == _issued_count(plan)
+    # And the brokers serve the fresh fleet's certificates.
+    with _fleet_env(fresh):
+        ctx = lab_context(lab.name)
+    assert ctx.fleet.name == fresh
+    for host in lab.hosts:
+        assert try_connect(target(ctx, host.fqdn, 8883), identity_of(ctx, "ops")).accepted
+
+
+def test_a_dry_run_with_a_device_removed_revokes_nothing(lab: RunningLab, fresh: str) -> None:
+    state = fleet_dir(fresh)
+    devices = _devices(lab)
+    removed = next(d for d in devices if d["id"] == "sensor-2")
+    kept = [d for d in devices if d is not removed]
+    before = _snapshot(state)
+    assert before, "the fresh fleet was not rolled out by the previous test"
+
+    dry = run_pyinfra(lab.name, "deploy.py", "--dry", *_data(fresh, kept))
+    assert dry.returncode == 0, dry.explain()
+    plan = _plan_line(dry.output, fresh)
+    assert "revoke sensor-2 (cessationOfOperation)" in plan, plan
+    assert _snapshot(state) == before, "pyinfra --dry revoked a device"
+    declined = _declined(lab, _data(fresh, kept))
+    assert "Unexpected user input" in declined.stdout + declined.stderr
+    assert _snapshot(state) == before, "a declined prompt revoked a device"
+    assert PkiStore(state / "pki").record("sensor-2").status == "valid"  # type: ignore[union-attr]
+
+    real = run_pyinfra(lab.name, "deploy.py", *_data(fresh, kept))
+    assert real.returncode == 0, real.explain()
+    assert "revoke sensor-2 (cessationOfOperation)" in _plan_line(real.output, fresh)
+    assert PkiStore(state / "pki").record("sensor-2").status == "revoked"  # type: ignore[union-attr]
+
+
+def test_check_and_pki_status_change_nothing(lab: RunningLab, fresh: str) -> None:
+    state = fleet_dir(fresh)
+    kept = [d for d in _devices(lab) if d["id"] != "sensor-2"]
+    before = _snapshot(state)
+    with _fleet_env(fresh, kept):
+        status = run_iotfleet("pki", "status", "-i", "inventory/lab.py", lab_name=lab.name)
+        assert status.returncode == 0, status.stdout + status.stderr
+        check = run_iotfleet(
+            "check", "inventory/lab.py", "--limit", lab.hosts[0].name, "--reports",
+            str(state.parent / f"{fresh}-reports"), lab_name=lab.name, timeout=1200,
+        )  # fmt: skip
+    assert check.returncode == 0, check.stdout[-4000:] + check.stderr[-2000:]
+    assert _snapshot(state) == before, "iotfleet check or pki status changed the fleet state"
+    shutil.rmtree(state.parent / f"{fresh}-reports", ignore_errors=True)
+
+
+def test_a_fleet_never_rolled_out_is_a_clear_error_for_read_only_commands(
+    lab: RunningLab,
+) -> None:
+    never = f"{lab.name}-never"
+    shutil.rmtree(fleet_dir(never), ignore_errors=True)
+    with _fleet_env(never):
+        check = run_iotfleet("check", "inventory/lab.py", lab_name=lab.name)
+        status = run_iotfleet("pki", "status", "-i", "inventory/lab.py", lab_name=lab.name)
+    assert check.returncode != 0 and "run the rollout first" in check.stdout + check.stderr
+    assert "Traceback" not in check.stdout + check.stderr
+    assert status.returncode != 0 and "Traceback" not in status.stdout + status.stderr
+    assert not fleet_dir(never).exists(), "a read-only command created fleet state"
+
+
+def test_two_rollouts_started_together_end_consistent(lab: RunningLab, fresh: str) -> None:
+    state = fleet_dir(fresh)
+    kept = [d for d in _devices(lab) if d["id"] not in ("sensor-2", "sensor-1")]
+    argv = [PYINFRA, "-y", *_data(fresh, kept), "inventory/lab.py", "deploy.py"]
+    env = {**os.environ, "IOTFLEET_LAB": lab.name}
+    runs = [
+        subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=900)[0] for run in runs]
+    codes = [run.returncode for run in runs]
+    assert 0 in codes, outputs
+    for code, output in zip(codes, outputs, strict=True):
+        if code != 0:  # the loser says why, and wrote nothing of its own plan
+            assert "another iotfleet run" in output or "changed since this run planned" in output, (
+                output[-4000:]
+            )
+    store = PkiStore(state / "pki")
+    assert store.record("sensor-1").status == "revoked"  # type: ignore[union-attr]
+    # One valid certificate per identity, and the next run converges with nothing to do.
+    valid = [r.name for r in store.records() if r.status == "valid"]
+    assert len(valid) == len(set(valid))
+    again = run_pyinfra(lab.name, "deploy.py", *_data(fresh, kept))
+    assert again.returncode == 0, again.explain()
+    again_plan = _plan_line(again.output, fresh)
+    assert again_plan == "no change", again_plan
+    assert (again.changed, again.errors) == (0, 0), again.explain()
+
+
+class _fleet_env:  # noqa: N801 (used as a context manager)
+    """Point the inventory of this process and its children at another fleet name."""
+
+    def __init__(self, fleet: str, devices: list[dict[str, object]] | None = None) -> None:
+        data: dict[str, object] = {"fleet_name": fleet}
+        if devices is not None:
+            data["fleet_devices"] = devices
+        self._value = json.dumps(data)
+        self._previous: str | None = None
+
+    def __enter__(self) -> None:
+        self._previous = os.environ.get(OVERRIDE_DATA_ENV)
+        os.environ[OVERRIDE_DATA_ENV] = self._value
+
+    def __exit__(self, *_: object) -> None:
+        if self._previous is None:
+            os.environ.pop(OVERRIDE_DATA_ENV, None)
+        else:
+            os.environ[OVERRIDE_DATA_ENV] = self._previous
+
+
+__all__ = ["Rollout"]
