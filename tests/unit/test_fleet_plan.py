@@ -10,15 +10,15 @@ import pytest
 
 from iotfleet.context import FleetContext
 from iotfleet.fleet_pki import EXPIRED_CANARY, REVOKED_CANARY, load_canary, reconcile_fleet
-from iotfleet.model import RawHost, build_fleet
+from iotfleet.model import Fleet, RawHost, build_fleet
 from iotfleet.paths import fleet_dir
-from iotfleet.pki import PkiStore, StateError, fsio
+from iotfleet.pki import PkiStore, ReconcileReport, StateError, fsio
 from iotfleet.secrets import SecretError, SecretStore
 
 FLEET = "planned"
 
 
-def _fleet(devices: list[str], *, generated_passphrase: bool = True):  # type: ignore[no-untyped-def]
+def _fleet(devices: list[str], *, generated_passphrase: bool = True) -> Fleet:
     data = {
         "fleet_name": FLEET,
         "ssh_hostname": "127.0.0.1",
@@ -44,7 +44,7 @@ def _snapshot(root: Path) -> dict[str, str]:
     } | {str(p.relative_to(root)) + "/": "dir" for p in root.rglob("*") if p.is_dir()}
 
 
-def _plan(devices: list[str]) -> tuple[FleetContext, fsio.Stage, object]:
+def _plan(devices: list[str]) -> tuple[FleetContext, fsio.Stage, ReconcileReport]:
     stage = fsio.Stage()
     ctx = FleetContext.for_fleet(_fleet(devices), stage=stage)
     with fsio.staged(stage):
@@ -62,7 +62,7 @@ def test_planning_a_fresh_fleet_writes_nothing_and_the_commit_writes_what_was_re
     state = fleet_dir(FLEET)
     ctx, stage, report = _plan(["gw-1", "gw-2"])
     assert _snapshot(state.parent) == {}, "planning wrote to the state directory"
-    assert report.ca_created and set(report.issued) >= {"gw-1", "gw-2"}  # type: ignore[attr-defined]
+    assert report.ca_created and set(report.issued) >= {"gw-1", "gw-2"}
     # The roles render from the plan as if it were committed.
     planned_cert = ctx.pki.certificate_pem("gw-1")
     planned_key = ctx.pki.private_key_pem("gw-1")
@@ -93,10 +93,8 @@ def test_planning_a_removal_revokes_nothing_until_the_commit() -> None:
     before = _snapshot(state)
 
     ctx, stage, report = _plan(["gw-1"])
-    assert report.revoked == ("gw-2",)  # type: ignore[attr-defined]
-    assert "revoke gw-2 (cessationOfOperation)" in report.summary(  # type: ignore[attr-defined]
-        planned=True, names_up_to=5
-    )
+    assert report.revoked == ("gw-2",)
+    assert "revoke gw-2 (cessationOfOperation)" in report.summary(planned=True, names_up_to=5)
     assert _snapshot(state) == before, "a planned revocation changed the state"
     assert PkiStore(ctx.pki_settings.state_dir).record("gw-2").status == "valid"  # type: ignore[union-attr]
 
@@ -110,7 +108,7 @@ def test_a_commit_refuses_a_state_that_changed_since_it_was_planned() -> None:
     first.commit()
     state = fleet_dir(FLEET)
     before = _snapshot(state)
-    with pytest.raises(StateError, match="changed since this run planned|another run"):
+    with pytest.raises(StateError, match=r"changed since this run planned|another run"):
         second.commit()
     assert _snapshot(state) == before, "the refused commit wrote something"
 
@@ -119,7 +117,7 @@ def test_a_no_change_plan_has_nothing_to_commit() -> None:
     _, stage, _ = _plan(["gw-1"])
     stage.commit()
     _, stage, report = _plan(["gw-1"])
-    assert stage.empty and not report.changed  # type: ignore[attr-defined]
+    assert stage.empty and not report.changed
 
 
 def test_read_only_commands_never_create_a_secret(tmp_path: Path) -> None:
