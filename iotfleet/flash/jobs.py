@@ -164,6 +164,15 @@ def _job(
             "firmware (files/firmware/iotfleet-gateway/: `pio run`, see docs/gateways.md) or "
             "your own, and set espgw_firmware to it",
         )
+    wifi = station.gateway.wifi_passphrase
+    if wifi is not None and wifi.kind == "generated" and is_real_device(board):
+        raise DeviceImageError(
+            f"host {station.name}",
+            "espgw_wifi_passphrase",
+            f'"generated" makes up a passphrase no access point knows, and {board.port} is a '
+            "real board that must join espgw_wifi_ssid: give the network's passphrase as "
+            "env:NAME or file:PATH (generated is for the lab's emulated boards)",
+        )
     if len(firmware) > layout.fs_offset:
         raise DeviceImageError(
             f"host {station.name}",

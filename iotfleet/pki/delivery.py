@@ -69,7 +69,9 @@ def load_ledger(layout: StateLayout) -> dict[str, Delivery]:
 
 
 def read_ledger(state_dir: Path) -> dict[str, Delivery]:
-    """The ledger, read under a shared lock (for status pages)."""
+    """The ledger, read under a shared lock (for status pages); empty before the first run."""
+    if not state_dir.is_dir():
+        return {}
     with locked_layout(state_dir, shared=True) as layout:
         return load_ledger(layout)
 

@@ -483,6 +483,25 @@ def test_stand_in_firmware_is_refused_for_a_real_serial_device(
     assert "files/firmware/iotfleet-gateway/" in result.message
 
 
+def test_a_generated_wifi_passphrase_is_refused_for_a_real_board(
+    gateways: GatewayFleet, tmp_path: Path
+) -> None:
+    firmware = tmp_path / "real-firmware.bin"
+    firmware.write_bytes(b"\xe9" + bytes(4095))  # not the stand-in image
+    ctx = gateways.context(
+        [
+            {"port": "/dev/ttyUSB0", "device": "gw-1", "firmware": str(firmware)},
+            {"port": "/dev/ttyUSB1", "device": "gw-2", "flash_file": str(tmp_path / "gw2.flash")},
+        ],
+        wifi_passphrase="generated",
+    )
+    jobs, refused = station_jobs(ctx, "@local")
+    assert [j.device_id for j in jobs] == ["gw-2"]  # an emulated board may have one
+    [result] = refused
+    assert result.device_id == "gw-1" and "espgw_wifi_passphrase" in result.message
+    assert "no access point knows" in result.message
+
+
 def test_rollout_refuses_bad_boards_up_front_listing_each_once(
     gateways: GatewayFleet, tmp_path: Path
 ) -> None:
