@@ -76,9 +76,20 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
     fleet_data = _fleet_level_data(hosts, problems)
 
     name = fleet_data.get("fleet_name")
-    if not isinstance(name, str) or not is_dns_name(name) or "." in name:
+    if name is None or name == "":
         problems.append(
             Problem("inventory", "fleet_name", "required: a short name such as 'plant-a'")
+        )
+        name = "invalid"
+    elif not isinstance(name, str) or not is_dns_name(name) or "." in name:
+        # It names the state directory, the CA and every broker's files: nothing to escape.
+        problems.append(
+            Problem(
+                "inventory",
+                "fleet_name",
+                f"{name!r} is not a fleet name: letters, digits and '-' only, starting with a "
+                "letter or digit (such as 'plant-a')",
+            )
         )
         name = "invalid"
     topic_root = str(fleet_data.get("fleet_topic_root", "devices")).rstrip("/")

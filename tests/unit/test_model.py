@@ -147,6 +147,13 @@ def test_missing_fleet_name_is_named() -> None:
     assert problems_of(host) == ["inventory: fleet_name: required: a short name such as 'plant-a'"]
 
 
+@pytest.mark.parametrize("name", ["@local", "../../etc", "plant a", "plant.a", "-x"])
+def test_a_fleet_name_the_state_dir_or_pki_would_refuse_is_named(name: str) -> None:
+    host = RawHost("b", ("brokers",), {"fleet_name": name, "ssh_hostname": "192.0.2.1"})
+    [problem] = problems_of(host)
+    assert problem.startswith(f"inventory: fleet_name: {name!r} is not a fleet name"), problem
+
+
 def test_boards_must_name_known_devices_and_matching_macs() -> None:
     station = RawHost(
         "@local",
