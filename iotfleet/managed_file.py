@@ -8,6 +8,9 @@ from typing import Literal
 
 # What a changed file asks of the service, weakest first.
 Action = Literal["none", "reload", "restart", "daemon-reload"]
+# What a file holds, which decides what ``--diff`` may show of it: configuration and public
+# trust material as a text diff, password files by username only, secrets and binaries never.
+Holds = Literal["config", "trust", "users", "secret", "binary"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,7 @@ class ManagedFile:
     group: str
     mode: str  # octal, e.g. "640"
     action: Action = "none"
+    holds: Holds = "secret"  # what --diff may show (unless stated: nothing)
 
     @property
     def sha256(self) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from iotfleet.check.host_facts import FileStat, ListeningSocket, PackageState
 from iotfleet.check.mosquitto_conf import WILDCARD_ADDRESSES, ConfiguredListener, MosquittoConfig
@@ -24,48 +23,15 @@ from iotfleet.probes import PROBE_DEVICES
 MAX_EXPOSURE = 1.5  # systemd-analyze security score the hardened unit must stay under
 
 
-@dataclass(frozen=True)
-class ExpectedFile:
-    path: str
-    kind: str  # as stat %F prints it
-    owner: str
-    group: str
-    mode: str  # 4-digit octal
-    what: str
+# What the checks expect of each file is the broker file spec itself.
+ExpectedFile = layout.BrokerFile
 
 
 def expected_files(broker: Broker) -> list[ExpectedFile]:
-    """Owner and mode of every file iotfleet puts on a broker that guards a secret or trust."""
-    group = layout.GROUP
-
-    def broker_file(path: str, what: str) -> ExpectedFile:
-        return ExpectedFile(path, "regular file", layout.OWNER, group, "0640", what)
-
-    files = [
-        ExpectedFile(layout.CONFIG_DIR, "directory", "root", group, "0750", "config directory"),
-        ExpectedFile(layout.CERT_DIR, "directory", "root", group, "0750", "certificate directory"),
-        broker_file(layout.CONFIG, "broker configuration"),
-        broker_file(layout.ACL_FILE, "ACL"),
-        broker_file(layout.CA_CHAIN, "CA chain"),
-        broker_file(layout.SERVER_CERT, "broker certificate"),
-        broker_file(layout.SERVER_KEY, "broker private key"),
-        broker_file(layout.CRL, "CRL"),
-        ExpectedFile(layout.DROPIN, "regular file", "root", "root", "0644", "sandbox drop-in"),
-        ExpectedFile(layout.HEALTH_DIR, "directory", "root", "root", "0700", "health identity"),
-        ExpectedFile(layout.HEALTH_KEY, "regular file", "root", "root", "0600", "health key"),
-        ExpectedFile(
-            layout.HEALTH_OPTIONS, "regular file", "root", "root", "0600", "health password"
-        ),
-    ]
-    files[4:4] = [
-        broker_file(layout.password_file(lst.port), f"password file of listener {lst.port}")
-        for lst in broker.mosquitto.listeners
-        if lst.requires_password
-    ]
-    files.append(
-        ExpectedFile(layout.AUTH_PLUGIN, "regular file", "root", "root", "0644", "auth plugin")
+    """Owner and mode of every file and directory iotfleet keeps on ``broker``."""
+    return layout.broker_files(
+        [lst.port for lst in broker.mosquitto.listeners if lst.requires_password]
     )
-    return files
 
 
 def file_problems(host: str, expected: ExpectedFile, stat: FileStat | None) -> list[str]:

@@ -155,8 +155,8 @@ def run_check(request: CheckRequest, console: Console) -> int:
     except (InventoryError, SecretError) as exc:
         return _error(
             console,
-            f"fleet {plan.fleet.name} has not been rolled out yet (pyinfra {request.inventory} "
-            f"deploy.py): {exc}",
+            f"fleet {plan.fleet.name} has no PKI yet: run a rollout first (pyinfra "
+            f"{request.inventory} deploy.py). {exc}",
         )
     try:
         # The checks compare with the fleet's PKI and use its canaries: it must exist.

@@ -1,6 +1,16 @@
-"""Where iotfleet puts Mosquitto's files on a broker. Shared by the role and the checks."""
+"""The broker file spec: where iotfleet puts each of Mosquitto's files on a broker, with the
+owner, group and mode it must have, what it holds and what a change asks of the service.
+
+The one place that states these facts: the role renders and installs from it, the compliance
+checks judge a host against it, the integration tests break hosts against it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from iotfleet.managed_file import Action, Holds, ManagedFile
 
 CONFIG_DIR = "/etc/mosquitto"
 CONFIG = f"{CONFIG_DIR}/mosquitto.conf"
@@ -43,3 +53,102 @@ GROUP = "mosquitto"
 def password_file(port: int) -> str:
     """The password file of the listener on ``port``."""
     return f"{PASSWORD_FILE_PREFIX}{int(port)}"
+
+
+# -- owner, group, mode and role of every file and directory ---------------------------------
+
+Kind = Literal["regular file", "directory"]  # as ``stat -c %F`` prints it
+
+
+@dataclass(frozen=True)
+class BrokerFile:
+    """One file or directory iotfleet keeps on a broker."""
+
+    path: str
+    owner: str
+    group: str
+    mode: str  # 4-digit octal, as ``stat -c %a`` prints it zero-padded
+    what: str  # for people: "broker private key"
+    holds: Holds = "config"
+    action: Action = "none"
+    kind: Kind = "regular file"
+
+    def with_content(self, content: bytes) -> ManagedFile:
+        """This file with the bytes the role puts there."""
+        return ManagedFile(
+            self.path, content, self.owner, self.group, self.mode.lstrip("0"), self.action,
+            self.holds,
+        )  # fmt: skip
+
+
+def _directory(path: str, group: str, mode: str, what: str) -> BrokerFile:
+    return BrokerFile(path, OWNER, group, mode, what, kind="directory")
+
+
+def _private(path: str, what: str, holds: Holds, action: Action) -> BrokerFile:
+    """Read by the sandboxed broker through its group, by nobody else."""
+    return BrokerFile(path, OWNER, GROUP, "0640", what, holds, action)
+
+
+CONFIG_DIR_FILE = _directory(CONFIG_DIR, GROUP, "0750", "config directory")
+CERT_DIR_FILE = _directory(CERT_DIR, GROUP, "0750", "certificate directory")
+IOTFLEET_ETC_DIR_FILE = _directory("/etc/iotfleet", "root", "0755", "iotfleet's settings")
+HEALTH_DIR_FILE = _directory(HEALTH_DIR, "root", "0700", "health identity directory")
+TOOLS_DIR_FILE = _directory(TOOLS_DIR, "root", "0755", "iotfleet's tools")
+DIRECTORIES = (
+    CONFIG_DIR_FILE,
+    CERT_DIR_FILE,
+    IOTFLEET_ETC_DIR_FILE,
+    HEALTH_DIR_FILE,
+    TOOLS_DIR_FILE,
+)
+
+CONFIG_FILE = _private(CONFIG, "broker configuration", "config", "restart")
+ACL = _private(ACL_FILE, "ACL", "config", "reload")
+CA_CHAIN_FILE = _private(CA_CHAIN, "CA chain", "trust", "restart")
+SERVER_CERT_FILE = _private(SERVER_CERT, "broker certificate", "trust", "restart")
+SERVER_KEY_FILE = _private(SERVER_KEY, "broker private key", "secret", "restart")
+# Mosquitto re-reads CRLs only on restart.
+CRL_FILE = _private(CRL, "CRL", "trust", "restart")
+DROPIN_FILE = BrokerFile(
+    DROPIN, "root", "root", "0644", "sandbox drop-in", "config", "daemon-reload"
+)
+# The broker only reads the plugin, and loads it at start.
+AUTH_PLUGIN_FILE = BrokerFile(
+    AUTH_PLUGIN, "root", "root", "0644", "auth plugin", "binary", "restart"
+)
+APPLY_SCRIPT_FILE = BrokerFile(APPLY_SCRIPT, "root", "root", "0755", "apply script", "config")
+HEALTH_CERT_FILE = BrokerFile(HEALTH_CERT, "root", "root", "0600", "health certificate", "trust")
+HEALTH_KEY_FILE = BrokerFile(HEALTH_KEY, "root", "root", "0600", "health key", "secret")
+HEALTH_OPTIONS_FILE = BrokerFile(
+    HEALTH_OPTIONS, "root", "root", "0600", "health password", "secret"
+)
+
+
+def password_file_spec(port: int) -> BrokerFile:
+    """The password file of the listener on ``port`` (hashes: shown by username only)."""
+    return _private(password_file(port), f"password file of listener {port}", "users", "reload")
+
+
+def broker_files(password_ports: tuple[int, ...] | list[int]) -> list[BrokerFile]:
+    """Every file and directory iotfleet keeps on a broker whose password listeners are on
+    ``password_ports``, in the order the checks report them."""
+    return [
+        CONFIG_DIR_FILE,
+        CERT_DIR_FILE,
+        CONFIG_FILE,
+        ACL,
+        *(password_file_spec(port) for port in password_ports),
+        CA_CHAIN_FILE,
+        SERVER_CERT_FILE,
+        SERVER_KEY_FILE,
+        CRL_FILE,
+        DROPIN_FILE,
+        HEALTH_DIR_FILE,
+        HEALTH_CERT_FILE,
+        HEALTH_KEY_FILE,
+        HEALTH_OPTIONS_FILE,
+        TOOLS_DIR_FILE,
+        APPLY_SCRIPT_FILE,
+        AUTH_PLUGIN_FILE,
+    ]

@@ -9,7 +9,6 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
 from iotfleet.context import FleetContext
-from iotfleet.managed_file import ManagedFile
 from iotfleet.mosquitto import layout
 from roles.mosquitto.defaults import DEFAULTS
 from roles.mosquitto.operations import apply_files, install_packages
@@ -28,31 +27,27 @@ def deploy_mosquitto(ctx: FleetContext) -> None:
         name="Install Mosquitto from Debian packages (not started yet)",
         version=broker.mosquitto.package_version,
     )
-    for path, group, mode in (
-        (layout.CONFIG_DIR, layout.GROUP, "750"),
-        (layout.CERT_DIR, layout.GROUP, "750"),
-        ("/etc/iotfleet", "root", "755"),
-        (layout.HEALTH_DIR, "root", "700"),
-        (layout.TOOLS_DIR, "root", "755"),
-    ):
+    for directory in layout.DIRECTORIES:
         files.directory(
-            name=f"Directory {path} (root:{group} {mode})",
-            path=path,
-            user="root",
-            group=group,
-            mode=mode,
+            name=f"Directory {directory.path} ({directory.owner}:{directory.group} "
+            f"{directory.mode.lstrip('0')})",
+            path=directory.path,
+            user=directory.owner,
+            group=directory.group,
+            mode=directory.mode.lstrip("0"),
         )
+    script = layout.APPLY_SCRIPT_FILE
     files.put(
         name="Install the apply script (test, restart, health check, rollback)",
         src=str(APPLY_SCRIPT_SOURCE),
-        dest=layout.APPLY_SCRIPT,
-        user="root",
-        group="root",
-        mode="755",
+        dest=script.path,
+        user=script.owner,
+        group=script.group,
+        mode=script.mode.lstrip("0"),
     )
     health_files = [
         *health_identity_files(ctx.pki, broker.name),
-        ManagedFile(layout.HEALTH_OPTIONS, health_options(ctx, broker), "root", "root", "600"),
+        layout.HEALTH_OPTIONS_FILE.with_content(health_options(ctx, broker)),
     ]
     private_files(
         name="Health-check identity (certificate, key, password; never shown)",

@@ -12,7 +12,7 @@ from pyinfra.api.util import get_template
 from iotfleet.context import FleetContext
 from iotfleet.credentials import health_password
 from iotfleet.health import health_identity_name, health_topic
-from iotfleet.managed_file import Action, ManagedFile
+from iotfleet.managed_file import ManagedFile
 from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
@@ -131,22 +131,17 @@ def service_files(ctx: FleetContext, broker: Broker) -> tuple[BrokerConfig, list
     acl = render_acl(acl_rules(ctx.fleet, broker.name))
     memory_high, memory_max = memory_limits(broker)
     files = [
-        _config_file(layout.CONFIG, config.text(), "restart"),
-        _config_file(layout.ACL_FILE, acl, "reload"),
-        ManagedFile(layout.AUTH_PLUGIN, auth_plugin(), "root", "root", "644", "restart"),
-        ManagedFile(
-            layout.DROPIN,
+        layout.CONFIG_FILE.with_content(config.text().encode()),
+        layout.ACL.with_content(acl.encode()),
+        layout.AUTH_PLUGIN_FILE.with_content(auth_plugin()),
+        layout.DROPIN_FILE.with_content(
             render_template(
                 "iotfleet-hardening.conf.j2",
                 limit_nofile=limit_nofile(broker),
                 bind_low_ports=any(lst.port < 1024 for lst in broker.mosquitto.listeners),
                 memory_high=memory_high,
                 memory_max=memory_max,
-            ).encode(),
-            "root",
-            "root",
-            "644",
-            "daemon-reload",
+            ).encode()
         ),
     ]
     clear = {u: s.get_secret_value() for u, s in ctx.passwords.items()}
@@ -164,7 +159,7 @@ def service_files(ctx: FleetContext, broker: Broker) -> tuple[BrokerConfig, list
             )
 
         passwd = render_password_file({u: clear[u] for u in users}, salt_of, iterations)
-        files.append(_config_file(layout.password_file(listener.port), passwd, "reload"))
+        files.append(layout.password_file_spec(listener.port).with_content(passwd.encode()))
     return config, files
 
 
@@ -182,7 +177,3 @@ def health_options(ctx: FleetContext, broker: Broker) -> bytes:
 
 def health_topic_of(broker: Broker) -> str:
     return health_topic(broker.name)
-
-
-def _config_file(path: str, text: str, action: Action) -> ManagedFile:
-    return ManagedFile(path, text.encode(), layout.OWNER, layout.GROUP, "640", action)

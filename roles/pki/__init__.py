@@ -20,21 +20,17 @@ from iotfleet.pki import PkiStore
 
 def broker_pki_files(pki: PkiStore, broker_name: str) -> list[ManagedFile]:
     """CA chain, server certificate and key, and CRL for one broker (restart on change)."""
-
-    def broker_file(path: str, content: bytes) -> ManagedFile:
-        return ManagedFile(path, content, layout.OWNER, layout.GROUP, "640", "restart")
-
     return [
-        broker_file(layout.CA_CHAIN, pki.ca_chain_pem()),
-        broker_file(layout.SERVER_CERT, pki.certificate_pem(broker_name)),
-        broker_file(layout.SERVER_KEY, pki.private_key_pem(broker_name)),
+        layout.CA_CHAIN_FILE.with_content(pki.ca_chain_pem()),
+        layout.SERVER_CERT_FILE.with_content(pki.certificate_pem(broker_name)),
+        layout.SERVER_KEY_FILE.with_content(pki.private_key_pem(broker_name)),
         crl_file(pki),
     ]
 
 
 def crl_file(pki: PkiStore) -> ManagedFile:
     """The intermediate's CRL as Mosquitto's ``crlfile`` (it re-reads it on restart)."""
-    return ManagedFile(layout.CRL, pki.crl_pem(), layout.OWNER, layout.GROUP, "640", "restart")
+    return layout.CRL_FILE.with_content(pki.crl_pem())
 
 
 @deploy("Fresh CRL")
@@ -64,6 +60,6 @@ def health_identity_files(pki: PkiStore, broker_name: str) -> list[ManagedFile]:
     """The broker's own health-check client identity, readable by root only."""
     name = health_identity_name(broker_name)
     return [
-        ManagedFile(layout.HEALTH_CERT, pki.certificate_pem(name), "root", "root", "600"),
-        ManagedFile(layout.HEALTH_KEY, pki.private_key_pem(name), "root", "root", "600"),
+        layout.HEALTH_CERT_FILE.with_content(pki.certificate_pem(name)),
+        layout.HEALTH_KEY_FILE.with_content(pki.private_key_pem(name)),
     ]

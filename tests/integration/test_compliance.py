@@ -115,6 +115,11 @@ class DeployedLab:
         assert rollout.returncode == 0, rollout.explain()
 
 
+def _expected(spec: layout.BrokerFile) -> str:
+    """How the file check states what the broker file spec asks for."""
+    return f"{spec.mode} {spec.owner}:{spec.group}"
+
+
 @pytest.fixture(scope="module")
 def deployed(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) -> DeployedLab:
     lab = lab_factory(suite="bookworm", brokers=2)
@@ -243,8 +248,8 @@ REQUIRED = [
         "files",
         {
             "test_owner_and_mode": [
-                f"{layout.SERVER_KEY} on {{host}} is 0644 root:mosquitto, expected 0640 "
-                "root:mosquitto (readable by every local user)"
+                f"{layout.SERVER_KEY} on {{host}} is 0644 root:mosquitto, expected "
+                f"{_expected(layout.SERVER_KEY_FILE)} (readable by every local user)"
             ]
         },
     ),
@@ -428,7 +433,8 @@ BATCHES = [
             "test_mosquitto_installed": ["Mosquitto 2.0.", "on {host} is on hold"],
             "test_service_enabled_and_running": ["mosquitto.service is not enabled on {host}"],
             "test_owner_and_mode": [
-                f"{layout.CERT_DIR} on {{host}} is 0755 root:mosquitto, expected 0750"
+                f"{layout.CERT_DIR} on {{host}} is 0755 root:mosquitto, expected "
+                f"{_expected(layout.CERT_DIR_FILE)}"
             ],
             "test_firewall_loaded": [
                 "the firewall table inet iotfleet is not loaded on {host}: every port is open"

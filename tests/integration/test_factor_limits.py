@@ -27,6 +27,9 @@ NOT_AUTHORIZED = 0x87
 CERT, PASSWORD, BOTH, WEBSOCKETS = 8883, 8884, 8885, 8443
 
 
+_SPEC = layout.password_file_spec(PASSWORD)  # what the file check expects of it
+
+
 @pytest.fixture(scope="module")
 def deployed(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) -> DeployedLab:
     lab = lab_factory(suite="bookworm", brokers=2)
@@ -179,8 +182,8 @@ BREAKAGES = [
         break_password_file_mode,
         "test_owner_and_mode",
         [
-            f"{layout.password_file(PASSWORD)} on {{host}} is 0644 root:mosquitto, expected 0640 "
-            "root:mosquitto (readable by every local user)"
+            f"{layout.password_file(PASSWORD)} on {{host}} is 0644 root:mosquitto, expected "
+            f"{_SPEC.mode} {_SPEC.owner}:{_SPEC.group} (readable by every local user)"
         ],
         markexpr="files",
     ),

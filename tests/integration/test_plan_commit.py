@@ -172,7 +172,7 @@ def test_check_and_pki_status_change_nothing(lab: RunningLab, fresh: str) -> Non
         status = run_iotfleet("pki", "status", "-i", "inventory/lab.py", lab_name=lab.name)
         assert status.returncode == 0, status.stdout + status.stderr
         check = run_iotfleet(
-            "check", "inventory/lab.py", "--limit", lab.hosts[0].name, "--reports",
+            "check", "inventory/lab.py", "--limit", lab.hosts[0].fqdn, "--reports",
             str(state.parent / f"{fresh}-reports"), lab_name=lab.name, timeout=1200,
         )  # fmt: skip
     assert check.returncode == 0, check.stdout[-4000:] + check.stderr[-2000:]

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from iotfleet.check.host_checks import (
-    ExpectedFile,
     acl_config_problems,
     acl_problems,
     anonymous_problems,
@@ -267,7 +266,7 @@ def test_file_modes(broker: Broker) -> None:
         f"{layout.SERVER_KEY} on {HOST} is 0644 root:mosquitto, expected 0640 root:mosquitto "
         "(readable by every local user)"
     ]
-    certs = ExpectedFile(layout.CERT_DIR, "directory", "root", "mosquitto", "0750", "certs")
+    certs = layout.CERT_DIR_FILE
     assert file_problems(HOST, certs, stats[layout.CERT_DIR])[0].startswith(
         f"{layout.CERT_DIR} on {HOST} is 0755 root:mosquitto, expected 0750"
     )
