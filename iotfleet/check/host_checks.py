@@ -11,12 +11,12 @@ import ipaddress
 from collections.abc import Iterable
 
 from iotfleet.check.host_facts import FileStat, ListeningSocket, PackageState
-from iotfleet.check.mosquitto_conf import WILDCARD_ADDRESSES, ConfiguredListener, MosquittoConfig
 from iotfleet.health import health_identity_name
 from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import acl_rules
+from iotfleet.mosquitto.acl import acl_rules, parse_acl
 from iotfleet.mosquitto.auth_plugin import plugin_options
+from iotfleet.mosquitto.conf import WILDCARD_ADDRESSES, ConfiguredListener, MosquittoConfig
 from iotfleet.mosquitto.logins import password_users
 from iotfleet.probes import PROBE_DEVICES
 
@@ -453,33 +453,6 @@ def password_file_problems(
 
 
 # -- ACL file --------------------------------------------------------------------------------
-
-
-def parse_acl(text: str) -> tuple[dict[str, set[tuple[str, str]]], list[str]]:
-    """``({user: {(access, topic)}}, [lines that apply to everyone])``."""
-    users: dict[str, set[tuple[str, str]]] = {}
-    general: list[str] = []
-    current: str | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        keyword, _, rest = line.partition(" ")
-        rest = rest.strip()
-        if keyword == "user":
-            current = rest
-            users.setdefault(current, set())
-        elif keyword == "pattern":
-            general.append(line)
-        elif keyword == "topic":
-            access, _, topic = rest.partition(" ")
-            if access not in ("read", "write", "readwrite", "deny"):
-                access, topic = "readwrite", rest
-            if current is None:
-                general.append(line)
-            else:
-                users[current].add((access, topic.strip()))
-    return users, general
 
 
 def _owner(fleet: Fleet, username: str, broker_name: str) -> str:

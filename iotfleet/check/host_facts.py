@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from iotfleet.check.mosquitto_conf import MosquittoConfig, include_dirs, parse_config
 from iotfleet.mosquitto import layout
+from iotfleet.mosquitto.conf import MosquittoConfig, include_dirs, parse_config
 
 FIREWALL_UNIT = "iotfleet-firewall"
 SANDBOX_PROPERTIES = (

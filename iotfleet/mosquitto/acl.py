@@ -101,3 +101,31 @@ def _user_block(username: str, rules: Iterable[tuple[str, str]]) -> str:
             seen.add((access, topic))
             lines.append(f"topic {access} {topic}\n")
     return "".join(lines)
+
+
+def parse_acl(text: str) -> tuple[dict[str, set[tuple[str, str]]], list[str]]:
+    """``({user: {(access, topic)}}, [lines that apply to everyone])``: what ``render_acl``
+    wrote, read back the way Mosquitto reads it (an ACL found on a host, for the checks)."""
+    users: dict[str, set[tuple[str, str]]] = {}
+    general: list[str] = []
+    current: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if keyword == "user":
+            current = rest
+            users.setdefault(current, set())
+        elif keyword == "pattern":
+            general.append(line)
+        elif keyword == "topic":
+            access, _, topic = rest.partition(" ")
+            if access not in ("read", "write", "readwrite", "deny"):
+                access, topic = "readwrite", rest
+            if current is None:
+                general.append(line)
+            else:
+                users[current].add((access, topic.strip()))
+    return users, general

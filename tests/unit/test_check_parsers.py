@@ -41,12 +41,12 @@ from iotfleet.check.host_facts import (
     parse_ss,
     parse_stat,
 )
-from iotfleet.check.mosquitto_conf import include_dirs, parse_config
 from iotfleet.check.mqtt_checks import Grants, topic_matches
 from iotfleet.context import FleetContext
 from iotfleet.model import Broker, Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
+from iotfleet.mosquitto.conf import include_dirs, parse_config
 from iotfleet.mosquitto.logins import password_users
 from roles.mosquitto.render import BrokerConfig
 
