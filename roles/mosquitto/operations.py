@@ -7,12 +7,13 @@ from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
 from typing import Any
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.facts.deb import DebPackages
 
 from iotfleet.managed_file import ManagedFile
 from iotfleet.mosquitto import layout
+from roles.mosquitto.diff import show_change
 from roles.mosquitto.facts import ManagedFileStates, ServiceActive
 
 PACKAGES = ("mosquitto", "mosquitto-clients")
@@ -69,6 +70,9 @@ def apply_files(
     """
     states = host.get_fact(ManagedFileStates, paths=tuple(f.path for f in files))
     changed = [f for f in files if not f.matches(states.get(f.path))]
+    if state.config.DIFF:
+        for managed in changed:
+            show_change(managed, states.get(managed.path))
     active = host.get_fact(ServiceActive, service=layout.SERVICE)
     if not changed and active:
         host.noop("Mosquitto files are up to date and the broker is running")

@@ -23,6 +23,7 @@ import pytest
 
 from iotfleet.check.mqtt_probe import try_connect
 from iotfleet.inventory import OVERRIDE_DATA_ENV
+from iotfleet.mosquitto import layout
 from iotfleet.paths import fleet_dir
 from iotfleet.pki import PkiStore
 from tests.integration.conftest import LabFactory, RunningLab
@@ -178,6 +179,48 @@ def test_check_and_pki_status_change_nothing(lab: RunningLab, fresh: str) -> Non
     assert check.returncode == 0, check.stdout[-4000:] + check.stderr[-2000:]
     assert _snapshot(state) == before, "iotfleet check or pki status changed the fleet state"
     shutil.rmtree(state.parent / f"{fresh}-reports", ignore_errors=True)
+
+
+def test_diff_shows_what_changes_in_each_broker_file_and_never_a_secret(
+    lab: RunningLab, fresh: str
+) -> None:
+    state = fleet_dir(fresh)
+    kept = [d for d in _devices(lab) if d["id"] != "sensor-2"]
+    clients = [
+        *_clients(lab),
+        {"name": "diffwall", "roles": ["dashboard"], "auth": "password", "password": "generated"},
+    ]
+    before = _snapshot(state)
+    data = [*_data(fresh, kept), "--data", f"fleet_clients={json.dumps(clients)}"]
+    diff = run_pyinfra(lab.name, "deploy.py", "--dry", "--diff", "-vv", *data)
+    assert diff.returncode == 0, diff.explain()
+    out = diff.output
+    assert f"Will modify {layout.ACL_FILE}" in _plain(out), out[-5000:]
+    assert "user diffwall" in out  # the ACL's new block, as a line diff
+    assert "+ diffwall (password set, hash not shown)" in out, out[-5000:]
+    # Nothing secret: no hash, no key, none of the fleet's passwords.
+    assert "$7$" not in out and "PRIVATE KEY" not in out
+    for secret in (state / "secrets").rglob("*"):
+        if secret.is_file():
+            assert secret.read_text().strip() not in out, f"{secret.name} leaked into --diff"
+    assert _snapshot(state) == before, "pyinfra --dry --diff wrote fleet state"
+
+
+def _clients(lab: RunningLab) -> list[dict[str, object]]:
+    """The lab's clients as inventory data (secrets as their references)."""
+    clients = []
+    for client in lab_context(lab.name).fleet.clients:
+        entry = client.model_dump(mode="json", exclude_defaults=True, exclude={"password"})
+        if client.password is not None:
+            ref = client.password
+            entry["password"] = ref.kind if ref.kind == "generated" else f"{ref.kind}:{ref.target}"
+        clients.append(entry)
+    return clients
+
+
+def _plain(text: str) -> str:
+    """pyinfra's output without its colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def test_a_fleet_never_rolled_out_is_a_clear_error_for_read_only_commands(
