@@ -16,6 +16,7 @@ from typing import Literal
 
 from cryptography import x509
 
+from iotfleet.model.fleet import PkiConfig
 from iotfleet.paths import fleet_dir
 from iotfleet.pki.errors import PkiInputError
 
@@ -71,6 +72,11 @@ class IdentitySpec:
     revoked_reason: str | None = None
 
 
+# The engine's defaults for what the inventory can set are the inventory's (``pki_*`` keys):
+# one source for each, whether the PKI is driven by an inventory or by ``--state-dir``.
+_INVENTORY = PkiConfig()
+
+
 @dataclass(frozen=True)
 class PkiSettings:
     """Engine settings. Validity periods are in days.
@@ -80,24 +86,24 @@ class PkiSettings:
     """
 
     state_dir: Path
-    passphrase_env: str = "IOTFLEET_PKI_PASSPHRASE"  # noqa: S105 (a variable name)
+    passphrase_env: str = _INVENTORY.passphrase_env
     passphrase_file: Path | None = None
-    ca_name: str = "iotfleet"
+    ca_name: str = _INVENTORY.ca_name
     root_days: int = 7300
     intermediate_days: int = 1825
-    broker_days: int = 397
-    device_days: int = 825
-    client_days: int = 397
-    renew_before_days: int = 30
+    broker_days: int = _INVENTORY.broker_days
+    device_days: int = _INVENTORY.device_days
+    client_days: int = _INVENTORY.client_days
+    renew_before_days: int = _INVENTORY.renew_before_days
     # Re-certify the intermediate (same key) this long before it expires (needs the root key).
     intermediate_renew_before_days: int = 180
-    crl_days: int = 7
-    crl_refresh_before_days: int = 2
+    crl_days: int = _INVENTORY.crl_days
+    crl_refresh_before_days: int = _INVENTORY.crl_refresh_before_days
     # The root's CRL (covering the intermediate) is signed only when the root key is online.
     root_crl_days: int = 365
     # Devices in their renewal window get a new certificate on the same key (delivered over
     # MQTT; the old one stays valid until the device uses the new one) instead of a new key.
-    renew_same_key: bool = True
+    renew_same_key: bool = _INVENTORY.device_renew_same_key
     # Worker processes for large batches (key generation + signing); None = one per CPU.
     workers: int | None = None
     # The passphrase itself, already read (a generated one a planning run has not written yet);
