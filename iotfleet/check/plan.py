@@ -19,26 +19,11 @@ from typing import Any
 
 from iotfleet.fleet_pki import broker_dns_names, broker_ip_addresses
 from iotfleet.model import Broker, Fleet, Listener, RawHost, build_fleet
-
-# pyinfra's own default for ssh_strict_host_key_checking.
-PYINFRA_HOST_KEY_CHECKING = "accept-new"
+from iotfleet.model.ssh import SshEndpoint, SshEndpointError, ssh_endpoint
 
 
 class PlanError(Exception):
     """The inventory cannot be checked as asked (no brokers, unknown --limit, no SSH...)."""
-
-
-@dataclass(frozen=True)
-class SshEndpoint:
-    """How pyinfra reaches a host, from its ``ssh_*`` data."""
-
-    hostname: str
-    port: int = 22
-    user: str | None = None
-    key: str | None = None
-    known_hosts: str | None = None
-    strict_host_key_checking: str = PYINFRA_HOST_KEY_CHECKING
-    config_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,33 +87,11 @@ class CheckPlan:
         raise KeyError(name)
 
 
-def ssh_endpoint(host_name: str, data: Mapping[str, Any]) -> SshEndpoint:
-    """The SSH settings pyinfra would use for ``host_name`` (``ssh_*`` host data)."""
-    if host_name.startswith("@"):
-        raise PlanError(
-            f"host {host_name}: only hosts reached over SSH can be checked "
-            f"(connector {host_name.split('/', 1)[0]})"
-        )
-    for unsupported in ("ssh_password", "ssh_key_password"):
-        if data.get(unsupported):
-            raise PlanError(
-                f"host {host_name}: {unsupported} is set, but checks run unattended (SSH "
-                "BatchMode): use a key without a passphrase or an ssh-agent"
-            )
-
-    def text(key: str) -> str | None:
-        value = data.get(key)
-        return None if value in (None, "") else str(value)
-
-    return SshEndpoint(
-        hostname=text("ssh_hostname") or host_name,
-        port=int(data.get("ssh_port") or 22),
-        user=text("ssh_user"),
-        key=text("ssh_key"),
-        known_hosts=text("ssh_known_hosts_file"),
-        strict_host_key_checking=text("ssh_strict_host_key_checking") or PYINFRA_HOST_KEY_CHECKING,
-        config_file=text("ssh_config_file"),
-    )
+def _endpoint(host_name: str, data: Mapping[str, Any]) -> SshEndpoint:
+    try:
+        return ssh_endpoint(host_name, data)
+    except SshEndpointError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def _resolves(name: str) -> bool:
@@ -189,7 +152,7 @@ def plan_for(
         targets.append(
             BrokerTarget(
                 model=broker,
-                ssh=ssh_endpoint(broker.name, host_data.get(broker.name, {})),
+                ssh=_endpoint(broker.name, host_data.get(broker.name, {})),
                 client_names=names,
                 connect_name=connect_name(broker, names),
             )

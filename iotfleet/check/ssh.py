@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from iotfleet.check.plan import SshEndpoint
+from iotfleet.model.ssh import SshEndpoint
 
 CONTROL_PERSIST = 120  # seconds a master outlives its last command (closed at the end anyway)
 CONNECT_TIMEOUT = 10
@@ -37,29 +37,20 @@ def host_alias(host_name: str) -> str:
 
 def ssh_config_text(alias: str, endpoint: SshEndpoint, control_dir: Path) -> str:
     """An ssh_config that makes ``ssh ALIAS`` connect exactly as pyinfra does."""
-    lines = [
-        f"Host {alias}",
-        f"  HostName {_quote(endpoint.hostname)}",
-        f"  Port {endpoint.port}",
-        "  BatchMode yes",
+    options = endpoint.openssh_options()
+    include = [value for option, value in options if option == "Include"]
+    lines = [f"Host {alias}"]
+    lines += [f"  {option} {_quote(value)}" for option, value in options if option != "Include"]
+    lines += [
         f"  ConnectTimeout {CONNECT_TIMEOUT}",
-        f"  StrictHostKeyChecking {_quote(endpoint.strict_host_key_checking)}",
         "  ControlMaster auto",
         f"  ControlPath {_quote(str(control_dir / '%C'))}",
         f"  ControlPersist {CONTROL_PERSIST}",
         "  ServerAliveInterval 15",
         "  LogLevel ERROR",
     ]
-    if endpoint.user:
-        lines.append(f"  User {_quote(endpoint.user)}")
-    if endpoint.key:
-        lines.append(f"  IdentityFile {_quote(str(Path(endpoint.key).expanduser()))}")
-        lines.append("  IdentitiesOnly yes")
-    if endpoint.known_hosts:
-        lines.append(f"  UserKnownHostsFile {_quote(str(Path(endpoint.known_hosts).expanduser()))}")
-    if endpoint.config_file:
-        # Settings above win (ssh takes the first value it reads); the rest comes from there.
-        lines.append(f"  Include {_quote(str(Path(endpoint.config_file).expanduser()))}")
+    # Settings above win (ssh takes the first value it reads); the rest comes from there.
+    lines += [f"  Include {_quote(value)}" for value in include]
     return "\n".join(lines) + "\n"
 
 

@@ -195,13 +195,13 @@ def flash(
     """Flash the boards of the inventory's flash stations (the same engine deploy/gateways.py
     uses; the PKI must have issued the device certificates). Boards on an SSH station's device
     paths are reached with the OpenSSH client and the host's ssh_* keys."""
-    from iotfleet.check.plan import PlanError, ssh_endpoint
     from iotfleet.context import FleetContext
     from iotfleet.flash import flash_station
     from iotfleet.flash.station_link import CommandStationLink, ssh_argv
     from iotfleet.inventory import load_fleet
     from iotfleet.model import InventoryError
     from iotfleet.model.build import LOCAL_STATION
+    from iotfleet.model.ssh import SshEndpointError, ssh_endpoint
     from iotfleet.secrets import SecretError
 
     if inventory is None:
@@ -221,7 +221,7 @@ def flash(
             data: dict[str, object] = hosts.get_host(chosen.name).data.dict()  # type: ignore[no-untyped-call]
             try:
                 endpoint = ssh_endpoint(chosen.name, data)
-            except PlanError as exc:
+            except SshEndpointError as exc:
                 raise GatewayCommandError(str(exc)) from None
             link = CommandStationLink(chosen.name, ssh_argv(endpoint))
         results += flash_station(

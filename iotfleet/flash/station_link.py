@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from iotfleet.check.plan import SshEndpoint
 from iotfleet.flash.errors import FailureKind, FlashError
+from iotfleet.model.ssh import SshEndpoint
 
 RELAY_SOURCE = Path(__file__).with_name("station_relay.py")
 HEADER_TIMEOUT = 20.0  # seconds for SSH exec + python3 start + opening the device
@@ -152,18 +152,12 @@ class CommandStationLink:
 
 
 def ssh_argv(endpoint: SshEndpoint) -> list[str]:
-    """The OpenSSH command line that reaches a host as pyinfra does (``check.plan.ssh_endpoint``
-    reads its ``ssh_*`` data), unattended."""
-    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-p", str(endpoint.port),
-            "-o", f"StrictHostKeyChecking={endpoint.strict_host_key_checking}"]  # fmt: skip
-    if endpoint.config_file:
-        argv += ["-F", str(Path(endpoint.config_file).expanduser())]
-    if endpoint.key:
-        argv += ["-i", str(Path(endpoint.key).expanduser()), "-o", "IdentitiesOnly=yes"]
-    if endpoint.known_hosts:
-        argv += ["-o", f"UserKnownHostsFile={Path(endpoint.known_hosts).expanduser()}"]
-    target = f"{endpoint.user}@{endpoint.hostname}" if endpoint.user else endpoint.hostname
-    return [*argv, "--", target]
+    """The OpenSSH command line that reaches a host as pyinfra does, unattended (the options
+    are the endpoint's own; a config file is read with ``-F``)."""
+    argv = ["ssh", "-T"]
+    for option, value in endpoint.openssh_options():
+        argv += ["-F", value] if option == "Include" else ["-o", f"{option}={value}"]
+    return [*argv, "--", endpoint.target]
 
 
 def relay_command(device: str) -> str:

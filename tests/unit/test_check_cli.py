@@ -14,14 +14,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from iotfleet.check.identities import ProbeCast
-from iotfleet.check.plan import (
-    PlanError,
-    SshEndpoint,
-    connect_name,
-    load_plan,
-    plan_for,
-    ssh_endpoint,
-)
+from iotfleet.check.plan import PlanError, connect_name, load_plan, plan_for
 from iotfleet.check.results import CheckResult, RunResults, exit_code, render_summary
 from iotfleet.check.runner import CheckRequest, pytest_argv, suite_dir
 from iotfleet.check.ssh import host_alias, ssh_config_text
@@ -30,6 +23,7 @@ from iotfleet.cli.check import cli
 from iotfleet.context import FleetContext
 from iotfleet.fleet_pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
+from iotfleet.model.ssh import SshEndpoint, SshEndpointError, ssh_endpoint
 from iotfleet.report import history
 from tests.support.local_broker import free_port
 
@@ -68,9 +62,9 @@ def test_ssh_endpoint_follows_pyinfra_data_and_defaults() -> None:
     assert ssh_endpoint("mqtt1", {}) == SshEndpoint("mqtt1", 22, None, None, None, "accept-new")
     data = {"ssh_hostname": "10.0.0.5", "ssh_port": 2222, "ssh_user": "root", "ssh_key": "/k"}
     assert ssh_endpoint("mqtt1", data).port == 2222
-    with pytest.raises(PlanError, match="ssh_password is set"):
+    with pytest.raises(SshEndpointError, match="ssh_password is set"):
         ssh_endpoint("mqtt1", {"ssh_password": "x"})
-    with pytest.raises(PlanError, match="only hosts reached over SSH"):
+    with pytest.raises(SshEndpointError, match="only hosts reached over SSH"):
         ssh_endpoint("@local", {})
 
 

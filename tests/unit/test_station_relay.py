@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from iotfleet.check.plan import ssh_endpoint
 from iotfleet.device import Bundle
 from iotfleet.emulator import BoardServer
 from iotfleet.flash import BoardResult, FlashRegistry, flash_station
@@ -30,6 +29,7 @@ from iotfleet.flash.station_link import (
 )
 from iotfleet.gateway import read_flash_files
 from iotfleet.lab.serial_bridge import __file__ as _bridge_file
+from iotfleet.model.ssh import ssh_endpoint
 from tests.unit.gateway_helpers import GatewayFleet, emulated, gateway_environment, options
 
 BRIDGE_SOURCE = Path(_bridge_file)
@@ -136,13 +136,13 @@ def test_ssh_command_line_reaches_the_station_as_pyinfra_does() -> None:
     argv = ssh_argv(ssh_endpoint("station1.lab", data))
     assert argv[:2] == ["ssh", "-T"]
     assert "StrictHostKeyChecking=yes" in argv and "BatchMode=yes" in argv
-    assert argv[argv.index("-i") + 1] == "/keys/lab"
-    assert argv[argv.index("-p") + 1] == "2222"
+    assert "IdentityFile=/keys/lab" in argv and "IdentitiesOnly=yes" in argv
+    assert "Port=2222" in argv and "HostName=10.0.0.5" in argv
     assert "UserKnownHostsFile=/keys/known_hosts" in argv
     assert argv[-2:] == ["--", "root@10.0.0.5"]
     # pyinfra's defaults: port 22, new host keys accepted and then pinned.
     bare = ssh_argv(ssh_endpoint("station1.lab", {}))
-    assert bare[-1] == "station1.lab" and bare[bare.index("-p") + 1] == "22"
+    assert bare[-1] == "station1.lab" and "Port=22" in bare
     assert "StrictHostKeyChecking=accept-new" in bare
 
 
