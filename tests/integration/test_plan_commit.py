@@ -223,6 +223,45 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
+MISTAKES = {
+    "a key-prefix typo": (["--data", "mosquito_persistence=false"], "mosquito_persistence"),
+    "another prefix typo": (["--data", "firewal_enabled=false"], "firewal_enabled"),
+    "a loose boolean": (["--data", "mosquitto_persistence=no"], "mosquitto_persistence"),
+    "a fleet name that escapes": (["--data", "fleet_name=../../etc"], "fleet_name"),
+    "two devices with one MAC": (
+        [
+            "--data",
+            'fleet_devices=[{"id": "gw-a", "mac": "18:FE:34:00:00:01"},'
+            ' {"id": "gw-b", "mac": "18:fe:34:00:00:01"}]',
+        ],
+        "mac",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_inventory_mistakes_are_refused_before_anything_is_touched(
+    lab: RunningLab, fresh: str, mistake: str
+) -> None:
+    data, key = MISTAKES[mistake]
+    state = fleet_dir(fresh)
+    before, live_before = _snapshot(state), _live_files(lab)
+    refused = run_pyinfra(lab.name, "deploy.py", *_data(fresh), *data)
+    said = _plain(refused.output)
+    assert refused.returncode != 0, refused.explain()
+    assert key in said and "Traceback" not in said, said[-3000:]
+    assert "Beginning operation run" not in said, "operations ran after an inventory mistake"
+    assert _snapshot(state) == before and _live_files(lab) == live_before
+
+
+def _live_files(lab: RunningLab) -> dict[str, str]:
+    """Digests of every broker's Mosquitto configuration, as it is live."""
+    return {
+        host.name: lab.ssh(host, f"find {layout.CONFIG_DIR} -type f -exec sha256sum {{}} +").stdout
+        for host in lab.hosts
+    }
+
+
 def test_a_fleet_never_rolled_out_is_a_clear_error_for_read_only_commands(
     lab: RunningLab,
 ) -> None:
