@@ -45,12 +45,13 @@ class FleetPlan:
 
     def summary(self) -> str:
         """What the commit does, e.g. ``issue 3, renew gw-0007, re-sign CRL; 2 new secrets``."""
-        line = self.report.summary(planned=True, names_up_to=NAMES_IN_SUMMARY)
+        pki = self.report.summary(planned=True, names_up_to=NAMES_IN_SUMMARY)
         secrets_dir = self.ctx.secrets.directory
         new_secrets = [p for p in self.stage.changed_paths() if p.is_relative_to(secrets_dir)]
-        if new_secrets:
-            line += f"; generate {len(new_secrets)} secret(s)"
-        return line
+        if not new_secrets:
+            return pki
+        secrets = f"generate {len(new_secrets)} secret(s)"
+        return secrets if pki == "no change" else f"{pki}; {secrets}"
 
 
 @cache
