@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from iotfleet.fleet.paths import fleet_dir
 from iotfleet.lab.state import lab_paths, load_state
-from iotfleet.paths import fleet_dir
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bench-check"

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from iotfleet.classroom.store import class_dir
-from iotfleet.paths import fleet_dir
+from iotfleet.fleet.paths import fleet_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_30_S = 180.0

@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from iotfleet.inventory import load_fleet
-from iotfleet.paths import fleet_dir, state_root
+from iotfleet.fleet.inventory import load_fleet
+from iotfleet.fleet.paths import fleet_dir, state_root
 from iotfleet.pki import PkiStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iotfleet.context import FleetContext
 from iotfleet.device import reference_firmware
 from iotfleet.flash import (
     FlashJob,
@@ -45,7 +44,8 @@ from iotfleet.flash import (
     station_jobs,
 )
 from iotfleet.flash.station_link import CommandStationLink
-from iotfleet.fleet_pki import reconcile_fleet
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 
 BAUD = 460800

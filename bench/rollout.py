@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from iotfleet.paths import fleet_dir
+from iotfleet.fleet.paths import fleet_dir
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bench-rollout"

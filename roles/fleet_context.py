@@ -21,12 +21,12 @@ from pyinfra import host
 from pyinfra import inventory as current_inventory
 from pyinfra.operations import python
 
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import reconcile_fleet
-from iotfleet.inventory import raw_hosts
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.inventory import raw_hosts
+from iotfleet.fleet.pki import reconcile_fleet
+from iotfleet.fleet.secrets import SecretError
 from iotfleet.model import InventoryError, build_fleet
 from iotfleet.pki import PkiError, ReconcileReport, fsio
-from iotfleet.secrets import SecretError
 
 # Planned changes of a kind are listed by name up to this many (beyond, counted).
 NAMES_IN_SUMMARY = 5

@@ -11,14 +11,13 @@ import ipaddress
 from collections.abc import Iterable
 
 from iotfleet.check.host_facts import FileStat, ListeningSocket, PackageState
-from iotfleet.health import health_identity_name
 from iotfleet.model import Broker, Fleet, Listener
+from iotfleet.model.own_identities import PROBE_DEVICES, health_identity_name
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, parse_acl
 from iotfleet.mosquitto.auth_plugin import plugin_options
 from iotfleet.mosquitto.conf import WILDCARD_ADDRESSES, ConfiguredListener, MosquittoConfig
 from iotfleet.mosquitto.logins import password_users
-from iotfleet.probes import PROBE_DEVICES
 
 MAX_EXPOSURE = 1.5  # systemd-analyze security score the hardened unit must stay under
 

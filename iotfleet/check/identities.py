@@ -1,8 +1,8 @@
 """Who the outside probes connect as: fleet identities chosen deterministically, and canaries.
 
 * the probe device and its peer (whose topics it must not touch): iotfleet's own probe
-  identities (``iotfleet.probes``), which every rollout issues and allows on every broker, so
-  no real device is ever disconnected by a check; ``--probe-device`` picks a real device
+  identities (``iotfleet.model.own_identities``), which every rollout issues and allows on every
+  broker, so no real device is ever disconnected by a check; ``--probe-device`` picks a real device
   instead (and its peer is the next active device by id);
 * a password user for password listeners and a certificate+password user for two-factor
   listeners: the probe device (it has both), else the first active user that has what the
@@ -12,7 +12,7 @@
   that must get in are made only as the probe identities; the real ones are only seen
   refused (a refused login disconnects nobody);
 * certificates every broker must refuse: the revoked and expired canaries kept beside the PKI
-  (``iotfleet.fleet_pki``) and one from a foreign CA, made once and kept with them.
+  (``iotfleet.fleet.pki``) and one from a foreign CA, made once and kept with them.
 
 With ``--probe-device`` a probe connects as a real identity: with ``use_username_as_clientid``
 that device, if online, is disconnected once (its client id is taken) and reconnects.
@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iotfleet.check.mqtt_probe import Identity
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import (
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import (
     EXPIRED_CANARY,
     REVOKED_CANARY,
     foreign_canary_paths,
     load_canary,
 )
 from iotfleet.model import Fleet, Listener
+from iotfleet.model.own_identities import PROBE_DEVICE, PROBE_DEVICES, PROBE_PEER
 from iotfleet.pki import PkiStore, StateError
-from iotfleet.probes import PROBE_DEVICE, PROBE_DEVICES, PROBE_PEER
 
 REFUSED_KINDS = ("foreign", "revoked", "expired")
 

@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m iotfleet.check.inventory_dump INVENTORY", file=sys.stderr)
         return 2
-    from iotfleet.inventory import load_inventory, raw_hosts
+    from iotfleet.fleet.inventory import load_inventory, raw_hosts
 
     try:
         inventory = load_inventory(Path(argv[0]))

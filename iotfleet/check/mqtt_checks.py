@@ -56,9 +56,9 @@ from iotfleet.check.mqtt_probe import (
 )
 from iotfleet.check.mqtt_probe import try_connect as _try_connect
 from iotfleet.check.plan import BrokerTarget, ListenerTarget
-from iotfleet.context import FleetContext
+from iotfleet.fleet.context import FleetContext
+from iotfleet.model.own_identities import PROBE_DEVICES, probe_prefix
 from iotfleet.mosquitto.acl import acl_rules
-from iotfleet.probes import PROBE_DEVICES, probe_prefix
 
 PROBE_LEAF = "iotfleet-compliance"
 PROBE_PAYLOAD = b"iotfleet compliance probe: not a measurement, ignore"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iotfleet.fleet_pki import broker_dns_names, broker_ip_addresses
 from iotfleet.model import Broker, Fleet, Listener, RawHost, build_fleet
+from iotfleet.model.addresses import broker_dns_names, broker_ip_addresses
 from iotfleet.model.ssh import SshEndpoint, SshEndpointError, ssh_endpoint
 
 

@@ -27,13 +27,13 @@ from iotfleet.atomic import write_file_atomically
 from iotfleet.check.identities import choose_cast
 from iotfleet.check.plan import CheckPlan, PlanError, plan_from_hosts, read_inventory
 from iotfleet.check.results import RunResults, render_summary
-from iotfleet.context import FleetContext
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.secrets import SecretError
 from iotfleet.model import InventoryError
 from iotfleet.pki import PkiError
 from iotfleet.report import history as run_history
 from iotfleet.report import page
 from iotfleet.report.prometheus import write_textfile
-from iotfleet.secrets import SecretError
 
 MAX_WORKERS = 16  # hosts checked at once; each worker mostly waits on the network
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -20,7 +20,7 @@ from iotfleet.check.pki_checks import CERT_MARGIN_DAYS, CRL_MARGIN_HOURS
 from iotfleet.check.plan import BrokerTarget, CheckPlan, ListenerTarget
 from iotfleet.check.ssh import HostConnections
 from iotfleet.check.tls_scan import TlsScan, scan_listeners
-from iotfleet.context import FleetContext
+from iotfleet.fleet.context import FleetContext
 
 
 @dataclass(frozen=True)

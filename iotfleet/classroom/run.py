@@ -29,8 +29,8 @@ from iotfleet.classroom.store import (
     load_class,
     save_class,
 )
-from iotfleet.context import FleetContext
-from iotfleet.credentials import password_slot
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.credentials import password_slot
 from iotfleet.lab.lab import NamedGateway, UpRequest, down, up
 from iotfleet.lab.progress import Reporter
 from iotfleet.pki import revoke

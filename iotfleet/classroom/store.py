@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from iotfleet.atomic import write_file_atomically
 from iotfleet.classroom.spec import ClassSpec
-from iotfleet.paths import state_root
+from iotfleet.fleet.paths import state_root
 
 CLASS_ENV = "IOTFLEET_CLASS"
 

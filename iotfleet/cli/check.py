@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 
 from iotfleet.check.runner import CheckRequest, run_check
-from iotfleet.inventory import OVERRIDE_DATA_ENV, parse_data_option
-from iotfleet.paths import reports_dir
+from iotfleet.fleet.inventory import OVERRIDE_DATA_ENV, parse_data_option
+from iotfleet.fleet.paths import reports_dir
 from iotfleet.report.history import KEEP_DAYS
 from iotfleet.report.prometheus import SUFFIX
 

@@ -33,7 +33,7 @@ def _layout_names() -> list[str]:
 
 def _inventory_board(inventory: Path, device: str) -> tuple[Path, str]:
     """The flash file and layout the inventory gives the board of ``device`` (lab boards)."""
-    from iotfleet.inventory import load_fleet
+    from iotfleet.fleet.inventory import load_fleet
     from iotfleet.model import InventoryError
 
     try:
@@ -195,14 +195,14 @@ def flash(
     """Flash the boards of the inventory's flash stations (the same engine deploy/gateways.py
     uses; the PKI must have issued the device certificates). Boards on an SSH station's device
     paths are reached with the OpenSSH client and the host's ssh_* keys."""
-    from iotfleet.context import FleetContext
     from iotfleet.flash import flash_station
     from iotfleet.flash.station_link import CommandStationLink, ssh_argv
-    from iotfleet.inventory import load_fleet
+    from iotfleet.fleet.context import FleetContext
+    from iotfleet.fleet.inventory import load_fleet
+    from iotfleet.fleet.secrets import SecretError
     from iotfleet.model import InventoryError
     from iotfleet.model.build import LOCAL_STATION
     from iotfleet.model.ssh import SshEndpointError, ssh_endpoint
-    from iotfleet.secrets import SecretError
 
     if inventory is None:
         raise click.UsageError("give --inventory INVENTORY (or $IOTFLEET_INVENTORY)")
@@ -250,9 +250,9 @@ def flash(
 def registry(inventory: Path | None, history: bool) -> None:
     """What was flashed where: device, MAC, port, firmware and image digests, result."""
     from iotfleet.flash import FlashRegistry
-    from iotfleet.inventory import load_fleet
+    from iotfleet.fleet.inventory import load_fleet
+    from iotfleet.fleet.paths import fleet_dir
     from iotfleet.model import InventoryError
-    from iotfleet.paths import fleet_dir
 
     if inventory is None:
         raise click.UsageError("give --inventory INVENTORY (or $IOTFLEET_INVENTORY)")
@@ -293,12 +293,12 @@ def status_command(inventory: Path | None, settle: float) -> None:
     only. Exit 1 if a broker could not be read."""
     from datetime import UTC, datetime
 
-    from iotfleet.cert_delivery import DeliveryError, gateway_statuses
-    from iotfleet.context import FleetContext
-    from iotfleet.inventory import load_fleet
+    from iotfleet.fleet.cert_delivery import DeliveryError, gateway_statuses
+    from iotfleet.fleet.context import FleetContext
+    from iotfleet.fleet.inventory import load_fleet
+    from iotfleet.fleet.secrets import SecretError
     from iotfleet.model import InventoryError
     from iotfleet.pki import PkiError
-    from iotfleet.secrets import SecretError
 
     if inventory is None:
         raise click.UsageError("give --inventory INVENTORY (or $IOTFLEET_INVENTORY)")

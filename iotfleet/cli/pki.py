@@ -51,11 +51,11 @@ def resolve_settings(
 
 
 def _settings_from_inventory(inventory: Path) -> PkiSettings:
-    from iotfleet.fleet_pki import pki_settings_for
-    from iotfleet.inventory import load_fleet
+    from iotfleet.fleet.inventory import load_fleet
+    from iotfleet.fleet.paths import fleet_dir
+    from iotfleet.fleet.pki import pki_settings_for
+    from iotfleet.fleet.secrets import SecretError, SecretStore
     from iotfleet.model import InventoryError
-    from iotfleet.paths import fleet_dir
-    from iotfleet.secrets import SecretError, SecretStore
 
     try:
         fleet, _ = load_fleet(inventory)
@@ -241,11 +241,11 @@ def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait
     No passphrase needed. The next PKI deploy revokes a renewed device's old certificate once
     the device was seen using the new one. Exit 1 if a delivery failed on every broker.
     """
-    from iotfleet.cert_delivery import DeliveryError, deliver_certificates
-    from iotfleet.context import FleetContext
-    from iotfleet.inventory import load_fleet
+    from iotfleet.fleet.cert_delivery import DeliveryError, deliver_certificates
+    from iotfleet.fleet.context import FleetContext
+    from iotfleet.fleet.inventory import load_fleet
+    from iotfleet.fleet.secrets import SecretError
     from iotfleet.model import InventoryError
-    from iotfleet.secrets import SecretError
 
     try:
         fleet, _ = load_fleet(inventory)

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from iotfleet.atomic import write_file_atomically
-from iotfleet.paths import reports_dir
+from iotfleet.fleet.paths import reports_dir
 from iotfleet.report import history as run_history
 from iotfleet.report import page
 

@@ -10,9 +10,12 @@ never a secret's value.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from iotfleet.context import FleetContext
+from pydantic import SecretStr
+
 from iotfleet.device.contract import (
     Bundle,
     ContractError,
@@ -22,10 +25,28 @@ from iotfleet.device.contract import (
 )
 from iotfleet.device.layouts import FlashLayout, UnknownLayoutError, flash_layout
 from iotfleet.device.littlefs_image import FilesystemError, build_littlefs_image
-from iotfleet.fleet_pki import broker_dns_names, broker_ip_addresses
-from iotfleet.model import Board, Broker, Device, FlashStation
+from iotfleet.model import Board, Broker, Device, FlashStation, Fleet, SecretRef
+from iotfleet.model.addresses import broker_dns_names, broker_ip_addresses
+from iotfleet.model.secretref import SecretError
 from iotfleet.pki import PkiError, PkiStore
-from iotfleet.secrets import SecretError
+
+
+class SecretResolver(Protocol):
+    def resolve(self, ref: SecretRef, slot: str, *, where: str, key: str) -> SecretStr: ...
+
+
+class DeviceSources(Protocol):
+    """What a device's image is built from (a run's ``FleetContext`` is one): the fleet, its
+    PKI, its secrets and resolved MQTT passwords."""
+
+    @property
+    def fleet(self) -> Fleet: ...
+    @property
+    def pki(self) -> PkiStore: ...
+    @property
+    def secrets(self) -> SecretResolver: ...
+    @property
+    def passwords(self) -> Mapping[str, SecretStr]: ...
 
 
 class DeviceImageError(ValueError):
@@ -54,7 +75,7 @@ def wifi_passphrase_slot(ssid: str) -> str:
     return f"wifi-passphrase/{ssid.encode().hex()}"
 
 
-def find_board(ctx: FleetContext, device_id: str) -> tuple[FlashStation, Board]:
+def find_board(ctx: DeviceSources, device_id: str) -> tuple[FlashStation, Board]:
     """The flash station and board entry that flash ``device_id``."""
     for station in ctx.fleet.stations:
         for board in station.boards:
@@ -77,7 +98,7 @@ def board_layout(station: FlashStation, board: Board, override: str | None = Non
 
 
 def device_bundle(
-    ctx: FleetContext,
+    ctx: DeviceSources,
     device_id: str,
     *,
     station: FlashStation | None = None,
@@ -146,7 +167,7 @@ def device_bundle(
 
 
 def build_device_image(
-    ctx: FleetContext,
+    ctx: DeviceSources,
     device_id: str,
     *,
     station: FlashStation | None = None,
@@ -187,7 +208,7 @@ def build_device_image(
     )
 
 
-def _brokers(ctx: FleetContext, station: FlashStation, device: Device) -> list[Broker]:
+def _brokers(ctx: DeviceSources, station: FlashStation, device: Device) -> list[Broker]:
     """The device's own brokers, else the station's ``espgw_brokers``, else every broker."""
     names = device.brokers if device.brokers is not None else station.gateway.brokers
     brokers = ctx.fleet.brokers if names is None else [ctx.fleet.broker(n) for n in names]

@@ -22,7 +22,6 @@ from typing import Literal
 
 from rich.progress import Progress
 
-from iotfleet.context import FleetContext
 from iotfleet.flash.binding import check_binding
 from iotfleet.flash.boardlog import BoardLog, board_log_path
 from iotfleet.flash.errors import FailureKind, FlashError
@@ -32,6 +31,7 @@ from iotfleet.flash.progress import BoardProgress, NoProgress, RichBoardProgress
 from iotfleet.flash.registry import FlashRecord, FlashRegistry, Result
 from iotfleet.flash.session import BoardSession, Payload
 from iotfleet.flash.station_link import StationLink, is_device_path, relayed_port
+from iotfleet.fleet.context import FleetContext
 from iotfleet.model import FlashStation
 from iotfleet.model.build import LOCAL_STATION
 

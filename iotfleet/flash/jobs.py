@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from iotfleet.context import FleetContext
 from iotfleet.device import DeviceImageError, board_layout, build_device_image
 from iotfleet.device.firmware_stub import IMAGE_MAGIC, is_stand_in
 from iotfleet.flash.errors import FailureKind
 from iotfleet.flash.registry import Result
+from iotfleet.fleet.context import FleetContext
 from iotfleet.model import Board, FlashStation
 from iotfleet.pki import PkiStore
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iotfleet.fleet.paths import state_root
 from iotfleet.lab import naming, network, packages, preflight
 from iotfleet.lab.attach import bridge_state, reattach, release, release_hosts, stop_bridges
 from iotfleet.lab.base import BaseCache, cached_base, ensure_base
@@ -59,7 +60,6 @@ from iotfleet.lab.state import (
     save_state,
     write_atomic,
 )
-from iotfleet.paths import state_root
 
 MAX_SLOT = 240  # host addresses are .11 .. .250 of the lab's /24
 

@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from iotfleet.fleet.paths import state_root
 from iotfleet.lab.errors import LabError
-from iotfleet.paths import state_root
 
 STATE_FILE = "state.json"
 

@@ -42,3 +42,7 @@ class SecretRef:
 
     def __str__(self) -> str:
         return self.kind if self.kind == "generated" else f"{self.kind}:{self.target}"
+
+
+class SecretError(ValueError):
+    """A secret could not be read; the message names where and which key, never the value."""

@@ -9,9 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from iotfleet.device.contract import CERTIFICATE_TOPIC_ROOT, certificate_topic
-from iotfleet.health import health_identity_name, health_topic
 from iotfleet.model import Device, Fleet, Role
-from iotfleet.probes import DELIVERY_IDENTITY, PROBE_DEVICES, probe_prefix
+from iotfleet.model.own_identities import (
+    DELIVERY_IDENTITY,
+    PROBE_DEVICES,
+    health_identity_name,
+    health_topic,
+    probe_prefix,
+)
 
 HEADER = "# managed by iotfleet: rendered from the inventory, edits are overwritten\n"
 

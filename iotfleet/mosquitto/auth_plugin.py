@@ -17,8 +17,8 @@ option is repeated, one item a line). It enforces what Mosquitto's own files can
 from __future__ import annotations
 
 from iotfleet.device.contract import certificate_topic
-from iotfleet.health import health_identity_name
 from iotfleet.model import Broker, Fleet, Listener
+from iotfleet.model.own_identities import health_identity_name
 
 # Always counted as local; the broker's own bind addresses are added (the health check
 # connects to a listener's bind address when it has one).

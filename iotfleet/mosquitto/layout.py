@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from iotfleet.managed_file import Action, Holds, ManagedFile
+from iotfleet.mosquitto.managed_file import Action, Holds, ManagedFile
 
 CONFIG_DIR = "/etc/mosquitto"
 CONFIG = f"{CONFIG_DIR}/mosquitto.conf"

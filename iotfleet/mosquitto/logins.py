@@ -8,9 +8,8 @@ compare usernames, never hashes).
 
 from __future__ import annotations
 
-from iotfleet.health import health_identity_name
 from iotfleet.model import Fleet, Listener
-from iotfleet.probes import PROBE_PASSWORD_USERS
+from iotfleet.model.own_identities import PROBE_PASSWORD_USERS, health_identity_name
 
 
 def password_users(fleet: Fleet, broker_name: str, listener: Listener) -> set[str]:

@@ -29,7 +29,6 @@ from iotfleet.pki.spec import (
     REVOCATION_REASONS,
     IdentitySpec,
     PkiSettings,
-    default_state_dir,
 )
 from iotfleet.pki.store import NotIssuedError, PkiStore
 
@@ -51,7 +50,6 @@ __all__ = [
     "StateError",
     "StatusReport",
     "StatusRow",
-    "default_state_dir",
     "reconcile",
     "refresh_crl",
     "renew_intermediate",

@@ -17,7 +17,6 @@ from typing import Literal
 from cryptography import x509
 
 from iotfleet.model.fleet import PkiConfig
-from iotfleet.paths import fleet_dir
 from iotfleet.pki.errors import PkiInputError
 
 Kind = Literal["broker", "device", "client"]
@@ -110,19 +109,9 @@ class PkiSettings:
     # ``passphrase_file`` then only says where it is kept.
     passphrase_value: bytes | None = field(default=None, repr=False, compare=False)
 
-    @classmethod
-    def for_fleet(cls, fleet_name: str, **overrides: object) -> PkiSettings:
-        """Settings whose state dir is the fleet's default: ``fleet_dir(fleet_name)/pki``."""
-        return cls(state_dir=default_state_dir(fleet_name), **overrides)  # type: ignore[arg-type]
-
     def days_for(self, kind: str) -> int:
         """Validity of a new leaf certificate of this kind."""
         return {"broker": self.broker_days, "device": self.device_days}.get(kind, self.client_days)
-
-
-def default_state_dir(fleet_name: str) -> Path:
-    """The PKI state directory of a fleet (outside the git checkout)."""
-    return fleet_dir(fleet_name) / "pki"
 
 
 def validate_settings(settings: PkiSettings) -> None:

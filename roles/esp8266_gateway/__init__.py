@@ -13,8 +13,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt
 
-from iotfleet.context import FleetContext
 from iotfleet.flash.jobs import station_jobs
+from iotfleet.fleet.context import FleetContext
 from iotfleet.model import FlashStation
 from roles.esp8266_gateway.defaults import DEFAULTS
 from roles.esp8266_gateway.operations import flash_station_boards, relays_on_station

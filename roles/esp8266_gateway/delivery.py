@@ -11,8 +11,8 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.operations import python
 
-from iotfleet.cert_delivery import deliver_certificates, pending_deliveries
-from iotfleet.context import FleetContext
+from iotfleet.fleet.cert_delivery import deliver_certificates, pending_deliveries
+from iotfleet.fleet.context import FleetContext
 
 
 def _deliver(ctx: FleetContext, devices: list[str]) -> None:

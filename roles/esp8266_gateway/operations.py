@@ -10,9 +10,9 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 from rich.console import Console
 
-from iotfleet.context import FleetContext
 from iotfleet.flash import BoardResult, flash_station
 from iotfleet.flash.station_link import ParamikoStationLink, StationLink, is_device_path
+from iotfleet.fleet.context import FleetContext
 from iotfleet.model import FlashStation
 from iotfleet.model.build import LOCAL_STATION
 

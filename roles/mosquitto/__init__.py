@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
-from iotfleet.context import FleetContext
+from iotfleet.fleet.context import FleetContext
 from iotfleet.mosquitto import layout
 from roles.mosquitto.defaults import DEFAULTS
 from roles.mosquitto.operations import apply_files, install_packages

@@ -18,7 +18,7 @@ from pyinfra.api.output import format_text
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
-from iotfleet.managed_file import FileState, ManagedFile
+from iotfleet.mosquitto.managed_file import FileState, ManagedFile
 
 _LINE_DIGEST_CHARS = 12
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from iotfleet.managed_file import FileState
+from iotfleet.mosquitto.managed_file import FileState
 
 
 class ManagedFileStates(FactBase[dict[str, FileState]]):

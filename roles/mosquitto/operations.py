@@ -11,8 +11,8 @@ from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.facts.deb import DebPackages
 
-from iotfleet.managed_file import ManagedFile
 from iotfleet.mosquitto import layout
+from iotfleet.mosquitto.managed_file import ManagedFile
 from roles.mosquitto.diff import show_change
 from roles.mosquitto.facts import ManagedFileStates, ServiceActive
 

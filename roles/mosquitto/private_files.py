@@ -10,7 +10,7 @@ from typing import Any
 from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
-from iotfleet.managed_file import ManagedFile
+from iotfleet.mosquitto.managed_file import ManagedFile
 from roles.mosquitto.facts import ManagedFileStates
 
 

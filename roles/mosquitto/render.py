@@ -9,15 +9,15 @@ from typing import Any
 
 from pyinfra.api.util import get_template
 
-from iotfleet.context import FleetContext
-from iotfleet.credentials import health_password
-from iotfleet.health import health_identity_name, health_topic
-from iotfleet.managed_file import ManagedFile
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.credentials import health_password
 from iotfleet.model import Broker, Fleet, Listener
+from iotfleet.model.own_identities import health_identity_name, health_topic
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
 from iotfleet.mosquitto.auth_plugin import plugin_options
 from iotfleet.mosquitto.logins import password_users
+from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.mosquitto.passwd import derive_salt, render_password_file
 from roles.mosquitto.plugin_build import auth_plugin
 

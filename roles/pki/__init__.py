@@ -11,10 +11,10 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
-from iotfleet.context import FleetContext
-from iotfleet.health import health_identity_name
-from iotfleet.managed_file import ManagedFile
+from iotfleet.fleet.context import FleetContext
+from iotfleet.model.own_identities import health_identity_name
 from iotfleet.mosquitto import layout
+from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.pki import PkiStore
 
 

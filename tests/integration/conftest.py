@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from iotfleet.fleet.paths import fleet_dir
 from iotfleet.lab.state import lab_paths, load_state
-from iotfleet.paths import fleet_dir
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))

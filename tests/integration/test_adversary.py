@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import pytest
 
+from iotfleet.model.own_identities import PROBE_DEVICE, PROBE_PEER
 from iotfleet.mosquitto import layout
-from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
 from tests.integration.conftest import LabFactory
 from tests.integration.test_compliance import (
     Breakage,

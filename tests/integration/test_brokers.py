@@ -26,8 +26,8 @@ from iotfleet.check.mqtt_probe import (
     succeeded,
     try_connect,
 )
-from iotfleet.context import FleetContext
-from iotfleet.credentials import password_slot
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.credentials import password_slot
 from iotfleet.mosquitto import layout
 from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.broker_clients import MosquittoCli, identity_of, refused_identity, target

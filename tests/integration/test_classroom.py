@@ -25,10 +25,10 @@ from iotfleet.classroom.inventory import PASSWORD_PORT
 from iotfleet.classroom.run import class_context
 from iotfleet.classroom.spec import ClassSpec
 from iotfleet.classroom.store import class_dir, class_file, handouts_dir, load_class
-from iotfleet.context import FleetContext
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.paths import fleet_dir
 from iotfleet.gateway import read_bundle
 from iotfleet.lab.inventory import lab_inventory_groups
-from iotfleet.paths import fleet_dir
 from tests.integration.conftest import require_root
 from tests.support.rollout import run_iotfleet
 

@@ -28,10 +28,10 @@ from cryptography.x509.oid import NameOID
 
 from iotfleet.check.plan import load_plan
 from iotfleet.check.results import RunResults
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import foreign_canary_paths
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import foreign_canary_paths
+from iotfleet.model.own_identities import PROBE_DEVICE, PROBE_PEER
 from iotfleet.mosquitto import layout
-from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
 from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.lab_fleet import lab_environment
 from tests.support.mosquitto_edits import allow_tls_1_1

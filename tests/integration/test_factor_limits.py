@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import pytest
 
 from iotfleet.check.mqtt_probe import Identity, Target, session, try_connect
-from iotfleet.credentials import health_password
-from iotfleet.health import health_identity_name, health_topic
+from iotfleet.fleet.credentials import health_password
+from iotfleet.model.own_identities import health_identity_name, health_topic
 from iotfleet.model.settings import MosquittoSettings
 from iotfleet.mosquitto import layout
 from tests.integration.conftest import LabFactory

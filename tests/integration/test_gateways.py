@@ -18,9 +18,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, session, succeeded
-from iotfleet.context import FleetContext
 from iotfleet.device.contract import CA_FILE, CERT_FILE, CONFIG_FILE, KEY_FILE, WIFI_PASS_FILE
 from iotfleet.flash import FlashRegistry
+from iotfleet.fleet.context import FleetContext
 from iotfleet.gateway import GatewaySimulator, read_bundle, read_flash_files
 from iotfleet.lab.gateways import stats_file
 from tests.integration.conftest import LabFactory, LabHost, RunningLab

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotfleet.paths import fleet_dir
+from iotfleet.fleet.paths import fleet_dir
 from tests.integration.conftest import LabFactory
 from tests.support.rollout import run_pyinfra
 from tests.support.secret_scan import kept_secrets, leaks

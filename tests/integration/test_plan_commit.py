@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from iotfleet.check.mqtt_probe import try_connect
-from iotfleet.inventory import OVERRIDE_DATA_ENV
+from iotfleet.fleet.inventory import OVERRIDE_DATA_ENV
+from iotfleet.fleet.paths import fleet_dir
 from iotfleet.mosquitto import layout
-from iotfleet.paths import fleet_dir
 from iotfleet.pki import PkiStore
 from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.broker_clients import identity_of, target

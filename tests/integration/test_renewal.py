@@ -15,15 +15,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, session, succeeded, try_connect
-from iotfleet.context import FleetContext
 from iotfleet.device.contract import CERT_FILE, CertificateUpdate, certificate_topic
-from iotfleet.fleet_pki import reconcile_fleet
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle, read_flash_files
 from iotfleet.lab.gateways import stats_file
+from iotfleet.model.own_identities import DELIVERY_IDENTITY
 from iotfleet.pki import revoke
 from iotfleet.pki.delivery import read_ledger
 from iotfleet.pki.testing import make_foreign_ca_identity
-from iotfleet.probes import DELIVERY_IDENTITY
 from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.lab_fleet import lab_context, lab_environment

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iotfleet.check.mqtt_probe import Identity, Target
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import load_canary
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import load_canary
 from iotfleet.pki.testing import make_foreign_ca_identity
 
 

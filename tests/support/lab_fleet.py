@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from iotfleet.check.plan import read_inventory
-from iotfleet.context import FleetContext
+from iotfleet.fleet.context import FleetContext
 from iotfleet.model import build_fleet
 from tests.support.rollout import REPO
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from iotfleet.context import FleetContext
 from iotfleet.device import reference_firmware
 from iotfleet.emulator import BoardServer, Faults
 from iotfleet.flash import FlashOptions
-from iotfleet.fleet_pki import reconcile_fleet
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 
 PKI_PASSPHRASE = "unit-test-passphrase-0123"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from iotfleet.health import health_identity_name
 from iotfleet.model import InventoryError, RawHost, build_fleet
+from iotfleet.model.own_identities import (
+    DELIVERY_IDENTITY,
+    PROBE_DEVICE,
+    PROBE_DEVICES,
+    health_identity_name,
+)
 from iotfleet.mosquitto.acl import acl_rules, certificate_topics, render_acl
-from iotfleet.probes import DELIVERY_IDENTITY, PROBE_DEVICE, PROBE_DEVICES
 
 BROKER = "mqtt1.example.net"
 

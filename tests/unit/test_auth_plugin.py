@@ -19,8 +19,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotfleet.check.tls_context import client_context
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import reconcile_fleet
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 from iotfleet.mosquitto.passwd import derive_salt, render_password_file
 from roles.mosquitto.plugin_build import auth_plugin

@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from iotfleet.cert_delivery import deliver_certificates, gateway_statuses, pending_deliveries
 from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, Target, session, succeeded
-from iotfleet.context import FleetContext
 from iotfleet.device.contract import CERT_FILE, CertificateUpdate, certificate_topic
 from iotfleet.emulator import BoardServer
 from iotfleet.flash import FlashRegistry, flash_station
-from iotfleet.fleet_pki import reconcile_fleet
+from iotfleet.fleet.cert_delivery import deliver_certificates, gateway_statuses, pending_deliveries
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle, read_flash_files
+from iotfleet.model.own_identities import DELIVERY_IDENTITY
 from iotfleet.pki import revoke
 from iotfleet.pki.testing import make_foreign_ca_identity
-from iotfleet.probes import DELIVERY_IDENTITY
 from roles.mosquitto.render import service_files
 from roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto

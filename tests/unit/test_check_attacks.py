@@ -26,8 +26,8 @@ from iotfleet.check.factors import (
 )
 from iotfleet.check.identities import credentials
 from iotfleet.check.mqtt_probe import session
+from iotfleet.model.own_identities import PROBE_DEVICE, PROBE_PEER
 from iotfleet.mosquitto import layout
-from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
 from tests.unit.test_check_probes import BOTH, CERT, Local, local
 from tests.unit.test_check_probes import PASSWORD as PASSWORD_LISTENER
 

@@ -20,8 +20,8 @@ from iotfleet.check.runner import CheckRequest, pytest_argv, suite_dir
 from iotfleet.check.ssh import host_alias, ssh_config_text
 from iotfleet.check.suite import host_of_test, listener_applies
 from iotfleet.cli.check import cli
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import reconcile_fleet
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 from iotfleet.model.ssh import SshEndpoint, SshEndpointError, ssh_endpoint
 from iotfleet.report import history

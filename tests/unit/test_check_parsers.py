@@ -42,7 +42,7 @@ from iotfleet.check.host_facts import (
     parse_stat,
 )
 from iotfleet.check.mqtt_checks import Grants, topic_matches
-from iotfleet.context import FleetContext
+from iotfleet.fleet.context import FleetContext
 from iotfleet.model import Broker, Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl

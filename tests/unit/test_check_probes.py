@@ -36,12 +36,12 @@ from iotfleet.check.tls_scan import (
     scan_listeners,
     weaknesses,
 )
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import reconcile_fleet
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
+from iotfleet.model.own_identities import PROBE_DEVICE, PROBE_PEER
 from iotfleet.mosquitto import layout
 from iotfleet.pki.testing import make_foreign_ca_identity
-from iotfleet.probes import PROBE_DEVICE, PROBE_PEER
 from roles.mosquitto.render import BrokerConfig, service_files
 from roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto

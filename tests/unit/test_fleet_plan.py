@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import EXPIRED_CANARY, REVOKED_CANARY, load_canary, reconcile_fleet
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.paths import fleet_dir
+from iotfleet.fleet.pki import EXPIRED_CANARY, REVOKED_CANARY, load_canary, reconcile_fleet
+from iotfleet.fleet.secrets import SecretError, SecretStore
 from iotfleet.model import Fleet, RawHost, build_fleet
-from iotfleet.paths import fleet_dir
 from iotfleet.pki import PkiStore, ReconcileReport, StateError, fsio
-from iotfleet.secrets import SecretError, SecretStore
 
 FLEET = "planned"
 

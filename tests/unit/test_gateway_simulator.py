@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, Target, session, succeeded
 from iotfleet.cli.gateway import cli as gateway_cli
-from iotfleet.context import FleetContext
 from iotfleet.emulator import BoardServer
 from iotfleet.flash import flash_station
+from iotfleet.fleet.context import FleetContext
 from iotfleet.gateway import Backoff, GatewayError, GatewaySimulator, read_bundle
 from roles.mosquitto.render import service_files
 from roles.pki import broker_pki_files

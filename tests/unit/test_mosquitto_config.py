@@ -20,8 +20,8 @@ from iotfleet.check.mqtt_probe import (
     succeeded,
     try_connect,
 )
-from iotfleet.context import FleetContext
-from iotfleet.fleet_pki import EXPIRED_CANARY, REVOKED_CANARY, load_canary, reconcile_fleet
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.pki import EXPIRED_CANARY, REVOKED_CANARY, load_canary, reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 from iotfleet.pki.testing import make_foreign_ca_identity
 from roles.mosquitto.render import service_files

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from iotfleet.fleet.secrets import SecretError, SecretStore
 from iotfleet.model import SecretRef
-from iotfleet.secrets import SecretError, SecretStore
 
 
 def test_generated_secret_is_created_once_and_kept_private(tmp_path: Path) -> None:

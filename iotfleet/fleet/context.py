@@ -7,12 +7,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from iotfleet.credentials import mqtt_passwords
-from iotfleet.fleet_pki import pki_settings_for
+from iotfleet.fleet.credentials import mqtt_passwords
+from iotfleet.fleet.paths import fleet_dir
+from iotfleet.fleet.pki import pki_settings_for
+from iotfleet.fleet.secrets import SecretStore
 from iotfleet.model import Fleet
-from iotfleet.paths import fleet_dir
 from iotfleet.pki import PkiSettings, PkiStore, fsio
-from iotfleet.secrets import SecretStore
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from iotfleet.health import health_identity_name
+from iotfleet.fleet.secrets import SecretError, SecretStore
 from iotfleet.model import Fleet, InventoryError, Problem
-from iotfleet.probes import PROBE_PASSWORD_USERS
-from iotfleet.secrets import SecretError, SecretStore
+from iotfleet.model.own_identities import PROBE_PASSWORD_USERS, health_identity_name
 
 
 def password_slot(username: str) -> str:

@@ -26,13 +26,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from iotfleet.check.tls_context import client_context
-from iotfleet.context import FleetContext
 from iotfleet.device.contract import CertificateUpdate, GatewayStatus, certificate_topic
-from iotfleet.fleet_pki import broker_dns_names, broker_ip_addresses
+from iotfleet.fleet.context import FleetContext
 from iotfleet.model import Broker
+from iotfleet.model.addresses import broker_dns_names, broker_ip_addresses
+from iotfleet.model.own_identities import DELIVERY_IDENTITY
 from iotfleet.pki.delivery import Delivery, read_ledger, record_observations
 from iotfleet.pki.layout import serial_hex
-from iotfleet.probes import DELIVERY_IDENTITY
 
 _FIRST_FAILURE = 0x80
 

@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from iotfleet.atomic import write_file_atomically
-from iotfleet.health import health_identity_name
-from iotfleet.model import Broker, Fleet
-from iotfleet.model.names import is_dns_name
+from iotfleet.fleet.secrets import SecretStore
+from iotfleet.model import Fleet
+from iotfleet.model.addresses import broker_dns_names, broker_ip_addresses
+from iotfleet.model.own_identities import DELIVERY_IDENTITY, PROBE_DEVICES, health_identity_name
 from iotfleet.pki import IdentitySpec, PkiSettings, ReconcileReport, reconcile
 from iotfleet.pki.ca import CaCerts
 from iotfleet.pki.certs import Issuer
 from iotfleet.pki.testing import make_expired_identity_with, make_foreign_ca_identity
-from iotfleet.probes import DELIVERY_IDENTITY, PROBE_DEVICES
-from iotfleet.secrets import SecretStore
-
-
-def broker_dns_names(broker: Broker) -> list[str]:
-    """Names clients use for ``broker`` (certificate SAN DNS entries)."""
-    if broker.mosquitto.dns_names is not None:
-        return list(broker.mosquitto.dns_names)
-    return [broker.name.lower()] if is_dns_name(broker.name) else []
-
-
-def broker_ip_addresses(broker: Broker) -> list[str]:
-    """Addresses clients use for ``broker`` (certificate SAN IP entries)."""
-    if broker.mosquitto.ip_addresses is not None:
-        return list(broker.mosquitto.ip_addresses)
-    try:
-        return [str(ipaddress.ip_address(broker.ssh_hostname))]
-    except ValueError:
-        return []
 
 
 def fleet_identities(fleet: Fleet) -> list[IdentitySpec]:

@@ -18,13 +18,10 @@ from pydantic import SecretStr
 
 from iotfleet.atomic import write_new_file
 from iotfleet.model import SecretRef
+from iotfleet.model.secretref import SecretError as SecretError  # raised by the store
 from iotfleet.pki import fsio
 
 GENERATED_BYTES = 24  # 32 URL-safe characters
-
-
-class SecretError(ValueError):
-    """A secret could not be read; the message names where and which key, never the value."""
 
 
 class SecretStore:
