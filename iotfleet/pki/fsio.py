@@ -47,6 +47,7 @@ class Stage:
         self._guards: dict[Path, str | None] = {}
         self.lock_path: Path | None = None  # held (exclusive) during the commit
         self.committed = False
+        self._failure: Exception | None = None
 
     def guard(self, path: Path) -> None:
         """Remember ``path`` as read now; the commit refuses if it changed by then."""
@@ -97,6 +98,8 @@ class Stage:
         global _ACTIVE
         if self.committed:
             return
+        if self._failure is not None:
+            raise self._failure  # one attempt only: a half-done replay is not replayed again
         previous, _ACTIVE = _ACTIVE, None
         try:
             if self.lock_path is None:
@@ -105,6 +108,9 @@ class Stage:
                 ensure_dir(self.lock_path.parent)
                 with state_lock(self.lock_path):
                     self._replay()
+        except Exception as exc:
+            self._failure = exc
+            raise
         finally:
             _ACTIVE = previous if previous is not self else None
 
