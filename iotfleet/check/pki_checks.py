@@ -81,7 +81,9 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
         return None
 
 
-def crl_problems(host: str, fleet_crl_pem: bytes, on_host: bytes | None) -> list[str]:
+def crl_problems(
+    host: str, fleet_crl_pem: bytes, on_host: bytes | None, now: datetime | None = None
+) -> list[str]:
     """The CRL on the host is the fleet's current one (every revocation is known)."""
     if on_host is None:
         return [f"{layout.CRL} is missing on {host}: revoked certificates are accepted"]
@@ -90,7 +92,7 @@ def crl_problems(host: str, fleet_crl_pem: bytes, on_host: bytes | None) -> list
     except ValueError:
         return [f"{layout.CRL} on {host} is not a PEM CRL"]
     fleet_crl = x509.load_pem_x509_crl(fleet_crl_pem)
-    if fleet_crl.last_update_utc > datetime.now(UTC):
+    if fleet_crl.last_update_utc > (now or datetime.now(UTC)):
         return [
             f"the fleet's CRL on the control machine is dated in the future (thisUpdate "
             f"{fleet_crl.last_update_utc:%Y-%m-%d %H:%M} UTC): signed while its clock ran ahead, "

@@ -215,6 +215,8 @@ def _flash_one(
             except Exception as exc:
                 result = _with_message(result, f"{result.message}; registry not updated: {exc}")
         log.line(f"=== {result.status}: {result.message}")
+        if log.problem:
+            result = _with_message(result, f"{result.message}; {log.problem}")
     tracker.finish(result.status if result.ok else f"{result.status}: {result.message}", result.ok)
     return result
 

@@ -138,7 +138,15 @@ def state_lock(lock_path: Path, *, shared: bool = False, timeout: float = 600.0)
             yield
             return
     else:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, KEY_MODE)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, KEY_MODE)
+        except OSError as exc:
+            raise StateWriteError(
+                lock_path,
+                exc,
+                "the PKI was not locked, so nothing of it was "
+                "changed; fix permissions (or free space) and run again",
+            ) from None
     operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         deadline = time.monotonic() + timeout
