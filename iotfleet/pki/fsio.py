@@ -33,8 +33,15 @@ NOT_COMMITTED = (
 
 
 def ensure_dir(path: Path) -> None:
-    """Create ``path`` (and parents) with mode 0700 when missing."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    """Create ``path`` (and parents) with mode 0700 when missing.
+
+    Raises:
+        StateWriteError: it could not be created (naming it).
+    """
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateWriteError(path, exc, NOT_COMMITTED) from None
 
 
 def fsync_dir(path: Path) -> None:

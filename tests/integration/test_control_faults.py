@@ -105,6 +105,9 @@ def test_pki_in_a_read_only_dir_names_the_file(small_fs: Path) -> None:
     try:
         with pytest.raises(StateWriteError, match=r"cannot write .*: Read-only file system; "):
             reconcile(settings_for(state), (*FLEET, NEWCOMER))
+        fresh = small_fs / "new-pki"
+        with pytest.raises(StateWriteError, match=rf"cannot write {fresh}: Read-only file system"):
+            reconcile(settings_for(fresh), FLEET)
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
     assert snapshot(state) == before
