@@ -21,6 +21,7 @@ from pyinfra import host
 from pyinfra import inventory as current_inventory
 from pyinfra.operations import python
 
+from iotfleet.atomic import WriteError
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.inventory import raw_hosts
 from iotfleet.fleet.pki import reconcile_fleet
@@ -73,7 +74,7 @@ def fleet_plan() -> FleetPlan:
         ctx = FleetContext.for_fleet(fleet, stage=stage)
         with fsio.staged(stage):
             report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
-    except (InventoryError, SecretError) as exc:
+    except (InventoryError, SecretError, WriteError) as exc:
         raise SystemExit(f"iotfleet: {exc}") from None
     except PkiError as exc:
         raise SystemExit(f"iotfleet: PKI: {exc}") from None
@@ -93,7 +94,7 @@ def _commit(plan: FleetPlan) -> None:
     with _commit_lock:
         try:
             plan.stage.commit()
-        except PkiError as exc:
+        except (PkiError, WriteError) as exc:
             raise RuntimeError(f"PKI of fleet {plan.ctx.fleet.name}: {exc}") from None
 
 

@@ -13,6 +13,7 @@ packages=(
   prometheus-node-exporter                           # serves the --prometheus textfile in tests (never started as a service)
   prometheus                                         # promtool: checks and tests the alert rules in files/prometheus/
   gcc libmosquitto-dev mosquitto-dev libssl-dev      # build iotfleet's Mosquitto plugin
+  faketime                                           # tests: a rollout under a clock that runs ahead
   python3-venv
 )
 

@@ -81,7 +81,9 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
         return None
 
 
-def crl_problems(host: str, fleet_crl_pem: bytes, on_host: bytes | None) -> list[str]:
+def crl_problems(
+    host: str, fleet_crl_pem: bytes, on_host: bytes | None, now: datetime | None = None
+) -> list[str]:
     """The CRL on the host is the fleet's current one (every revocation is known)."""
     if on_host is None:
         return [f"{layout.CRL} is missing on {host}: revoked certificates are accepted"]
@@ -90,6 +92,13 @@ def crl_problems(host: str, fleet_crl_pem: bytes, on_host: bytes | None) -> list
     except ValueError:
         return [f"{layout.CRL} on {host} is not a PEM CRL"]
     fleet_crl = x509.load_pem_x509_crl(fleet_crl_pem)
+    if fleet_crl.last_update_utc > (now or datetime.now(UTC)):
+        return [
+            f"the fleet's CRL on the control machine is dated in the future (thisUpdate "
+            f"{fleet_crl.last_update_utc:%Y-%m-%d %H:%M} UTC): signed while its clock ran ahead, "
+            f"rollouts refuse to sign; {host} cannot be given a current CRL until it is re-signed"
+            " (`iotfleet pki refresh-crl --force -i INVENTORY` with the clock right)"
+        ]
     if host_crl == fleet_crl:
         return []
     fleet_revoked = {r.serial_number for r in fleet_crl}
@@ -154,10 +163,18 @@ def crl_update_problems(
         crl = x509.load_pem_x509_crl(on_host)
     except ValueError:
         return [f"{layout.CRL} on {host} is not a PEM CRL"]
+    moment = now or datetime.now(UTC)
+    if crl.last_update_utc > moment:
+        return [
+            f"the CRL on {host} is dated in the future (thisUpdate "
+            f"{crl.last_update_utc:%Y-%m-%d %H:%M} UTC): it was signed while the control "
+            "machine's clock ran ahead, and the broker refuses every client certificate until "
+            "then; set the clock right and run `iotfleet pki refresh-crl --force -i INVENTORY`"
+        ]
     next_update = crl.next_update_utc
     if next_update is None:
         return [f"the CRL on {host} has no nextUpdate"]
-    left = next_update - (now or datetime.now(UTC))
+    left = next_update - moment
     if left >= timedelta(hours=margin_hours):
         return []
     hours = left.total_seconds() / 3600

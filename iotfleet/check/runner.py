@@ -170,9 +170,15 @@ def run_check(request: CheckRequest, console: Console) -> int:
             f"fleet {plan.fleet.name} has no PKI yet: run a rollout first (pyinfra "
             f"{request.inventory} deploy.py). {exc}",
         )
-    request.reports.mkdir(parents=True, exist_ok=True)
-    for name in (RESULTS, JUNIT, HTML):
-        (request.reports / name).unlink(missing_ok=True)
+    log = request.reports / LOG
+    try:
+        request.reports.mkdir(parents=True, exist_ok=True)
+        for name in (RESULTS, JUNIT, HTML):
+            (request.reports / name).unlink(missing_ok=True)
+        out = log.open("w")
+    except OSError as exc:
+        where = exc.filename or request.reports
+        return _error(console, f"cannot write {where}: {exc.strerror}; no check was run")
     workers = worker_count(plan, request.parallel)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="iotfleet-check-") as private:
@@ -181,8 +187,7 @@ def run_check(request: CheckRequest, console: Console) -> int:
         dump.write_text(
             json.dumps([{"name": h.name, "groups": h.groups, "data": h.data} for h in hosts])
         )
-        log = request.reports / LOG
-        with log.open("w") as out:
+        with out:
             what = f"Checking {len(plan.brokers)} broker(s) with {workers} worker(s)"
             with console.status(what):
                 result = subprocess.run(
@@ -212,7 +217,8 @@ def run_check(request: CheckRequest, console: Console) -> int:
         report: Path | None = publish(run, request)
     except (OSError, ValueError, jinja2.TemplateError) as exc:
         # The verdict is printed whatever happens to the page; the run still fails.
-        report, problem = None, f"{type(exc).__name__}: {exc}"
+        problem = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        report = None
     written = [p for p in (report, results_file, request.reports / JUNIT, log) if p]
     render_summary(run, console, reports=written)
     if report is None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 
 import click
 
 from iotfleet import __version__
+from iotfleet.atomic import WriteError
 
 # group name -> module exposing a click object named ``cli``
 _GROUPS: dict[str, str] = {
@@ -46,4 +48,9 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except WriteError as exc:
+        # A full disk or a permission: one line naming the file and what was not done.
+        click.echo(f"iotfleet: {exc}", err=True)
+        sys.exit(2)

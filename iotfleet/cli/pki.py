@@ -96,11 +96,11 @@ def cli() -> None:
 _KIND_LABEL = {"root-ca": "root CA", "intermediate-ca": "intermediate", "root-crl": "root CRL",
                "crl": "CRL"}
 _STYLE = {"ok": "green", "retiring": "cyan", "renew": "yellow", "expired": "bold red",
-          "stale": "bold red", "missing": "bold red"}
+          "stale": "bold red", "missing": "bold red", "future": "bold red"}
 
 
 def _row_cells(row: StatusRow) -> list[str]:
-    style = _STYLE.get(row.state, "")
+    style = _STYLE.get(row.state, "default")
     days = "-" if row.days_left is None else str(row.days_left)
     return [
         _KIND_LABEL.get(row.kind, row.kind), row.name, row.serial[:12],

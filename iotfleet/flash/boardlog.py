@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -18,17 +19,33 @@ def board_log_path(log_dir: Path, station: str, device_id: str) -> Path:
 
 
 class BoardLog:
-    """Appends timestamped lines to one board's log (0600; the directory 0700)."""
+    """Appends timestamped lines to one board's log (0600; the directory 0700).
+
+    A log that cannot be written (disk full, permission) never stops the flash: logging stops
+    and ``problem`` says why, in one line naming the file.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.problem: str | None = None
         self._partial = ""
         self._lock = threading.Lock()
         self._handle = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._handle = os.fdopen(fd, "a", encoding="utf-8")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            except OSError as exc:
+                self._failed(exc)
+            else:
+                self._handle = os.fdopen(fd, "a", encoding="utf-8")
+
+    def _failed(self, exc: OSError) -> None:
+        self.problem = f"cannot write {self.path}: {exc.strerror}; this board's log is incomplete"
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):  # its buffer is what could not be written
+                handle.close()
 
     def line(self, text: str) -> None:
         """One line of iotfleet's own."""
@@ -42,17 +59,24 @@ class BoardLog:
             pending = self._partial + text
             *lines, self._partial = pending.split("\n")
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-            for line in lines:
-                if line.strip():
-                    self._handle.write(f"{stamp} {line.rstrip()}\n")
-            self._handle.flush()
+            try:
+                for line in lines:
+                    if line.strip():
+                        self._handle.write(f"{stamp} {line.rstrip()}\n")
+                self._handle.flush()
+            except OSError as exc:
+                self._failed(exc)
 
     def close(self) -> None:
         if self._handle is not None:
             if self._partial.strip():
                 self.write("\n")
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                try:
+                    handle.close()
+                except OSError as exc:
+                    self._failed(exc)
 
     def __enter__(self) -> BoardLog:
         return self

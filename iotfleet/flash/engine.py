@@ -150,9 +150,9 @@ def flash_station(
 
     Settings default to the station's ``espgw_*`` keys (``parallel``, ``reenroll``, ``baud``);
     the registry is the fleet's (``ctx.registry_path``), logs go under the fleet's state
-    directory (``flash-logs/<station>/<device>.log``). Boards whose inputs are bad are recorded
-    as failed and reported with the others. Boards on a remote station's device paths need
-    ``link``, the SSH connection to that station.
+    directory (``flash-logs/<station>/<device>.log``). Boards whose inputs are bad are reported
+    as failed with the others (never recorded: nothing was observed on them). Boards on a
+    remote station's device paths need ``link``, the SSH connection to that station.
     """
     if isinstance(station, str):
         station = next(s for s in ctx.fleet.stations if s.name == station)
@@ -161,9 +161,6 @@ def flash_station(
     registry = FlashRegistry(ctx.registry_path)
     try:
         jobs, failures = station_jobs(ctx, station, base_dir=base_dir)
-        if not dry_run:
-            for failure in failures:
-                registry.record(_record_of(failure, None))
         results = flash_boards(
             jobs,
             registry,
@@ -208,12 +205,18 @@ def _flash_one(
         except Exception as exc:  # an engine bug must not take the other boards down
             outcome.fail(f"unexpected error: {type(exc).__name__}: {exc}", "failed")
         result = outcome.result(job, time.monotonic() - started, path)
-        if not dry_run:
+        if not outcome.observed:
+            log.line("registry left as it was: the board was not reached")
+        elif dry_run:
+            result = replace(result, registry_stale=_stale(registry, result, job))
+        else:
             try:
                 registry.record(_record_of(result, job), enroll=outcome.enroll)
             except Exception as exc:
                 result = _with_message(result, f"{result.message}; registry not updated: {exc}")
         log.line(f"=== {result.status}: {result.message}")
+        if log.problem:
+            result = _with_message(result, f"{result.message}; {log.problem}")
     tracker.finish(result.status if result.ok else f"{result.status}: {result.message}", result.ok)
     return result
 
@@ -230,12 +233,19 @@ class _Outcome:
         self.written: list[str] = []
         self.bytes_written = 0
         self.bytes_sent = 0
+        # Something was learnt about the board itself: its flash was compared (and maybe
+        # written), or it was found to be another board or chip. Only then is it recorded:
+        # a run that never reached the board (bad inputs, a busy port, no answer) must not
+        # overwrite what the registry truthfully knows.
+        self.observed = False
 
     def fail(self, message: str, kind: FailureKind) -> None:
         self.status = "refused" if kind == "refused" else "failed"
         self.message = message
         self.kind = kind
         self.enroll = False
+        if kind in ("refused", "chip"):
+            self.observed = True
 
     def result(self, job: FlashJob, duration: float, log_path: Path | None) -> BoardResult:
         message = self.message
@@ -291,6 +301,7 @@ def _run(
             _check_fits(job, session.flash_size)
             tracker.stage("comparing")
             todo = [r for r in job.regions if session.md5(r.offset, len(r.data)) != r.md5]
+            outcome.observed = True
             for region in job.regions:
                 state = "differs" if region in todo else "matches, skipped"
                 log.line(
@@ -411,6 +422,24 @@ def _record_of(result: BoardResult, job: FlashJob | None) -> FlashRecord:
         bytes_written=result.bytes_written,
         duration=round(result.duration, 3),
         message=result.message,
+    )
+
+
+_SAME_BOARD_FIELDS = ("station", "port", "mac", "firmware_sha256", "image_sha256", "layout")
+
+
+def _stale(registry: FlashRegistry, result: BoardResult, job: FlashJob) -> bool:
+    """Whether a planning pass saw the board in a state its registry entry does not say (a
+    board found unchanged whose last entry is a failure, or another image): the run that
+    executes then records what it reads."""
+    if result.status != "unchanged":
+        return False
+    last = registry.latest(job.device_id)
+    seen = _record_of(result, job)
+    return (
+        last is None
+        or not last.provisioned
+        or any(getattr(last, name) != getattr(seen, name) for name in _SAME_BOARD_FIELDS)
     )
 
 

@@ -90,6 +90,8 @@ class BoardResult:
     bytes_sent: int = 0  # bytes sent over the port (compressed)
     duration: float = 0.0
     log_path: Path | None = None
+    # Planning passes (dry runs) only: the board matches, but its registry entry says otherwise.
+    registry_stale: bool = False
 
     @property
     def ok(self) -> bool:

@@ -2,10 +2,15 @@
 
 One SQLite file per fleet, under the fleet's state directory (never in the checkout), 0600.
 It also holds the MAC each device is enrolled with: the hardware its identity is bound to.
+Only what was observed on a board is recorded (see ``iotfleet.flash.engine``).
+
+The database uses a rollback journal, not WAL: a reader then needs no new file and no space,
+so a full disk makes a flash go unrecorded (one clear error) but never the registry unreadable.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+from iotfleet.atomic import WriteError
 
 Result = Literal["flashed", "unchanged", "failed", "refused"]
 
@@ -95,19 +102,21 @@ class FlashRegistry:
                 self._conn = None
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """The connection, one transaction per block (threads share it under a lock)."""
+    def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, one transaction per block (threads share it under a lock); reads
+        take no write lock."""
         with self._lock:
             if self._conn is None:
                 self._conn = _open(self.path)
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite ends it itself on some errors (disk full)
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     # -- enrollment ----------------------------------------------------------------------------
 
@@ -137,8 +146,24 @@ class FlashRegistry:
 
     def record(self, entry: FlashRecord, *, enroll: bool = False) -> None:
         """Append ``entry``; with ``enroll``, bind its device to its MAC in the same transaction
-        (a MAC enrolled for another device moves: re-enrollment was asked for)."""
-        with self._db() as db:
+        (a MAC enrolled for another device moves: re-enrollment was asked for).
+
+        Raises:
+            WriteError: the registry could not be written (disk full, permission denied,
+                read-only): one line naming it; the registry is as it was.
+        """
+        try:
+            self._record(entry, enroll)
+        except sqlite3.Error as exc:
+            raise _write_error(
+                self.path,
+                exc,
+                f"the outcome for {entry.device_id} on "
+                f"{entry.port} ({entry.result}) is not recorded",
+            ) from None
+
+    def _record(self, entry: FlashRecord, enroll: bool) -> None:
+        with self._db(write=True) as db:
             values = [getattr(entry, name) for name in _COLUMNS]
             values[0] = entry.at.isoformat()
             values[10] = int(entry.provisioned)
@@ -184,14 +209,36 @@ class FlashRegistry:
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
-        # Create it 0600 ourselves: sqlite would follow the umask.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    created = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            # Create it 0600 ourselves: sqlite would follow the umask.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            created = True
+    except FileExistsError:
+        pass  # a concurrent run created it
+    except OSError as exc:
+        raise WriteError(path, exc, "the flash registry was not created") from None
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.executescript(_SCHEMA)
+    try:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "delete":
+            # Earlier versions used WAL, whose readers need space for -wal/-shm files.
+            conn.execute("PRAGMA journal_mode=DELETE")
+        conn.executescript(_SCHEMA)
+    except sqlite3.Error as exc:
+        conn.close()
+        if created:
+            path.unlink(missing_ok=True)  # no empty registry left behind
+        raise _write_error(path, exc, "the flash registry was not opened") from None
     return conn
+
+
+def _write_error(path: Path, exc: sqlite3.Error, not_done: str) -> WriteError:
+    full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    cause = OSError(errno.ENOSPC if full else errno.EIO, str(exc))
+    return WriteError(path, cause, not_done)
 
 
 def _enrollment(row: tuple[str, str, str, str, str]) -> Enrollment:

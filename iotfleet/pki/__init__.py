@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from iotfleet.pki.errors import (
     CaExpiredError,
+    ClockBehindError,
     IndexCorruptError,
     PassphraseError,
     PkiError,
     PkiInputError,
     RootKeyOfflineError,
     StateError,
+    StateWriteError,
 )
 from iotfleet.pki.health import StatusReport, StatusRow, status
 from iotfleet.pki.index import IndexRecord
@@ -36,6 +38,7 @@ __all__ = [
     "NAME_RULE",
     "REVOCATION_REASONS",
     "CaExpiredError",
+    "ClockBehindError",
     "IdentitySpec",
     "IndexCorruptError",
     "IndexRecord",
@@ -48,6 +51,7 @@ __all__ = [
     "ReconcileReport",
     "RootKeyOfflineError",
     "StateError",
+    "StateWriteError",
     "StatusReport",
     "StatusRow",
     "reconcile",

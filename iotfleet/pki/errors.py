@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+from iotfleet.atomic import WriteError
 
 
 class PkiError(Exception):
@@ -31,9 +34,25 @@ class CaExpiredError(PkiError):
     """The root or the issuing intermediate has expired; a person must act before issuing."""
 
 
+class ClockBehindError(PkiError):
+    """The clock is behind material the PKI signed (a CRL's thisUpdate, a notBefore): signing
+    now would date it before what brokers already hold."""
+
+
 class RootKeyOfflineError(PkiError):
     """An operation needs the root key (renewing the intermediate) but ca/root.key is not there."""
 
 
 class StateError(PkiError):
     """The state dir is in a shape the engine refuses to touch (e.g. a key without its cert)."""
+
+
+class StateWriteError(StateError, WriteError):
+    """Writing the state dir failed (disk full, permission denied): one line naming the file and
+    what was not done. The temp file is gone; what an interrupted run left, the next removes."""
+
+    def __init__(self, path: Path, cause: OSError, not_done: str) -> None:
+        WriteError.__init__(self, path, cause, not_done)
+
+    def __str__(self) -> str:
+        return WriteError.__str__(self)

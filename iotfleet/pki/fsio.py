@@ -23,12 +23,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from iotfleet.pki.errors import StateError
+from iotfleet.pki.errors import StateError, StateWriteError
 
 DIR_MODE = 0o700
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
 _TMP_PREFIX = ".tmp-"
+# What a failed write leaves undone, unless the caller knows better (see save_index).
+NOT_COMMITTED = (
+    "this run stopped before its commit (index.json): nothing of it is issued, "
+    "revoked or re-signed; free space or fix permissions and run again"
+)
 
 
 class Stage:
@@ -160,12 +165,19 @@ def read_bytes(path: Path) -> bytes:
 
 
 def ensure_dir(path: Path) -> None:
-    """Create ``path`` (and parents) with mode 0700 when missing."""
+    """Create ``path`` (and parents) with mode 0700 when missing.
+
+    Raises:
+        StateWriteError: it could not be created (naming it).
+    """
     if _ACTIVE is not None:
         if not path.is_dir():
             _ACTIVE.record(lambda: ensure_dir(path))
         return
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateWriteError(path, exc, NOT_COMMITTED) from None
 
 
 def rename_tree(source: Path, target: Path) -> None:
@@ -205,47 +217,71 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
+def atomic_write(
+    path: Path, data: bytes, mode: int = PUBLIC_MODE, *, not_done: str = NOT_COMMITTED
+) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    Raises:
+        StateWriteError: naming ``path`` and ``not_done``; ``path`` is as it was, no temp file.
+    """
     if _ACTIVE is not None:
-        _ACTIVE.record(lambda: atomic_write(path, data, mode), path=path, data=data)
+        _ACTIVE.record(lambda: atomic_write(path, data, mode, not_done=not_done), path=path,
+                       data=data)
         return
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+        tmp = _durable_temp(path, data, mode)
+        try:
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise StateWriteError(path, exc, not_done) from None
 
 
-def create_exclusive_durable(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` complete or not at all, never replacing an existing file (CA keys)."""
+def create_exclusive_durable(
+    path: Path, data: bytes, mode: int, *, not_done: str = NOT_COMMITTED
+) -> None:
+    """Create ``path`` complete or not at all, never replacing an existing file (CA keys).
+
+    Raises:
+        StateError: ``path`` exists. StateWriteError: the write failed (nothing was created).
+    """
     if _ACTIVE is not None:
         if _ACTIVE.exists(path):
             raise StateError(f"{path} already exists: refusing to overwrite it")
-        _ACTIVE.record(lambda: create_exclusive_durable(path, data, mode), path=path, data=data)
+        _ACTIVE.record(lambda: create_exclusive_durable(path, data, mode, not_done=not_done),
+                       path=path, data=data)
         return
+    try:
+        tmp = _durable_temp(path, data, mode)
+        try:
+            os.link(tmp, path)  # link() fails with EEXIST instead of replacing, unlike rename()
+        except FileExistsError:
+            raise StateError(f"{path} already exists: refusing to overwrite it") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise StateWriteError(path, exc, not_done) from None
+
+
+def _durable_temp(path: Path, data: bytes, mode: int) -> Path:
+    """``data`` under a temp name beside ``path``, synced; removed again if anything fails."""
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # link() fails with EEXIST instead of replacing, unlike rename()
-    except FileExistsError:
-        raise StateError(f"{path} already exists: refusing to overwrite it") from None
-    finally:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+        raise
+    return tmp
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -288,7 +324,15 @@ def state_lock(lock_path: Path, *, shared: bool = False, timeout: float = 600.0)
             yield
             return
     else:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, KEY_MODE)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, KEY_MODE)
+        except OSError as exc:
+            raise StateWriteError(
+                lock_path,
+                exc,
+                "the PKI was not locked, so nothing of it was "
+                "changed; fix permissions (or free space) and run again",
+            ) from None
     operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         deadline = time.monotonic() + timeout

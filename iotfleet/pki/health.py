@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from iotfleet.pki.clock import future_dated
 from iotfleet.pki.delivery import Delivery, load_ledger
 from iotfleet.pki.reconciler import utc_now, within
 from iotfleet.pki.spec import PkiSettings
@@ -21,6 +22,8 @@ EXPIRED = "expired"  # certificate past notAfter
 STALE = "stale"      # CRL past nextUpdate, or not the one the index recorded
 MISSING = "missing"
 RETIRING = "retiring"  # renewed on the same key; kept valid until its successor is in use
+FUTURE = "future"  # dated after the clock (thisUpdate, notBefore): signed by a clock ahead
+_FUTURE_NOTE = "dated later than this clock: brokers refuse it until then (see docs/pki.md)"
 _FINE = (OK, RETIRING)
 
 
@@ -98,6 +101,7 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         state = load_state(layout)
         ledger = load_ledger(layout)
     rows: list[StatusRow] = []
+    ahead = {item.what for item in future_dated(state, moment)}
     ca = state.ca
     if ca is None:
         rows.append(StatusRow("root-ca", settings.ca_name, "", None, None, MISSING,
@@ -129,6 +133,9 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         crl_state = _crl_state(info.next_update, moment, window, matches)
         if kind == "crl" and matches and crl_state != OK:
             note = "run `iotfleet pki refresh-crl` (is the CRL timer running?)"
+        path = layout.crl if kind == "crl" else layout.root_crl
+        if matches and f"{path.name} (thisUpdate)" in ahead:
+            crl_state, note = FUTURE, f"thisUpdate {_FUTURE_NOTE}"
         rows.append(StatusRow(
             kind, f"CRL number {info.number}", "", info.next_update,
             _days_left(info.next_update, moment), crl_state,
@@ -136,6 +143,13 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         ))
     for record in index.records:
         if record.status == "revoked":
+            continue
+        if f"the certificate of {record.name} (notBefore)" in ahead:
+            rows.append(StatusRow(
+                record.kind, record.name, record.serial_hex, record.not_after,
+                _days_left(record.not_after, moment), FUTURE,
+                f"notBefore {record.not_before:%Y-%m-%d %H:%M}: {_FUTURE_NOTE}",
+            ))
             continue
         delivered = in_use = ""
         seen = ledger.get(record.name, Delivery())

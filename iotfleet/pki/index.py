@@ -5,8 +5,10 @@ Two files, written together, never read by a person's edits:
   its canonical form, plus a digest over all records, so a record edited, added, removed or
   reordered by hand (or by a disk) is detected and named;
 - index.txt (for people, like easy-rsa's): status, not after, revoked at, reason, serial, kind,
-  subject. It is a rendering of index.json; if it differs, someone edited it expecting an effect
-  (easy-rsa habit) and we say which line, instead of silently ignoring the edit.
+  subject. It is a rendering of index.json and names the digest of the index.json it renders.
+  If it renders an earlier index.json (a crash between the two writes), it is regenerated; if
+  it differs otherwise, someone edited it expecting an effect (easy-rsa habit) and we say which
+  line, instead of silently ignoring the edit.
 
 The digests detect accidents and well-meant edits, not an attacker who can write the state
 dir: such an attacker can already take the CA keys' ciphertext and the leaf keys.
@@ -39,6 +41,7 @@ _TXT_HEADER = (
     " `iotfleet pki revoke NAME --reason R`.\n"
     "# status\tnot_after\trevoked_at\treason\tserial\tkind\tsubject\n"
 )
+_TXT_SOURCE = "# rendering of index.json digest "
 
 
 @functools.lru_cache(maxsize=4096)  # a batch shares a handful of timestamps
@@ -229,9 +232,17 @@ class Index:
         ]
         return "".join(parts).encode()
 
+    def digest(self) -> str:
+        """The digest index.json carries over the CRL entries and every record."""
+        return _top_digest(_canonical(_crl_dict(self.crl)), _canonical(_crl_dict(self.root_crl)),
+                           (_digest(_canonical(_record_dict(r))) for r in self.records))
+
     def to_txt(self) -> bytes:
-        """index.txt for people."""
-        out = [_TXT_HEADER]
+        """index.txt for people, naming the index.json it renders."""
+        return self._txt(f"{_TXT_SOURCE}{self.digest()}\n")
+
+    def _txt(self, source: str) -> bytes:
+        out = [_TXT_HEADER, source]
         for r in self.records:
             out.append("\t".join((
                 {"valid": "V", "retiring": "V"}.get(r.status, "R"),
@@ -359,8 +370,18 @@ def _first_record_line(text: str) -> int:
     return text.count("\n", 0, marker) + 2 if marker >= 0 else 0
 
 
+def txt_is_current(layout: StateLayout, index: Index) -> bool:
+    """Whether index.txt is the rendering of ``index`` (False: missing, or left by a crash
+    between the writes of index.json and index.txt, or by an older iotfleet: regenerate it)."""
+    try:
+        return layout.index_txt.read_bytes() == index.to_txt()
+    except FileNotFoundError:
+        return False
+
+
 def _check_txt(layout: StateLayout, index: Index, read: Callable[[Path], bytes]) -> None:
-    """index.txt must be exactly what index.json renders to (missing is fine: it is regenerated)."""
+    """index.txt must be what index.json renders to, unless it renders an earlier index.json
+    (missing or stale is fine: it is regenerated). Anything else is an edit by hand."""
     try:
         actual = read(layout.index_txt)
     except FileNotFoundError:
@@ -368,6 +389,12 @@ def _check_txt(layout: StateLayout, index: Index, read: Callable[[Path], bytes])
     expected = index.to_txt()
     if actual == expected:
         return
+    source = next((line for line in actual.decode(errors="replace").splitlines()
+                   if line.startswith(_TXT_SOURCE)), None)
+    if source is not None and source != f"{_TXT_SOURCE}{index.digest()}":
+        return  # the rendering of an earlier index.json: a crash between the two writes
+    if source is None and actual == index._txt(""):
+        return  # written by an iotfleet that did not name its source yet
     actual_lines = actual.decode(errors="replace").splitlines()
     expected_lines = expected.decode().splitlines()
     number = next(
@@ -378,6 +405,5 @@ def _check_txt(layout: StateLayout, index: Index, read: Callable[[Path], bytes])
     raise IndexCorruptError(
         f"{layout.index_txt} line {number} differs from index.json: edited by hand? index.txt is "
         "a read-only view and editing it changes nothing. Revoke with `iotfleet pki revoke NAME "
-        "--reason R`; if you did not edit it (e.g. a crash while writing), delete index.txt and "
-        "the next run regenerates it."
+        "--reason R`; if you did not edit it, delete index.txt and the next run regenerates it."
     )

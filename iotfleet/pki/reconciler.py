@@ -33,6 +33,7 @@ from iotfleet.pki.ca import (
     write_new_ca,
 )
 from iotfleet.pki.certs import BACKDATE, Issuer
+from iotfleet.pki.clock import refuse_future_dated
 from iotfleet.pki.delivery import Delivery, load_ledger
 from iotfleet.pki.index import Index
 from iotfleet.pki.issue import IssueJob, new_pack_name, sign_batch, write_pack
@@ -165,8 +166,8 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
             kept outside the index, such as an expired canary).
 
     Raises:
-        PkiInputError, PassphraseError, IndexCorruptError, CaExpiredError, StateError: before
-        anything is written.
+        PkiInputError, PassphraseError, IndexCorruptError, CaExpiredError, ClockBehindError,
+        StateError: before anything is written.
     """
     moment = utc_now(now)
     validate_settings(settings)
@@ -176,6 +177,7 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
         check_new_passphrase(passphrase)  # before the state dir is even created
     with locked_layout(settings.state_dir, create=True) as layout:
         state = load_state(layout)
+        refuse_future_dated(state, moment)  # a clock behind what was signed: sign nothing
         index = state.index
         warnings: list[str] = []
         root_key: PrivateKey | None = None

@@ -25,17 +25,21 @@ class GatewayFlashError(Exception):
 def flash_station_boards(ctx: FleetContext, station: FlashStation) -> Generator[Any, None, None]:
     """Flash the station's boards whose firmware or secrets differ from what they should hold.
 
-    Planning connects to every board and compares MD5 digests (nothing is written), so a
-    rollout that has nothing to do reports no change and `pyinfra --dry` shows what would be
-    flashed. A board that fails does not stop the others; the operation fails at the end,
-    naming every board that is not provisioned.
+    Planning connects to every board and compares MD5 digests (nothing is written or
+    recorded), so a rollout that has nothing to do reports no change and `pyinfra --dry` shows
+    what would be flashed. A board found to match while its registry entry says otherwise is
+    a change too: executing records what the board holds. A board that fails does not stop
+    the others; the operation fails at the end, naming every board that is not provisioned.
     """
     planned = flash_station(ctx, station, dry_run=True, progress=False, link=_link(station))
     failed = [r for r in planned if not (r.ok or r.status == "outdated")]
     outdated = [r for r in planned if r.status == "outdated"]
-    if not failed and not outdated:
+    stale = [r for r in planned if r.registry_stale]
+    if not failed and not outdated and not stale:
         host.noop(f"{len(planned)} board(s) hold their current firmware and secrets")
         return
+    # Boards that match but whose registry entry says otherwise (a run refused or cut short
+    # earlier): executing reads their MD5s again and records what it finds, writing nothing.
     yield FunctionCommand(_flash, (ctx, station), {})
 
 
@@ -61,7 +65,7 @@ def _flash(ctx: FleetContext, station: FlashStation) -> None:
     failed = [r for r in results if not r.ok]
     if failed:
         raise GatewayFlashError(
-            f"{len(failed)} of {len(results)} board(s) not provisioned: "
+            f"{len(failed)} of {len(results)} board(s) not provisioned by this run: "
             + "; ".join(f"{r.device_id} on {r.port}: {r.message}" for r in failed)
         )
 

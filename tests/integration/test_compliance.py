@@ -206,6 +206,12 @@ def break_crl_expired(lab: DeployedLab) -> None:
     lab.restart()
 
 
+def break_crl_future(lab: DeployedLab) -> None:
+    """What a control machine whose clock ran 5 days ahead signs and ships."""
+    lab.write(layout.CRL, resigned_crl(lab.context(), datetime.now(UTC) + timedelta(days=5), 7))
+    lab.restart()
+
+
 def break_tls_1_1(lab: DeployedLab) -> None:
     lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, allow_tls_1_1))
     lab.restart()
@@ -275,6 +281,18 @@ REQUIRED = [
             "test_crl_next_update_beyond_margin": [
                 "the CRL on {host} expired",
                 "the broker refuses every client certificate",
+            ],
+            "test_crl_is_current": ["the CRL on {host} is not the fleet's current CRL"],
+        },
+    ),
+    Breakage(
+        "a CRL dated in the future",
+        break_crl_future,
+        "pki",
+        {
+            "test_crl_next_update_beyond_margin": [
+                "the CRL on {host} is dated in the future",
+                "the broker refuses every client certificate until then",
             ],
             "test_crl_is_current": ["the CRL on {host} is not the fleet's current CRL"],
         },
@@ -531,6 +549,11 @@ def test_every_other_check_fails_on_a_broken_broker(
 
 def expired_crl(ctx: FleetContext) -> bytes:
     """The fleet's CRL re-signed by the fleet intermediate with a nextUpdate 9 days ago."""
+    return resigned_crl(ctx, datetime.now(UTC) - timedelta(days=10), 1)
+
+
+def resigned_crl(ctx: FleetContext, at: datetime, days: int) -> bytes:
+    """The fleet's CRL re-signed by the fleet intermediate as if the clock said ``at``."""
     from iotfleet.pki.ca import load_ca_certs
     from iotfleet.pki.crl import RevokedEntry, build_crl, crl_number
     from iotfleet.pki.keys import load_encrypted_key
@@ -548,8 +571,8 @@ def expired_crl(ctx: FleetContext) -> bytes:
         key,
         entries,
         crl_number(current) + 1,
-        datetime.now(UTC) - timedelta(days=10),
-        days=1,
+        at,
+        days=days,
     )
     return crl.public_bytes(serialization.Encoding.PEM)
 

@@ -141,6 +141,46 @@ def test_second_rollout_writes_nothing(flashed: FlashedLab) -> None:
     assert {device: flashed.programmed(device) for device in BOARDS} == before
 
 
+def test_a_concurrent_run_leaves_the_registry_truthful_and_a_no_change_run_refreshes_it(
+    flashed: FlashedLab,
+) -> None:
+    from iotfleet.flash import FlashRecord
+    from iotfleet.flash.engine import _port_lock
+
+    registry = FlashRegistry(flashed.ctx.registry_path)
+    truthful = registry.history("gw1")
+    assert truthful and truthful[-1].provisioned, truthful
+    board = truthful[-1]
+    before = {device: flashed.programmed(device) for device in BOARDS}
+
+    # Another flash holds gw1's port for the whole rollout: that board fails, naming why, the
+    # other is still checked, and the registry keeps what it knew.
+    with _port_lock(registry.path.parent / "flash-locks", board.station, board.port):
+        busy = run_pyinfra(flashed.lab.name, "deploy/gateways.py")
+    assert busy.returncode != 0, busy.explain()
+    assert f"port {board.port} is busy: another iotfleet flash is using it" in busy.output
+    assert registry.history("gw1") == truthful
+
+    # An entry that lies (what earlier versions recorded for a busy port): the next rollout,
+    # which has nothing to write, reads the board's MD5s and records what it holds.
+    registry.record(
+        FlashRecord(station=board.station, port=board.port, device_id="gw1", result="failed",
+                    provisioned=False, message=f"port {board.port} is busy")
+    )
+    refresh = run_pyinfra(flashed.lab.name, "deploy/gateways.py")
+    assert refresh.returncode == 0, refresh.explain()
+    assert "gw1 (" in refresh.output and "unchanged" in refresh.output, refresh.explain()
+    latest = registry.latest("gw1")
+    assert latest is not None and latest.provisioned and latest.result == "unchanged", latest
+    assert (latest.mac, latest.image_sha256) == (board.mac, board.image_sha256)
+    assert {device: flashed.programmed(device) for device in BOARDS} == before
+
+    again = run_pyinfra(flashed.lab.name, "deploy/gateways.py")
+    assert again.returncode == 0, again.explain()
+    assert (again.changed, again.errors) == (0, 0), again.explain()
+    registry.close()
+
+
 # -- a flash station over SSH: a board on a lab host's /dev/ttyUSB0 -----------------------------
 
 

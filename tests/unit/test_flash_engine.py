@@ -261,7 +261,7 @@ def test_a_stub_that_never_starts_is_a_timeout_not_a_hang(
         assert time.monotonic() - started < 15
     assert result.status == "failed", result
     assert "could not start the flasher stub" in result.message, result.message
-    assert registry.latest("gw-1") is not None and not registry.is_provisioned("gw-1")
+    assert registry.history() == []  # its flash was never read: nothing to record
 
 
 def test_missing_and_busy_ports(
@@ -283,7 +283,7 @@ def test_missing_and_busy_ports(
     assert [r.kind for r in results] == ["port", "port"]
     assert f"cannot open port {missing}" in results[0].message
     assert "/dev/ttyUSB-iotfleet-none" in results[1].message
-    assert not registry.is_provisioned("gw-1")
+    assert registry.history() == []  # no board was reached
 
     # Busy: a second flash of the same port while the first holds it.
     with emulated(tmp_path / "a.flash", "18:fe:34:00:00:01") as gw:
@@ -327,7 +327,7 @@ def test_bad_inputs_become_failed_boards_and_others_still_flash(
     assert "espgw_boards[1].firmware: cannot read" in results[1].message
     registry = FlashRegistry(ctx.registry_path)
     try:
-        assert registry.latest("gw-1") is not None and not registry.is_provisioned("gw-1")
+        assert registry.latest("gw-1") is None and registry.latest("gw-2") is None
         assert registry.is_provisioned("gw-3")
     finally:
         registry.close()
@@ -374,6 +374,80 @@ def test_parallel_boards_progress_and_a_log_per_board(
     finally:
         for server in servers:
             server.close()
+
+
+def test_refused_runs_leave_a_truthful_entry_and_a_matching_board_refreshes_a_stale_one(
+    gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
+) -> None:
+    from iotfleet.flash import FlashRecord
+    from iotfleet.flash.engine import _port_lock
+
+    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:42") as gw:
+        ctx = gateways.context([board(gw, "gw-1")])
+        jobs, _ = station_jobs(ctx, "@local")
+        assert flash_boards(jobs, registry, progress=False, options=options(tmp_path))[0].ok
+        truthful = registry.history("gw-1")
+        assert [r.result for r in truthful] == ["flashed"] and truthful[0].provisioned
+
+        # A concurrent run holds the port, then another client holds the board itself.
+        with _port_lock(tmp_path / "locks", "@local", gw.url):
+            [busy] = flash_boards(jobs, registry, progress=False, options=options(tmp_path))
+        assert busy.kind == "busy" and not busy.ok
+        import socket
+
+        with socket.create_connection(("127.0.0.1", gw.port)):
+            time.sleep(0.1)
+            [taken] = flash_boards(
+                jobs, registry, progress=False, options=options(tmp_path, connect_attempts=1)
+            )
+        assert not taken.ok
+        assert registry.history("gw-1") == truthful  # neither touched the entry
+
+        # An input error (bad layout) in a run of the whole station (the fleet's registry).
+        assert flash_station(ctx, "@local", progress=False, options=options(tmp_path))[0].ok
+        fleet_registry = FlashRegistry(ctx.registry_path)
+        try:
+            before = fleet_registry.history("gw-1")
+            bad = gateways.context([board(gw, "gw-1", layout="4M7M")])
+            [refused] = flash_station(bad, "@local", progress=False, options=options(tmp_path))
+            assert refused.kind == "input"
+            assert fleet_registry.history("gw-1") == before and before[-1].provisioned
+        finally:
+            fleet_registry.close()
+
+        # A planning pass (dry run) of a board that matches its entry: nothing to refresh.
+        [plan] = flash_boards(
+            jobs, registry, progress=False, options=options(tmp_path), dry_run=True
+        )
+        assert plan.status == "unchanged" and not plan.registry_stale
+
+        # An entry that lies (what earlier versions wrote for a busy port): the planning pass
+        # flags it, and the executing run records what the board holds, writing nothing.
+        registry.record(
+            FlashRecord(
+                station="@local",
+                port=gw.url,
+                device_id="gw-1",
+                result="failed",
+                provisioned=False,
+                message="port busy",
+            )
+        )
+        programmed = gw.counters.bytes_programmed
+        [plan] = flash_boards(
+            jobs, registry, progress=False, options=options(tmp_path), dry_run=True
+        )
+        assert plan.status == "unchanged" and plan.registry_stale
+        assert registry.latest("gw-1") is not None and not registry.is_provisioned("gw-1")
+        [refresh] = flash_boards(jobs, registry, progress=False, options=options(tmp_path))
+        assert refresh.status == "unchanged" and gw.counters.bytes_programmed == programmed
+        latest = registry.latest("gw-1")
+        assert latest is not None and latest.provisioned and latest.result == "unchanged"
+        assert latest.image_sha256 == truthful[0].image_sha256 and latest.mac == "18:fe:34:00:00:42"
+        [plan] = flash_boards(
+            jobs, registry, progress=False, options=options(tmp_path), dry_run=True
+        )
+        assert not plan.registry_stale
 
 
 def test_dry_run_writes_and_records_nothing(
