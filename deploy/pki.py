@@ -4,6 +4,6 @@ Issues missing identities, renews those inside the renewal window, revokes devic
 the inventory or are marked revoked, and re-signs the CRL. No host is changed by this tier.
 """
 
-from roles.fleet_context import reconciled_fleet
+from iotfleet.roles.fleet_context import reconciled_fleet
 
 reconciled_fleet()

@@ -13,7 +13,7 @@ from pyinfra.facts.deb import DebPackages
 
 from iotfleet.managed_file import ManagedFile
 from iotfleet.mosquitto import layout
-from roles.mosquitto.facts import ManagedFileStates, ServiceActive
+from iotfleet.roles.mosquitto.facts import ManagedFileStates, ServiceActive
 
 PACKAGES = ("mosquitto", "mosquitto-clients")
 # Keeps the package from starting a stock broker (plain, localhost:1883) before the hardened

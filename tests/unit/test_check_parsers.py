@@ -49,7 +49,7 @@ from iotfleet.model import Broker, Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
 from iotfleet.mosquitto.logins import password_users
-from roles.mosquitto.render import BrokerConfig
+from iotfleet.roles.mosquitto.render import BrokerConfig
 
 HOST = "mqtt1.example.net"
 LISTENERS = [

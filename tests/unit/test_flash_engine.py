@@ -486,7 +486,7 @@ def test_stand_in_firmware_is_refused_for_a_real_serial_device(
 def test_rollout_refuses_bad_boards_up_front_listing_each_once(
     gateways: GatewayFleet, tmp_path: Path
 ) -> None:
-    from roles.esp8266_gateway import refuse_bad_board_inputs, station_of
+    from iotfleet.roles.esp8266_gateway import refuse_bad_board_inputs, station_of
 
     ctx = gateways.context(
         [
