@@ -95,8 +95,9 @@ def worker_count(plan: CheckPlan, parallel: int | None) -> int:
 
 
 def pytest_argv(request: CheckRequest, workers: int, dump: Path) -> list[str]:
-    """The pytest command line for one run: the installed suite (``--pyargs``), its own ini
-    and root next to ``dump`` (test ids are the suite's ``test_x.py::...`` wherever it is)."""
+    """The pytest command line for one run: the installed suite (``--pyargs``), with its own
+    ini next to ``dump`` and the suite's directory as root (test ids are ``test_x.py::...``,
+    from a checkout or a wheel alike)."""
     reports = request.reports
     suite = suite_dir()
     argv = [

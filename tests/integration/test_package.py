@@ -3,9 +3,9 @@
 The wheel is built from this checkout and installed into a fresh virtualenv outside it, with
 the ``[check]`` extra only. From there a user's own project (an inventory and a deploy file
 written here, in no way the repository's) imports the Mosquitto and firewall roles and rolls a
-hardened broker out to a lab host with the real ``pyinfra`` CLI; then ``iotfleet check`` and
-``pytest --pyargs iotfleet.compliance`` from that virtualenv run the compliance suite against
-it and pass.
+hardened broker out to a lab host with the real ``pyinfra`` CLI (beside a ``roles/`` folder of
+its own); then ``iotfleet check`` and ``pytest --pyargs iotfleet.compliance`` from that
+virtualenv run the compliance suite against it and pass.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ USER_DEPLOY = '''\
 
 from pyinfra import host
 
+import roles  # my own roles/ folder: iotfleet's are iotfleet.roles, no collision
 from iotfleet.roles.firewall import deploy_firewall
 from iotfleet.roles.mosquitto import deploy_mosquitto
 
+assert roles.MINE
 if "brokers" in host.groups:
     deploy_mosquitto()
     deploy_firewall()
@@ -107,6 +109,8 @@ def user(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) -> U
     (project / "group_data" / "all.py").write_text(USER_GROUP_DATA)
     (project / "inventory.py").write_text(_user_inventory(lab, host))
     (project / "my_deploy.py").write_text(USER_DEPLOY)
+    (project / "roles").mkdir()
+    (project / "roles" / "__init__.py").write_text("MINE = True\n")
     passphrase = project / "ca-passphrase"
     passphrase.touch(mode=0o600)
     passphrase.write_text(secrets.token_urlsafe(32))
