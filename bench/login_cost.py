@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iotfleet.mosquitto.passwd import render_password_file
-from roles.mosquitto.plugin_build import auth_plugin
+from iotfleet.roles.mosquitto.plugin_build import auth_plugin
 from tests.support.local_broker import free_port, running_mosquitto
 
 PASSWORD = secrets.token_urlsafe(24)  # a throwaway, for this run only

@@ -3,10 +3,10 @@
 from pyinfra import host
 
 from iotfleet.model import BROKERS_GROUP
-from roles.firewall import deploy_firewall
-from roles.fleet_context import reconciled_fleet
-from roles.mosquitto import deploy_mosquitto
-from roles.ssh_hardening import deploy_ssh_hardening
+from iotfleet.roles.firewall import deploy_firewall
+from iotfleet.roles.fleet_context import reconciled_fleet
+from iotfleet.roles.mosquitto import deploy_mosquitto
+from iotfleet.roles.ssh_hardening import deploy_ssh_hardening
 
 ctx = reconciled_fleet()
 if BROKERS_GROUP in host.groups:

@@ -8,8 +8,8 @@ script (restart, health check, rollback), and a broker that has it already is le
 from pyinfra import host
 
 from iotfleet.model import BROKERS_GROUP
-from roles.fleet_context import fleet_context
-from roles.pki import deploy_crl
+from iotfleet.roles.fleet_context import fleet_context
+from iotfleet.roles.pki import deploy_crl
 
 if BROKERS_GROUP in host.groups:
     deploy_crl(ctx=fleet_context())

@@ -8,9 +8,9 @@ the broker tier (whose ACL lets iotfleet's delivery identity publish it).
 from pyinfra import host
 
 from iotfleet.model import STATIONS_GROUP
-from roles.esp8266_gateway import deploy_gateways
-from roles.esp8266_gateway.delivery import deliver_renewed_certificates
-from roles.fleet_context import reconciled_fleet
+from iotfleet.roles.esp8266_gateway import deploy_gateways
+from iotfleet.roles.esp8266_gateway.delivery import deliver_renewed_certificates
+from iotfleet.roles.fleet_context import reconciled_fleet
 
 ctx = reconciled_fleet()
 if STATIONS_GROUP in host.groups:

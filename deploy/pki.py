@@ -6,6 +6,6 @@ generate missing secrets. This tier adds the operation that writes that plan (py
 as ``PKI of fleet NAME: ...``; ``--dry`` shows it and writes nothing). No host is changed.
 """
 
-from roles.fleet_context import reconciled_fleet
+from iotfleet.roles.fleet_context import reconciled_fleet
 
 reconciled_fleet()

@@ -1,1 +1,10 @@
-"""Reusable pyinfra deploys, one package per role."""
+"""iotfleet's reusable pyinfra deploys, one package per role, imported as ``iotfleet.roles``.
+
+This folder is their home in the repository; the package reaches it through the
+``iotfleet/roles`` link, and the wheel installs it as ``iotfleet/roles`` (so a user's own
+``roles/`` folder never shadows it). A role imported as ``roles.x`` next to ``iotfleet.roles.x``
+would be a second copy with its own caches: refused.
+"""
+
+if __name__ != "iotfleet.roles":
+    raise ImportError(f"import iotfleet's roles as iotfleet.roles, not {__name__}")

@@ -26,7 +26,7 @@ from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.inventory import raw_hosts
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.fleet.secrets import SecretError
-from iotfleet.model import InventoryError, build_fleet
+from iotfleet.model import Fleet, InventoryError, build_fleet
 from iotfleet.pki import PkiError, ReconcileReport, fsio
 
 # Planned changes of a kind are listed by name up to this many (beyond, counted).
@@ -56,11 +56,20 @@ class FleetPlan:
 
 
 @cache
+def fleet_model() -> Fleet:
+    """The validated fleet of this pyinfra run, nothing resolved (exits listing problems)."""
+    try:
+        return build_fleet(raw_hosts(current_inventory))
+    except InventoryError as exc:
+        raise SystemExit(f"iotfleet: {exc}") from None
+
+
+@cache
 def fleet_context() -> FleetContext:
     """The validated fleet of this pyinfra run, read-only: no PKI plan, no new secret (tiers
     that only push what the PKI holds, such as ``deploy/crl.py``)."""
     try:
-        return FleetContext.for_fleet(build_fleet(raw_hosts(current_inventory)), read_only=True)
+        return FleetContext.for_fleet(fleet_model(), read_only=True)
     except (InventoryError, SecretError) as exc:
         raise SystemExit(f"iotfleet: {exc}") from None
 
@@ -70,7 +79,7 @@ def fleet_plan() -> FleetPlan:
     """The fleet and its PKI plan (computed once per pyinfra run; exits listing problems)."""
     stage = fsio.Stage()
     try:
-        fleet = build_fleet(raw_hosts(current_inventory))
+        fleet = fleet_model()
         ctx = FleetContext.for_fleet(fleet, stage=stage)
         with fsio.staged(stage):
             report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -131,19 +132,51 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-def plan_for(
-    fleet: Fleet, host_data: Mapping[str, Mapping[str, Any]], limit: Iterable[str] = ()
-) -> CheckPlan:
-    """The brokers to check (all, or those named in ``limit``) with their SSH endpoints."""
-    wanted = list(limit)
-    known = {broker.name for broker in fleet.brokers}
-    unknown = [name for name in wanted if name not in known]
+def limited_brokers(
+    fleet: Fleet, groups_of: Mapping[str, Sequence[str]], limit: Iterable[str] = ()
+) -> list[Broker]:
+    """The brokers ``limit`` selects, as pyinfra's ``--limit`` does: a group name selects that
+    group's hosts, anything else is a host name or glob (``mqtt*``). No limit: every broker.
+
+    Raises ``PlanError`` naming every pattern that selects no broker.
+    """
+    patterns = list(limit)
+    if not patterns:
+        return list(fleet.brokers)
+    groups = {group for names in groups_of.values() for group in names}
+    selected: set[str] = set()
+    unknown = []
+    for pattern in patterns:
+        if pattern in groups:
+            hits = {name for name, names in groups_of.items() if pattern in names}
+        else:
+            hits = {name for name in groups_of if fnmatch(name, pattern)}
+        brokers = {broker.name for broker in fleet.brokers} & hits
+        if not brokers:
+            unknown.append(pattern)
+        selected |= brokers
     if unknown:
+        known = sorted(broker.name for broker in fleet.brokers)
         raise PlanError(
-            f"--limit {', '.join(unknown)}: not a broker of this inventory "
-            f"(brokers: {', '.join(sorted(known)) or 'none'})"
+            f"--limit {', '.join(unknown)}: selects no broker of this inventory (a host name, "
+            f"glob or group; brokers: {', '.join(known) or 'none'})"
         )
-    brokers = [b for b in fleet.brokers if not wanted or b.name in wanted]
+    return [broker for broker in fleet.brokers if broker.name in selected]
+
+
+def plan_for(
+    fleet: Fleet,
+    host_data: Mapping[str, Mapping[str, Any]],
+    limit: Iterable[str] = (),
+    groups_of: Mapping[str, Sequence[str]] | None = None,
+) -> CheckPlan:
+    """The brokers to check (all, or those ``limit`` selects) with their SSH endpoints.
+
+    ``groups_of`` maps each host to its inventory groups (default: ``brokers`` for brokers).
+    """
+    if groups_of is None:
+        groups_of = {broker.name: ("brokers",) for broker in fleet.brokers}
+    brokers = limited_brokers(fleet, groups_of, limit)
     if not brokers:
         raise PlanError("the inventory has no hosts in the 'brokers' group: nothing to check")
     targets = []
@@ -189,7 +222,8 @@ def read_inventory(inventory_path: str | Path, timeout: float = 120) -> list[Raw
 def plan_from_hosts(hosts: Sequence[RawHost], limit: Iterable[str] = ()) -> CheckPlan:
     """Validate the hosts into the fleet (raises ``InventoryError``) and plan the checks."""
     fleet = build_fleet(hosts)
-    return plan_for(fleet, {h.name: h.data for h in hosts}, limit)
+    groups_of = {h.name: tuple(h.groups) for h in hosts}
+    return plan_for(fleet, {h.name: h.data for h in hosts}, limit, groups_of)
 
 
 def load_plan(inventory_path: str | Path, limit: Iterable[str] = ()) -> CheckPlan:

@@ -1,4 +1,4 @@
-"""``iotfleet check``: run the compliance suite (``tests/compliance``) against an inventory.
+"""``iotfleet check``: run the compliance suite (``iotfleet.compliance``) against an inventory.
 
 pytest runs in a child process with pytest-xdist (one worker per broker, capped), writing
 JUnit XML, the raw pytest output and ``results.json`` into the reports directory. From
@@ -11,6 +11,7 @@ error (nothing was checked).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -71,13 +72,21 @@ class CheckRequest:
         return self.history or run_history.default_history(self.reports)
 
 
-def checkout_root() -> Path:
-    """The source tree iotfleet runs from (tests/compliance lives there)."""
-    return Path(__file__).resolve().parents[2]
+SUITE_PACKAGE = "iotfleet.compliance"
+# The pytest settings of a compliance run (never the caller's pytest.ini or pyproject).
+PYTEST_INI = "[pytest]\naddopts = -ra --strict-markers\n"
+CHECK_EXTRA = "pip install 'iotfleet[check]'"
+CHECK_MODULES = ("pytest", "testinfra", "xdist", "sslyze")
 
 
-def suite_dir() -> Path:
-    return checkout_root() / "tests" / "compliance"
+def suite_dir() -> Path | None:
+    """Where the installed suite is (``iotfleet.compliance``); None without its extra."""
+    if any(importlib.util.find_spec(name) is None for name in CHECK_MODULES):
+        return None
+    spec = importlib.util.find_spec(SUITE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 def worker_count(plan: CheckPlan, parallel: int | None) -> int:
@@ -87,13 +96,21 @@ def worker_count(plan: CheckPlan, parallel: int | None) -> int:
 
 
 def pytest_argv(request: CheckRequest, workers: int, dump: Path) -> list[str]:
-    """The pytest command line for one run (absolute paths: it runs from the checkout)."""
+    """The pytest command line for one run: the installed suite (``--pyargs``), with its own
+    ini next to ``dump`` and the suite's directory as root (test ids are ``test_x.py::...``,
+    from a checkout or a wheel alike)."""
     reports = request.reports
+    suite = suite_dir()
     argv = [
         sys.executable,
         "-m",
         "pytest",
-        str(suite_dir()),
+        "--pyargs",
+        SUITE_PACKAGE,
+        "-c",
+        str(dump.parent / "pytest.ini"),
+        "--rootdir",
+        str(suite or dump.parent),
         "--inventory",
         str(request.inventory.resolve()),
         "--inventory-dump",
@@ -138,11 +155,9 @@ def _error(console: Console, message: str) -> int:
 
 def run_check(request: CheckRequest, console: Console) -> int:
     """Run the suite, print the summary, return the exit code."""
-    if not (suite_dir() / "conftest.py").is_file():
+    if suite_dir() is None:
         return _error(
-            console,
-            f"the compliance suite is not in this installation ({suite_dir()}): run iotfleet "
-            "from a checkout (pip install -e .)",
+            console, f"the compliance suite needs iotfleet's [check] extra: {CHECK_EXTRA}"
         )
     try:
         hosts = read_inventory(request.inventory)
@@ -183,6 +198,7 @@ def run_check(request: CheckRequest, console: Console) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="iotfleet-check-") as private:
         dump = Path(private) / "inventory.json"
+        (dump.parent / "pytest.ini").write_text(PYTEST_INI)
         dump.touch(mode=0o600)
         dump.write_text(
             json.dumps([{"name": h.name, "groups": h.groups, "data": h.data} for h in hosts])
@@ -192,7 +208,9 @@ def run_check(request: CheckRequest, console: Console) -> int:
             with console.status(what):
                 result = subprocess.run(
                     pytest_argv(request, workers, dump),
-                    cwd=checkout_root(),
+                    # Relative paths of the inventory (ssh_key...) mean what they meant to
+                    # the user, as in their pyinfra runs.
+                    cwd=Path.cwd(),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},

@@ -2,7 +2,7 @@
 
 One ``Suite`` per process (per xdist worker): the plan, the fleet context, the probe cast,
 one SSH connection per broker, and facts, TLS scans and probers each made once per broker.
-The pytest glue lives in ``tests/compliance/conftest.py``.
+The pytest glue lives in ``iotfleet.compliance`` (``tests/compliance/plugin.py``, ``session.py``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import iotfleet
 from iotfleet.classroom.gateways import read_status, start_supervisor, stop_supervisor
 from iotfleet.classroom.handouts import HandoutInputs, write_handouts
 from iotfleet.classroom.inventory import classroom_fleet, lab_host_names, student_brokers
@@ -34,17 +33,21 @@ from iotfleet.fleet.credentials import password_slot
 from iotfleet.lab.lab import NamedGateway, UpRequest, down, up
 from iotfleet.lab.progress import Reporter
 from iotfleet.pki import revoke
+from iotfleet.project import PROJECT_DIR, project_file
 
 INVENTORY = "inventory/classroom.py"
 Say = Callable[[str], None]
 
 
 def project_root() -> Path:
-    """The checkout holding deploy.py and inventory/ (iotfleet is installed from it)."""
-    root = Path(iotfleet.__file__).resolve().parents[1]
-    if not (root / "deploy.py").is_file() or not (root / INVENTORY).is_file():
-        raise ClassError(f"{root} is not an iotfleet checkout (deploy.py, {INVENTORY} missing)")
-    return root
+    """Where pyinfra runs for a class: iotfleet's own deploy.py and inventory/ (installed
+    with it, so a class needs no checkout)."""
+    try:
+        project_file("deploy.py")
+        project_file(INVENTORY)
+    except FileNotFoundError as exc:
+        raise ClassError(str(exc)) from None
+    return PROJECT_DIR
 
 
 def create_class(

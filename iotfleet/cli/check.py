@@ -72,7 +72,13 @@ def _prometheus_file(_ctx: click.Context, _param: click.Parameter, value: Path |
     default=None,
     help="Brokers checked at once (default: all, at most 16).",
 )
-@click.option("--limit", multiple=True, metavar="HOST", help="Check only this broker (repeatable).")
+@click.option(
+    "--limit",
+    multiple=True,
+    metavar="HOST|GROUP",
+    help="Check only these brokers: a host name, glob or inventory group, as pyinfra's "
+    "--limit (repeatable).",
+)
 @click.option(
     "--data",
     "data",

@@ -22,6 +22,7 @@ from iotfleet.pki import (
     revoke,
     status,
 )
+from iotfleet.project import PROJECT_DIR, project_file
 
 EXIT_ATTENTION = 1  # status: something is inside its renewal window, expired, or a CRL is stale
 EXIT_ERROR = 2      # the command could not run (bad state dir, passphrase, input)
@@ -302,21 +303,14 @@ def refresh_crl_command(inventory: Path, force: bool, no_push: bool) -> None:
         click.echo(f"CRL re-signed, valid until {next_update:%Y-%m-%d %H:%M} UTC")
     if no_push:
         return
-    root = _checkout()
+    try:
+        crl_deploy = project_file("deploy/crl.py")
+    except FileNotFoundError as exc:
+        raise PkiCommandError(str(exc)) from None
     pyinfra = str(Path(sys.executable).with_name("pyinfra"))
     pushed = subprocess.run(
-        [pyinfra, "-y", str(inventory.resolve()), str(root / "deploy" / "crl.py")],
-        cwd=root, check=False,
+        [pyinfra, "-y", str(inventory.resolve()), str(crl_deploy)],
+        cwd=PROJECT_DIR, check=False,
     )  # fmt: skip
     if pushed.returncode != 0:
         raise SystemExit(EXIT_ATTENTION)
-
-
-def _checkout() -> Path:
-    """The iotfleet checkout holding deploy/crl.py (the CLI is installed from it)."""
-    import iotfleet
-
-    root = Path(iotfleet.__file__).resolve().parents[1]
-    if not (root / "deploy" / "crl.py").is_file():
-        raise PkiCommandError(f"{root} holds no deploy/crl.py: run from an iotfleet checkout")
-    return root

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from littlefs import LittleFS, LittleFSError, UserContext
-
 from iotfleet.device.layouts import FlashLayout
 
 CORE_IO_SIZE = 64  # read_size = prog_size = cache_size = lookahead_size in the core
@@ -23,6 +21,18 @@ CORE_DISK_VERSION = 0x00020000  # littlefs on-disk format 2.0
 
 class FilesystemError(ValueError):
     """An image that cannot be made, or that the board would not mount."""
+
+
+def _littlefs() -> Any:
+    """littlefs-python, imported when an image is made or read: only gateways need it (the
+    ``[flash]`` extra), and a broker rollout reaches this package through the file contract."""
+    try:
+        import littlefs
+    except ImportError:
+        raise FilesystemError(
+            "gateway images need littlefs-python: pip install 'iotfleet[flash]'"
+        ) from None
+    return littlefs
 
 
 def core_geometry(layout: FlashLayout) -> dict[str, Any]:
@@ -55,8 +65,9 @@ def build_littlefs_image(files: Mapping[str, bytes], layout: FlashLayout) -> byt
     total = sum(len(content) for content in files.values())
     if total > layout.fs_size:
         raise FilesystemError(_too_big(total, layout))
-    context = UserContext(buffsize=layout.fs_size)
-    fs = LittleFS(context=context, mount=False, **core_geometry(layout))
+    lfs = _littlefs()
+    context = lfs.UserContext(buffsize=layout.fs_size)
+    fs = lfs.LittleFS(context=context, mount=False, **core_geometry(layout))
     try:
         fs.format()
         fs.mount()
@@ -67,8 +78,8 @@ def build_littlefs_image(files: Mapping[str, bytes], layout: FlashLayout) -> byt
             with fs.open(path, "wb") as handle:
                 handle.write(files[path])
         fs.unmount()
-    except LittleFSError as exc:
-        if exc.code == LittleFSError.Error.LFS_ERR_NOSPC:
+    except lfs.LittleFSError as exc:
+        if exc.code == lfs.LittleFSError.Error.LFS_ERR_NOSPC:
             raise FilesystemError(_too_big(total, layout)) from None
         raise FilesystemError(f"cannot build the {layout.name} filesystem: {exc}") from None
     return bytes(context.buffer)
@@ -80,11 +91,12 @@ def read_littlefs_image(image: bytes, layout: FlashLayout) -> dict[str, bytes]:
         raise FilesystemError(
             f"the {layout.name} partition is {layout.fs_size} bytes, got {len(image)}"
         )
-    context = UserContext(buffer=bytearray(image))
-    fs = LittleFS(context=context, mount=False, **core_geometry(layout))
+    lfs = _littlefs()
+    context = lfs.UserContext(buffer=bytearray(image))
+    fs = lfs.LittleFS(context=context, mount=False, **core_geometry(layout))
     try:
         fs.mount()
-    except LittleFSError as exc:
+    except lfs.LittleFSError as exc:
         raise FilesystemError(
             f"no LittleFS the board can mount at 0x{layout.fs_offset:x} ({layout.name}): {exc}; "
             "the firmware would format the partition and find no secrets"
@@ -113,8 +125,9 @@ def replace_littlefs_files(image: bytes, layout: FlashLayout, files: Mapping[str
     file or the new one, never half of one). Returns the new partition image."""
     if len(image) != layout.fs_size:
         raise FilesystemError(f"the {layout.name} partition is {layout.fs_size} bytes")
-    context = UserContext(buffer=bytearray(image))
-    fs = LittleFS(context=context, mount=False, **core_geometry(layout))
+    lfs = _littlefs()
+    context = lfs.UserContext(buffer=bytearray(image))
+    fs = lfs.LittleFS(context=context, mount=False, **core_geometry(layout))
     try:
         fs.mount()
         for path, content in files.items():
@@ -123,7 +136,7 @@ def replace_littlefs_files(image: bytes, layout: FlashLayout, files: Mapping[str
                 handle.write(content)
             fs.rename(staging, path)
         fs.unmount()
-    except LittleFSError as exc:
+    except lfs.LittleFSError as exc:
         raise FilesystemError(f"cannot update the {layout.name} filesystem: {exc}") from None
     return bytes(context.buffer)
 

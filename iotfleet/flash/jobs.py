@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 from iotfleet.device import DeviceImageError, board_layout, build_device_image
-from iotfleet.device.firmware_stub import IMAGE_MAGIC, is_stand_in
+from iotfleet.device.firmware_stub import DEFAULT_PATH, IMAGE_MAGIC, is_stand_in
 from iotfleet.flash.errors import FailureKind
 from iotfleet.flash.registry import Result
 from iotfleet.fleet.context import FleetContext
 from iotfleet.model import Board, FlashStation
 from iotfleet.pki import PkiStore
+from iotfleet.project import PROJECT_DIR
 
 RegionName = Literal["firmware", "filesystem"]
 
@@ -144,6 +145,15 @@ def station_jobs(
     return jobs, failures
 
 
+def firmware_file(base: Path, path: Path) -> Path:
+    """``path`` from ``base``; the default stand-in from iotfleet's own files when ``base``
+    has none (a user's project, with iotfleet installed from the wheel)."""
+    here = base / path
+    if path == DEFAULT_PATH and not here.exists():
+        return PROJECT_DIR / DEFAULT_PATH
+    return here
+
+
 def _job(
     ctx: FleetContext,
     station: FlashStation,
@@ -156,7 +166,7 @@ def _job(
     layout = board_layout(station, board)
     key = f"espgw_boards[{index}].firmware" if board.firmware else "espgw_firmware"
     path = board.firmware or station.gateway.firmware
-    firmware = _firmware(base / path, firmware_cache, f"host {station.name}", key)
+    firmware = _firmware(firmware_file(base, path), firmware_cache, f"host {station.name}", key)
     if is_stand_in(firmware) and is_real_device(board):
         raise DeviceImageError(
             f"host {station.name}",

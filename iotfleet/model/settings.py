@@ -1,8 +1,8 @@
 """Per-host settings of each role, with their defaults and a one-line description each.
 
 These models are the single source of truth for role data keys: a key ``mosquitto_<field>`` in
-the inventory sets ``MosquittoSettings.<field>``. The roles' ``defaults.py`` derive their
-``DEFAULTS`` from here and ``iotfleet keys`` prints the table for the README.
+the inventory sets ``MosquittoSettings.<field>``. The roles read them through the validated
+fleet (never raw host data), and ``iotfleet keys`` prints the table for the README.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import to_jsonable_python
 
 from iotfleet.model.names import check_dns_name, check_mac
 from iotfleet.model.secretref import SecretRef
@@ -477,12 +476,3 @@ ROLE_SETTINGS: dict[str, type[_Settings]] = {
     "ssh_hardening": SshHardeningSettings,
     "espgw": GatewaySettings,
 }
-
-
-def role_defaults(model: type[_Settings], prefix: str) -> dict[str, object]:
-    """``{prefixed key: default}`` of a settings model (``None`` where a value is required)."""
-    defaults: dict[str, object] = {}
-    for name, info in model.model_fields.items():
-        value = info.get_default(call_default_factory=True)
-        defaults[prefix + name] = to_jsonable_python(value)
-    return defaults

@@ -16,8 +16,8 @@ from pyinfra.operations import apt
 from iotfleet.flash.jobs import station_jobs
 from iotfleet.fleet.context import FleetContext
 from iotfleet.model import FlashStation
-from roles.esp8266_gateway.defaults import DEFAULTS
-from roles.esp8266_gateway.operations import flash_station_boards, relays_on_station
+from iotfleet.roles.esp8266_gateway.operations import flash_station_boards, relays_on_station
+from iotfleet.roles.fleet_context import reconciled_fleet
 
 
 def refuse_bad_board_inputs(ctx: FleetContext, station: FlashStation) -> None:
@@ -33,9 +33,29 @@ def station_of(ctx: FleetContext, name: str) -> FlashStation:
     return next(s for s in ctx.fleet.stations if s.name == name)
 
 
-@deploy("ESP8266 gateways", data_defaults=DEFAULTS)
-def deploy_gateways(ctx: FleetContext) -> None:
-    """Flash the boards of this flash station (firmware at 0x0, secrets image at its offset)."""
+@deploy("ESP8266 gateways")
+def deploy_gateways(ctx: FleetContext | None = None) -> None:
+    """
+    Flash the boards of this flash station: each board's flash is compared (MD5) and only
+    what differs is written and verified (firmware at 0x0, the device's secrets image at its
+    filesystem offset); the board's MAC is bound to its identity and the registry records
+    what was flashed where. Needs iotfleet's ``[flash]`` extra.
+
+    + ctx: the fleet of this run; default: the current pyinfra inventory, validated once, with
+      its PKI reconciled (device certificates and keys)
+
+    Runs on hosts of the inventory's ``flash_stations`` group (``@local`` or an SSH host with
+    boards on its device paths). Keys: the host's ``espgw_*`` (``iotfleet keys espgw_``).
+
+    **Example:**
+
+    .. code:: python
+
+        from iotfleet.roles.esp8266_gateway import deploy_gateways
+
+        deploy_gateways()
+    """
+    ctx = ctx or reconciled_fleet()
     station = station_of(ctx, host.name)
     if not station.boards:
         host.noop("no boards listed (espgw_boards)")

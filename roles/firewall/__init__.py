@@ -16,8 +16,9 @@ from pyinfra.api.util import get_template
 from pyinfra.operations import apt, files, systemd
 
 from iotfleet.model import Broker
-from roles.firewall.defaults import DEFAULTS
-from roles.firewall.facts import LoadedRuleset, SshConnection
+from iotfleet.roles.firewall.facts import LoadedRuleset, SshConnection
+from iotfleet.roles.fleet_context import fleet_model
+from iotfleet.roles.this_host import this_broker
 
 TEMPLATES = Path(__file__).parent / "templates"
 RULES_PATH = "/etc/iotfleet/firewall.nft"
@@ -125,9 +126,28 @@ def load_ruleset(ruleset: str) -> Generator[Any, None, None]:
     )  # fmt: skip
 
 
-@deploy("nftables firewall", data_defaults=DEFAULTS)
-def deploy_firewall(broker: Broker) -> None:
-    """Allow SSH and the broker's listeners; drop every other inbound connection."""
+@deploy("nftables firewall")
+def deploy_firewall(broker: Broker | None = None) -> None:
+    """
+    Allow SSH and the broker's listeners; drop every other inbound connection. The ruleset is
+    loaded atomically (checked with ``nft -c`` first) and never cuts this rollout's SSH
+    session; password listeners get a per-source connection limit; a table changed by hand is
+    put back at the next rollout.
+
+    + broker: the broker to protect; default: the current host in this run's validated fleet
+
+    Keys: the host's ``firewall_*`` (``iotfleet keys firewall_``); ``firewall_enabled = False``
+    stops and disables the firewall instead.
+
+    **Example:**
+
+    .. code:: python
+
+        from iotfleet.roles.firewall import deploy_firewall
+
+        deploy_firewall()
+    """
+    broker = broker or this_broker(fleet_model())
     if not broker.firewall.enabled:
         systemd.service(
             name="Stop the iotfleet firewall (firewall_enabled is false)",

@@ -4,25 +4,51 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
 from iotfleet.fleet.context import FleetContext
 from iotfleet.mosquitto import layout
-from roles.mosquitto.defaults import DEFAULTS
-from roles.mosquitto.operations import apply_files, install_packages
-from roles.mosquitto.private_files import private_files
-from roles.mosquitto.render import health_options, health_topic_of, service_files
-from roles.pki import broker_pki_files, health_identity_files
+from iotfleet.roles.fleet_context import reconciled_fleet
+from iotfleet.roles.mosquitto.operations import apply_files, install_packages
+from iotfleet.roles.mosquitto.private_files import private_files
+from iotfleet.roles.mosquitto.render import health_options, health_topic_of, service_files
+from iotfleet.roles.pki import broker_pki_files, health_identity_files
+from iotfleet.roles.this_host import this_broker
 
 APPLY_SCRIPT_SOURCE = Path(__file__).parent / "files" / "mosquitto-apply"
 
 
-@deploy("Hardened Mosquitto", data_defaults=DEFAULTS)
-def deploy_mosquitto(ctx: FleetContext) -> None:
-    """Install Mosquitto and make it match the fleet: TLS only, certificates, ACLs, sandbox."""
-    broker = ctx.fleet.broker(host.name)
+@deploy("Hardened Mosquitto")
+def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
+    """
+    Install Mosquitto and make it match the fleet: TLS only, client certificates, one password
+    file per password listener, per-device ACLs, CRL, iotfleet's plugin, limits, a systemd
+    sandbox. A new configuration is tested on spare ports, health-checked and rolled back if
+    the broker does not come up.
+
+    + ctx: the fleet of this run; default: the current pyinfra inventory, validated once, with
+      its PKI reconciled on the control machine (CA, broker and device certificates, CRL)
+
+    Runs on hosts of the inventory's ``brokers`` group. Fleet-wide keys (``fleet_*``,
+    ``pki_*``) and the host's ``mosquitto_*`` keys are read through the validated fleet;
+    ``iotfleet keys mosquitto_`` lists them with their defaults (``iotfleet.model.settings``).
+    The host's firewall and sshd are separate roles (``deploy_firewall``,
+    ``deploy_ssh_hardening``).
+
+    **Example:**
+
+    .. code:: python
+
+        # my_deploy.py: pyinfra my_inventory.py my_deploy.py
+        from iotfleet.roles.firewall import deploy_firewall
+        from iotfleet.roles.mosquitto import deploy_mosquitto
+
+        deploy_mosquitto()
+        deploy_firewall()
+    """
+    ctx = ctx or reconciled_fleet()
+    broker = this_broker(ctx.fleet)
     install_packages(
         name="Install Mosquitto from Debian packages (not started yet)",
         version=broker.mosquitto.package_version,

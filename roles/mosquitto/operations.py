@@ -13,8 +13,8 @@ from pyinfra.facts.deb import DebPackages
 
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.managed_file import ManagedFile
-from roles.mosquitto.diff import show_change
-from roles.mosquitto.facts import ManagedFileStates, ServiceActive
+from iotfleet.roles.mosquitto.diff import show_change
+from iotfleet.roles.mosquitto.facts import ManagedFileStates, ServiceActive
 
 PACKAGES = ("mosquitto", "mosquitto-clients")
 # Keeps the package from starting a stock broker (plain, localhost:1883) before the hardened

@@ -11,7 +11,7 @@ from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from iotfleet.mosquitto.managed_file import ManagedFile
-from roles.mosquitto.facts import ManagedFileStates
+from iotfleet.roles.mosquitto.facts import ManagedFileStates
 
 
 @operation()

@@ -19,7 +19,7 @@ from iotfleet.mosquitto.auth_plugin import plugin_options
 from iotfleet.mosquitto.logins import password_users
 from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.mosquitto.passwd import derive_salt, render_password_file
-from roles.mosquitto.plugin_build import auth_plugin
+from iotfleet.roles.mosquitto.plugin_build import auth_plugin
 
 TEMPLATES = Path(__file__).parent / "templates"
 _JINJA = {"trim_blocks": True, "lstrip_blocks": True}

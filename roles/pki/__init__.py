@@ -8,7 +8,6 @@ any other configuration change (Mosquitto re-reads CRLs only on restart).
 
 from __future__ import annotations
 
-from pyinfra import host
 from pyinfra.api import deploy
 
 from iotfleet.fleet.context import FleetContext
@@ -16,6 +15,8 @@ from iotfleet.model.own_identities import health_identity_name
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.pki import PkiStore
+from iotfleet.roles.fleet_context import fleet_context
+from iotfleet.roles.this_host import this_broker
 
 
 def broker_pki_files(pki: PkiStore, broker_name: str) -> list[ManagedFile]:
@@ -34,17 +35,29 @@ def crl_file(pki: PkiStore) -> ManagedFile:
 
 
 @deploy("Fresh CRL")
-def deploy_crl(ctx: FleetContext) -> None:
-    """Put the PKI's current CRL live on this broker and nothing else (``deploy/crl.py``).
-
-    The same file, owner and mode as the full rollout, through the broker's apply script: the
-    broker restarts with it, is health-checked, and is rolled back if it does not come up. A
-    CRL that is already live changes nothing.
+def deploy_crl(ctx: FleetContext | None = None) -> None:
     """
-    from roles.mosquitto.operations import apply_files
-    from roles.mosquitto.render import health_topic_of, service_files
+    Put the PKI's current CRL live on this broker and nothing else (``deploy/crl.py``, what
+    ``iotfleet pki refresh-crl`` pushes). The same file, owner and mode as the full rollout,
+    through the broker's apply script: the broker restarts with it, is health-checked, and is
+    rolled back if it does not come up. A CRL that is already live changes nothing.
 
-    broker = ctx.fleet.broker(host.name)
+    + ctx: the fleet of this run; default: the current pyinfra inventory, validated (the PKI
+      is read, not reconciled)
+
+    **Example:**
+
+    .. code:: python
+
+        from iotfleet.roles.pki import deploy_crl
+
+        deploy_crl()
+    """
+    from iotfleet.roles.mosquitto.operations import apply_files
+    from iotfleet.roles.mosquitto.render import health_topic_of, service_files
+
+    ctx = ctx or fleet_context()
+    broker = this_broker(ctx.fleet)
     config, _ = service_files(ctx, broker)
     apply_files(
         name="Install the re-signed CRL (broker restarted, health-checked, rollback)",

@@ -19,8 +19,9 @@ from pyinfra.api.util import get_template
 from pyinfra.operations import files
 
 from iotfleet.model import Broker
-from roles.ssh_hardening.defaults import DEFAULTS
-from roles.ssh_hardening.facts import InstalledDropinDigest
+from iotfleet.roles.fleet_context import fleet_model
+from iotfleet.roles.ssh_hardening.facts import InstalledDropinDigest
+from iotfleet.roles.this_host import this_broker
 
 TEMPLATES = Path(__file__).parent / "templates"
 DROPIN = "/etc/ssh/sshd_config.d/00-iotfleet-hardening.conf"
@@ -64,9 +65,27 @@ def remove_dropin() -> Generator[Any, None, None]:
     yield StringCommand("rm", "-f", DROPIN, CANDIDATE, "&&", StringCommand(RELOAD))
 
 
-@deploy("sshd hardening", data_defaults=DEFAULTS)
-def deploy_ssh_hardening(broker: Broker) -> None:
-    """Keys only, no forwarding, modern algorithms; off (and undone) unless enabled."""
+@deploy("sshd hardening")
+def deploy_ssh_hardening(broker: Broker | None = None) -> None:
+    """
+    Keys only, no forwarding or tunnels, modern key exchange, ciphers and MACs: one sshd
+    drop-in, tested with ``sshd -t`` before it is installed, then sshd is reloaded (sessions
+    survive). Off, and undone, unless ``ssh_hardening_enabled``.
+
+    + broker: the broker whose sshd is hardened; default: the current host in this run's
+      validated fleet
+
+    Keys: the host's ``ssh_hardening_*`` (``iotfleet keys ssh_hardening_``).
+
+    **Example:**
+
+    .. code:: python
+
+        from iotfleet.roles.ssh_hardening import deploy_ssh_hardening
+
+        deploy_ssh_hardening()
+    """
+    broker = broker or this_broker(fleet_model())
     if not broker.ssh_hardening.enabled:
         remove_dropin(name="Remove the sshd hardening drop-in (ssh_hardening_enabled is false)")
         return

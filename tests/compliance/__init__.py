@@ -1,0 +1,1 @@
+"""iotfleet's compliance suite (``iotfleet check``), a pytest plugin: see ``plugin.py``."""

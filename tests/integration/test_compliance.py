@@ -167,7 +167,7 @@ def test_fresh_rollout_passes_the_whole_suite(deployed: DeployedLab) -> None:
 def test_bad_inventory_is_a_usage_error(deployed: DeployedLab) -> None:
     run = deployed.check("--limit", "no-such-broker.example")
     assert run.returncode == 2, run.explain()
-    assert "no-such-broker.example: not a broker of this inventory" in run.output
+    assert "no-such-broker.example: selects no broker of this inventory" in run.output
 
 
 # -- breakages -----------------------------------------------------------------------------------

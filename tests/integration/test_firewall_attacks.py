@@ -19,7 +19,7 @@ import paramiko
 import pytest
 
 from iotfleet.check.mqtt_probe import Identity, try_connect
-from roles.ssh_hardening import DROPIN
+from iotfleet.roles.ssh_hardening import DROPIN
 from tests.integration.conftest import LabFactory
 from tests.integration.test_compliance import Breakage, DeployedLab, _break_check_repair
 from tests.support.broker_clients import target

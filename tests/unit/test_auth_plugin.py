@@ -23,8 +23,8 @@ from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 from iotfleet.mosquitto.passwd import derive_salt, render_password_file
-from roles.mosquitto.plugin_build import auth_plugin
-from roles.pki import broker_pki_files
+from iotfleet.roles.mosquitto.plugin_build import auth_plugin
+from iotfleet.roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
 
 PASSPHRASE = "unit-test-passphrase-0123"

@@ -24,8 +24,8 @@ from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle, read_flash_
 from iotfleet.model.own_identities import DELIVERY_IDENTITY
 from iotfleet.pki import revoke
 from iotfleet.pki.testing import make_foreign_ca_identity
-from roles.mosquitto.render import service_files
-from roles.pki import broker_pki_files
+from iotfleet.roles.mosquitto.render import service_files
+from iotfleet.roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
 from tests.support.waiting import wait_until
 from tests.unit.gateway_helpers import GatewayFleet, board, emulated, gateway_environment, options

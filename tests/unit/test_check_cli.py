@@ -14,7 +14,14 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from iotfleet.check.identities import ProbeCast
-from iotfleet.check.plan import PlanError, connect_name, load_plan, plan_for
+from iotfleet.check.plan import (
+    PlanError,
+    connect_name,
+    limited_brokers,
+    load_plan,
+    plan_for,
+    plan_from_hosts,
+)
 from iotfleet.check.results import CheckResult, RunResults, exit_code, render_summary
 from iotfleet.check.runner import CheckRequest, pytest_argv, suite_dir
 from iotfleet.check.ssh import host_alias, ssh_config_text
@@ -81,12 +88,37 @@ def test_plan_limits_and_names() -> None:
     plan = plan_for(fleet, data, ["mqtt10.example"])
     assert [b.name for b in plan.brokers] == ["mqtt10.example"]
     assert plan.brokers[0].client_names == ("mqtt10.example", "192.0.2.2")
-    with pytest.raises(PlanError, match="--limit mqtt2: not a broker of this inventory"):
+    with pytest.raises(PlanError, match="--limit mqtt2: selects no broker of this inventory"):
         plan_for(fleet, data, ["mqtt2"])
     # A name that does not resolve from here: probes use the address (also a SAN).
     assert plan.brokers[0].connect_name == "192.0.2.2"
     broker = plan.brokers[0].model
     assert connect_name(broker, ["localhost", "127.0.0.1"]) == "localhost"
+
+
+def test_limit_takes_groups_and_globs_like_pyinfra() -> None:
+    hosts = [
+        RawHost("mqtt1.plant-a", ("brokers", "plant_a"), {"fleet_name": "unit"}),
+        RawHost("mqtt2.plant-a", ("brokers", "plant_a"), {"fleet_name": "unit"}),
+        RawHost("mqtt1.plant-b", ("brokers", "plant_b"), {"fleet_name": "unit"}),
+        RawHost("@local", ("flash_stations",), {"fleet_name": "unit"}),
+    ]
+    fleet = build_fleet(hosts)
+    groups = {h.name: h.groups for h in hosts}
+
+    def chosen(*limit: str) -> list[str]:
+        return [b.name for b in limited_brokers(fleet, groups, limit)]
+
+    assert chosen() == ["mqtt1.plant-a", "mqtt2.plant-a", "mqtt1.plant-b"]
+    assert chosen("plant_b") == ["mqtt1.plant-b"]
+    assert chosen("brokers") == chosen()
+    assert chosen("mqtt1.*") == ["mqtt1.plant-a", "mqtt1.plant-b"]
+    assert chosen("plant_b", "mqtt2.plant-a") == ["mqtt2.plant-a", "mqtt1.plant-b"]
+    # A group without brokers, a typo: named, with what exists.
+    with pytest.raises(PlanError, match=r"--limit flash_stations, plant_c: selects no broker"):
+        chosen("flash_stations", "plant_c", "plant_a")
+    plan = plan_from_hosts(hosts, ["plant_a"])
+    assert [b.name for b in plan.brokers] == ["mqtt1.plant-a", "mqtt2.plant-a"]
 
 
 def test_every_check_of_a_broker_is_scheduled_together() -> None:
@@ -165,7 +197,12 @@ def test_pytest_command_line(tmp_path: Path) -> None:
         Path("inventory/lab.py"), tmp_path, markexpr="mqtt", keyword="8883", limit=("b1",)
     )
     argv = pytest_argv(request, 3, tmp_path / "dump.json")
-    assert argv[1:4] == ["-m", "pytest", str(suite_dir())]
+    assert argv[1:5] == ["-m", "pytest", "--pyargs", "iotfleet.compliance"]
+    # The installed suite, wherever it is (a checkout or a wheel), with its own pytest ini.
+    suite = suite_dir()
+    assert suite is not None and (suite / "plugin.py").is_file()
+    assert argv[argv.index("--rootdir") + 1] == str(suite)
+    assert Path(argv[argv.index("-c") + 1]).parent == tmp_path
     assert argv[argv.index("--inventory") + 1] == str(Path("inventory/lab.py").resolve())
     assert argv[argv.index("-n") + 1] == "3"
     assert argv[argv.index("mqtt") - 1 : argv.index("mqtt") + 1] == ["-m", "mqtt"]

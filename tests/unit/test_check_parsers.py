@@ -48,7 +48,7 @@ from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
 from iotfleet.mosquitto.conf import include_dirs, parse_config
 from iotfleet.mosquitto.logins import password_users
-from roles.mosquitto.render import BrokerConfig
+from iotfleet.roles.mosquitto.render import BrokerConfig
 
 HOST = "mqtt1.example.net"
 LISTENERS = [

@@ -42,8 +42,8 @@ from iotfleet.model import RawHost, build_fleet
 from iotfleet.model.own_identities import PROBE_DEVICE, PROBE_PEER
 from iotfleet.mosquitto import layout
 from iotfleet.pki.testing import make_foreign_ca_identity
-from roles.mosquitto.render import BrokerConfig, service_files
-from roles.pki import broker_pki_files
+from iotfleet.roles.mosquitto.render import BrokerConfig, service_files
+from iotfleet.roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
 from tests.support.mosquitto_edits import allow_tls_1_1
 

@@ -10,7 +10,7 @@ import pytest
 
 from iotfleet.check.firewall_rules import firewall_problems, parse_ruleset, source_limits
 from iotfleet.model import Broker
-from roles.firewall import render_ruleset
+from iotfleet.roles.firewall import render_ruleset
 from tests.unit.nft.capture import BREAKAGES, HOST, judged_broker
 
 NFT = Path(__file__).parent / "nft"
@@ -160,7 +160,7 @@ def test_rendered_limit_without_password_listeners(broker: Broker) -> None:
 
 
 def test_loaded_ruleset_fact_reads_comment_and_digests() -> None:
-    from roles.firewall.facts import LoadedRuleset
+    from iotfleet.roles.firewall.facts import LoadedRuleset
 
     fact = LoadedRuleset()
     assert fact.process(["7fba3e03ab30b65f", "aa11", "aa11"]) == (

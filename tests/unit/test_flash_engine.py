@@ -75,6 +75,19 @@ def flash(
     )
 
 
+def test_the_default_stand_in_comes_with_iotfleet_outside_a_checkout(tmp_path: Path) -> None:
+    from iotfleet.device.firmware_stub import DEFAULT_PATH, is_stand_in
+    from iotfleet.flash.jobs import firmware_file
+
+    packaged = firmware_file(tmp_path, DEFAULT_PATH)
+    assert packaged.is_file() and is_stand_in(packaged.read_bytes())
+    # A user's own file of that name, or any other path, is theirs.
+    (tmp_path / DEFAULT_PATH).parent.mkdir(parents=True)
+    (tmp_path / DEFAULT_PATH).write_bytes(b"mine")
+    assert firmware_file(tmp_path, DEFAULT_PATH) == tmp_path / DEFAULT_PATH
+    assert firmware_file(tmp_path, Path("fw.bin")) == tmp_path / "fw.bin"
+
+
 def test_first_flash_writes_everything_second_writes_nothing(
     gateways: GatewayFleet, registry: FlashRegistry, tmp_path: Path
 ) -> None:
@@ -579,7 +592,7 @@ def test_a_generated_wifi_passphrase_is_refused_for_a_real_board(
 def test_rollout_refuses_bad_boards_up_front_listing_each_once(
     gateways: GatewayFleet, tmp_path: Path
 ) -> None:
-    from roles.esp8266_gateway import refuse_bad_board_inputs, station_of
+    from iotfleet.roles.esp8266_gateway import refuse_bad_board_inputs, station_of
 
     ctx = gateways.context(
         [

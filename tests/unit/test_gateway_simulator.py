@@ -20,8 +20,8 @@ from iotfleet.emulator import BoardServer
 from iotfleet.flash import flash_station
 from iotfleet.fleet.context import FleetContext
 from iotfleet.gateway import Backoff, GatewayError, GatewaySimulator, read_bundle
-from roles.mosquitto.render import service_files
-from roles.pki import broker_pki_files
+from iotfleet.roles.mosquitto.render import service_files
+from iotfleet.roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
 from tests.support.waiting import wait_until
 from tests.unit.gateway_helpers import (

@@ -24,8 +24,8 @@ from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import EXPIRED_CANARY, REVOKED_CANARY, load_canary, reconcile_fleet
 from iotfleet.model import RawHost, build_fleet
 from iotfleet.pki.testing import make_foreign_ca_identity
-from roles.mosquitto.render import service_files
-from roles.pki import broker_pki_files
+from iotfleet.roles.mosquitto.render import service_files
+from iotfleet.roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
 
 PASSPHRASE = "unit-test-passphrase-0123"

@@ -13,7 +13,7 @@ from iotfleet.model import Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, parse_acl, render_acl
 from iotfleet.mosquitto.conf import parse_config
-from roles.mosquitto.render import BrokerConfig
+from iotfleet.roles.mosquitto.render import BrokerConfig
 
 
 @pytest.fixture

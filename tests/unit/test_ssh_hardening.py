@@ -7,7 +7,7 @@ import pytest
 
 from iotfleet.check.ssh_checks import expected_sshd, parse_sshd_t, sshd_problems
 from iotfleet.model import InventoryError, RawHost, SshHardeningSettings, build_fleet
-from roles.ssh_hardening import render_dropin
+from iotfleet.roles.ssh_hardening import render_dropin
 
 HOST = "mqtt1.example.net"
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from iotfleet.model import Broker, RawHost, build_fleet
-from roles.firewall import render_ruleset
+from iotfleet.roles.firewall import render_ruleset
 
 HERE = Path(__file__).parent
 HOST = "mqtt1.example.net"

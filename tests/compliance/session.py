@@ -1,4 +1,4 @@
-"""pytest glue of the compliance suite: ``pytest tests/compliance --inventory INVENTORY``.
+"""Hooks and fixtures of a compliance run (registered by ``plugin.py`` when a fleet is checked).
 
 * ``--inventory`` names the pyinfra inventory the rollout uses; every check is parametrized
   per broker (and per listener or file), so test ids name the host and the listener;
@@ -10,6 +10,8 @@
   "not applicable", never silently dropped.
 
 ``iotfleet check`` runs this suite with reports and parallelism set up (iotfleet/check/runner.py).
+As a plugin of the whole pytest session these hooks would reach every test: ``plugin.py``
+registers this module only for a run against a fleet, so other test suites never see them.
 """
 
 from __future__ import annotations
@@ -40,70 +42,12 @@ from iotfleet.check.results import (
     utc_now,
 )
 from iotfleet.check.suite import Param, Suite, host_of_test, runs_last
+from iotfleet.compliance.plugin import MARKERS
 from iotfleet.model import InventoryError, RawHost
 from iotfleet.pki import PkiError
 
-MARKERS = {
-    "host": "checks run inside each broker over SSH (testinfra)",
-    "outside": "checks run from the control machine against each broker's listeners",
-    "service": "Mosquitto package, service state, user and systemd sandbox",
-    "listeners": "where the broker listens and with what configuration",
-    "files": "owner and mode of keys, certificates, password file, ACL, CRL, config",
-    "config": "effective Mosquitto configuration: anonymous, certificates, TLS, CRL, ACL",
-    "pki": "certificates, key and CRL on disk are the PKI's, with time left",
-    "firewall": "the nftables input filter is loaded and opens only what it should",
-    "ssh": "sshd takes keys only and forwards nothing (with ssh_hardening_enabled)",
-    "tls": "TLS versions, cipher suites, chain and names seen from outside (sslyze)",
-    "mqtt": "MQTT attacks from outside: who gets in, who may publish and read what",
-    "attack": "adversary checks: factor matrix, oversized CONNECT, retained flood, rate limit",
-    "flood": "checks that trip a broker's per-source limits (run after its other checks)",
-    "listener_kind(kind)": "which listeners a listener check runs on (internal)",
-}
-
 _HOSTS_KEY = pytest.StashKey[str]()
 _SUITE_KEY = pytest.StashKey[Suite]()
-_DISABLED_KEY = pytest.StashKey[bool]()
-SUITE_DIR = Path(__file__).parent
-
-
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    if config.stash.get(_DISABLED_KEY, False) and SUITE_DIR.resolve() in (
-        collection_path.resolve(),
-        *collection_path.resolve().parents,
-    ):
-        return True
-    return None
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("iotfleet", "iotfleet compliance suite")
-    group.addoption("--inventory", help="pyinfra inventory of the fleet to check (required)")
-    group.addoption(
-        "--limit",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="check only this broker (repeatable)",
-    )
-    group.addoption(
-        "--probe-device",
-        metavar="ID",
-        help="device the MQTT probes connect as (default: the first active device by id)",
-    )
-    group.addoption(
-        "--cert-margin-days",
-        type=float,
-        default=None,
-        help="fail when a broker certificate expires sooner (default 14)",
-    )
-    group.addoption(
-        "--crl-margin-hours",
-        type=float,
-        default=None,
-        help="fail when a broker's CRL reaches nextUpdate sooner (default 72)",
-    )
-    group.addoption("--results-json", metavar="PATH", help="write every result as JSON here")
-    group.addoption("--inventory-dump", metavar="PATH", help="(internal) the loaded inventory")
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -111,23 +55,11 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def _option(config: pytest.Config, name: str) -> Any:
-    """An option of this conftest; None when pytest found it too late to register them (a
-    run of a parent directory such as ``pytest tests``)."""
+    """One of the suite's options (``plugin.py``)."""
     try:
         return config.getoption(name)
     except ValueError:
         return None
-
-
-def _asked_for_this_suite(config: pytest.Config) -> bool:
-    """Whether the command line names this directory or a file in it."""
-    here = SUITE_DIR.resolve()
-    base = config.invocation_params.dir
-    for arg in config.args:
-        path = (base / arg.split("::", 1)[0]).resolve()
-        if path == here or here in path.parents:
-            return True
-    return False
 
 
 def _load_hosts(config: pytest.Config) -> str:
@@ -151,19 +83,7 @@ def _load_hosts(config: pytest.Config) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name, text in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {text}")
-    config.addinivalue_line(
-        "filterwarnings", "ignore::cryptography.utils.CryptographyDeprecationWarning"
-    )
-    if config.option.help:
-        return
-    if not (
-        _is_worker(config) or _option(config, "inventory") or _option(config, "inventory_dump")
-    ) and not _asked_for_this_suite(config):
-        # `pytest tests` and the like: the compliance suite runs only against a fleet.
-        config.stash[_DISABLED_KEY] = True
-        return
+    """Load the fleet and plan the checks (once; xdist workers get the controller's hosts)."""
     hosts_json = _load_hosts(config)
     hosts = [RawHost(h["name"], tuple(h["groups"]), h["data"]) for h in json.loads(hosts_json)]
     try:
