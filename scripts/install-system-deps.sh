@@ -14,6 +14,7 @@ packages=(
   prometheus                                         # promtool: checks and tests the alert rules in files/prometheus/
   gcc libmosquitto-dev mosquitto-dev libssl-dev      # build iotfleet's Mosquitto plugin
   python3-venv
+  faketime                                           # libfaketime: the CRL timer lab test moves brokers' clocks
 )
 
 missing=()

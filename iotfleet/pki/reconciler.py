@@ -34,11 +34,12 @@ from iotfleet.pki.ca import (
 )
 from iotfleet.pki.certs import BACKDATE
 from iotfleet.pki.delivery import Delivery, load_ledger
-from iotfleet.pki.index import Index
+from iotfleet.pki.index import Index, IndexRecord
 from iotfleet.pki.issue import IssueJob, new_pack_name, sign_batch, write_pack
 from iotfleet.pki.keys import PrivateKey
 from iotfleet.pki.layout import StateLayout
 from iotfleet.pki.passphrase import check_new_passphrase, read_passphrase
+from iotfleet.pki.rekey import Rekey, load_rekeys, rekey_key_for, same_key
 from iotfleet.pki.spec import (
     IdentitySpec,
     PkiSettings,
@@ -52,7 +53,6 @@ from iotfleet.pki.state import (
     leaf_crl_entries,
     load_state,
     locked_layout,
-    read_key_pem,
     remove_files,
     save_index,
     write_crl,
@@ -183,7 +183,7 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
                 )
 
         plan = _plan(settings, specs, index, ca.intermediate.not_valid_after_utc, moment,
-                     layout=layout, ledger=load_ledger(layout))
+                     layout=layout, ledger=load_ledger(layout), rekeys=load_rekeys(layout))
         warnings += plan.warnings
 
         need_root_crl = bool(new_ca or new_intermediate) or (
@@ -253,8 +253,9 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
 
 def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
           issuer_not_after: datetime, now: datetime, *, layout: StateLayout,
-          ledger: Mapping[str, Delivery]) -> _Plan:
-    """Decide, without writing, what to issue, renew, retire and revoke."""
+          ledger: Mapping[str, Delivery], rekeys: Mapping[str, Rekey]) -> _Plan:
+    """Decide, without writing, what to issue, renew, retire and revoke (a gateway's CSR from a
+    re-key over the air is signed here: ``rekeys``)."""
     plan = _Plan()
     serials: set[int] = set()
     capped = 0
@@ -271,6 +272,15 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
         not_after = min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)
         if current is None:
             plan.issued.append(spec.name)
+        elif spec.kind == "device" and (csr_key := _csr_key(plan, layout, spec, current,
+                                                             rekeys.get(spec.name))):
+            # Re-key over the air: the new key stays on the board; the old certificate stays
+            # valid until the gateway is seen using the new one.
+            plan.renewed.append(spec.name)
+            plan.retire.append(spec.name)
+            plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE,
+                                      not_after, public_key_pem=csr_key))
+            continue
         elif current.spec != fingerprint:
             plan.renewed.append(spec.name)
             plan.revocations.append((spec.name, "superseded"))
@@ -283,8 +293,10 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
                 # The key stays where it is (control machine and board): the new certificate
                 # reaches the gateway over MQTT, and the old one stays valid until then.
                 plan.retire.append(spec.name)
+                key_pem, public_key_pem = same_key(layout, current)
                 plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE,
-                                          not_after, key_pem=read_key_pem(layout, current)))
+                                          not_after, key_pem=key_pem,
+                                          public_key_pem=public_key_pem))
                 continue
             plan.revocations.append((spec.name, "superseded"))
         else:
@@ -323,6 +335,14 @@ def _plan_retirements(plan: _Plan, specs: Sequence[IdentitySpec], index: Index,
         if reason is not None:
             plan.retirements.append((record.serial, reason))
             plan.retired.append(record.name)
+
+
+def _csr_key(plan: _Plan, layout: StateLayout, spec: IdentitySpec, current: IndexRecord,
+             rekey: Rekey | None) -> bytes | None:
+    key, warning = rekey_key_for(layout, spec, current, rekey)
+    if warning is not None:
+        plan.warnings.append(warning)
+    return key
 
 
 def _new_serial(index: Index, taken: set[int]) -> int:
