@@ -3,6 +3,7 @@ gateway's CSR as a renewal whose old certificate stays valid until the new one i
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from iotfleet.context import FleetContext
 from iotfleet.gateway.rekey import csr_pem, new_key_pem
-from iotfleet.pki import PkiStore, reconcile
+from iotfleet.model import InventoryError, RawHost, build_fleet
+from iotfleet.pki import PkiStore, reconcile, status
 from iotfleet.pki.csr import CsrRejectedError, checked_csr_key
 from iotfleet.pki.delivery import record_observations
 from iotfleet.pki.index import load_index
@@ -22,6 +25,8 @@ from iotfleet.pki.rekey import key_since, read_rekeys, record_csr, request_rekey
 from iotfleet.pki.state import locked_layout
 from iotfleet.pki.store import KeyOnBoardError
 from iotfleet.pki.testing import csr_signed_by_another_key
+from iotfleet.rekey_delivery import due_rekeys
+from iotfleet.secrets import SecretStore
 from tests.unit.pki_helpers import DEVICE, ENV, FLEET, PASSPHRASE, settings_for
 
 T0 = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
@@ -177,3 +182,42 @@ def test_key_age_counts_from_the_first_certificate_of_the_key(tmp_path: Path) ->
     reconcile(settings, FLEET, now=first.not_after - timedelta(days=10))  # same key
     with locked_layout(state, shared=True) as layout:
         assert key_since(layout, load_index(layout), GW) == first.not_before
+
+
+def test_a_key_older_than_the_inventory_limit_is_due_for_a_rekey(tmp_path: Path) -> None:
+    fleet = build_fleet([RawHost("mqtt1.example.net", ("brokers",), {
+        "fleet_name": "demo", "fleet_devices": [{"id": GW}], "pki_device_key_max_age_days": 365,
+    })])  # fmt: skip
+    settings = settings_for(tmp_path / "pki")
+    ctx = FleetContext(fleet, tmp_path, SecretStore(tmp_path / "secrets"), settings, {})
+    reconcile(settings, FLEET, now=T0)
+    first = PkiStore(settings.state_dir).record(GW)
+    assert first is not None
+    # A same-key renewal does not make the key younger.
+    reconcile(settings, FLEET, now=first.not_after - timedelta(days=10))
+    born = first.not_before
+    assert due_rekeys(ctx, now=born + timedelta(days=364)) == {}
+    assert due_rekeys(ctx, now=born + timedelta(days=365)) == {GW: "key age"}
+    # Without a limit, only the operator's request makes it due.
+    unlimited = dataclasses.replace(
+        ctx, fleet=fleet.model_copy(update={"pki": fleet.pki.model_copy(
+            update={"device_key_max_age_days": None})}),
+    )  # fmt: skip
+    assert due_rekeys(unlimited, now=born + timedelta(days=3000)) == {}
+    request_rekey(settings.state_dir, GW, "operator", T0)
+    assert due_rekeys(unlimited, now=T0) == {GW: "operator"}
+
+
+def test_a_bad_key_age_limit_is_refused_naming_the_key() -> None:
+    with pytest.raises(InventoryError, match="pki_device_key_max_age_days"):
+        build_fleet([RawHost("mqtt1.example.net", ("brokers",), {
+            "fleet_name": "demo", "pki_device_key_max_age_days": 0,
+        })])  # fmt: skip
+
+
+def test_pki_status_shows_a_rekey_in_progress(tmp_path: Path) -> None:
+    state = tmp_path / "pki"
+    reconcile(settings_for(state), FLEET, now=T0)
+    request_rekey(state, GW, "operator", T0)
+    row = next(r for r in status(settings_for(state), now=T0).rows if r.name == GW)
+    assert row.note == "re-key (operator): asked"
