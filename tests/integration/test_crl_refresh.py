@@ -84,10 +84,12 @@ def test_refresh_crl_pushes_only_the_crl_to_every_broker(lab: RunningLab) -> Non
     assert (again.changed, again.errors) == (0, 0), again.explain()
 
 
-# libfaketime (Debian package faketime): moves the clock of one process tree, not the machine's.
+# libfaketime (Debian package faketime): moves the clock of processes, not of the machine. On each
+# broker it is preloaded into every new process (/etc/ld.so.preload: Mosquitto, and the apply
+# script's trial broker and health check), all reading the offset from /etc/faketimerc.
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 BROKER_FAKETIME_LIB = "/usr/local/lib/iotfleet-test-libfaketime.so.1"
-BROKER_OFFSET_FILE = "/etc/iotfleet-test-faketime"  # "+Nd", read at every clock call
+BROKER_OFFSET_FILE = "/etc/faketimerc"  # "+Nd"
 FAKETIME_DROPIN = f"{layout.DROPIN_DIR}/zz-iotfleet-test-faketime.conf"
 NIGHTLY = REPO / "files" / "nightly"
 
@@ -116,11 +118,12 @@ def _broker_clocks(lab: RunningLab, days: int) -> None:
 def moved_clocks(lab: RunningLab) -> object:
     """Each broker's Mosquitto on a clock the test moves; put back afterwards."""
     library = FAKETIME_LIB.read_bytes()
+    # The running broker re-reads the offset at every clock call, so a day passes without a
+    # restart (a broker whose CRL did not change is not restarted).
     dropin = (
-        "[Service]\n"
-        f"Environment=LD_PRELOAD={BROKER_FAKETIME_LIB}\n"
-        f"Environment=FAKETIME_TIMESTAMP_FILE={BROKER_OFFSET_FILE}\n"
-        "Environment=FAKETIME_NO_CACHE=1\n"
+        "[Service]\\n"
+        f"Environment=FAKETIME_TIMESTAMP_FILE={BROKER_OFFSET_FILE}\\n"
+        "Environment=FAKETIME_NO_CACHE=1\\n"
     )
     for host in lab.hosts:
         copied = subprocess.run(
@@ -129,12 +132,14 @@ def moved_clocks(lab: RunningLab) -> object:
         )  # fmt: skip
         assert copied.returncode == 0, copied.stderr
         lab.ssh(host, f"echo +0d > {BROKER_OFFSET_FILE} && chmod 644 {BROKER_OFFSET_FILE} && "
-                      f"printf '{dropin}' > {FAKETIME_DROPIN} && systemctl daemon-reload && "
-                      "systemctl restart mosquitto")  # fmt: skip
+                      f"printf '{dropin}' > {FAKETIME_DROPIN} && "
+                      f"echo {BROKER_FAKETIME_LIB} > /etc/ld.so.preload && "
+                      "systemctl daemon-reload && systemctl restart mosquitto")  # fmt: skip
     yield
     for host in lab.hosts:
-        lab.ssh(host, f"rm -f {FAKETIME_DROPIN} {BROKER_OFFSET_FILE} {BROKER_FAKETIME_LIB} && "
-                      "systemctl daemon-reload && systemctl restart mosquitto")  # fmt: skip
+        lab.ssh(host, f"rm -f /etc/ld.so.preload && rm -f {FAKETIME_DROPIN} {BROKER_OFFSET_FILE} "
+                      f"{BROKER_FAKETIME_LIB} && systemctl daemon-reload && "
+                      "systemctl restart mosquitto")  # fmt: skip
     # Back to the real clock: a CRL signed now (the simulated ones lie in the future).
     _refresh(lab, "--force")
 
