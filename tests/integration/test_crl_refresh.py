@@ -19,7 +19,7 @@ from cryptography import x509
 
 from iotfleet.check.mqtt_probe import try_connect
 from iotfleet.mosquitto import layout
-from tests.integration.conftest import LabFactory, RunningLab
+from tests.integration.conftest import LabFactory, LabHost, RunningLab
 from tests.support.broker_clients import identity_of, refused_identity, target
 from tests.support.lab_fleet import lab_context
 from tests.support.rollout import REPO, run_iotfleet, run_pyinfra
@@ -84,13 +84,19 @@ def test_refresh_crl_pushes_only_the_crl_to_every_broker(lab: RunningLab) -> Non
     assert (again.changed, again.errors) == (0, 0), again.explain()
 
 
-# libfaketime (Debian package faketime): moves the clock of processes, not of the machine. On each
-# broker it is preloaded into every new process (/etc/ld.so.preload: Mosquitto, and the apply
-# script's trial broker and health check), all reading the offset from /etc/faketimerc.
+# libfaketime (Debian package faketime): moves the clock of chosen processes, not the machine's.
+# On each broker it goes into Mosquitto only: the service (a drop-in) and the apply script's
+# trial broker (a `mosquitto` wrapper first in PATH); both read the offset from one file.
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 BROKER_FAKETIME_LIB = "/usr/local/lib/iotfleet-test-libfaketime.so.1"
-BROKER_OFFSET_FILE = "/etc/faketimerc"  # "+Nd"
+BROKER_OFFSET_FILE = "/etc/iotfleet-test-faketime"  # "+Nd", read at every clock call
+FAKETIME_ENV = {
+    "LD_PRELOAD": BROKER_FAKETIME_LIB,
+    "FAKETIME_TIMESTAMP_FILE": BROKER_OFFSET_FILE,
+    "FAKETIME_NO_CACHE": "1",
+}
 FAKETIME_DROPIN = f"{layout.DROPIN_DIR}/zz-iotfleet-test-faketime.conf"
+MOSQUITTO_WRAPPER = "/usr/local/bin/mosquitto"  # before /usr/sbin in every PATH
 NIGHTLY = REPO / "files" / "nightly"
 
 
@@ -114,30 +120,30 @@ def _broker_clocks(lab: RunningLab, days: int) -> None:
         lab.ssh(host, f"echo +{days}d > {BROKER_OFFSET_FILE}")
 
 
+def _put(lab: RunningLab, host: LabHost, path: str, data: bytes, mode: str) -> None:
+    copied = subprocess.run(
+        lab.ssh_argv(host, f"cat > {path} && chmod {mode} {path}"), input=data, check=False,
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert copied.returncode == 0, copied.stderr
+
+
 @pytest.fixture
 def moved_clocks(lab: RunningLab) -> object:
     """Each broker's Mosquitto on a clock the test moves; put back afterwards."""
     library = FAKETIME_LIB.read_bytes()
-    # The running broker re-reads the offset at every clock call, so a day passes without a
-    # restart (a broker whose CRL did not change is not restarted).
-    dropin = (
-        "[Service]\\n"
-        f"Environment=FAKETIME_TIMESTAMP_FILE={BROKER_OFFSET_FILE}\\n"
-        "Environment=FAKETIME_NO_CACHE=1\\n"
-    )
+    dropin = "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in FAKETIME_ENV.items())
+    env = " ".join(f"{k}={v}" for k, v in FAKETIME_ENV.items())
+    wrapper = f'#!/bin/sh\nexec env {env} /usr/sbin/mosquitto "$@"\n'
     for host in lab.hosts:
-        copied = subprocess.run(
-            lab.ssh_argv(host, f"cat > {BROKER_FAKETIME_LIB}"), input=library, check=False,
-            capture_output=True, timeout=60,
-        )  # fmt: skip
-        assert copied.returncode == 0, copied.stderr
-        lab.ssh(host, f"echo +0d > {BROKER_OFFSET_FILE} && chmod 644 {BROKER_OFFSET_FILE} && "
-                      f"printf '{dropin}' > {FAKETIME_DROPIN} && "
-                      f"echo {BROKER_FAKETIME_LIB} > /etc/ld.so.preload && "
-                      "systemctl daemon-reload && systemctl restart mosquitto")  # fmt: skip
+        _put(lab, host, BROKER_FAKETIME_LIB, library, "644")
+        _put(lab, host, BROKER_OFFSET_FILE, b"+0d\n", "644")
+        _put(lab, host, FAKETIME_DROPIN, dropin.encode(), "644")
+        _put(lab, host, MOSQUITTO_WRAPPER, wrapper.encode(), "755")
+        lab.ssh(host, "systemctl daemon-reload && systemctl restart mosquitto")
     yield
     for host in lab.hosts:
-        lab.ssh(host, f"rm -f /etc/ld.so.preload && rm -f {FAKETIME_DROPIN} {BROKER_OFFSET_FILE} "
+        lab.ssh(host, f"rm -f {MOSQUITTO_WRAPPER} {FAKETIME_DROPIN} {BROKER_OFFSET_FILE} "
                       f"{BROKER_FAKETIME_LIB} && systemctl daemon-reload && "
                       "systemctl restart mosquitto")  # fmt: skip
     # Back to the real clock: a CRL signed now (the simulated ones lie in the future).
