@@ -363,6 +363,8 @@ class GatewaySimulator:
                 self.stats.last_error = f"cannot store the new certificate: {exc}"
                 self._log(self.stats.last_error)
                 return False
+        # Leaving this session for the switch: nobody may take it for one with the new one.
+        self._connected.clear()
         self.bundle = dataclasses.replace(self.bundle, certificate_pem=certificate,
                                           private_key_pem=key)  # fmt: skip
         self._tls = gateway_tls_context(self.bundle.ca_chain_pem, certificate, key)
