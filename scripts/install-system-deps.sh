@@ -15,6 +15,7 @@ packages=(
   gcc libmosquitto-dev mosquitto-dev libssl-dev      # build iotfleet's Mosquitto plugin
   faketime                                           # tests: a rollout under a clock that runs ahead
   python3-venv
+  faketime                                           # libfaketime: the CRL timer lab test moves brokers' clocks
 )
 
 missing=()

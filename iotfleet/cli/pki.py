@@ -226,6 +226,43 @@ def export_command(settings: PkiSettings, name: str, out_dir: Path) -> None:
     click.echo(f"wrote {out_dir}/ca.pem, {name}.crt and {name}.key (0600)")
 
 
+@cli.command("rekey")
+@click.argument("device")
+@click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="IOTFLEET_INVENTORY", required=True,
+              help="pyinfra inventory of the fleet (its devices and PKI settings).")
+def rekey_command(device: str, inventory: Path) -> None:
+    """Ask DEVICE's gateway for a new key, over the air (no passphrase, no network here).
+
+    Marks the request in the PKI state; the next rollout (or `iotfleet pki deliver`) publishes
+    it to the gateway, which makes a new key and sends a CSR; the CSR is signed if its CN is
+    DEVICE and it is signed by its own key, and the certificate is delivered like a renewal.
+    The old certificate stays valid until the gateway is seen using the new one.
+    """
+    from datetime import UTC, datetime
+
+    from iotfleet.fleet.context import FleetContext
+    from iotfleet.fleet.inventory import load_fleet
+    from iotfleet.model import InventoryError
+    from iotfleet.pki.rekey import request_rekey
+
+    try:
+        fleet, _ = load_fleet(inventory)
+        ctx = FleetContext.for_fleet(fleet)
+        if device not in {d.id for d in fleet.active_devices}:
+            raise PkiCommandError(f"{device}: not an active device of fleet {fleet.name} "
+                                  "(fleet_devices)")
+        if ctx.pki.record(device) is None:
+            raise PkiCommandError(f"{device} has no certificate yet: run the rollout first")
+        entry = request_rekey(ctx.pki_settings.state_dir, device, "operator",
+                              datetime.now(UTC).replace(microsecond=0))
+    except (InventoryError, FileNotFoundError, PkiError) as exc:
+        raise PkiCommandError(str(exc)) from None
+    click.echo(f"re-key of {device} requested (request {entry.request[:12]}, since "
+               f"{entry.requested_at:%Y-%m-%d %H:%M} UTC): the next rollout or "
+               "`iotfleet pki deliver` asks the gateway for a CSR and signs it")
+
+
 @cli.command("deliver")
 @click.argument("devices", nargs=-1)
 @click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
@@ -240,11 +277,14 @@ def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait
     certificate topic) and record which certificate each gateway reports using.
 
     No passphrase needed. The next PKI deploy revokes a renewed device's old certificate once
-    the device was seen using the new one. Exit 1 if a delivery failed on every broker.
+    the device was seen using the new one. Re-keys in progress (`iotfleet pki rekey`) are
+    asked and their CSRs signed (needs the CA passphrase then). Exit 1 if a delivery failed on
+    every broker or a CSR was refused.
     """
     from iotfleet.fleet.cert_delivery import DeliveryError, deliver_certificates
     from iotfleet.fleet.context import FleetContext
     from iotfleet.fleet.inventory import load_fleet
+    from iotfleet.fleet.rekey_delivery import run_rekeys
     from iotfleet.fleet.secrets import SecretError
     from iotfleet.model import InventoryError
 
@@ -254,9 +294,17 @@ def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait
         chosen: list[str] | None = list(devices) or None
         if every:
             chosen = [device.id for device in fleet.active_devices]
+        rekeys = run_rekeys(ctx, list(devices) or None, wait=wait)
         results = deliver_certificates(ctx, chosen, wait=wait)
     except (InventoryError, SecretError, FileNotFoundError, DeliveryError, PkiError) as exc:
         raise PkiCommandError(str(exc)) from None
+    if rekeys:
+        _render_rekeys(rekeys)
+    refused = any(r.refused for r in rekeys)
+    if not results and rekeys:
+        if refused:
+            raise SystemExit(EXIT_ATTENTION)
+        return
     if not results:
         click.echo("nothing to deliver: every renewed certificate was delivered already "
                    "(--all publishes them again)")
@@ -270,8 +318,23 @@ def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait
         table.add_row(r.device, r.serial[:12], delivered, "online" if r.online else "offline",
                       in_use)
     Console().print(table)
-    if any(not r.delivered for r in results):
+    if refused or any(not r.delivered for r in results):
         raise SystemExit(EXIT_ATTENTION)
+
+
+def _render_rekeys(rekeys: list[Any]) -> None:
+    table = Table(title="re-key over the air", title_justify="left")
+    for column in ("device", "reason", "gateway", "CSR", "new certificate", "in use"):
+        table.add_column(column)
+    for r in rekeys:
+        csr = f"[red]refused[/]: {r.refused}" if r.refused else r.csr
+        table.add_row(r.device, r.reason, "online" if r.online else "offline", csr,
+                      (r.serial or "-")[:12], "[green]yes[/]" if r.switched else "-")
+    Console().print(table)
+    for r in rekeys:
+        if r.refused:
+            click.echo(f"WARNING: re-key of {r.device} refused, nothing signed: {r.refused}",
+                       err=True)
 
 
 @cli.command("refresh-crl")

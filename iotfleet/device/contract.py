@@ -12,7 +12,10 @@ The firmware (``files/firmware/iotfleet-gateway/``) and the gateway simulator
 
 And over MQTT (``docs/gateways.md``, "Certificate renewal"): the renewed certificate arrives on
 ``certificate_topic(device_id)`` as a ``CertificateUpdate``; the gateway reports the serial it
-uses in its ``GatewayStatus`` on its status topic.
+uses in its ``GatewayStatus`` on its status topic. A re-key request arrives on
+``rekey_topic(device_id)`` (``RekeyRequest``); the gateway keeps its new key in
+``/client.key.new`` until the certificate for it arrives and answers on ``csr_topic(device_id)``
+(``CsrMessage``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ CERT_FILE = "/client.pem"
 KEY_FILE = "/client.key"
 WIFI_PASS_FILE = "/wifi.pass"  # noqa: S105 - a file name
 MQTT_PASS_FILE = "/mqtt.pass"  # noqa: S105 - a file name
+PENDING_KEY_FILE = "/client.key.new"  # a re-key's new key, until its certificate arrives
+REKEY_FILE = "/rekey.json"  # the re-key request answered last ({"request": ID}), no secret
 REQUIRED_FILES = (CONFIG_FILE, CA_FILE, CERT_FILE, KEY_FILE, WIFI_PASS_FILE)
 MAX_FILE_SIZE = 16 * 1024  # the firmware reads each file into RAM (about 40 KB free heap)
 MAX_CONFIG_SIZE = 2048  # ArduinoJson's document in the sketch is sized for this
@@ -199,6 +204,67 @@ def certificate_topic(device_id: str) -> str:
     spelled: the ACL, the publisher, the simulator and the docs all come here.
     """
     return f"{CERTIFICATE_TOPIC_ROOT}/{device_id}/certificate"
+
+
+def rekey_topic(device_id: str) -> str:
+    """Where iotfleet asks ``device_id`` for a new key (retained, QoS 1; written only by the
+    delivery identity, read only by the device). An empty retained message clears the request."""
+    return f"{CERTIFICATE_TOPIC_ROOT}/{device_id}/rekey"
+
+
+def csr_topic(device_id: str) -> str:
+    """Where ``device_id`` publishes the CSR of its new key (retained, QoS 1; written only by the
+    device itself, read only by the delivery identity)."""
+    return f"{CERTIFICATE_TOPIC_ROOT}/{device_id}/csr"
+
+
+MAX_CSR_MESSAGE_SIZE = 4 * 1024  # an EC P-256 CSR in PEM is about 500 bytes, RSA-2048 1 KB
+
+
+class RekeyRequest(BaseModel):
+    """Payload on ``rekey_topic``: make a new key and send its CSR, answering ``request``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    device: str = Field(description="the device id")
+    request: str = Field(pattern=r"^[0-9a-f]{16,64}$", description="request id, hex")
+    key_type: Literal["ec-p256", "rsa-2048"] = Field("ec-p256", description="key to generate")
+
+    def to_payload(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> RekeyRequest:
+        if len(payload) > MAX_CSR_MESSAGE_SIZE:
+            raise ContractError(f"re-key request of {len(payload)} bytes")
+        try:
+            return cls.model_validate_json(payload)
+        except ValidationError as exc:
+            raise ContractError(f"re-key request: {_first_error(exc)}") from None
+
+
+class CsrMessage(BaseModel):
+    """Payload on ``csr_topic``: the CSR (PKCS#10, PEM) of the key made for ``request``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    device: str = Field(description="the device id (must be the CSR's CN)")
+    request: str = Field(pattern=r"^[0-9a-f]{16,64}$", description="the request answered")
+    csr: str = Field(description="PKCS#10 certificate signing request, PEM")
+
+    def to_payload(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> CsrMessage:
+        if len(payload) > MAX_CSR_MESSAGE_SIZE:
+            raise ContractError(f"CSR message of {len(payload)} bytes (max {MAX_CSR_MESSAGE_SIZE})")
+        try:
+            return cls.model_validate_json(payload)
+        except ValidationError as exc:
+            raise ContractError(f"CSR message: {_first_error(exc)}") from None
 
 
 class CertificateUpdate(BaseModel):

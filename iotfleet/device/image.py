@@ -29,6 +29,7 @@ from iotfleet.model import Board, Broker, Device, FlashStation, Fleet, SecretRef
 from iotfleet.model.addresses import broker_dns_names, broker_ip_addresses
 from iotfleet.model.secretref import SecretError
 from iotfleet.pki import PkiError, PkiStore
+from iotfleet.pki.store import KeyOnBoardError
 
 
 class SecretResolver(Protocol):
@@ -143,6 +144,8 @@ def device_bundle(
         certificate = store.certificate_pem(device.id)
         key = store.private_key_pem(device.id)
         chain = store.ca_chain_pem()
+    except KeyOnBoardError as exc:  # re-keyed over the air: flashing would need its key
+        raise DeviceImageError(where, "certificate", str(exc)) from None
     except PkiError as exc:
         raise DeviceImageError(
             where, "certificate", f"{exc} (the PKI tier, deploy/pki.py, issues it)"

@@ -157,7 +157,7 @@ def deliver_certificates(
     return [results[d] for d in chosen]
 
 
-class _Link:
+class MqttLink:
     """One MQTT 5 connection whose loop runs in the caller's thread."""
 
     def __init__(self, host: str, port: int, ca: bytes, identity: tuple[bytes, bytes]) -> None:
@@ -226,7 +226,7 @@ def _deliver_on(
     timeout: float,
 ) -> None:
     devices = list(devices)
-    link = _Link(host, port, ca, identity)
+    link = MqttLink(host, port, ca, identity)
     try:
         link.client.connect(host, port, keepalive=30)
     except (ssl.SSLError, OSError) as exc:
@@ -269,7 +269,7 @@ def _deliver_on(
 
 
 def _read_statuses(
-    link: _Link, status_topics: dict[str, str], results: dict[str, DeviceDelivery]
+    link: MqttLink, status_topics: dict[str, str], results: dict[str, DeviceDelivery]
 ) -> None:
     """Merge this broker's statuses: a gateway is online if any broker says so, and the serial
     it uses is the one it reported while online (a broker it left may hold an older one)."""
@@ -329,7 +329,7 @@ def gateway_statuses(
         if not topics:
             continue
         host, port = (targets or {}).get(broker.name) or delivery_listener(broker)
-        link = _Link(host, port, ca, identity)
+        link = MqttLink(host, port, ca, identity)
         problem = link.open(timeout)
         if problem is not None:
             problems.append(f"{broker.name}: {problem}")

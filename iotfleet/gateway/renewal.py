@@ -3,7 +3,8 @@
 The message on its certificate topic is trusted for nothing: the ACL lets only iotfleet write
 there, but a gateway must also survive a broker that is misconfigured or compromised. So the
 certificate is installed only if it names this device, carries this device's own public key
-(the key never changes in a renewal), and chains to a root the gateway was flashed with.
+(the key never changes in a renewal) or the new key it made for a re-key (``pending_key_pem``),
+and chains to a root the gateway was flashed with.
 """
 
 from __future__ import annotations
@@ -34,8 +35,16 @@ def serial_of(certificate_pem: bytes) -> str:
     return f"{x509.load_pem_x509_certificate(certificate_pem).serial_number:040x}"
 
 
-def checked_update(payload: bytes, bundle: Bundle, now: datetime | None = None) -> bytes:
-    """The new certificate PEM from a certificate-topic message, once it passed every check.
+def checked_update(
+    payload: bytes,
+    bundle: Bundle,
+    now: datetime | None = None,
+    *,
+    pending_key_pem: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """(new certificate PEM, the key it certifies) from a certificate-topic message, once it
+    passed every check. The key is the gateway's own, or ``pending_key_pem`` (a re-key's new
+    key, waiting for its certificate).
 
     Raises ``CertificateRejectedError`` naming the first check that failed.
     """
@@ -57,8 +66,17 @@ def checked_update(payload: bytes, bundle: Bundle, now: datetime | None = None) 
     names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not names or names[0].value != device:
         raise CertificateRejectedError(f"the certificate is not issued to {device!r}")
-    own_key = serialization.load_pem_private_key(bundle.private_key_pem, password=None)
-    if _spki(leaf.public_key()) != _spki(own_key.public_key()):
+    keys = [bundle.private_key_pem, *([pending_key_pem] if pending_key_pem else [])]
+    certified = _spki(leaf.public_key())
+    key_pem = next(
+        (
+            k
+            for k in keys
+            if _spki(serialization.load_pem_private_key(k, password=None).public_key()) == certified
+        ),
+        None,
+    )
+    if key_pem is None:
         raise CertificateRejectedError("the certificate does not carry this gateway's key")
     # Trust anchors come from the flash only; the message may only add intermediates.
     roots = [c for c in flashed if c.subject == c.issuer]
@@ -72,4 +90,4 @@ def checked_update(payload: bytes, bundle: Bundle, now: datetime | None = None) 
         verifier.verify(leaf, intermediates)
     except VerificationError as exc:
         raise CertificateRejectedError(f"the certificate does not chain to the CA: {exc}") from None
-    return update.certificate.encode()
+    return update.certificate.encode(), key_pem

@@ -10,6 +10,11 @@ Certificate renewal over the air: it listens on its certificate topic (retained,
 published while it was offline is waiting when it comes back), checks the certificate
 (``iotfleet.gateway.renewal``), stores it in its flash (``/client.pem``, write new then rename),
 reconnects with it and reports its serial in the retained online status.
+
+Re-key over the air: a request on its re-key topic makes it generate a new key (kept in flash
+as ``/client.key.new``, the old key stays in use) and publish the CSR on its own CSR topic
+(retained); the certificate for the new key arrives like a renewal, and the gateway switches to
+the new key and certificate together (``iotfleet.gateway.rekey``).
 """
 
 from __future__ import annotations
@@ -32,9 +37,22 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from iotfleet.device.contract import CERT_FILE, Bundle, GatewayStatus, certificate_topic
+from iotfleet.device.contract import (
+    CERT_FILE,
+    KEY_FILE,
+    PENDING_KEY_FILE,
+    REKEY_FILE,
+    Bundle,
+    ContractError,
+    GatewayStatus,
+    RekeyRequest,
+    certificate_topic,
+    csr_topic,
+    rekey_topic,
+)
 from iotfleet.gateway.backoff import Backoff
-from iotfleet.gateway.flashfile import GatewayError, write_flash_files
+from iotfleet.gateway.flashfile import GatewayError, read_flash_files, write_flash_files
+from iotfleet.gateway.rekey import answered_request, csr_message, new_key_pem, rekey_state
 from iotfleet.gateway.renewal import CertificateRejectedError, checked_update, serial_of
 from iotfleet.gateway.tls import gateway_tls_context
 
@@ -43,6 +61,7 @@ NOT_AUTHORIZED = 0x87
 _MAX_PENDING_ACKS = 256
 FIRMWARE = "iotfleet-simulator/1"
 _CERTIFICATE = "\x00certificate"  # internal queue key: never a command name (MQTT has no NUL)
+_REKEY = "\x00rekey"
 
 
 @dataclass
@@ -55,6 +74,8 @@ class SimulatorStats:
     commands_handled: int = 0
     certificates_installed: int = 0
     certificates_rejected: int = 0
+    csrs_sent: int = 0  # re-key requests answered with a CSR
+    keys_replaced: int = 0  # switched to a new key (its certificate arrived)
     last_error: str = ""
 
 
@@ -92,6 +113,15 @@ class GatewaySimulator:
         self.flash_file = flash_file
         self.layout = layout
         self.certificate_topic = certificate_topic(self.device_id)
+        self.rekey_topic = rekey_topic(self.device_id)
+        self.csr_topic = csr_topic(self.device_id)
+        # A re-key in progress survives a reboot: its key and request id live in the flash.
+        self._pending_key: bytes | None = None
+        self._answered: str | None = None
+        if flash_file is not None:
+            files = read_flash_files(flash_file, layout)
+            self._pending_key = files.get(PENDING_KEY_FILE) or None
+            self._answered = answered_request(files.get(REKEY_FILE))
         self._tls = gateway_tls_context(
             bundle.ca_chain_pem, bundle.certificate_pem, bundle.private_key_pem
         )
@@ -222,6 +252,7 @@ class GatewaySimulator:
         self.stats.connects += 1
         client.subscribe(f"{self.topics.commands}/#", qos=1)
         client.subscribe(self.certificate_topic, qos=1)
+        client.subscribe(self.rekey_topic, qos=1)
         client.publish(self.topics.status, _status("online", self.cert_serial), qos=1, retain=True)
         self._connected.set()
         self._log(f"connected to {host}:{port} as {self.device_id}")
@@ -249,6 +280,9 @@ class GatewaySimulator:
                 if self._install_certificate(client, payload):
                     return  # reconnect at once with the new certificate
                 continue
+            if name == _REKEY:
+                self._answer_rekey(client, payload)
+                continue
             if self._handle_command(client, name, payload) == "restart":
                 return  # like a reboot: drop the session, come back through the backoff loop
 
@@ -270,6 +304,8 @@ class GatewaySimulator:
         prefix = self.topics.commands + "/"
         if message.topic == self.certificate_topic:
             self._commands.put((_CERTIFICATE, bytes(message.payload)))
+        elif message.topic == self.rekey_topic:
+            self._commands.put((_REKEY, bytes(message.payload)))
         elif message.topic.startswith(prefix):
             self._commands.put((message.topic[len(prefix) :], bytes(message.payload)))
 
@@ -304,7 +340,9 @@ class GatewaySimulator:
         if not payload:
             return False  # the retained message was cleared
         try:
-            certificate = checked_update(payload, self.bundle)
+            certificate, key = checked_update(
+                payload, self.bundle, pending_key_pem=self._pending_key
+            )
         except CertificateRejectedError as exc:
             self.stats.certificates_rejected += 1
             self.stats.last_error = f"certificate rejected: {exc}"
@@ -314,21 +352,68 @@ class GatewaySimulator:
             return False
         if certificate == self.bundle.certificate_pem:
             return False  # already in use (the retained copy, seen again after reconnecting)
+        new_key = key != self.bundle.private_key_pem
+        files = {CERT_FILE: certificate}
+        if new_key:
+            files[KEY_FILE] = key  # renames /client.key.new over /client.key
         if self.flash_file is not None:
             try:
-                write_flash_files(self.flash_file, {CERT_FILE: certificate}, self.layout)
+                write_flash_files(self.flash_file, files, self.layout)
             except GatewayError as exc:
                 self.stats.last_error = f"cannot store the new certificate: {exc}"
                 self._log(self.stats.last_error)
                 return False
-        self.bundle = dataclasses.replace(self.bundle, certificate_pem=certificate)
-        self._tls = gateway_tls_context(
-            self.bundle.ca_chain_pem, certificate, self.bundle.private_key_pem
-        )
+        # Leaving this session for the switch: nobody may take it for one with the new one.
+        self._connected.clear()
+        self.bundle = dataclasses.replace(self.bundle, certificate_pem=certificate,
+                                          private_key_pem=key)  # fmt: skip
+        self._tls = gateway_tls_context(self.bundle.ca_chain_pem, certificate, key)
+        if new_key:
+            self._pending_key = None
+            self.stats.keys_replaced += 1
+            # The CSR is answered: clear it so nobody reads it again.
+            client.publish(self.csr_topic, b"", qos=1, retain=True).wait_for_publish(timeout=2)
         self.stats.certificates_installed += 1
         self._log(f"installed certificate {self.cert_serial}; reconnecting with it")
         self._switching = True
         return True
+
+    # -- re-key over the air -------------------------------------------------------------------
+
+    def _answer_rekey(self, client: mqtt.Client, payload: bytes) -> None:
+        """Make a new key for a request (once per request id) and publish its CSR."""
+        if not payload:
+            return  # the request was cleared (done, or withdrawn)
+        try:
+            request = RekeyRequest.from_payload(payload)
+        except ContractError as exc:
+            self.stats.last_error = f"re-key request ignored: {exc}"
+            self._log(self.stats.last_error)
+            return
+        if request.device != self.device_id:
+            self.stats.last_error = f"re-key request ignored: it is for {request.device!r}"
+            self._log(self.stats.last_error)
+            return
+        if request.request == self._answered and self._pending_key is None:
+            return  # answered and done: the request is still retained, nothing more to do
+        if request.request != self._answered or self._pending_key is None:
+            key = new_key_pem(request.key_type)
+            if self.flash_file is not None:
+                try:
+                    write_flash_files(
+                        self.flash_file,
+                        {PENDING_KEY_FILE: key, REKEY_FILE: rekey_state(request.request)},
+                        self.layout,
+                    )
+                except GatewayError as exc:
+                    self.stats.last_error = f"cannot store the new key: {exc}"
+                    self._log(self.stats.last_error)
+                    return
+            self._pending_key, self._answered = key, request.request
+        # The same request again (after a reconnect): the same key, the same CSR.
+        client.publish(self.csr_topic, csr_message(request, self._pending_key), qos=1, retain=True)
+        self.stats.csrs_sent += 1
+        self._log(f"re-key {request.request[:8]}: new key made, CSR published")
 
     # -- direct publishing (tests, diagnostics) ------------------------------------------------
 

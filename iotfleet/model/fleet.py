@@ -188,6 +188,14 @@ class PkiConfig(_Model):
         description="renew device certificates on the same key and deliver them over MQTT "
         "(false: a new key, the old certificate revoked at once; boards must be re-flashed)",
     )
+    device_key_max_age_days: int | None = Field(
+        None,
+        ge=1,
+        le=7300,
+        description="re-key a device over the air once its key is this old (the gateway makes "
+        "the new key and sends a CSR; `iotfleet pki rekey DEVICE` asks for one at any time); "
+        "unset: keys are replaced only on request",
+    )
 
 
 class Broker(_Model):

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from iotfleet.device.contract import CERTIFICATE_TOPIC_ROOT, certificate_topic
+from iotfleet.device.contract import (
+    CERTIFICATE_TOPIC_ROOT,
+    certificate_topic,
+    csr_topic,
+    rekey_topic,
+)
 from iotfleet.model import Device, Fleet, Role
 from iotfleet.model.own_identities import (
     DELIVERY_IDENTITY,
@@ -31,27 +36,37 @@ def prefix_rules(prefix: str) -> list[tuple[str, str]]:
 
 
 def certificate_topics(fleet: Fleet) -> list[str]:
-    """Every active device's certificate delivery topic (retained by design: a gateway offline
-    during a renewal picks its certificate up when it comes back)."""
-    return [certificate_topic(device.id) for device in fleet.active_devices]
+    """Every active device's certificate delivery, re-key and CSR topics (retained by design: a
+    gateway offline during a renewal or re-key picks it up when it comes back, and the CSR waits
+    for the next rollout)."""
+    return [
+        topic(device.id)
+        for device in fleet.active_devices
+        for topic in (certificate_topic, rekey_topic, csr_topic)
+    ]
 
 
 def delivery_rules(fleet: Fleet, broker_name: str) -> list[tuple[str, str]]:
-    """iotfleet's delivery identity: write each device's certificate topic, read its status."""
+    """iotfleet's delivery identity: write each device's certificate and re-key topics, read its
+    status and its CSR topic."""
     allowed = fleet.users_of(broker_name)
     rules: list[tuple[str, str]] = []
     for device in fleet.active_devices:
         if device.id in allowed:
             rules.append(("write", certificate_topic(device.id)))
+            rules.append(("write", rekey_topic(device.id)))
+            rules.append(("read", csr_topic(device.id)))
             rules.append(("read", f"{fleet.topic_prefix(device)}/status"))
     return rules
 
 
 def device_rules(fleet: Fleet, device: Device) -> list[tuple[str, str]]:
-    """(access, topic) pairs of one device: its own prefix only, its certificate topic (read),
-    plus its extra roles."""
+    """(access, topic) pairs of one device: its own prefix only, its certificate and re-key
+    topics (read), its CSR topic (write), plus its extra roles."""
     rules = prefix_rules(fleet.topic_prefix(device))
     rules.append(("read", certificate_topic(device.id)))
+    rules.append(("read", rekey_topic(device.id)))
+    rules.append(("write", csr_topic(device.id)))
     for role in device.roles:
         rules.extend(_role_rules(fleet.roles[role], device.id))
     return rules

@@ -16,7 +16,7 @@ option is repeated, one item a line). It enforces what Mosquitto's own files can
 
 from __future__ import annotations
 
-from iotfleet.device.contract import certificate_topic
+from iotfleet.device.contract import certificate_topic, csr_topic, rekey_topic
 from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.model.own_identities import health_identity_name
 
@@ -28,10 +28,16 @@ LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
 def retain_topics(fleet: Fleet) -> list[str]:
     """Topic filters on which a retained PUBLISH is allowed: ``<root>/+/status`` (every device
     with the default prefix, and the probes), the status of devices with their own prefix, and
-    the certificate delivery topics (retained by design, writable only by iotfleet's delivery
-    identity: the ACL says who)."""
+    the certificate delivery and re-key topics (retained by design, writable only by iotfleet's
+    delivery identity) and the CSR topics (writable only by their device): the ACL says who."""
     custom = {f"{d.topic_prefix}/status" for d in fleet.active_devices if d.topic_prefix}
-    return [f"{fleet.topic_root}/+/status", *sorted(custom), certificate_topic("+")]
+    return [
+        f"{fleet.topic_root}/+/status",
+        *sorted(custom),
+        certificate_topic("+"),
+        rekey_topic("+"),
+        csr_topic("+"),
+    ]
 
 
 def local_addresses(broker: Broker) -> list[str]:

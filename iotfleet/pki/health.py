@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 from iotfleet.pki.clock import future_dated
 from iotfleet.pki.delivery import Delivery, load_ledger
 from iotfleet.pki.reconciler import utc_now, within
+from iotfleet.pki.rekey import load_rekeys
 from iotfleet.pki.spec import PkiSettings
 from iotfleet.pki.state import load_state, locked_layout
 
@@ -100,6 +101,7 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
     with locked_layout(settings.state_dir, shared=True) as layout:
         state = load_state(layout)
         ledger = load_ledger(layout)
+        rekeys = load_rekeys(layout)
     rows: list[StatusRow] = []
     ahead = {item.what for item in future_dated(state, moment)}
     ca = state.ca
@@ -169,6 +171,9 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         else:
             state_name = _cert_state(record.not_after, moment, settings.renew_before_days)
             note = ""
+            if record.name in rekeys:  # re-key over the air in progress
+                asked = rekeys[record.name]
+                note = f"re-key ({asked.reason}): " + ("CSR received" if asked.csr else "asked")
         rows.append(StatusRow(
             record.kind, record.name, record.serial_hex, record.not_after,
             _days_left(record.not_after, moment), state_name, note, delivered, in_use,

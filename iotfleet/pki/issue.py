@@ -44,6 +44,9 @@ class IssueJob:
     not_after: datetime
     # Renewal on the same key: the key PEM of the certificate being renewed (None: a new key).
     key_pem: bytes | None = field(default=None, repr=False)
+    # A key the PKI never sees (a gateway's CSR, re-key over the air): its public key PEM. The
+    # certificate is issued for it and nothing goes to the key pack.
+    public_key_pem: bytes | None = None
 
 
 # Set in the parent right before the pool forks; read by the workers.
@@ -51,6 +54,11 @@ _WORKER_ISSUER: Issuer | None = None
 
 
 def _issue_one(job: IssueJob, issuer: Issuer) -> tuple[bytes, bytes]:
+    if job.public_key_pem is not None:
+        public = serialization.load_pem_public_key(job.public_key_pem)
+        cert = build_leaf(job.spec, public, issuer, job.serial,  # type: ignore[arg-type]
+                          job.not_before, job.not_after)
+        return cert.public_bytes(serialization.Encoding.PEM), b""
     if job.key_pem is not None:
         key = serialization.load_pem_private_key(job.key_pem, password=None)
         key_pem = job.key_pem
@@ -116,18 +124,21 @@ def write_pack(layout: StateLayout, pack: str, jobs: Sequence[IssueJob],
     for job, (cert_pem, key_pem) in zip(jobs, pems, strict=True):
         label = f"# {job.spec.name} serial {serial_hex(job.serial)} {job.spec.kind}\n".encode()
         cert_at += len(label)
-        key_at += len(label)
         certs += (label, cert_pem)
-        keys += (label, key_pem)
+        if key_pem:
+            key_at += len(label)
+            keys += (label, key_pem)
+        key_span = (key_at, len(key_pem)) if key_pem else (0, 0)  # (0, 0): the board's key
         records.append(IndexRecord(
             name=job.spec.name, kind=job.spec.kind, serial=job.serial,
             subject=f"CN={job.spec.name}", key_type=job.spec.key_type,
             spec=spec_fingerprint(job.spec), not_before=job.not_before,
             not_after=job.not_after, status="valid", pack=pack,
-            cert_span=(cert_at, len(cert_pem)), key_span=(key_at, len(key_pem)),
+            cert_span=(cert_at, len(cert_pem)), key_span=key_span,
         ))
         cert_at += len(cert_pem)
         key_at += len(key_pem)
-    fsio.create_exclusive_durable(layout.key_pack(pack), b"".join(keys), fsio.KEY_MODE)
+    if keys:  # none when every certificate is for a key made on its board
+        fsio.create_exclusive_durable(layout.key_pack(pack), b"".join(keys), fsio.KEY_MODE)
     fsio.create_exclusive_durable(layout.cert_pack(pack), b"".join(certs), fsio.PUBLIC_MODE)
     return records

@@ -35,11 +35,12 @@ from iotfleet.pki.ca import (
 from iotfleet.pki.certs import BACKDATE, Issuer
 from iotfleet.pki.clock import refuse_future_dated
 from iotfleet.pki.delivery import Delivery, load_ledger
-from iotfleet.pki.index import Index
+from iotfleet.pki.index import Index, IndexRecord
 from iotfleet.pki.issue import IssueJob, new_pack_name, sign_batch, write_pack
 from iotfleet.pki.keys import PrivateKey
 from iotfleet.pki.layout import StateLayout
 from iotfleet.pki.passphrase import check_new_passphrase, read_passphrase
+from iotfleet.pki.rekey import Rekey, load_rekeys, rekey_key_for, same_key
 from iotfleet.pki.spec import (
     IdentitySpec,
     PkiSettings,
@@ -53,7 +54,6 @@ from iotfleet.pki.state import (
     leaf_crl_entries,
     load_state,
     locked_layout,
-    read_key_pem,
     remove_files,
     save_index,
     write_crl,
@@ -209,7 +209,8 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
         if with_issuer is not None:
             with_issuer(issuer, ca, moment)
         plan = _plan(settings, specs, index, ca.intermediate.not_valid_after_utc, moment,
-                     layout=layout, ledger=load_ledger(layout), issue_revoked=issue_revoked)
+                     layout=layout, ledger=load_ledger(layout), rekeys=load_rekeys(layout),
+                     issue_revoked=issue_revoked)
         warnings += plan.warnings
 
         need_root_crl = bool(new_ca or new_intermediate) or (
@@ -285,8 +286,10 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
 
 def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
           issuer_not_after: datetime, now: datetime, *, layout: StateLayout,
-          ledger: Mapping[str, Delivery], issue_revoked: Collection[str] = ()) -> _Plan:
-    """Decide, without writing, what to issue, renew, retire and revoke."""
+          ledger: Mapping[str, Delivery], rekeys: Mapping[str, Rekey],
+          issue_revoked: Collection[str] = ()) -> _Plan:
+    """Decide, without writing, what to issue, renew, retire and revoke (a gateway's CSR from a
+    re-key over the air is signed here: ``rekeys``)."""
     plan = _Plan()
     serials: set[int] = set()
     capped = 0
@@ -307,6 +310,15 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
         not_after = min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)
         if current is None:
             plan.issued.append(spec.name)
+        elif spec.kind == "device" and (csr_key := _csr_key(plan, layout, spec, current,
+                                                             rekeys.get(spec.name))):
+            # Re-key over the air: the new key stays on the board; the old certificate stays
+            # valid until the gateway is seen using the new one.
+            plan.renewed.append(spec.name)
+            plan.retire.append(spec.name)
+            plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE,
+                                      not_after, public_key_pem=csr_key))
+            continue
         elif current.spec != fingerprint:
             plan.renewed.append(spec.name)
             plan.revocations.append((spec.name, "superseded"))
@@ -319,8 +331,10 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
                 # The key stays where it is (control machine and board): the new certificate
                 # reaches the gateway over MQTT, and the old one stays valid until then.
                 plan.retire.append(spec.name)
+                key_pem, public_key_pem = same_key(layout, current)
                 plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE,
-                                          not_after, key_pem=read_key_pem(layout, current)))
+                                          not_after, key_pem=key_pem,
+                                          public_key_pem=public_key_pem))
                 continue
             plan.revocations.append((spec.name, "superseded"))
         else:
@@ -359,6 +373,14 @@ def _plan_retirements(plan: _Plan, specs: Sequence[IdentitySpec], index: Index,
         if reason is not None:
             plan.retirements.append((record.serial, reason))
             plan.retired.append(record.name)
+
+
+def _csr_key(plan: _Plan, layout: StateLayout, spec: IdentitySpec, current: IndexRecord,
+             rekey: Rekey | None) -> bytes | None:
+    key, warning = rekey_key_for(layout, spec, current, rekey)
+    if warning is not None:
+        plan.warnings.append(warning)
+    return key
 
 
 def _new_serial(index: Index, taken: set[int]) -> int:

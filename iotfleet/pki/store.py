@@ -10,6 +10,10 @@ from iotfleet.pki.index import Index, IndexRecord, load_index
 from iotfleet.pki.layout import StateLayout
 
 
+class KeyOnBoardError(PkiError, LookupError):
+    """The identity's private key exists only on its board (re-keyed over the air)."""
+
+
 class NotIssuedError(PkiError, LookupError):
     """The name has no valid certificate (never issued, or revoked)."""
 
@@ -73,6 +77,12 @@ class PkiStore:
     def private_key_pem(self, name: str) -> bytes:
         """Unencrypted PKCS#8 PEM. Treat as a secret: never log it or leave it in /tmp."""
         record = self._current(name)
+        if record.key_span[1] == 0:
+            raise KeyOnBoardError(
+                f"{name!r} was re-keyed over the air: its key was made on the board and never "
+                "left it, so iotfleet cannot put it in an image (revoke the device, e.g. "
+                f"`iotfleet pki revoke {name} --reason superseded`, to issue a key to flash)"
+            )
         return self._read_span(self.layout.key_pack(record.pack), record.key_span, name)
 
     # -- internals ---------------------------------------------------------------------------

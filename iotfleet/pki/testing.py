@@ -111,3 +111,33 @@ __all__ = [
     "make_expired_identity_with",
     "make_foreign_ca_identity",
 ]
+
+
+def _der_length(size: int) -> bytes:
+    if size < 0x80:
+        return bytes([size])
+    body = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def csr_signed_by_another_key(device: str, carried: PrivateKey, signer: PrivateKey) -> bytes:
+    """A CSR (PEM) for ``CN=device`` that carries ``carried``'s public key but is signed by
+    ``signer``: what someone without the carried key would send (no proof of possession)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    honest = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device)]))
+        .sign(carried, hashes.SHA256())
+    )
+    if not isinstance(signer, ec.EllipticCurvePrivateKey):
+        raise TypeError("signer must be an EC key (ecdsa-with-SHA256)")
+    tbs = honest.tbs_certrequest_bytes
+    algorithm = bytes.fromhex("300a06082a8648ce3d040302")  # ecdsa-with-SHA256
+    signature = signer.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    bit_string = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
+    body = tbs + algorithm + bit_string
+    der = b"\x30" + _der_length(len(body)) + body
+    return x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM)

@@ -27,6 +27,8 @@ def test_device_gets_only_its_own_prefix() -> None:
         ("write", "devices/gw-1/status"),
         ("read", "devices/gw-1/commands/#"),
         ("read", "iotfleet/pki/gw-1/certificate"),
+        ("read", "iotfleet/pki/gw-1/rekey"),
+        ("write", "iotfleet/pki/gw-1/csr"),  # its CSR, for a re-key over the air
     ]
     assert all("gw-1" not in topic for _, topic in rules["gw-2"])
 
@@ -39,16 +41,27 @@ def test_only_the_delivery_identity_writes_certificate_topics() -> None:
     rules = acl_rules(f, BROKER)
     assert rules[DELIVERY_IDENTITY] == [
         ("write", "iotfleet/pki/gw-1/certificate"),
+        ("write", "iotfleet/pki/gw-1/rekey"),
+        ("read", "iotfleet/pki/gw-1/csr"),
         ("read", "devices/gw-1/status"),
     ]
     writers = {
-        user
+        (user, topic)
         for user, granted in rules.items()
         for access, topic in granted
         if access in ("write", "readwrite") and topic.startswith("iotfleet/pki")
     }
-    assert writers == {DELIVERY_IDENTITY}
-    assert certificate_topics(f) == ["iotfleet/pki/gw-1/certificate"]
+    # Only iotfleet writes certificates and re-key requests; only the device writes its CSR.
+    assert writers == {
+        (DELIVERY_IDENTITY, "iotfleet/pki/gw-1/certificate"),
+        (DELIVERY_IDENTITY, "iotfleet/pki/gw-1/rekey"),
+        ("gw-1", "iotfleet/pki/gw-1/csr"),
+    }
+    assert certificate_topics(f) == [
+        "iotfleet/pki/gw-1/certificate",
+        "iotfleet/pki/gw-1/rekey",
+        "iotfleet/pki/gw-1/csr",
+    ]
 
 
 def test_roles_expand_per_user_and_admin_alone_sees_sys() -> None:

@@ -105,6 +105,8 @@ def test_students_are_isolated_and_the_teacher_reads_all() -> None:
         ("write", "class/alice-martin/gw/status"),
         ("read", "class/alice-martin/gw/commands/#"),
         ("read", "iotfleet/pki/alice-martin-gw/certificate"),
+        ("read", "iotfleet/pki/alice-martin-gw/rekey"),
+        ("write", "iotfleet/pki/alice-martin-gw/csr"),
     ]
     assert ("read", "class/#") in rules["teacher"]
     assert fleet.device("zoe-obrien-gw").mac == "18:fe:34:aa:bb:cc"

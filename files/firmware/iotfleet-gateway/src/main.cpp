@@ -12,6 +12,10 @@
 // iotfleet/pki/<device id>/certificate, installs a certificate only if it carries this board's
 // own public key and chains to a root in the flashed /ca.pem, stores it (write /client.pem.new,
 // rename over /client.pem), restarts with it and reports its serial in the online status.
+// Re-key over the air: on a request on iotfleet/pki/<device id>/rekey it makes a new EC P-256
+// key with BearSSL (seeded from the hardware RNG), keeps it in /client.key.new, and publishes a
+// PKCS#10 CSR for CN=<device id> signed with it on iotfleet/pki/<device id>/csr (retained); the
+// certificate for the new key arrives like a renewal and both files are renamed into place.
 //
 // Not compiled in iotfleet's CI (no Xtensa toolchain there); the same contract is exercised by
 // iotfleet's gateway simulator (`iotfleet gateway run`). Secrets are never printed.
@@ -39,6 +43,7 @@ struct Config {
   int hostCount = 0;
   uint16_t mqttPort = 8883;
   String telemetryTopic, statusTopic, commandsTopic, commandsFilter, certificateTopic;
+  String rekeyTopic, csrTopic;
   uint16_t keepalive = 60;
   uint32_t telemetryInterval = 30;
   String ntp[3];
@@ -52,6 +57,7 @@ String certSerial;  // hex serial of /client.pem, reported in the online status
 BearSSL::X509List *trustAnchors = nullptr;
 BearSSL::X509List *clientCert = nullptr;
 BearSSL::PrivateKey *clientKey = nullptr;
+BearSSL::PrivateKey *pendingKey = nullptr;  // /client.key.new: a re-key waiting for its cert
 BearSSL::WiFiClientSecure tlsClient;
 PubSubClient mqtt(tlsClient);
 
@@ -159,6 +165,10 @@ void loadContract() {
   keyPem = "";  // BearSSL holds the parsed key; drop the PEM copy
   certSerial = serialHex(clientCert);
   config.certificateTopic = String("iotfleet/pki/") + config.deviceId + "/certificate";
+  config.rekeyTopic = String("iotfleet/pki/") + config.deviceId + "/rekey";
+  config.csrTopic = String("iotfleet/pki/") + config.deviceId + "/csr";
+  String pending;
+  if (readFile("/client.key.new", pending, kMaxFile)) pendingKey = new BearSSL::PrivateKey(pending.c_str());
   tlsClient.setTrustAnchors(trustAnchors);
   if (clientKey->isEC()) {
     // iotfleet's issuing CA uses an EC key.
@@ -213,16 +223,27 @@ String statusJson(const char *state) {
 }
 
 // The public key of a private key, as BearSSL encodes it (EC point, or RSA modulus).
-bool ownPublicKey(uint8_t *out, size_t &len) {
-  if (clientKey->isEC()) {
-    const br_ec_private_key *sk = clientKey->getEC();
+bool publicKeyOf(BearSSL::PrivateKey *key, uint8_t *out, size_t &len) {
+  if (key->isEC()) {
+    const br_ec_private_key *sk = key->getEC();
     br_ec_public_key pk;
     len = br_ec_compute_pub(br_ec_get_default(), &pk, out, sk);
     return len > 0;
   }
-  len = br_rsa_compute_modulus_get_default()(out, clientKey->getRSA());
+  len = br_rsa_compute_modulus_get_default()(out, key->getRSA());
   return len > 0;
 }
+
+bool sameKey(const br_x509_pkey *pk, BearSSL::PrivateKey *key) {
+  uint8_t own[520];
+  size_t ownLen = 0;
+  if (key == nullptr || !publicKeyOf(key, own, ownLen)) return false;
+  const uint8_t *theirs = pk->key_type == BR_KEYTYPE_EC ? pk->key.ec.q : pk->key.rsa.n;
+  size_t theirLen = pk->key_type == BR_KEYTYPE_EC ? pk->key.ec.qlen : pk->key.rsa.nlen;
+  return theirLen == ownLen && memcmp(theirs, own, ownLen) == 0;
+}
+
+bool certifiesPendingKey = false;  // set by checkCertificate: the update is for /client.key.new
 
 // Why the pushed certificate must not be used, or nullptr when it may be installed.
 const char *checkCertificate(BearSSL::X509List &leafAndChain) {
@@ -248,15 +269,14 @@ const char *checkCertificate(BearSSL::X509List &leafAndChain) {
   }
   if ((*vt)->end_chain(vt) != BR_ERR_OK) return "the certificate does not chain to the CA";
   const br_x509_pkey *pk = (*vt)->get_pkey(vt, nullptr);
-  uint8_t own[520];
-  size_t ownLen = 0;
-  if (pk == nullptr || !ownPublicKey(own, ownLen)) return "no public key";
-  const uint8_t *theirs = pk->key_type == BR_KEYTYPE_EC ? pk->key.ec.q : pk->key.rsa.n;
-  size_t theirLen = pk->key_type == BR_KEYTYPE_EC ? pk->key.ec.qlen : pk->key.rsa.nlen;
-  if (theirLen != ownLen || memcmp(theirs, own, ownLen) != 0) {
-    return "the certificate does not carry this gateway's key";
+  if (pk == nullptr) return "no public key";
+  certifiesPendingKey = false;
+  if (sameKey(pk, clientKey)) return nullptr;
+  if (sameKey(pk, pendingKey)) {
+    certifiesPendingKey = true;
+    return nullptr;
   }
-  return nullptr;
+  return "the certificate does not carry this gateway's key";
 }
 
 void certificateUpdate(uint8_t *payload, unsigned int length) {
@@ -298,10 +318,161 @@ void certificateUpdate(uint8_t *payload, unsigned int length) {
     Serial.println("iotfleet: cannot store the new certificate");
     return;
   }
+  if (certifiesPendingKey) {
+    // The certificate of the re-key's key: that key becomes /client.key, the CSR is answered.
+    if (!LittleFS.rename("/client.key.new", "/client.key")) {
+      Serial.println("iotfleet: cannot install the new key");
+      return;
+    }
+    mqtt.publish(config.csrTopic.c_str(), (const uint8_t *)"", 0, true);
+  }
   Serial.printf("iotfleet: installed certificate %s; restarting with it\n",
                 update["serial"].as<const char *>());
   mqtt.disconnect();  // a switch, not going offline: the next online status says so
   ESP.restart();
+}
+
+// -- re-key over the air: a new EC P-256 key and its PKCS#10 CSR, with BearSSL --------------
+
+// DER: tag, length, content appended to ``out``.
+void der(String &out, uint8_t tag, const uint8_t *data, size_t len) {
+  out += (char)tag;
+  if (len < 0x80) {
+    out += (char)len;
+  } else if (len < 0x100) {
+    out += (char)0x81;
+    out += (char)len;
+  } else {
+    out += (char)0x82;
+    out += (char)(len >> 8);
+    out += (char)(len & 0xff);
+  }
+  for (size_t i = 0; i < len; i++) out += (char)data[i];
+}
+void der(String &out, uint8_t tag, const String &content) {
+  der(out, tag, (const uint8_t *)content.c_str(), content.length());
+}
+
+String pem(const char *banner, const uint8_t *data, size_t len) {
+  size_t size = br_pem_encode(nullptr, data, len, banner, BR_PEM_LINE64);
+  String out;
+  out.reserve(size + 1);
+  char *buf = (char *)malloc(size + 1);
+  br_pem_encode(buf, data, len, banner, BR_PEM_LINE64);
+  out = buf;
+  free(buf);
+  return out;
+}
+
+// CertificationRequest for CN=<device id>, signed with ``sk`` (ecdsa-with-SHA256), as PEM.
+String csrPem(const br_ec_private_key *sk) {
+  static const uint8_t kEcPublicKey[] = {0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+                                         0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+  static const uint8_t kEcdsaSha256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
+  static const uint8_t kCommonName[] = {0x06, 0x03, 0x55, 0x04, 0x03};
+  uint8_t q[BR_EC_KBUF_PUB_MAX_SIZE + 1];
+  br_ec_public_key pk;
+  size_t qlen = br_ec_compute_pub(br_ec_get_default(), &pk, q + 1, sk);
+  q[0] = 0;  // BIT STRING: no unused bits
+  String atv, rdn, name, algo, spki, info, body;
+  for (size_t i = 0; i < sizeof kCommonName; i++) atv += (char)kCommonName[i];
+  der(atv, 0x0c, config.deviceId);  // UTF8String
+  String atvSeq;
+  der(atvSeq, 0x30, atv);
+  der(rdn, 0x31, atvSeq);
+  der(name, 0x30, rdn);
+  der(algo, 0x30, kEcPublicKey, sizeof kEcPublicKey);  // AlgorithmIdentifier
+  String spkiContent = algo;
+  der(spkiContent, 0x03, q, qlen + 1);
+  der(spki, 0x30, spkiContent);
+  String infoContent;
+  const uint8_t zero = 0;
+  der(infoContent, 0x02, &zero, 1);  // version 0
+  infoContent += name;
+  infoContent += spki;
+  der(infoContent, 0xa0, nullptr, 0);  // no attributes
+  der(info, 0x30, infoContent);
+  uint8_t hash[32];
+  br_sha256_context sha;
+  br_sha256_init(&sha);
+  br_sha256_update(&sha, info.c_str(), info.length());
+  br_sha256_out(&sha, hash);
+  uint8_t sig[80];
+  sig[0] = 0;
+  size_t siglen = br_ecdsa_i31_sign_asn1(br_ec_get_default(), &br_sha256_vtable, hash, sk, sig + 1);
+  body = info;
+  String sigAlgo;
+  der(sigAlgo, 0x30, kEcdsaSha256, sizeof kEcdsaSha256);
+  body += sigAlgo;
+  der(body, 0x03, sig, siglen + 1);
+  String csr;
+  der(csr, 0x30, body);
+  return pem("CERTIFICATE REQUEST", (const uint8_t *)csr.c_str(), csr.length());
+}
+
+String answeredRequest() {
+  String state;
+  JsonDocument doc;
+  if (!readFile("/rekey.json", state, kMaxConfig) || deserializeJson(doc, state)) return "";
+  return doc["request"].as<String>();
+}
+
+void rekeyRequest(uint8_t *payload, unsigned int length) {
+  if (length == 0) return;  // cleared: answered, or withdrawn
+  JsonDocument request;
+  if (deserializeJson(request, payload, length) || request["version"] != 1 ||
+      config.deviceId != request["device"].as<String>()) {
+    Serial.println("iotfleet: re-key request ignored (not for this device)");
+    return;
+  }
+  String id = request["request"].as<String>();
+  bool answered = answeredRequest() == id;
+  if (answered && pendingKey == nullptr) return;  // done: the certificate came already
+  if (request["key_type"] != "ec-p256") {
+    Serial.println("iotfleet: re-key request ignored (this firmware makes EC P-256 keys)");
+    return;
+  }
+  if (!answered || pendingKey == nullptr) {
+    // A new key from the hardware RNG through HMAC-DRBG; stored before the CSR goes out.
+    uint8_t seed[32];
+    for (size_t i = 0; i < sizeof seed; i += 4) {
+      uint32_t r = ESP.random();
+      memcpy(seed + i, &r, 4);
+    }
+    br_hmac_drbg_context rng;
+    br_hmac_drbg_init(&rng, &br_sha256_vtable, seed, sizeof seed);
+    uint8_t kbuf[BR_EC_KBUF_PRIV_MAX_SIZE];
+    br_ec_private_key sk;
+    if (br_ec_keygen(&rng.vtable, br_ec_get_default(), &sk, kbuf, BR_EC_secp256r1) == 0) return;
+    uint8_t qbuf[BR_EC_KBUF_PUB_MAX_SIZE];
+    br_ec_public_key pk;
+    br_ec_compute_pub(br_ec_get_default(), &pk, qbuf, &sk);
+    uint8_t pkcs8[200];
+    size_t n = br_encode_ec_pkcs8_der(pkcs8, &sk, &pk);
+    String keyPemNew = pem("PRIVATE KEY", pkcs8, n);
+    memset(kbuf, 0, sizeof kbuf);
+    memset(pkcs8, 0, sizeof pkcs8);
+    File f = LittleFS.open("/client.key.new.new", "w");
+    bool ok = f && f.print(keyPemNew) == keyPemNew.length();
+    if (f) f.close();
+    if (!ok || !LittleFS.rename("/client.key.new.new", "/client.key.new")) return;
+    File s = LittleFS.open("/rekey.json", "w");
+    if (s) {
+      s.printf("{\"request\":\"%s\"}", id.c_str());
+      s.close();
+    }
+    delete pendingKey;
+    pendingKey = new BearSSL::PrivateKey(keyPemNew.c_str());
+  }
+  JsonDocument answer;
+  answer["version"] = 1;
+  answer["device"] = config.deviceId;
+  answer["request"] = id;
+  answer["csr"] = csrPem(pendingKey->getEC());
+  String body;
+  serializeJson(answer, body);
+  mqtt.publish(config.csrTopic.c_str(), body.c_str(), true);
+  Serial.println("iotfleet: re-key: new key made, CSR published");
 }
 
 void publishTelemetry() {
@@ -319,6 +490,10 @@ void publishTelemetry() {
 void onMessage(char *topic, uint8_t *payload, unsigned int length) {
   if (config.certificateTopic == topic) {
     certificateUpdate(payload, length);
+    return;
+  }
+  if (config.rekeyTopic == topic) {
+    rekeyRequest(payload, length);
     return;
   }
   String name = String(topic).substring(config.commandsTopic.length() + 1);
@@ -377,6 +552,7 @@ bool connectBroker() {
   }
   mqtt.subscribe(config.commandsFilter.c_str(), 1);
   mqtt.subscribe(config.certificateTopic.c_str(), 1);  // retained: waiting if renewed offline
+  mqtt.subscribe(config.rekeyTopic.c_str(), 1);        // retained: waiting if asked offline
   mqtt.publish(config.statusTopic.c_str(), statusJson("online").c_str(), true);
   Serial.printf("iotfleet: connected to %s:%u\n", host.c_str(), config.mqttPort);
   attempts = 0;
