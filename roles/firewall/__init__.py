@@ -13,11 +13,12 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.api.util import get_template
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import files, systemd
 
 from iotfleet.model import Broker
 from roles.firewall.defaults import DEFAULTS
 from roles.firewall.facts import LoadedRuleset, SshConnection
+from roles.packages import install_debs
 
 TEMPLATES = Path(__file__).parent / "templates"
 RULES_PATH = "/etc/iotfleet/firewall.nft"
@@ -141,7 +142,7 @@ def deploy_firewall(broker: Broker) -> None:
     except FirewallWouldCutSshError as exc:
         raise SystemExit(f"iotfleet: {exc}") from None
     ruleset = render_ruleset(broker)
-    apt.packages(name="Install nftables", packages=["nftables"], no_recommends=True)
+    install_debs(name="Install nftables", packages=["nftables"])
     files.directory(name="Create /etc/iotfleet", path="/etc/iotfleet", mode="755")
     files.put(
         name="Write the nftables ruleset",

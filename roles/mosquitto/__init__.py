@@ -12,9 +12,10 @@ from iotfleet.context import FleetContext
 from iotfleet.managed_file import ManagedFile
 from iotfleet.mosquitto import layout
 from roles.mosquitto.defaults import DEFAULTS
-from roles.mosquitto.operations import apply_files, install_packages
+from roles.mosquitto.operations import PACKAGES, apply_files
 from roles.mosquitto.private_files import private_files
 from roles.mosquitto.render import health_options, health_topic_of, service_files
+from roles.packages import install_debs
 from roles.pki import broker_pki_files, health_identity_files
 
 APPLY_SCRIPT_SOURCE = Path(__file__).parent / "files" / "mosquitto-apply"
@@ -24,8 +25,9 @@ APPLY_SCRIPT_SOURCE = Path(__file__).parent / "files" / "mosquitto-apply"
 def deploy_mosquitto(ctx: FleetContext) -> None:
     """Install Mosquitto and make it match the fleet: TLS only, certificates, ACLs, sandbox."""
     broker = ctx.fleet.broker(host.name)
-    install_packages(
-        name="Install Mosquitto from Debian packages (not started yet)",
+    install_debs(
+        name="Install Mosquitto from Debian packages (not started yet; dpkg repaired first)",
+        packages=PACKAGES,
         version=broker.mosquitto.package_version,
     )
     for path, group, mode in (

@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
-from pyinfra.facts.deb import DebPackages
 
 from iotfleet.managed_file import ManagedFile
 from iotfleet.mosquitto import layout
 from roles.mosquitto.facts import ManagedFileStates, ServiceActive
 
 PACKAGES = ("mosquitto", "mosquitto-clients")
-# Keeps the package from starting a stock broker (plain, localhost:1883) before the hardened
-# configuration is in place: Debian's maintainer scripts honour policy-rc.d.
-POLICY_RC = "/usr/sbin/policy-rc.d"
-
-
-@operation()
-def install_packages(version: str | None = None) -> Generator[Any, None, None]:
-    """Install Mosquitto and its clients from the host's Debian archive, without starting it."""
-    installed = host.get_fact(DebPackages)
-    wanted = [f"{name}={version}" if version else name for name in PACKAGES]
-    missing = [
-        spec
-        for name, spec in zip(PACKAGES, wanted, strict=True)
-        if name not in installed or (version is not None and version not in installed[name])
-    ]
-    if not missing:
-        host.noop("mosquitto and mosquitto-clients are installed")
-        return
-    guard = shlex.quote(POLICY_RC)
-    yield StringCommand(
-        "sh",
-        "-c",
-        " ".join(
-            [
-                f"made=0; if [ ! -e {guard} ]; then printf '#!/bin/sh\\nexit 101\\n' >{guard};",
-                f"chmod 755 {guard}; made=1; fi;",
-                "DEBIAN_FRONTEND=noninteractive apt-get update -qq &&",
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends",
-                "-o Dpkg::Options::=--force-confold",
-                *(shlex.quote(spec) for spec in wanted),
-                "; status=$?;",
-                f'[ "$made" = 1 ] && rm -f {guard}; exit $status',
-            ]
-        ),
-    )
 
 
 @operation()
