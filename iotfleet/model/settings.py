@@ -201,6 +201,12 @@ class MosquittoSettings(_Settings):
     health_timeout: int = Field(
         20, ge=2, le=300, description="seconds a (re)started broker has to answer health checks"
     )
+    apply_lock_wait: int = Field(
+        300,
+        ge=0,
+        le=3600,
+        description="seconds an apply waits while another rollout applies on the same broker",
+    )
 
     @property
     def max_packet_size(self) -> int:

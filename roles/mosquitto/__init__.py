@@ -70,6 +70,7 @@ def deploy_mosquitto(ctx: FleetContext) -> None:
         candidate_config=lambda staged: config.text(staged, candidate=True),
         health_topic=health_topic_of(broker),
         health_timeout=broker.mosquitto.health_timeout,
+        lock_wait=broker.mosquitto.apply_lock_wait,
     )
     files.file(
         name=f"No shared password file ({layout.LEGACY_PASSWORD_FILE}): one per listener",

@@ -22,6 +22,7 @@ the same values; ``iotfleet keys`` prints the table. The keys:
                                   what one client may hold in the broker
     mosquitto_memory_max_mb       MemoryMax of the unit (default sized to the connection limit)
     mosquitto_health_timeout      seconds a restarted broker has to pass its health check
+    mosquitto_apply_lock_wait     seconds an apply waits for another rollout's apply on the broker
 """
 
 from iotfleet.model.settings import MosquittoSettings, role_defaults

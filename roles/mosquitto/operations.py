@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import time
 from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
 from typing import Any
@@ -16,6 +19,11 @@ from roles.mosquitto.facts import ManagedFileStates, ServiceActive
 PACKAGES = ("mosquitto", "mosquitto-clients")
 
 
+def run_stage_name() -> str:
+    """A staging directory name no other run uses: UTC time, control machine PID, random."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 @operation()
 def apply_files(
     files: Sequence[ManagedFile],
@@ -23,12 +31,15 @@ def apply_files(
     candidate_config: Callable[[dict[str, str]], str],
     health_topic: str,
     health_timeout: int,
+    lock_wait: int = 300,
 ) -> Generator[Any, None, None]:
     """Put changed files live through the on-host apply script.
 
-    Only files whose content, owner, group or mode differ are staged. The script tests a new
-    configuration on spare ports, restarts or reloads as the changed files ask, checks health
-    and rolls back if the broker does not come up.
+    Only files whose content, owner, group or mode differ are staged, in a staging directory of
+    this run's own. One apply runs at a time per broker: a second rollout waits up to
+    ``lock_wait`` seconds for the first, then installs only what still differs. The script
+    tests a new configuration on spare ports, restarts or reloads as the changed files ask,
+    checks health and rolls back if the broker does not come up.
     """
     states = host.get_fact(ManagedFileStates, paths=tuple(f.path for f in files))
     changed = [f for f in files if not f.matches(states.get(f.path))]
@@ -36,11 +47,13 @@ def apply_files(
     if not changed and active:
         host.noop("Mosquitto files are up to date and the broker is running")
         return
-    stage = layout.STAGING_DIR
+    # A staging directory of this run's own: two rollouts at once never mix their files.
+    stage = f"{layout.STAGING_DIR}/{run_stage_name()}"
     yield StringCommand(
         f"install -d -o root -g {layout.GROUP} -m 0755 /var/lib/iotfleet &&"
         f" install -d -o root -g {layout.GROUP} -m 0750 {layout.STATE_DIR} &&"
-        f" rm -rf {stage} && install -d -o root -g {layout.GROUP} -m 0750 {stage}"
+        f" install -d -o root -g {layout.GROUP} -m 0750 {layout.STAGING_DIR} &&"
+        f" mkdir -m 0750 {stage} && chgrp {layout.GROUP} {stage}"
     )
     manifest = []
     staged_paths = {}
@@ -66,4 +79,9 @@ def apply_files(
         ("health-topic", health_topic + "\n"),
     ):
         yield FileUploadCommand(BytesIO(content.encode()), f"{stage}/{name}")
-    yield StringCommand(f"IOTFLEET_HEALTH_TIMEOUT={int(health_timeout)}", layout.APPLY_SCRIPT)
+    yield StringCommand(
+        f"IOTFLEET_HEALTH_TIMEOUT={int(health_timeout)}",
+        f"IOTFLEET_APPLY_LOCK_WAIT={int(lock_wait)}",
+        layout.APPLY_SCRIPT,
+        stage,
+    )
