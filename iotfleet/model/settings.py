@@ -26,6 +26,8 @@ from iotfleet.model.secretref import SecretRef
 from iotfleet.model.strict import reject_loose_boolean
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Ports below this one need privileges the broker's sandbox does not have.
+PRIVILEGED_PORTS_END = 1024
 Auth = Literal["certificate", "certificate+password", "password"]
 LogType = Literal["error", "warning", "notice", "information", "debug", "all"]
 DEFAULT_LOG_TYPES: list[LogType] = ["error", "warning", "notice", "information"]
@@ -75,7 +77,7 @@ class _Settings(BaseModel):
 class Listener(_Settings):
     """One network listener of a broker."""
 
-    port: Port = Field(description="TCP port")
+    port: Port = Field(description="TCP port (1024 or above: the sandboxed broker binds no lower)")
     protocol: Literal["mqtt", "websockets"] = Field("mqtt", description="mqtt or websockets")
     bind_address: str | None = Field(
         None, description="address to listen on; none means every address"
@@ -85,6 +87,18 @@ class Listener(_Settings):
         "certificate",
         description="certificate (CN is the username), certificate+password, or password",
     )
+
+    @field_validator("port")
+    @classmethod
+    def _unprivileged_port(cls, value: int) -> int:
+        # The broker runs as mosquitto in its own user namespace (PrivateUsers=yes) without
+        # capabilities: it cannot bind a port below 1024, and would fail at its first start.
+        if value < PRIVILEGED_PORTS_END:
+            raise ValueError(
+                f"{value} is below {PRIVILEGED_PORTS_END}: the sandboxed broker cannot bind "
+                "privileged ports; use 1024 or above (8883 for MQTT over TLS)"
+            )
+        return value
 
     @field_validator("bind_address")
     @classmethod
