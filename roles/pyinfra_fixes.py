@@ -45,6 +45,11 @@ def _connection_lost_is_host_error(method: _F) -> _F:
     def wrapper(self: Host, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
+        except SSHException as exc:
+            # paramiko noticed the loss before the command: pyinfra handles this one already.
+            if "session not active" in str(exc):
+                _lost[self.name] = "SSH connection lost"
+            raise
         except EOFError as exc:
             _lost[self.name] = "SSH connection lost"
             raise HostConnectionLost(

@@ -145,15 +145,19 @@ def test_power_loss_inside_dpkg_unpack_heals_at_the_next_run(faults: FaultLab) -
     caught: list[int] = []
 
     def dpkg_unpacks() -> bool:
-        """dpkg --unpack runs on the victim (or the rollout ended without it)"""
-        caught.extend(processes_in(netns, b"--unpack"))
+        """dpkg --unpack on the victim has journalled a change (or the rollout ended)"""
+        for pid in processes_in(netns, b"--unpack"):
+            try:  # the host's own view of its dpkg journal, through the process's root
+                if os.listdir(f"/proc/{pid}/root/var/lib/dpkg/updates"):
+                    os.kill(pid, signal.SIGSTOP)  # frozen mid-unpack, then the power goes
+                    caught.append(pid)
+            except OSError:
+                continue
         return bool(caught) or rollout.poll() is not None
 
     try:
         wait_until(dpkg_unpacks, timeout=300, poll=0.005)
         assert caught, f"dpkg --unpack never ran:\n{rollout.communicate()[0][-4000:]}"
-        for pid in caught:
-            os.kill(pid, signal.SIGSTOP)  # frozen mid-unpack, then the power goes
         power_off(faults.lab, victim)
         output = rollout.communicate(timeout=600)[0]
     finally:
@@ -311,13 +315,18 @@ def test_check_flags_a_mosquitto_that_is_not_the_archives(faults: FaultLab, tmp_
     """A hand-modified /usr/sbin/mosquitto (it still runs) fails the package check."""
     host = faults.hosts[0]
     scope = ("-m", "service", "--limit", host.fqdn)
+    # A binary that differs from the package's (it still runs: ELF ignores trailing bytes),
+    # put in place the way an installer does (the running file cannot be written to).
     faults.ssh(host, "cp -p /usr/sbin/mosquitto /root/mosquitto.archive && "
-               "printf x >> /usr/sbin/mosquitto && systemctl restart mosquitto")  # fmt: skip
+               "cp -p /usr/sbin/mosquitto /usr/sbin/mosquitto.new && "
+               "printf x >> /usr/sbin/mosquitto.new && "
+               "mv -f /usr/sbin/mosquitto.new /usr/sbin/mosquitto && "
+               "systemctl restart mosquitto")  # fmt: skip
     try:
         broken = run_iotfleet("check", "inventory/lab.py", *scope, "--reports",
                               str(tmp_path / "broken"), lab_name=faults.lab.name)  # fmt: skip
     finally:
-        faults.ssh(host, "mv /root/mosquitto.archive /usr/sbin/mosquitto && "
+        faults.ssh(host, "mv -f /root/mosquitto.archive /usr/sbin/mosquitto && "
                    "systemctl restart mosquitto")  # fmt: skip
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert (
