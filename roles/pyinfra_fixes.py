@@ -76,10 +76,10 @@ def failed_hosts_line(failed: list[str], total: int) -> str:
 
 def name_failed_hosts_in_summary() -> None:
     """After pyinfra's results table, print the failed hosts by name."""
-    cli = sys.modules.get("pyinfra_cli.cli")
-    if cli is None or getattr(cli.print_results, _PATCHED, False):
-        return
-    original = cli.print_results
+    cli: Any = sys.modules.get("pyinfra_cli.cli")
+    original = getattr(cli, "print_results", None)
+    if original is None or getattr(original, _PATCHED, False):
+        return  # not run by the pyinfra CLI (or a release that moved it): nothing to add to
 
     def print_results(state: Any) -> None:
         original(state)
@@ -88,7 +88,7 @@ def name_failed_hosts_in_summary() -> None:
             click.echo(failed_hosts_line(failed, len(list(state.inventory))), err=True)
 
     setattr(print_results, _PATCHED, True)
-    cli.print_results = print_results  # type: ignore[attr-defined]
+    cli.print_results = print_results
 
 
 def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
