@@ -10,6 +10,7 @@ from iotfleet.roles.ssh_hardening import deploy_ssh_hardening
 
 ctx = reconciled_fleet()
 if BROKERS_GROUP in host.groups:
-    deploy_mosquitto(ctx=ctx)
+    # The firewall first: Mosquitto's unit requires the firewall's (it never serves unfiltered).
     deploy_firewall(broker=ctx.fleet.broker(host.name))
+    deploy_mosquitto(ctx=ctx)
     deploy_ssh_hardening(broker=ctx.fleet.broker(host.name))

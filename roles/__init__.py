@@ -8,3 +8,9 @@ would be a second copy with its own caches: refused.
 
 if __name__ != "iotfleet.roles":
     raise ImportError(f"import iotfleet's roles as iotfleet.roles, not {__name__}")
+
+# Importing any role applies the fixes to pyinfra that iotfleet carries (``pyinfra_fixes``): a
+# host lost mid-run fails that host only, and Ctrl-C ends a rollout with a non-zero exit.
+from iotfleet.roles import pyinfra_fixes
+
+pyinfra_fixes.apply()

@@ -10,7 +10,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from iotfleet.check.host_facts import FileStat, ListeningSocket, PackageState
+from iotfleet.check.host_facts import (
+    PACKAGED_BROKER,
+    FileStat,
+    ListeningSocket,
+    PackageOrigin,
+    PackageState,
+)
 from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.model.own_identities import PROBE_DEVICES, health_identity_name
 from iotfleet.mosquitto import layout
@@ -75,6 +81,26 @@ def package_problems(host: str, broker: Broker, state: PackageState) -> list[str
     return problems
 
 
+def origin_problems(host: str, state: PackageState, origin: PackageOrigin) -> list[str]:
+    """A Mosquitto that is not the Debian archive's: a binary replaced or run from elsewhere,
+    or a package no configured archive has (a hand-built .deb)."""
+    problems = [
+        f"{path} on {host} is not the file of the Debian package mosquitto {state.version} "
+        "(dpkg --verify: its checksum differs): a hand-installed binary"
+        for path in origin.modified
+    ]
+    if origin.running and origin.running != PACKAGED_BROKER:
+        problems.append(
+            f"the broker on {host} runs {origin.running}, not the packaged {PACKAGED_BROKER}"
+        )
+    if state.version and not origin.sources:
+        problems.append(
+            f"Mosquitto {state.version} on {host} is in no configured Debian archive "
+            "(apt-cache policy: only the local dpkg status): installed by hand"
+        )
+    return problems
+
+
 def service_problems(host: str, enabled: bool, active: bool) -> list[str]:
     problems = []
     if not active:
@@ -106,8 +132,7 @@ def user_problems(
 def sandbox_problems(
     host: str, broker: Broker, props: dict[str, str], exposure: float | None
 ) -> list[str]:
-    low_ports = any(listener.port < 1024 for listener in broker.mosquitto.listeners)
-    capabilities = "cap_net_bind_service" if low_ports else ""
+    capabilities = ""  # none: listener ports below 1024 are refused by the inventory
     expected = {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",

@@ -125,6 +125,52 @@ def parse_exposure(output: str) -> float | None:
     return float(found[1]) if found else None
 
 
+@dataclass(frozen=True)
+class PackageOrigin:
+    """Where the Mosquitto that runs comes from."""
+
+    modified: tuple[str, ...]  # files of the package (not conffiles) whose MD5 differs
+    running: str  # the running broker's executable ("" when none runs)
+    sources: tuple[str, ...]  # where apt has the installed version from (dpkg status excluded)
+
+
+DPKG_STATUS = "/var/lib/dpkg/status"
+PACKAGED_BROKER = "/usr/sbin/mosquitto"
+ORIGIN_COMMAND = (
+    "dpkg --verify mosquitto 2>/dev/null | sed 's/^/verify /'; "
+    "pid=$(systemctl show -p MainPID --value mosquitto); "
+    '[ "${pid:-0}" != 0 ] && echo "running $(readlink /proc/$pid/exe)"; '
+    "LC_ALL=C apt-cache policy mosquitto 2>/dev/null | sed 's/^/policy /'; true"
+)
+
+
+def parse_origin(output: str) -> PackageOrigin:
+    """Output of :data:`ORIGIN_COMMAND`: ``dpkg --verify``, the running exe, ``apt-cache
+    policy`` (its version table: a version line, then its sources indented deeper)."""
+    modified: list[str] = []
+    running = installed = version = ""
+    sources: list[str] = []
+    for line in output.splitlines():
+        kind, _, rest = line.partition(" ")
+        fields = rest.split()
+        if kind == "verify" and len(fields) == 2 and fields[0][2:3] == "5":
+            # "??5?????? c /etc/x" is a conffile (iotfleet rewrites those): only code counts.
+            modified.append(fields[1])
+        elif kind == "running":
+            running = rest.strip()
+        elif kind == "policy" and fields:
+            depth = len(rest) - len(rest.lstrip())
+            if fields[0] == "Installed:" and len(fields) > 1:
+                installed = fields[1]
+            elif fields[0] == "***" and len(fields) > 1:
+                version = fields[1]
+            elif depth <= 5 and not fields[0].endswith(":"):
+                version = fields[0]
+            elif depth > 5 and version == installed and fields[1:2] != [DPKG_STATUS]:
+                sources.append(" ".join(fields[1:]))
+    return PackageOrigin(tuple(modified), running, tuple(sources))
+
+
 def parse_package(output: str) -> PackageState:
     """``dpkg-query -W -f='${Status}|${Version}'``."""
     status, _, version = output.strip().partition("|")
@@ -168,6 +214,10 @@ class BrokerFacts:
     def package(self) -> PackageState:
         output = self._output("dpkg-query -W -f='${Status}|${Version}' mosquitto 2>/dev/null; true")
         return parse_package(output)
+
+    @cached_property
+    def package_origin(self) -> PackageOrigin:
+        return parse_origin(self._output(ORIGIN_COMMAND))
 
     @cached_property
     def service_enabled(self) -> bool:

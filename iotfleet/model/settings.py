@@ -25,6 +25,8 @@ from iotfleet.model.secretref import SecretRef
 from iotfleet.model.strict import reject_loose_boolean
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Ports below this one need privileges the broker's sandbox does not have.
+PRIVILEGED_PORTS_END = 1024
 Auth = Literal["certificate", "certificate+password", "password"]
 LogType = Literal["error", "warning", "notice", "information", "debug", "all"]
 DEFAULT_LOG_TYPES: list[LogType] = ["error", "warning", "notice", "information"]
@@ -74,7 +76,7 @@ class _Settings(BaseModel):
 class Listener(_Settings):
     """One network listener of a broker."""
 
-    port: Port = Field(description="TCP port")
+    port: Port = Field(description="TCP port (1024 or above: the sandboxed broker binds no lower)")
     protocol: Literal["mqtt", "websockets"] = Field("mqtt", description="mqtt or websockets")
     bind_address: str | None = Field(
         None, description="address to listen on; none means every address"
@@ -84,6 +86,18 @@ class Listener(_Settings):
         "certificate",
         description="certificate (CN is the username), certificate+password, or password",
     )
+
+    @field_validator("port")
+    @classmethod
+    def _unprivileged_port(cls, value: int) -> int:
+        # The broker runs as mosquitto in its own user namespace (PrivateUsers=yes) without
+        # capabilities: it cannot bind a port below 1024, and would fail at its first start.
+        if value < PRIVILEGED_PORTS_END:
+            raise ValueError(
+                f"{value} is below {PRIVILEGED_PORTS_END}: the sandboxed broker cannot bind "
+                "privileged ports; use 1024 or above (8883 for MQTT over TLS)"
+            )
+        return value
 
     @field_validator("bind_address")
     @classmethod
@@ -199,6 +213,12 @@ class MosquittoSettings(_Settings):
     )
     health_timeout: int = Field(
         20, ge=2, le=300, description="seconds a (re)started broker has to answer health checks"
+    )
+    apply_lock_wait: int = Field(
+        300,
+        ge=0,
+        le=3600,
+        description="seconds an apply waits while another rollout applies on the same broker",
     )
 
     @property

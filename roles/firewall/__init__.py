@@ -13,15 +13,19 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.api.util import get_template
-from pyinfra.operations import apt, files, systemd
+from pyinfra.facts.files import File
+from pyinfra.operations import files, systemd
 
 from iotfleet.model import Broker
 from iotfleet.roles.firewall.facts import LoadedRuleset, SshConnection
 from iotfleet.roles.fleet_context import fleet_model
+from iotfleet.roles.packages import install_debs
 from iotfleet.roles.this_host import this_broker
 
 TEMPLATES = Path(__file__).parent / "templates"
 RULES_PATH = "/etc/iotfleet/firewall.nft"
+# The last ruleset that loaded: what the boot unit falls back to if RULES_PATH does not load.
+LAST_GOOD_PATH = "/etc/iotfleet/firewall.last-good.nft"
 # SHA-256 of `nft -t list table inet iotfleet` right after iotfleet loaded it.
 LOADED_DIGEST_PATH = "/etc/iotfleet/firewall.loaded.sha256"
 UNIT_PATH = "/etc/systemd/system/iotfleet-firewall.service"
@@ -117,10 +121,14 @@ def load_ruleset(ruleset: str) -> Generator[Any, None, None]:
     iotfleet loaded it (checked with ``nft -c`` first)."""
     comment, loaded, recorded = host.get_fact(LoadedRuleset, recorded=LOADED_DIGEST_PATH)
     if comment == ruleset_digest(ruleset) and loaded is not None and loaded == recorded:
-        host.noop("the iotfleet nftables table is loaded and current")
+        if host.get_fact(File, path=LAST_GOOD_PATH):
+            host.noop("the iotfleet nftables table is loaded and current")
+        else:  # loaded by a release that kept no fallback copy: the loaded file is the good one
+            yield StringCommand("install", "-m", "600", RULES_PATH, LAST_GOOD_PATH)
         return
     yield StringCommand(
         "nft", "-c", "-f", RULES_PATH, "&&", "nft", "-f", RULES_PATH,
+        "&&", "install", "-m", "600", RULES_PATH, LAST_GOOD_PATH,
         "&&", "nft", "-t", "list", "table", "inet", "iotfleet",
         "|", "sha256sum", "|", "cut", "-d' '", "-f1", ">", LOADED_DIGEST_PATH,
     )  # fmt: skip
@@ -161,7 +169,7 @@ def deploy_firewall(broker: Broker | None = None) -> None:
     except FirewallWouldCutSshError as exc:
         raise SystemExit(f"iotfleet: {exc}") from None
     ruleset = render_ruleset(broker)
-    apt.packages(name="Install nftables", packages=["nftables"], no_recommends=True)
+    install_debs(name="Install nftables", packages=["nftables"])
     files.directory(name="Create /etc/iotfleet", path="/etc/iotfleet", mode="755")
     files.put(
         name="Write the nftables ruleset",
@@ -176,6 +184,7 @@ def deploy_firewall(broker: Broker | None = None) -> None:
         src=str(TEMPLATES / "iotfleet-firewall.service.j2"),
         dest=UNIT_PATH,
         rules_path=RULES_PATH,
+        last_good_path=LAST_GOOD_PATH,
         mode="644",
         jinja_env_kwargs=dict(_JINJA),
     )

@@ -10,9 +10,10 @@ from pyinfra.operations import files, systemd
 from iotfleet.fleet.context import FleetContext
 from iotfleet.mosquitto import layout
 from iotfleet.roles.fleet_context import reconciled_fleet
-from iotfleet.roles.mosquitto.operations import apply_files, install_packages
+from iotfleet.roles.mosquitto.operations import PACKAGES, apply_files
 from iotfleet.roles.mosquitto.private_files import private_files
 from iotfleet.roles.mosquitto.render import health_options, health_topic_of, service_files
+from iotfleet.roles.packages import install_debs
 from iotfleet.roles.pki import broker_pki_files, health_identity_files
 from iotfleet.roles.this_host import this_broker
 
@@ -49,8 +50,9 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     """
     ctx = ctx or reconciled_fleet()
     broker = this_broker(ctx.fleet)
-    install_packages(
-        name="Install Mosquitto from Debian packages (not started yet)",
+    install_debs(
+        name="Install Mosquitto from Debian packages (not started yet; dpkg repaired first)",
+        packages=PACKAGES,
         version=broker.mosquitto.package_version,
     )
     for directory in layout.DIRECTORIES:
@@ -89,6 +91,7 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
         candidate_config=lambda staged: config.text(staged, candidate=True),
         health_topic=health_topic_of(broker),
         health_timeout=broker.mosquitto.health_timeout,
+        lock_wait=broker.mosquitto.apply_lock_wait,
     )
     files.file(
         name=f"No shared password file ({layout.LEGACY_PASSWORD_FILE}): one per listener",

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import shlex
+import os
+import secrets
+import time
 from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
 from typing import Any
 
 from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
-from pyinfra.facts.deb import DebPackages
 
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.managed_file import ManagedFile
@@ -17,41 +18,11 @@ from iotfleet.roles.mosquitto.diff import show_change
 from iotfleet.roles.mosquitto.facts import ManagedFileStates, ServiceActive
 
 PACKAGES = ("mosquitto", "mosquitto-clients")
-# Keeps the package from starting a stock broker (plain, localhost:1883) before the hardened
-# configuration is in place: Debian's maintainer scripts honour policy-rc.d.
-POLICY_RC = "/usr/sbin/policy-rc.d"
 
 
-@operation()
-def install_packages(version: str | None = None) -> Generator[Any, None, None]:
-    """Install Mosquitto and its clients from the host's Debian archive, without starting it."""
-    installed = host.get_fact(DebPackages)
-    wanted = [f"{name}={version}" if version else name for name in PACKAGES]
-    missing = [
-        spec
-        for name, spec in zip(PACKAGES, wanted, strict=True)
-        if name not in installed or (version is not None and version not in installed[name])
-    ]
-    if not missing:
-        host.noop("mosquitto and mosquitto-clients are installed")
-        return
-    guard = shlex.quote(POLICY_RC)
-    yield StringCommand(
-        "sh",
-        "-c",
-        " ".join(
-            [
-                f"made=0; if [ ! -e {guard} ]; then printf '#!/bin/sh\\nexit 101\\n' >{guard};",
-                f"chmod 755 {guard}; made=1; fi;",
-                "DEBIAN_FRONTEND=noninteractive apt-get update -qq &&",
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends",
-                "-o Dpkg::Options::=--force-confold",
-                *(shlex.quote(spec) for spec in wanted),
-                "; status=$?;",
-                f'[ "$made" = 1 ] && rm -f {guard}; exit $status',
-            ]
-        ),
-    )
+def run_stage_name() -> str:
+    """A staging directory name no other run uses: UTC time, control machine PID, random."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 @operation()
@@ -61,12 +32,15 @@ def apply_files(
     candidate_config: Callable[[dict[str, str]], str],
     health_topic: str,
     health_timeout: int,
+    lock_wait: int = 300,
 ) -> Generator[Any, None, None]:
     """Put changed files live through the on-host apply script.
 
-    Only files whose content, owner, group or mode differ are staged. The script tests a new
-    configuration on spare ports, restarts or reloads as the changed files ask, checks health
-    and rolls back if the broker does not come up.
+    Only files whose content, owner, group or mode differ are staged, in a staging directory of
+    this run's own. One apply runs at a time per broker: a second rollout waits up to
+    ``lock_wait`` seconds for the first, then installs only what still differs. The script
+    tests a new configuration on spare ports, restarts or reloads as the changed files ask,
+    checks health and rolls back if the broker does not come up.
     """
     states = host.get_fact(ManagedFileStates, paths=tuple(f.path for f in files))
     changed = [f for f in files if not f.matches(states.get(f.path))]
@@ -77,11 +51,13 @@ def apply_files(
     if not changed and active:
         host.noop("Mosquitto files are up to date and the broker is running")
         return
-    stage = layout.STAGING_DIR
+    # A staging directory of this run's own: two rollouts at once never mix their files.
+    stage = f"{layout.STAGING_DIR}/{run_stage_name()}"
     yield StringCommand(
         f"install -d -o root -g {layout.GROUP} -m 0755 /var/lib/iotfleet &&"
         f" install -d -o root -g {layout.GROUP} -m 0750 {layout.STATE_DIR} &&"
-        f" rm -rf {stage} && install -d -o root -g {layout.GROUP} -m 0750 {stage}"
+        f" install -d -o root -g {layout.GROUP} -m 0750 {layout.STAGING_DIR} &&"
+        f" mkdir -m 0750 {stage} && chgrp {layout.GROUP} {stage}"
     )
     manifest = []
     staged_paths = {}
@@ -107,4 +83,9 @@ def apply_files(
         ("health-topic", health_topic + "\n"),
     ):
         yield FileUploadCommand(BytesIO(content.encode()), f"{stage}/{name}")
-    yield StringCommand(f"IOTFLEET_HEALTH_TIMEOUT={int(health_timeout)}", layout.APPLY_SCRIPT)
+    yield StringCommand(
+        f"IOTFLEET_HEALTH_TIMEOUT={int(health_timeout)}",
+        f"IOTFLEET_APPLY_LOCK_WAIT={int(lock_wait)}",
+        layout.APPLY_SCRIPT,
+        stage,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import secrets
 from collections.abc import Generator, Sequence
 from io import BytesIO
 from typing import Any
@@ -43,7 +44,8 @@ def private_files(files: Sequence[ManagedFile]) -> Generator[Any, None, None]:
         if state.config.DIFF:
             host.log(f"Will write {managed.path} (it holds a secret: content not shown)")
         directory, name = posixpath.split(managed.path)
-        temporary = posixpath.join(directory, f".{name}.iotfleet-new")
+        # A name of this run's own: two rollouts at once do not rename each other's file away.
+        temporary = posixpath.join(directory, f".{name}.iotfleet-new.{secrets.token_hex(4)}")
         owner = f"{managed.owner}:{managed.group}"
         yield StringCommand(
             "install", "-o", managed.owner, "-g", managed.group, "-m", managed.mode,
@@ -53,4 +55,7 @@ def private_files(files: Sequence[ManagedFile]) -> Generator[Any, None, None]:
         yield StringCommand(
             "chown", owner, temporary, "&&", "chmod", managed.mode, temporary,
             "&&", "mv", "-f", temporary, managed.path,
+            # What a killed run left (an hour old: no live run is that slow).
+            "&&", "find", directory, "-maxdepth", "1", "-name", f"'.{name}.iotfleet-new.*'",
+            "-mmin", "+60", "-delete",
         )  # fmt: skip

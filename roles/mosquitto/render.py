@@ -19,6 +19,7 @@ from iotfleet.mosquitto.auth_plugin import plugin_options
 from iotfleet.mosquitto.logins import password_users
 from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.mosquitto.passwd import derive_salt, render_password_file
+from iotfleet.roles.firewall.unit import FIREWALL_UNIT
 from iotfleet.roles.mosquitto.plugin_build import auth_plugin
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -138,7 +139,7 @@ def service_files(ctx: FleetContext, broker: Broker) -> tuple[BrokerConfig, list
             render_template(
                 "iotfleet-hardening.conf.j2",
                 limit_nofile=limit_nofile(broker),
-                bind_low_ports=any(lst.port < 1024 for lst in broker.mosquitto.listeners),
+                firewall_unit=FIREWALL_UNIT if broker.firewall.enabled else None,
                 memory_high=memory_high,
                 memory_max=memory_max,
             ).encode()

@@ -66,6 +66,7 @@ def deploy_crl(ctx: FleetContext | None = None) -> None:
         candidate_config=lambda staged: config.text(staged, candidate=True),
         health_topic=health_topic_of(broker),
         health_timeout=broker.mosquitto.health_timeout,
+        lock_wait=broker.mosquitto.apply_lock_wait,
     )
 
 

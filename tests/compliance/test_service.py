@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from iotfleet.check.host_checks import (
+    origin_problems,
     package_problems,
     sandbox_problems,
     service_problems,
@@ -21,11 +22,16 @@ pytestmark = [pytest.mark.host, pytest.mark.service]
 def test_mosquitto_installed(
     broker: Param, suite: Suite, record_fact: Callable[[str, str], None]
 ) -> None:
-    """Mosquitto is installed from its package (version recorded, pin honoured)."""
-    state = suite.facts(broker.broker).package
+    """Mosquitto is installed from its package (version recorded, pin honoured), and it is the
+    Debian archive's: the binary is the package's and runs, the version is in an archive."""
+    facts = suite.facts(broker.broker)
+    state = facts.package
     if state.version:
         record_fact("mosquitto_version", state.version)
-    fail_on(package_problems(broker.host, broker.broker.model, state))
+    problems = package_problems(broker.host, broker.broker.model, state)
+    if state.version:
+        problems += origin_problems(broker.host, state, facts.package_origin)
+    fail_on(problems)
 
 
 def test_service_enabled_and_running(broker: Param, suite: Suite) -> None:

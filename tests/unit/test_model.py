@@ -41,7 +41,11 @@ def test_unknown_key_is_named_with_a_suggestion() -> None:
         ([{"port": 70000}], "mosquitto_listeners[0].port: Input should be less than or equal"),
         ([{"port": 1883, "tls": False}], "plain MQTT is only allowed with bind_address"),
         ([{"port": 8883}, {"port": 8883}], "port 8883 is used by two listeners"),
-        ([{"port": 22}], "mosquitto_listeners[0].port: 22 is the SSH port"),
+        ([{"port": 883}], "mosquitto_listeners[0].port: 883 is below 1024"),
+        (
+            [{"port": 8883}, {"port": 443, "protocol": "websockets", "auth": "password"}],
+            "mosquitto_listeners[1].port: 443 is below 1024: the sandboxed broker",
+        ),
         (
             [{"port": 1883, "tls": False, "bind_address": "127.0.0.1", "auth": "password"}],
             "every broker needs at least one TLS listener with protocol mqtt",
@@ -64,6 +68,11 @@ def test_bad_listeners_are_refused_naming_host_and_key(listeners: Any, expected:
     problems = problems_of(broker(mosquitto_listeners=listeners))
     host_problems = [p for p in problems if p.startswith("host mqtt1.example.net: ")]
     assert any(expected in p for p in host_problems), problems
+
+
+def test_listener_on_the_ssh_port_is_refused() -> None:
+    problems = problems_of(broker(ssh_port=2222, mosquitto_listeners=[{"port": 2222}]))
+    assert "host mqtt1.example.net: mosquitto_listeners[0].port: 2222 is the SSH port" in problems
 
 
 def test_plain_listener_on_loopback_is_allowed_with_passwords() -> None:

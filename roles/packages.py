@@ -1,0 +1,134 @@
+"""Debian package installation that heals: shared by the roles that install packages.
+
+One remote command per install, which:
+
+- removes a stale service-start guard (``/usr/sbin/policy-rc.d``) an earlier iotfleet left
+  behind (the old one was ``exit 101`` forever: no package on the host could start or restart
+  its service on upgrade once a run died while it was in place);
+- places its own guard, so that a package's maintainer scripts do not start a stock service
+  (Mosquitto's is a plain broker on localhost:1883) before the hardened configuration is in
+  place. The guard says "no" only while the process that placed it runs (its PID and start
+  time are written into it), and the same command removes it on exit, Ctrl-C or hang-up (a
+  trap): killed with SIGKILL or by a power cut, the file left behind allows every start;
+- repairs a dpkg that a killed run interrupted (``dpkg --configure -a``), then installs.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.facts.deb import DebPackages
+
+POLICY_RC = "/usr/sbin/policy-rc.d"
+GUARD_MARK = "# managed by iotfleet: service-start guard"
+# What iotfleet before issue 12 wrote: it refused every start for as long as it existed.
+LEGACY_GUARD = "#!/bin/sh\nexit 101\n"
+
+_GUARD = shlex.quote(POLICY_RC)
+# An iotfleet guard whose owner is gone (it allows the start), or the legacy one, is stale.
+_STALE_TEST = (
+    f'{{ [ "$(cat {_GUARD} 2>/dev/null)" = {shlex.quote(LEGACY_GUARD.rstrip())} ] || '
+    f"{{ grep -qxF {shlex.quote(GUARD_MARK)} {_GUARD} 2>/dev/null && "
+    f"{{ {_GUARD} iotfleet-probe start >/dev/null 2>&1; [ $? -ne 101 ]; }}; }}; }}"
+)
+_DPKG_PENDING_TEST = (
+    '{ [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ] || '
+    '[ -n "$(dpkg --audit 2>/dev/null)" ]; }'
+)
+# The guard names its owner, the installing shell, by PID and start time (a reused PID has
+# another start time), so it refuses starts only while that shell runs.
+_GUARD_LINES = (
+    "#!/bin/sh",
+    GUARD_MARK,
+    "# No service starts while iotfleet installs packages (process @PID@); once that process",
+    "# is gone (finished, killed, power cut), every start is allowed.",
+    '[ "$(cut -d" " -f22 /proc/@PID@/stat 2>/dev/null)" = "@START@" ] && exit 101',
+    "exit 0",
+)
+_PLACE_GUARD = (
+    f"if [ ! -e {_GUARD} ]; then\n"
+    "  start=$(cut -d' ' -f22 /proc/$$/stat)\n"
+    f"  printf '%s\\n' {' '.join(shlex.quote(line) for line in _GUARD_LINES)} |\n"
+    f'    sed "s/@PID@/$$/g; s/@START@/$start/g" >{_GUARD}.iotfleet\n'
+    f"  chmod 755 {_GUARD}.iotfleet && mv -f {_GUARD}.iotfleet {_GUARD} && made=1\n"
+    "fi"
+)
+_APT = "DEBIAN_FRONTEND=noninteractive apt-get -qq -o Dpkg::Options::=--force-confold"
+
+
+class PackageHealth(FactBase[tuple[bool, bool]]):
+    """(a stale service-start guard is on the host, dpkg was interrupted and needs repair)."""
+
+    def command(self) -> str:
+        return (
+            f"if [ -e {_GUARD} ] && {_STALE_TEST}; then echo stale-guard; fi; "
+            f"if {_DPKG_PENDING_TEST}; then echo dpkg-interrupted; fi; true"
+        )
+
+    @staticmethod
+    def default() -> tuple[bool, bool]:
+        return False, False
+
+    def process(self, output: list[str]) -> tuple[bool, bool]:
+        lines = {line.strip() for line in output}
+        return "stale-guard" in lines, "dpkg-interrupted" in lines
+
+
+def missing_packages(
+    installed: dict[str, list[str]], packages: Sequence[str], version: str | None = None
+) -> list[str]:
+    """apt specs (``name`` or ``name=version``) of the packages not installed as wanted."""
+    return [
+        f"{name}={version}" if version else name
+        for name in packages
+        if name not in installed or (version is not None and version not in installed[name])
+    ]
+
+
+def healing_install_script(specs: Sequence[str], update: bool = True) -> str:
+    """The remote script: drop a stale guard, guard, repair dpkg, install, unguard."""
+    lines = [
+        "set -e",
+        "made=0",
+        f'unguard() {{ if [ "$made" = 1 ]; then rm -f {_GUARD}; fi; }}',
+        "trap unguard EXIT",
+        "trap 'exit 129' HUP",
+        "trap 'exit 130' INT",
+        "trap 'exit 143' TERM",
+        f"if [ -e {_GUARD} ] && {_STALE_TEST}; then rm -f {_GUARD}; fi",
+    ]
+    if specs:
+        lines.append(_PLACE_GUARD)
+    lines.append(
+        f"if {_DPKG_PENDING_TEST}; then\n"
+        "  echo 'iotfleet: repairing an interrupted dpkg (dpkg --configure -a)'\n"
+        "  DEBIAN_FRONTEND=noninteractive dpkg --force-confold --configure -a\n"
+        "fi"
+    )
+    if specs:
+        if update:
+            lines.append(f"{_APT} update")
+        lines.append(
+            f"{_APT} install -y --no-install-recommends "
+            + " ".join(shlex.quote(spec) for spec in specs)
+        )
+    return "\n".join(lines) + "\n"
+
+
+@operation()
+def install_debs(packages: Sequence[str], version: str | None = None) -> Generator[Any, None, None]:
+    """Install Debian packages without letting them start services, healing the host first.
+
+    + packages: package names
+    + version: the version every package must have (none: any)
+    """
+    stale_guard, dpkg_interrupted = host.get_fact(PackageHealth)
+    specs = missing_packages(host.get_fact(DebPackages), packages, version)
+    if not specs and not stale_guard and not dpkg_interrupted:
+        host.noop(f"{', '.join(packages)} installed")
+        return
+    yield StringCommand("sh", "-c", shlex.quote(healing_install_script(specs)))

@@ -1,0 +1,118 @@
+"""Fixes to pyinfra that iotfleet carries until upstream has them; applied when ``roles`` loads.
+
+1. A host lost between two commands fails that host only. paramiko raises ``EOFError`` from
+   ``open_session`` once the transport saw the connection close (the host was killed, sshd
+   stopped, the network cut); pyinfra catches ``OSError``/``SSHException`` around every command
+   and fact but not ``EOFError``, so one lost host ended the whole rollout with "An internal
+   exception occurred: EOFError" and the other hosts never got the change (upstream:
+   pyinfra-dev/pyinfra#1220, open). The host's commands now raise :class:`HostConnectionLost`
+   (an ``SSHException``), which pyinfra reports as that host's error and fails that host.
+   The results end with one line naming every failed host (the table only counts them).
+2. Ctrl-C ends a rollout with exit status 130. ``pyinfra_cli.main`` installs a SIGINT handler
+   that prints "Exiting upon user request!" and exits 0, so a script or CI job could not tell
+   an interrupted rollout from a finished one.
+
+Each fix is applied once and is a no-op when pyinfra already behaves (a later release).
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TypeVar
+
+import click
+import pyinfra
+from paramiko import SSHException
+from pyinfra.api.host import Host
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a job ended by Ctrl-C
+_PATCHED = "_iotfleet_connection_lost_fix"
+_F = TypeVar("_F", bound=Callable[..., Any])
+# Hosts whose connection was lost during this run (name -> what happened), for the summary.
+_lost: dict[str, str] = {}
+
+
+class HostConnectionLost(SSHException):
+    """The SSH connection to a host ended while the rollout still had commands for it."""
+
+
+def _connection_lost_is_host_error(method: _F) -> _F:
+    @functools.wraps(method)
+    def wrapper(self: Host, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except SSHException as exc:
+            # paramiko noticed the loss before the command: pyinfra handles this one already.
+            if "session not active" in str(exc):
+                _lost[self.name] = "SSH connection lost"
+            raise
+        except EOFError as exc:
+            _lost[self.name] = "SSH connection lost"
+            raise HostConnectionLost(
+                f"the SSH connection to {self.name} was lost (the host went away or sshd stopped)"
+            ) from exc
+
+    setattr(wrapper, _PATCHED, True)
+    return wrapper  # type: ignore[return-value]
+
+
+def fail_lost_hosts_only() -> None:
+    """Make ``EOFError`` from a host's connector that host's error, not the run's."""
+    for name in ("run_shell_command", "put_file", "get_file"):
+        method = getattr(Host, name)
+        if not getattr(method, _PATCHED, False):
+            setattr(Host, name, _connection_lost_is_host_error(method))
+
+
+def failed_hosts_line(failed: list[str], total: int) -> str:
+    """The summary's last line: which hosts did not finish (lost ones say so)."""
+    names = ", ".join(f"{name} ({_lost[name]})" if name in _lost else name for name in failed)
+    return f"--> {len(failed)} of {total} hosts failed, the others finished: {names}"
+
+
+def name_failed_hosts_in_summary() -> None:
+    """After pyinfra's results table, print the failed hosts by name."""
+    cli: Any = sys.modules.get("pyinfra_cli.cli")
+    original = getattr(cli, "print_results", None)
+    if original is None or getattr(original, _PATCHED, False):
+        return  # not run by the pyinfra CLI (or a release that moved it): nothing to add to
+
+    def print_results(state: Any) -> None:
+        original(state)
+        failed = sorted(host.name for host in state.failed_hosts)
+        if failed:
+            click.echo(failed_hosts_line(failed, len(list(state.inventory))), err=True)
+
+    setattr(print_results, _PATCHED, True)
+    cli.print_results = print_results
+
+
+def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
+    click.echo("Exiting upon user request!", err=True)
+    sys.exit(INTERRUPTED_EXIT)
+
+
+def _is_pyinfra_cli_handler(handler: object) -> bool:
+    return getattr(handler, "__module__", "") == "pyinfra_cli.main" and (
+        getattr(handler, "__name__", "") == "_handle_interrupt"
+    )
+
+
+def interrupted_rollout_fails() -> None:
+    """Replace pyinfra_cli's exit-0 SIGINT handler (only that one) by one that exits 130."""
+    if not pyinfra.is_cli:
+        return
+    current = signal.getsignal(signal.SIGINT)
+    if _is_pyinfra_cli_handler(current):
+        signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+def apply() -> None:
+    """Apply every carried fix (safe to call more than once)."""
+    fail_lost_hosts_only()
+    name_failed_hosts_in_summary()
+    interrupted_rollout_fails()
