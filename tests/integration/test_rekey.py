@@ -6,6 +6,7 @@ offline during the re-key picks it up when it returns."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,7 @@ class RekeyLab:
 
 
 @pytest.fixture(scope="module")
-def field(lab_factory: LabFactory) -> RekeyLab:
+def field(lab_factory: LabFactory) -> Iterator[RekeyLab]:
     lab = lab_factory(suite="bookworm", brokers=1, gateways=2)
     first = run_pyinfra(lab.name)
     assert first.returncode == 0, first.explain()
@@ -99,7 +100,15 @@ def field(lab_factory: LabFactory) -> RekeyLab:
         "gateway", "flash", "-i", "inventory/lab.py", "--no-progress", lab_name=lab.name
     )
     assert flashed.returncode == 0, flashed.stdout + flashed.stderr
-    return RekeyLab(lab)
+    yield RekeyLab(lab)
+    # The shared lab's next modules flash these boards: a key made on a board cannot be put in
+    # an image, so the re-keyed devices get a fresh identity from the control machine again.
+    for device in ("gw1", "gw2"):
+        record = lab_context(lab.name).pki.record(device)
+        if record is not None and record.status == "valid" and record.key_span[1] == 0:
+            revoked = run_iotfleet("pki", "revoke", device, "--reason", "superseded", "-i",
+                                   "inventory/lab.py", lab_name=lab.name)  # fmt: skip
+            assert revoked.returncode == 0, revoked.stdout + revoked.stderr
 
 
 def _public(pem: bytes) -> bytes:
@@ -151,7 +160,7 @@ def test_rekey_over_the_air_through_the_rollout(field: RekeyLab) -> None:
 
         # The next rollout revokes the old certificate; the broker then refuses the old key.
         last = field.rollout()
-        assert "old certificates retired 1" in last.output, last.explain()
+        assert "retire old certificate of gw1" in last.output, last.explain()
         assert old_serial in field.crl_serials()
         refused = try_connect(target(ctx, field.broker, 8883), before, client_id="gw1")
         assert not refused.accepted, refused
@@ -220,7 +229,7 @@ def test_forged_csrs_are_refused_and_an_offline_gateway_rekeys_when_back(field: 
         )
         assert old.serial not in field.crl_serials()
         last = field.rollout()
-        assert "old certificates retired 1" in last.output, last.explain()
+        assert "retire old certificate of gw2" in last.output, last.explain()
         assert old.serial in field.crl_serials()
         assert not try_connect(broker, as_gw2, client_id="gw2").accepted
         wait_until(lambda: gw2.connected, timeout=60)
