@@ -82,13 +82,19 @@ def main() -> None:
 
     print(f"\niotfleet classroom bench ({os.cpu_count()} cores; baseline = a 1-student class)")
     print(f"  {'class':<22} {'roster -> connected':>20} {'vs 1':>7} {'check':>8}")
-    print(f"  {'1 student':<22} {one:>18.1f} s {1.0:>7.2f} "
-          f"{'' if one_check is None else f'{one_check:.1f} s':>8}")
-    print(f"  {f'{args.students} students':<22} {many:>18.1f} s {many / one:>7.2f} "
-          f"{'' if many_check is None else f'{many_check:.1f} s':>8}")
+    print(
+        f"  {'1 student':<22} {one:>18.1f} s {1.0:>7.2f} "
+        f"{'' if one_check is None else f'{one_check:.1f} s':>8}"
+    )
+    print(
+        f"  {f'{args.students} students':<22} {many:>18.1f} s {many / one:>7.2f} "
+        f"{'' if many_check is None else f'{many_check:.1f} s':>8}"
+    )
     verdict = "met" if many <= TARGET_30_S else "MISSED"
-    print(f"\n  target: {args.students} students connected <= {TARGET_30_S:.0f} s: "
-          f"{many:.1f} s ({many / TARGET_30_S:.2f} of the target) {verdict}")
+    print(
+        f"\n  target: {args.students} students connected <= {TARGET_30_S:.0f} s: "
+        f"{many:.1f} s ({many / TARGET_30_S:.2f} of the target) {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -109,7 +109,11 @@ def client_contexts(store: PkiStore, names: list[str], workdir: Path) -> list[ss
 
 
 async def open_one(
-    host: str, name: str, context: ssl.SSLContext, gate: asyncio.Semaphore, outcome: Outcome,
+    host: str,
+    name: str,
+    context: ssl.SSLContext,
+    gate: asyncio.Semaphore,
+    outcome: Outcome,
     held: list[asyncio.StreamWriter],
 ) -> None:
     async with gate:
@@ -146,8 +150,12 @@ async def open_all(
 
 
 async def open_hold_count(
-    host: str, names: list[str], contexts: list[ssl.SSLContext], store: PkiStore,
-    deadline: float, workdir: Path,
+    host: str,
+    names: list[str],
+    contexts: list[ssl.SSLContext],
+    store: PkiStore,
+    deadline: float,
+    workdir: Path,
 ) -> tuple[Outcome, float, int]:
     """Open every connection, then count them on the broker while they are all held open."""
     outcome, elapsed, held = await asyncio.wait_for(open_all(host, names, contexts), deadline)
@@ -209,8 +217,21 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, mode=0o700)
     try:
-        up = run([sys.executable, "-m", "iotfleet", "lab", "up", "--name", LAB,
-                  "--brokers", "1", "--suite", args.suite])
+        up = run(
+            [
+                sys.executable,
+                "-m",
+                "iotfleet",
+                "lab",
+                "up",
+                "--name",
+                LAB,
+                "--brokers",
+                "1",
+                "--suite",
+                args.suite,
+            ]
+        )
         if up.returncode != 0:
             sys.exit(f"lab up failed:\n{up.stderr}")
         inventory = write_inventory(work / "inventory", args.clients)
@@ -237,15 +258,21 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     rate = outcome.accepted / elapsed if elapsed else 0.0
-    print(f"\niotfleet connections bench ({os.cpu_count()} cores, {args.suite}, one broker,"
-          f" TLS + client certificates, {IN_FLIGHT} handshakes in flight)")
+    print(
+        f"\niotfleet connections bench ({os.cpu_count()} cores, {args.suite}, one broker,"
+        f" TLS + client certificates, {IN_FLIGHT} handshakes in flight)"
+    )
     print(f"  rollout of a {args.clients}-device fleet      {rollout_s:8.1f} s")
     print(f"  client TLS contexts prepared           {contexts_s:8.1f} s")
-    print(f"  connections accepted (CONNACK 0)       {outcome.accepted:8d}"
-          f"   refused {outcome.refused}, errors {outcome.errors} {outcome.first_error}")
-    print(f"  held at once, as the broker counts     {connected:8d}"
-          f"   target >= {TARGET_CLIENTS}: {'met' if connected >= TARGET_CLIENTS else 'MISSED'}"
-          f" (ratio {connected / TARGET_CLIENTS:.2f})")
+    print(
+        f"  connections accepted (CONNACK 0)       {outcome.accepted:8d}"
+        f"   refused {outcome.refused}, errors {outcome.errors} {outcome.first_error}"
+    )
+    print(
+        f"  held at once, as the broker counts     {connected:8d}"
+        f"   target >= {TARGET_CLIENTS}: {'met' if connected >= TARGET_CLIENTS else 'MISSED'}"
+        f" (ratio {connected / TARGET_CLIENTS:.2f})"
+    )
     print(f"  time to open them all                  {elapsed:8.1f} s")
     print(f"  handshakes + CONNACK per second        {rate:8.0f}")
 

@@ -68,12 +68,22 @@ def start_boards(workdir: Path, count: int, uart: bool, tag: str) -> list[Board]
         flash = workdir / f"{tag}-{i}.flash"
         flash.unlink(missing_ok=True)
         mac = f"18:fe:34:be:00:{i:02x}"
-        argv = [sys.executable, "-m", "iotfleet.emulator", "--listen", "127.0.0.1:0",
-                "--flash", str(flash), "--mac", mac]
+        argv = [
+            sys.executable,
+            "-m",
+            "iotfleet.emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--flash",
+            str(flash),
+            "--mac",
+            mac,
+        ]
         if uart:
             argv.append("--serial-speed")
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   text=True)
+        process = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         assert process.stderr is not None
         line = process.stderr.readline()
         if "listening on " not in line:
@@ -89,28 +99,44 @@ def stop_boards(boards: list[Board]) -> None:
         board.process.wait(timeout=10)
 
 
-def fleet_context(boards: list[Board], firmware: Path, station: str = "@local",
-                  ports: list[str] | None = None) -> FleetContext:
+def fleet_context(
+    boards: list[Board], firmware: Path, station: str = "@local", ports: list[str] | None = None
+) -> FleetContext:
     ports = ports or [b.url for b in boards]
-    fleet = build_fleet([
-        RawHost("localhost", ("brokers",), {
-            "fleet_name": "bench", "ssh_hostname": "127.0.0.1",
-            "fleet_devices": [{"id": f"gw-{i:02d}"} for i in range(len(boards))],
-        }),
-        RawHost(station, ("flash_stations",), {
-            "espgw_wifi_ssid": "bench", "espgw_wifi_passphrase": "env:BENCH_WIFI",
-            "espgw_firmware": str(firmware), "espgw_baud": BAUD,
-            "espgw_boards": [{"port": port, "device": f"gw-{i:02d}"}
-                             for i, port in enumerate(ports)],
-        }),
-    ])
+    fleet = build_fleet(
+        [
+            RawHost(
+                "localhost",
+                ("brokers",),
+                {
+                    "fleet_name": "bench",
+                    "ssh_hostname": "127.0.0.1",
+                    "fleet_devices": [{"id": f"gw-{i:02d}"} for i in range(len(boards))],
+                },
+            ),
+            RawHost(
+                station,
+                ("flash_stations",),
+                {
+                    "espgw_wifi_ssid": "bench",
+                    "espgw_wifi_passphrase": "env:BENCH_WIFI",
+                    "espgw_firmware": str(firmware),
+                    "espgw_baud": BAUD,
+                    "espgw_boards": [
+                        {"port": port, "device": f"gw-{i:02d}"} for i, port in enumerate(ports)
+                    ],
+                },
+            ),
+        ]
+    )
     return FleetContext.for_fleet(fleet)
 
 
 def iotfleet_flash(jobs: list[FlashJob], registry: FlashRegistry) -> tuple[float, list[float]]:
     start = time.perf_counter()
-    results = flash_boards(jobs, registry, parallel=len(jobs), progress=False,
-                           options=FlashOptions(baud=BAUD))
+    results = flash_boards(
+        jobs, registry, parallel=len(jobs), progress=False, options=FlashOptions(baud=BAUD)
+    )
     elapsed = time.perf_counter() - start
     bad = [r for r in results if not r.ok]
     if bad:
@@ -120,12 +146,26 @@ def iotfleet_flash(jobs: list[FlashJob], registry: FlashRegistry) -> tuple[float
 
 def esptool_flash(boards: list[Board], images: list[tuple[Path, Path, int]]) -> float:
     """Bare `esptool write-flash` of the same two images, one process per board, in parallel."""
+
     def one(index: int) -> None:
         firmware, fs_image, offset = images[index]
         subprocess.run(
-            [sys.executable, "-m", "esptool", "--port", boards[index].url, "--baud", str(BAUD),
-             "write-flash", "0x0", str(firmware), hex(offset), str(fs_image)],
-            check=True, capture_output=True,
+            [
+                sys.executable,
+                "-m",
+                "esptool",
+                "--port",
+                boards[index].url,
+                "--baud",
+                str(BAUD),
+                "write-flash",
+                "0x0",
+                str(firmware),
+                hex(offset),
+                str(fs_image),
+            ],
+            check=True,
+            capture_output=True,
         )
 
     start = time.perf_counter()
@@ -142,17 +182,26 @@ def relay_flash(workdir: Path, uart: bool, firmware: Path) -> tuple[float, float
     device = workdir / "ttyUSB-bench"
     device.unlink(missing_ok=True)
     bridge = subprocess.Popen(
-        [sys.executable, "-I", "-c", Path(serial_bridge.__file__).read_text(),
-         board.url.rsplit(":", 1)[1], str(device), str(os.getpid())],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            Path(serial_bridge.__file__).read_text(),
+            board.url.rsplit(":", 1)[1],
+            str(device),
+            str(os.getpid()),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     # The station's python3 is this venv's (it has pyserial, as python3-serial gives a station).
     bin_dir = workdir / "station-bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     (bin_dir / "python3").chmod(0o755)
-    link = CommandStationLink("bench-station", ["env", f"PATH={bin_dir}:{os.environ['PATH']}",
-                                                "sh", "-c"])
+    link = CommandStationLink(
+        "bench-station", ["env", f"PATH={bin_dir}:{os.environ['PATH']}", "sh", "-c"]
+    )
     try:
         assert bridge.stdout is not None
         bridge.stdout.readline()  # the link exists
@@ -160,8 +209,9 @@ def relay_flash(workdir: Path, uart: bool, firmware: Path) -> tuple[float, float
         times = []
         for _ in range(2):
             start = time.perf_counter()
-            [result] = flash_station(ctx, "bench-station", progress=False, link=link,
-                                     options=FlashOptions(baud=BAUD))
+            [result] = flash_station(
+                ctx, "bench-station", progress=False, link=link, options=FlashOptions(baud=BAUD)
+            )
             times.append(time.perf_counter() - start)
             if not result.ok:
                 raise SystemExit(f"relay flash failed: {result.message}")
@@ -223,39 +273,51 @@ def bench_mode(workdir: Path, count: int, uart: bool, repeat: int, firmware: Pat
     relay_first, relay_again = relay_flash(workdir, uart, firmware)
 
     link = "UART model (115200 ROM, 460800 stub)" if uart else "loopback, no link model (CPU)"
-    print(f"\n== {link}; firmware {firmware.stat().st_size // 1024} KB + 2 MB filesystem "
-          f"image per board, median of {repeat}")
+    print(
+        f"\n== {link}; firmware {firmware.stat().st_size // 1024} KB + 2 MB filesystem "
+        f"image per board, median of {repeat}"
+    )
     print(f"{'':44}{'seconds':>10}{'ratio':>10}{'target':>10}")
     print(f"{'iotfleet, 1 board':44}{one:10.2f}{'1.00x':>10}")
-    print(f"{f'iotfleet, {count} boards in parallel':44}{many:10.2f}{many / one:9.2f}x"
-          f"{'<= 1.3x':>10}")
+    print(
+        f"{f'iotfleet, {count} boards in parallel':44}{many:10.2f}{many / one:9.2f}x{'<= 1.3x':>10}"
+    )
     print(f"{'bare esptool write-flash, 1 board':44}{bare_one:10.2f}{'1.00x':>10}")
-    print(f"{'iotfleet vs bare esptool, 1 board':44}{one:10.2f}{one / bare_one:9.2f}x"
-          f"{'<= 1.10x':>10}")
+    print(
+        f"{'iotfleet vs bare esptool, 1 board':44}{one:10.2f}{one / bare_one:9.2f}x{'<= 1.10x':>10}"
+    )
     print(f"{f'bare esptool, {count} boards (processes)':44}{bare_many:10.2f}{'1.00x':>10}")
-    print(f"{f'iotfleet vs bare esptool, {count} boards':44}{many:10.2f}{many / bare_many:9.2f}x"
-          f"{'<= 1.10x':>10}")
+    print(
+        f"{f'iotfleet vs bare esptool, {count} boards':44}{many:10.2f}{many / bare_many:9.2f}x"
+        f"{'<= 1.10x':>10}"
+    )
     print(f"{f'unchanged re-flash, {count} boards':44}{again_total:10.2f}")
-    print(f"{'unchanged re-flash per board (max)':44}{max(again_each):10.2f}{'':>10}"
-          f"{'<= 2 s':>10}")
-    print(f"{'station relay (device path), 1 board':44}{relay_first:10.2f}"
-          f"{relay_first / one:9.2f}x{'vs @local':>10}")
+    print(f"{'unchanged re-flash per board (max)':44}{max(again_each):10.2f}{'':>10}{'<= 2 s':>10}")
+    print(
+        f"{'station relay (device path), 1 board':44}{relay_first:10.2f}"
+        f"{relay_first / one:9.2f}x{'vs @local':>10}"
+    )
     print(f"{'station relay, unchanged re-flash':44}{relay_again:10.2f}{'':>10}{'<= 2 s':>10}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boards", type=int, default=8)
-    parser.add_argument("--firmware-kb", type=int, default=128,
-                        help="firmware size (code-like filler after a valid image, zlib -> ~75%%)")
+    parser.add_argument(
+        "--firmware-kb",
+        type=int,
+        default=128,
+        help="firmware size (code-like filler after a valid image, zlib -> ~75%%)",
+    )
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--mode", choices=["uart", "loopback", "both"], default="both")
     args = parser.parse_args()
 
     # A throwaway fleet (its own PKI and secrets), removed at the end.
     workdir = Path(tempfile.mkdtemp(prefix="iotfleet-bench-flash-"))
-    os.environ.update(IOTFLEET_HOME=str(workdir / "home"), IOTFLEET_PKI_PASSPHRASE=PASSPHRASE,
-                      BENCH_WIFI=WIFI)
+    os.environ.update(
+        IOTFLEET_HOME=str(workdir / "home"), IOTFLEET_PKI_PASSPHRASE=PASSPHRASE, BENCH_WIFI=WIFI
+    )
     try:
         firmware = workdir / "firmware.bin"
         firmware.write_bytes(reference_firmware(extra_bytes=args.firmware_kb * 1024))

@@ -139,8 +139,10 @@ def main() -> None:
         running50 = running_hosts()
         rows.append(row("up 50 hosts, base cached", up50, "s", None))
         verdict = "met" if running50 >= TARGET_HOSTS else "MISSED"
-        rows.append(f"  {'hosts running after up 50':<38} {running50:>9d}      "
-                    f"{TARGET_HOSTS:>10d} {'':>7}  {verdict}")
+        rows.append(
+            f"  {'hosts running after up 50':<38} {running50:>9d}      "
+            f"{TARGET_HOSTS:>10d} {'':>7}  {verdict}"
+        )
     iotfleet("lab", "down", "--name", NAME)
 
     print(f"\niotfleet lab bench ({os.cpu_count()} cores)")

@@ -66,21 +66,61 @@ def bench_openssl_cli(workdir: Path, sample: int) -> float:
     (workdir / "serial").write_text("01\n")
     conf = workdir / "openssl.cnf"
     conf.write_text(_CA_CONF.format(dir=workdir))
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-keyout", str(workdir / "private/ca.key"), "-passout", "env:PASS",
-             "-out", str(workdir / "ca.crt"), "-subj", "/CN=bench CA", "-days", "3650", env=env)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-keyout",
+        str(workdir / "private/ca.key"),
+        "-passout",
+        "env:PASS",
+        "-out",
+        str(workdir / "ca.crt"),
+        "-subj",
+        "/CN=bench CA",
+        "-days",
+        "3650",
+        env=env,
+    )
     start = time.perf_counter()
     for i in range(sample):
         name = f"gw-{i:05d}"
         key, req = workdir / f"private/{name}.key", workdir / f"reqs/{name}.req"
-        _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                 "-out", str(key), env=env)
-        _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-out", str(req),
-                 env=env)
-        _openssl("ca", "-batch", "-config", str(conf), "-extensions", "device", "-rand_serial",
-                 "-notext", "-passin", "env:PASS", "-keyfile", str(workdir / "private/ca.key"),
-                 "-cert", str(workdir / "ca.crt"), "-in", str(req),
-                 "-out", str(workdir / f"issued/{name}.crt"), env=env)
+        _openssl(
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            str(key),
+            env=env,
+        )
+        _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-out", str(req), env=env)
+        _openssl(
+            "ca",
+            "-batch",
+            "-config",
+            str(conf),
+            "-extensions",
+            "device",
+            "-rand_serial",
+            "-notext",
+            "-passin",
+            "env:PASS",
+            "-keyfile",
+            str(workdir / "private/ca.key"),
+            "-cert",
+            str(workdir / "ca.crt"),
+            "-in",
+            str(req),
+            "-out",
+            str(workdir / f"issued/{name}.crt"),
+            env=env,
+        )
     return (time.perf_counter() - start) / sample
 
 
@@ -123,16 +163,22 @@ def main() -> None:
     rows = [
         ("iotfleet reconcile (process pool)", pool_enroll, rate_pool),
         ("iotfleet reconcile (workers=1)", single_enroll, rate_single),
-        (f"openssl CLI, easy-rsa way (x{n / args.sample:.0f} of {args.sample})",
-         cli_total, rate_cli),
+        (
+            f"openssl CLI, easy-rsa way (x{n / args.sample:.0f} of {args.sample})",
+            cli_total,
+            rate_cli,
+        ),
     ]
     for label, seconds, rate in rows:
         print(f"{label:<44}{seconds:>10.2f}{rate:>10.0f}{cli_total / seconds:>11.0f}x")
     print(f"{'iotfleet no-change reconcile':<44}{pool_nochange:>10.2f}")
     targets = [
         ("throughput >= 3000 ids/s", rate_pool >= 3000, f"{rate_pool:.0f}/s"),
-        ("speed-up >= 100x openssl CLI", cli_total / pool_enroll >= 100,
-         f"{cli_total / pool_enroll:.0f}x"),
+        (
+            "speed-up >= 100x openssl CLI",
+            cli_total / pool_enroll >= 100,
+            f"{cli_total / pool_enroll:.0f}x",
+        ),
         ("no-change reconcile <= 2 s", pool_nochange <= 2.0, f"{pool_nochange:.2f}s"),
     ]
     for label, met, figure in targets:

@@ -74,27 +74,37 @@ def main() -> None:
             fresh_lab(n, args.suite)
             first[n], _ = timed_rollout()
             again[n], counts[n] = timed_rollout()
-            print(f"  {n:>3} broker(s): first {first[n]:6.1f} s, no-change {again[n]:6.1f} s",
-                  flush=True)
+            print(
+                f"  {n:>3} broker(s): first {first[n]:6.1f} s, no-change {again[n]:6.1f} s",
+                flush=True,
+            )
     finally:
         iotfleet("lab", "down", "--name", NAME)
         shutil.rmtree(fleet_dir(NAME), ignore_errors=True)
 
     print(f"\niotfleet rollout bench ({os.cpu_count()} cores, {args.suite}; baseline = 1 broker)")
-    print(f"  {'brokers':>7} {'first s':>9} {'vs 1':>6} {'no-change s':>12} {'vs 1':>6}"
-          f"  no-change totals (ok/err/no-change)")
+    print(
+        f"  {'brokers':>7} {'first s':>9} {'vs 1':>6} {'no-change s':>12} {'vs 1':>6}"
+        f"  no-change totals (ok/err/no-change)"
+    )
     for n in sizes:
-        print(f"  {n:>7} {first[n]:>9.1f} {first[n] / first[1]:>6.2f} {again[n]:>12.1f}"
-              f" {again[n] / again[1]:>6.2f}  {counts[n]}")
+        print(
+            f"  {n:>7} {first[n]:>9.1f} {first[n] / first[1]:>6.2f} {again[n]:>12.1f}"
+            f" {again[n] / again[1]:>6.2f}  {counts[n]}"
+        )
     largest = max(sizes)
     ratio = first[largest] / first[1]
     print("\n  targets")
-    print(f"    no-change rollout of {largest}: {again[largest]:.1f} s "
-          f"(target <= {TARGET_NO_CHANGE_20_S:.0f} s for 20: "
-          f"{'met' if again[largest] <= TARGET_NO_CHANGE_20_S else 'MISSED'})")
-    print(f"    first rollout of {largest} vs 1: {ratio:.2f}x "
-          f"(target <= {TARGET_FIRST_20_VS_1:.0f}x: "
-          f"{'met' if ratio <= TARGET_FIRST_20_VS_1 else 'MISSED'})")
+    print(
+        f"    no-change rollout of {largest}: {again[largest]:.1f} s "
+        f"(target <= {TARGET_NO_CHANGE_20_S:.0f} s for 20: "
+        f"{'met' if again[largest] <= TARGET_NO_CHANGE_20_S else 'MISSED'})"
+    )
+    print(
+        f"    first rollout of {largest} vs 1: {ratio:.2f}x "
+        f"(target <= {TARGET_FIRST_20_VS_1:.0f}x: "
+        f"{'met' if ratio <= TARGET_FIRST_20_VS_1 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 echo "== lint (ruff)"
 .venv/bin/ruff check .
+echo "== format (ruff format --check)"
+.venv/bin/ruff format --check .
 echo "== types (mypy)"
 .venv/bin/mypy
 echo "== unit and integration tests (pytest)"

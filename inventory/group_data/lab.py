@@ -41,8 +41,12 @@ fleet_devices = [
 
 fleet_clients = [
     {"name": "ops", "roles": ["admin"]},
-    {"name": "control-room", "roles": ["operator"], "auth": "certificate+password",
-     "password": "generated"},
+    {
+        "name": "control-room",
+        "roles": ["operator"],
+        "auth": "certificate+password",
+        "password": "generated",
+    },
     {"name": "wallboard", "roles": ["dashboard"], "auth": "password", "password": "generated"},
 ]
 

@@ -158,9 +158,7 @@ def start_supervisor(class_name: str) -> ProcessRef:
         return existing
     log = class_dir(class_name) / "logs" / "gateways.log"
     ref = start_detached([sys.executable, "-m", "iotfleet.classroom.gateways", class_name], log)
-    write_file_atomically(
-        supervisor_file(class_name), ref.model_dump_json().encode(), mode=0o644
-    )
+    write_file_atomically(supervisor_file(class_name), ref.model_dump_json().encode(), mode=0o644)
     return ref
 
 

@@ -142,6 +142,4 @@ def numbered_roster(count: int) -> list[RosterEntry]:
     if not 1 <= count <= MAX_STUDENTS:
         raise RosterError("--students", [f"{count}: give 1..{MAX_STUDENTS} students"])
     width = max(2, len(str(count)))
-    return [
-        RosterEntry(f"student{i:0{width}d}", f"Student {i}") for i in range(1, count + 1)
-    ]
+    return [RosterEntry(f"student{i:0{width}d}", f"Student {i}") for i in range(1, count + 1)]

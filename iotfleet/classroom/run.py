@@ -149,8 +149,10 @@ def bring_up(
 ) -> UpResult:
     """Lab, rollout, gateways, handouts, compliance: the whole class, ready to teach."""
     started = time.monotonic()
-    say(f"lab {spec.name}: {len(lab_host_names(spec))} broker host(s), "
-        f"{sum(s.board.emulated for s in spec.students)} emulated board(s)")
+    say(
+        f"lab {spec.name}: {len(lab_host_names(spec))} broker host(s), "
+        f"{sum(s.board.emulated for s in spec.students)} emulated board(s)"
+    )
     up(lab_request(spec, suite), reporter)
     say(f"rollout: pyinfra -y {INVENTORY} deploy.py")
     result = rollout(spec)
@@ -167,8 +169,9 @@ def bring_up(
         say(f"compliance: iotfleet check {INVENTORY}")
         checked = compliance_check(spec)
         check_rc, check_out = checked.returncode, checked.stdout + checked.stderr
-    return UpResult(connected, check_rc, check_out, handouts_dir(spec.name),
-                    time.monotonic() - started)
+    return UpResult(
+        connected, check_rc, check_out, handouts_dir(spec.name), time.monotonic() - started
+    )
 
 
 def reset_student(spec: ClassSpec, student_id: str, *, say: Say = print) -> None:

@@ -63,10 +63,15 @@ def cli() -> None:
 @click.option("--students", type=int, default=None, help="No roster: N students student01...")
 @click.option("--name", "name", required=True, help="Class name (one DNS label, e.g. eg254s).")
 @click.option("--seed", default=None, help="Class seed (default: kept, or the class name).")
-@click.option("--shape", type=click.Choice(["shared", "per-student"]), default=None,
-              help="One shared broker (default) or one broker per student.")
-def new_command(roster: Path | None, students: int | None, name: str, seed: str | None,
-                shape: str | None) -> None:
+@click.option(
+    "--shape",
+    type=click.Choice(["shared", "per-student"]),
+    default=None,
+    help="One shared broker (default) or one broker per student.",
+)
+def new_command(
+    roster: Path | None, students: int | None, name: str, seed: str | None, shape: str | None
+) -> None:
     """Create the class from ROSTER.csv (columns: name, id, board_port, board_mac), or update
     it: a student added or removed changes nothing for the others."""
     if (roster is None) == (students is None):
@@ -74,25 +79,35 @@ def new_command(roster: Path | None, students: int | None, name: str, seed: str 
     try:
         entries = read_roster(roster) if roster is not None else numbered_roster(students or 0)
         spec, changed = create_class(
-            name, entries, seed=seed,
+            name,
+            entries,
+            seed=seed,
             shape="per-student" if shape == "per-student" else ("shared" if shape else None),
         )
     except (RosterError, ClassError, ValueError) as exc:
         _fail(exc)
         return
     verb = "written" if changed else "unchanged"
-    click.echo(f"class {spec.name}: {len(spec.students)} students, {spec.shape} broker; "
-               f"{class_file(spec.name)} {verb}")
+    click.echo(
+        f"class {spec.name}: {len(spec.students)} students, {spec.shape} broker; "
+        f"{class_file(spec.name)} {verb}"
+    )
     click.echo(f"next: iotfleet classroom up --name {spec.name}")
 
 
 @cli.command("up")
 @_name_option
-@click.option("--suite", type=click.Choice(packages.SUITES), default=packages.DEFAULT_SUITE,
-              show_default=True)
+@click.option(
+    "--suite", type=click.Choice(packages.SUITES), default=packages.DEFAULT_SUITE, show_default=True
+)
 @click.option("--no-check", is_flag=True, help="Skip the compliance check at the end.")
-@click.option("--connect-timeout", type=float, default=120, show_default=True,
-              help="Seconds to wait for every simulated gateway to connect.")
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=120,
+    show_default=True,
+    help="Seconds to wait for every simulated gateway to connect.",
+)
 def up_command(name: str | None, suite: str, no_check: bool, connect_timeout: float) -> None:
     """Bring the whole class up on the lab: hosts, rollout, gateways, handouts, check."""
     spec = _load(name)
@@ -100,14 +115,22 @@ def up_command(name: str | None, suite: str, no_check: bool, connect_timeout: fl
 
     try:
         with rich_reporting() as reporter:
-            result = bring_up(spec, suite=suite, reporter=reporter, say=_say,
-                              run_check=not no_check, connect_timeout=connect_timeout)
+            result = bring_up(
+                spec,
+                suite=suite,
+                reporter=reporter,
+                say=_say,
+                run_check=not no_check,
+                connect_timeout=connect_timeout,
+            )
     except (ClassError, LabError, InventoryError, PkiError) as exc:
         _fail(exc)
         return
     missing = [device for device, ok in result.connected.items() if not ok]
-    _say(f"{len(result.connected) - len(missing)}/{len(result.connected)} simulated gateways "
-         f"connected; handouts in {result.handouts}; {result.seconds:.0f} s")
+    _say(
+        f"{len(result.connected) - len(missing)}/{len(result.connected)} simulated gateways "
+        f"connected; handouts in {result.handouts}; {result.seconds:.0f} s"
+    )
     if result.check_returncode is not None:
         _err.print(result.check_output[-3000:])
     if missing or (result.check_returncode not in (None, 0)):

@@ -12,8 +12,14 @@ import click
 from iotfleet.emulator import BoardServer, Faults, FlashRangeError
 from iotfleet.emulator.server import loopback_address
 
-FLASH_SIZES = {"512KB": 512 * 1024, "1MB": 1 << 20, "2MB": 2 << 20, "4MB": 4 << 20,
-               "8MB": 8 << 20, "16MB": 16 << 20}
+FLASH_SIZES = {
+    "512KB": 512 * 1024,
+    "1MB": 1 << 20,
+    "2MB": 2 << 20,
+    "4MB": 4 << 20,
+    "8MB": 8 << 20,
+    "16MB": 16 << 20,
+}
 
 
 @click.group()
@@ -22,28 +28,61 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--listen", required=True, metavar="127.0.0.1:PORT",
-              help="Loopback address and port to listen on (port 0 picks a free one).")
-@click.option("--flash", "flash_file", required=True,
-              type=click.Path(path_type=Path, dir_okay=False),
-              help="File holding the board's flash (created erased when missing, 0600).")
+@click.option(
+    "--listen",
+    required=True,
+    metavar="127.0.0.1:PORT",
+    help="Loopback address and port to listen on (port 0 picks a free one).",
+)
+@click.option(
+    "--flash",
+    "flash_file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding the board's flash (created erased when missing, 0600).",
+)
 @click.option("--mac", required=True, help="The board's MAC address (aa:bb:cc:dd:ee:ff).")
-@click.option("--flash-size", type=click.Choice(list(FLASH_SIZES)), default=None,
-              help="Chip size for a new flash file (default 4MB; an existing file keeps its size).")
-@click.option("--stats", "stats_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write counters (sessions, bytes programmed, ...) here after each session.")
-@click.option("--serial-speed", is_flag=True,
-              help="Carry bytes no faster than a UART at the current baud rate would.")
-@click.option("--drop-after-blocks", type=click.IntRange(min=0),
-              help="Fault: hang up when this many flash data blocks were received.")
-@click.option("--drop-after-bytes", type=click.IntRange(min=0),
-              help="Fault: program this many bytes, then vanish in the middle of a block.")
-@click.option("--drop-times", type=click.IntRange(min=0), default=1, show_default=True,
-              help="How many sessions the drop fault hits before the board behaves.")
+@click.option(
+    "--flash-size",
+    type=click.Choice(list(FLASH_SIZES)),
+    default=None,
+    help="Chip size for a new flash file (default 4MB; an existing file keeps its size).",
+)
+@click.option(
+    "--stats",
+    "stats_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write counters (sessions, bytes programmed, ...) here after each session.",
+)
+@click.option(
+    "--serial-speed",
+    is_flag=True,
+    help="Carry bytes no faster than a UART at the current baud rate would.",
+)
+@click.option(
+    "--drop-after-blocks",
+    type=click.IntRange(min=0),
+    help="Fault: hang up when this many flash data blocks were received.",
+)
+@click.option(
+    "--drop-after-bytes",
+    type=click.IntRange(min=0),
+    help="Fault: program this many bytes, then vanish in the middle of a block.",
+)
+@click.option(
+    "--drop-times",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="How many sessions the drop fault hits before the board behaves.",
+)
 @click.option("--report-mac", help="Fault: answer this MAC instead of --mac (wrong board).")
 @click.option("--no-answer", is_flag=True, help="Fault: accept connections, never answer.")
-@click.option("--stub-silent", is_flag=True,
-              help="Fault: the ROM answers, the uploaded flasher stub never starts.")
+@click.option(
+    "--stub-silent",
+    is_flag=True,
+    help="Fault: the ROM answers, the uploaded flasher stub never starts.",
+)
 def serve(
     listen: str,
     flash_file: Path,

@@ -83,14 +83,24 @@ def cli() -> None:
 
 
 _flash_option = click.option(
-    "--flash", "flash_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Flash image of an emulated board (e.g. the lab's gateways/<name>.flash).")
+    "--flash",
+    "flash_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Flash image of an emulated board (e.g. the lab's gateways/<name>.flash).",
+)
 _layout_option = click.option(
-    "--layout", type=click.Choice(_layout_names(), case_sensitive=False), default=None,
-    help=f"Flash layout the board was flashed with (default {DEFAULT_LAYOUT}).")
+    "--layout",
+    type=click.Choice(_layout_names(), case_sensitive=False),
+    default=None,
+    help=f"Flash layout the board was flashed with (default {DEFAULT_LAYOUT}).",
+)
 _inventory_option = click.option(
-    "--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
-    envvar="IOTFLEET_INVENTORY", help="pyinfra inventory (finds DEVICE's flash file and layout).")
+    "--inventory",
+    "-i",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="IOTFLEET_INVENTORY",
+    help="pyinfra inventory (finds DEVICE's flash file and layout).",
+)
 
 
 @cli.command()
@@ -98,12 +108,24 @@ _inventory_option = click.option(
 @_flash_option
 @_layout_option
 @_inventory_option
-@click.option("--interval", type=click.FloatRange(min=0.05), default=None,
-              help="Seconds between telemetry readings (default: from the flashed config).")
-@click.option("--count", type=click.IntRange(min=1), default=None,
-              help="Stop after this many telemetry readings (default: run until Ctrl-C).")
-@click.option("--broker", default=None, metavar="HOST:PORT",
-              help="Connect here instead of the brokers named in the flash.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=None,
+    help="Seconds between telemetry readings (default: from the flashed config).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many telemetry readings (default: run until Ctrl-C).",
+)
+@click.option(
+    "--broker",
+    default=None,
+    metavar="HOST:PORT",
+    help="Connect here instead of the brokers named in the flash.",
+)
 def run(
     device: str | None,
     flash_file: Path | None,
@@ -121,14 +143,15 @@ def run(
     except GatewayError as exc:
         raise GatewayCommandError(str(exc)) from None
     if device is not None and bundle.config.device_id != device:
-        raise GatewayCommandError(
-            f"{path} holds device {bundle.config.device_id}, not {device}"
-        )
+        raise GatewayCommandError(f"{path} holds device {bundle.config.device_id}, not {device}")
     console = _console()
 
     def log(line: str) -> None:
-        console.print(f"{time.strftime('%H:%M:%S')} {bundle.config.device_id}: {line}",
-                      markup=False, highlight=False)
+        console.print(
+            f"{time.strftime('%H:%M:%S')} {bundle.config.device_id}: {line}",
+            markup=False,
+            highlight=False,
+        )
 
     simulator = GatewaySimulator(
         bundle,
@@ -138,15 +161,16 @@ def run(
         flash_file=path,  # a renewed certificate is stored here, like the board's LittleFS
         layout=chosen,
     )
-    log(f"read {path} ({chosen}); brokers "
-        f"{', '.join(f'{h}:{p}' for h, p in simulator.targets)}")
+    log(f"read {path} ({chosen}); brokers {', '.join(f'{h}:{p}' for h, p in simulator.targets)}")
     try:
         stats = simulator.run(max_telemetry=count)
     except KeyboardInterrupt:
         simulator.stop(timeout=0)
         stats = simulator.stats
-    log(f"stopped: {stats.connects} connection(s), {stats.telemetry_sent} reading(s), "
-        f"{stats.commands_handled} command(s)")
+    log(
+        f"stopped: {stats.connects} connection(s), {stats.telemetry_sent} reading(s), "
+        f"{stats.commands_handled} command(s)"
+    )
     if stats.connects == 0:
         sys.exit(EXIT_FAILED)
 
@@ -180,11 +204,19 @@ def inspect(
 @cli.command()
 @_inventory_option
 @click.option("--station", default=None, help="Flash station (default: every station).")
-@click.option("--reenroll", is_flag=True, default=None,
-              help="Accept a new board (MAC) for enrolled devices (espgw_reenroll).")
+@click.option(
+    "--reenroll",
+    is_flag=True,
+    default=None,
+    help="Accept a new board (MAC) for enrolled devices (espgw_reenroll).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress display.")
-@click.option("--firmware-dir", type=click.Path(path_type=Path, file_okay=False),
-              default=None, help="Where relative firmware paths start (default: .).")
+@click.option(
+    "--firmware-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where relative firmware paths start (default: .).",
+)
 def flash(
     inventory: Path | None,
     station: str | None,
@@ -237,8 +269,14 @@ def flash(
         table.add_column(column)
     for result in results:
         style = "green" if result.ok else "red"
-        table.add_row(result.device_id, result.port, f"[{style}]{result.status}[/{style}]",
-                      result.mac or "-", f"{result.duration:.1f}", result.message)
+        table.add_row(
+            result.device_id,
+            result.port,
+            f"[{style}]{result.status}[/{style}]",
+            result.mac or "-",
+            f"{result.duration:.1f}",
+            result.message,
+        )
     Console().print(table)
     if not all(result.ok for result in results):
         sys.exit(EXIT_FAILED)
@@ -272,20 +310,42 @@ def registry(inventory: Path | None, history: bool) -> None:
         latest = {r.device_id: r for r in records}
         records = [latest[d] for d in sorted(latest)]
     table = Table(title=str(path))
-    for column in ("time", "device", "station", "port", "MAC", "result", "firmware", "image",
-                   "cert serial"):
+    for column in (
+        "time",
+        "device",
+        "station",
+        "port",
+        "MAC",
+        "result",
+        "firmware",
+        "image",
+        "cert serial",
+    ):
         table.add_column(column)
     for r in records:
-        table.add_row(r.at.strftime("%Y-%m-%d %H:%M:%S"), r.device_id, r.station, r.port,
-                      r.mac or "-", r.result, (r.firmware_sha256 or "-")[:12],
-                      (r.image_sha256 or "-")[:12], (r.cert_serial or "-")[:16])
+        table.add_row(
+            r.at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.device_id,
+            r.station,
+            r.port,
+            r.mac or "-",
+            r.result,
+            (r.firmware_sha256 or "-")[:12],
+            (r.image_sha256 or "-")[:12],
+            (r.cert_serial or "-")[:16],
+        )
     Console().print(table)
 
 
 @cli.command("status")
 @_inventory_option
-@click.option("--settle", type=click.FloatRange(min=0.1), default=1.5, show_default=True,
-              help="Seconds to collect the retained statuses on each broker.")
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0.1),
+    default=1.5,
+    show_default=True,
+    help="Seconds to collect the retained statuses on each broker.",
+)
 def status_command(inventory: Path | None, settle: float) -> None:
     """Which gateways are alive: per device, online or offline (since when), on which broker,
     the certificate it uses (serial, days left) and its firmware, from the retained status each

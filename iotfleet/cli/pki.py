@@ -25,8 +25,8 @@ from iotfleet.pki import (
 from iotfleet.project import PROJECT_DIR, project_file
 
 EXIT_ATTENTION = 1  # status: something is inside its renewal window, expired, or a CRL is stale
-EXIT_ERROR = 2      # the command could not run (bad state dir, passphrase, input)
-_LIST_LIMIT = 200   # above this many rows, `status` lists only what needs attention unless --all
+EXIT_ERROR = 2  # the command could not run (bad state dir, passphrase, input)
+_LIST_LIMIT = 200  # above this many rows, `status` lists only what needs attention unless --all
 
 
 class PkiCommandError(click.ClickException):
@@ -70,16 +70,28 @@ def _settings_from_inventory(inventory: Path) -> PkiSettings:
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the options that locate the PKI and pass the resolved ``settings`` to ``command``."""
 
-    @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
-                  envvar="IOTFLEET_PKI_STATE_DIR", help="PKI state directory.")
-    @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
-                  help="0600 file holding the CA passphrase (default: $IOTFLEET_PKI_PASSPHRASE).")
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
-                  envvar="IOTFLEET_INVENTORY",
-                  help="pyinfra inventory of the fleet (the PKI settings come from it).")
+    @click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        envvar="IOTFLEET_PKI_STATE_DIR",
+        help="PKI state directory.",
+    )
+    @click.option(
+        "--passphrase-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="0600 file holding the CA passphrase (default: $IOTFLEET_PKI_PASSPHRASE).",
+    )
+    @click.option(
+        "--inventory",
+        "-i",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="IOTFLEET_INVENTORY",
+        help="pyinfra inventory of the fleet (the PKI settings come from it).",
+    )
     @functools.wraps(command)
-    def wrapper(state_dir: Path | None, passphrase_file: Path | None, inventory: Path | None,
-                **kwargs: Any) -> Any:
+    def wrapper(
+        state_dir: Path | None, passphrase_file: Path | None, inventory: Path | None, **kwargs: Any
+    ) -> Any:
         settings = resolve_settings(state_dir, passphrase_file, inventory)
         try:
             return command(settings=settings, **kwargs)
@@ -94,19 +106,34 @@ def cli() -> None:
     """Fleet PKI: status, manual revocation, intermediate renewal."""
 
 
-_KIND_LABEL = {"root-ca": "root CA", "intermediate-ca": "intermediate", "root-crl": "root CRL",
-               "crl": "CRL"}
-_STYLE = {"ok": "green", "retiring": "cyan", "renew": "yellow", "expired": "bold red",
-          "stale": "bold red", "missing": "bold red", "future": "bold red"}
+_KIND_LABEL = {
+    "root-ca": "root CA",
+    "intermediate-ca": "intermediate",
+    "root-crl": "root CRL",
+    "crl": "CRL",
+}
+_STYLE = {
+    "ok": "green",
+    "retiring": "cyan",
+    "renew": "yellow",
+    "expired": "bold red",
+    "stale": "bold red",
+    "missing": "bold red",
+    "future": "bold red",
+}
 
 
 def _row_cells(row: StatusRow) -> list[str]:
     style = _STYLE.get(row.state, "default")
     days = "-" if row.days_left is None else str(row.days_left)
     return [
-        _KIND_LABEL.get(row.kind, row.kind), row.name, row.serial[:12],
+        _KIND_LABEL.get(row.kind, row.kind),
+        row.name,
+        row.serial[:12],
         f"{row.expires:%Y-%m-%d}" if row.expires else "-",
-        f"[{style}]{days}[/]", f"[{style}]{row.state}[/]", row.note,
+        f"[{style}]{days}[/]",
+        f"[{style}]{row.state}[/]",
+        row.note,
     ]
 
 
@@ -139,8 +166,11 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
         table.add_column("note", overflow="fold")
     hidden = 0
     if not show_all and len(rows) > _LIST_LIMIT:
-        shown = [r for r in rows if r.kind in ("root-ca", "intermediate-ca", "crl", "root-crl")
-                 or r.needs_attention]
+        shown = [
+            r
+            for r in rows
+            if r.kind in ("root-ca", "intermediate-ca", "crl", "root-crl") or r.needs_attention
+        ]
         hidden = len(rows) - len(shown)
         rows = tuple(shown)
     for row in rows:
@@ -154,8 +184,10 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
         console.print(f"{hidden} more identities are ok (--all lists them).")
     attention = len(report.attention_rows)
     if attention:
-        console.print(f"[bold yellow]{attention} item(s) need attention[/]: run the PKI deploy "
-                      "(reconcile) or see docs/pki.md.")
+        console.print(
+            f"[bold yellow]{attention} item(s) need attention[/]: run the PKI deploy "
+            "(reconcile) or see docs/pki.md."
+        )
     else:
         console.print("[green]Everything is valid and outside its renewal window.[/]")
 
@@ -173,8 +205,9 @@ def status_command(settings: PkiSettings, show_all: bool) -> None:
 
 @cli.command("revoke")
 @click.argument("name")
-@click.option("--reason", required=True, type=click.Choice(list(REVOCATION_REASONS)),
-              help="RFC 5280 reason.")
+@click.option(
+    "--reason", required=True, type=click.Choice(list(REVOCATION_REASONS)), help="RFC 5280 reason."
+)
 @settings_options
 def revoke_command(settings: PkiSettings, name: str, reason: str) -> None:
     """Revoke NAME's certificate now and re-sign the CRL.
@@ -183,8 +216,10 @@ def revoke_command(settings: PkiSettings, name: str, reason: str) -> None:
     mark it revoked in the inventory to keep it out.
     """
     record = revoke(settings, name, reason)
-    click.echo(f"revoked {record.name} (serial {record.serial_hex}, reason {reason}); "
-               "the CRL was re-signed: redistribute it (deploy brokers).")
+    click.echo(
+        f"revoked {record.name} (serial {record.serial_hex}, reason {reason}); "
+        "the CRL was re-signed: redistribute it (deploy brokers)."
+    )
 
 
 @cli.command("renew-intermediate")
@@ -192,15 +227,21 @@ def revoke_command(settings: PkiSettings, name: str, reason: str) -> None:
 def renew_intermediate_command(settings: PkiSettings) -> None:
     """Re-certify the issuing intermediate (needs ca/root.key online)."""
     not_after = renew_intermediate(settings)
-    click.echo(f"intermediate renewed until {not_after:%Y-%m-%d}; redistribute ca/chain.pem "
-               "(deploy brokers and gateways), then take the root key offline again.")
+    click.echo(
+        f"intermediate renewed until {not_after:%Y-%m-%d}; redistribute ca/chain.pem "
+        "(deploy brokers and gateways), then take the root key offline again."
+    )
 
 
 @cli.command("export")
 @click.argument("name")
-@click.option("--out", "out_dir", required=True,
-              type=click.Path(path_type=Path, file_okay=False),
-              help="Directory for ca.pem, NAME.crt and NAME.key (created 0700).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory for ca.pem, NAME.crt and NAME.key (created 0700).",
+)
 @settings_options
 def export_command(settings: PkiSettings, name: str, out_dir: Path) -> None:
     """Write NAME's certificate, key and the CA chain for a client that is not flashed.
@@ -228,9 +269,14 @@ def export_command(settings: PkiSettings, name: str, out_dir: Path) -> None:
 
 @cli.command("rekey")
 @click.argument("device")
-@click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="IOTFLEET_INVENTORY", required=True,
-              help="pyinfra inventory of the fleet (its devices and PKI settings).")
+@click.option(
+    "--inventory",
+    "-i",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="IOTFLEET_INVENTORY",
+    required=True,
+    help="pyinfra inventory of the fleet (its devices and PKI settings).",
+)
 def rekey_command(device: str, inventory: Path) -> None:
     """Ask DEVICE's gateway for a new key, over the air (no passphrase, no network here).
 
@@ -250,28 +296,46 @@ def rekey_command(device: str, inventory: Path) -> None:
         fleet, _ = load_fleet(inventory)
         ctx = FleetContext.for_fleet(fleet)
         if device not in {d.id for d in fleet.active_devices}:
-            raise PkiCommandError(f"{device}: not an active device of fleet {fleet.name} "
-                                  "(fleet_devices)")
+            raise PkiCommandError(
+                f"{device}: not an active device of fleet {fleet.name} (fleet_devices)"
+            )
         if ctx.pki.record(device) is None:
             raise PkiCommandError(f"{device} has no certificate yet: run the rollout first")
-        entry = request_rekey(ctx.pki_settings.state_dir, device, "operator",
-                              datetime.now(UTC).replace(microsecond=0))
+        entry = request_rekey(
+            ctx.pki_settings.state_dir, device, "operator", datetime.now(UTC).replace(microsecond=0)
+        )
     except (InventoryError, FileNotFoundError, PkiError) as exc:
         raise PkiCommandError(str(exc)) from None
-    click.echo(f"re-key of {device} requested (request {entry.request[:12]}, since "
-               f"{entry.requested_at:%Y-%m-%d %H:%M} UTC): the next rollout or "
-               "`iotfleet pki deliver` asks the gateway for a CSR and signs it")
+    click.echo(
+        f"re-key of {device} requested (request {entry.request[:12]}, since "
+        f"{entry.requested_at:%Y-%m-%d %H:%M} UTC): the next rollout or "
+        "`iotfleet pki deliver` asks the gateway for a CSR and signs it"
+    )
 
 
 @cli.command("deliver")
 @click.argument("devices", nargs=-1)
-@click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="IOTFLEET_INVENTORY", required=True,
-              help="pyinfra inventory of the fleet (its brokers and devices).")
-@click.option("--all", "every", is_flag=True,
-              help="Publish every active device's certificate, not only renewals not delivered.")
-@click.option("--wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Seconds to wait, per broker, for online gateways to report the new serial.")
+@click.option(
+    "--inventory",
+    "-i",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="IOTFLEET_INVENTORY",
+    required=True,
+    help="pyinfra inventory of the fleet (its brokers and devices).",
+)
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Publish every active device's certificate, not only renewals not delivered.",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait, per broker, for online gateways to report the new serial.",
+)
 def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait: float) -> None:
     """Deliver renewed device certificates over MQTT (retained, QoS 1, on each device's own
     certificate topic) and record which certificate each gateway reports using.
@@ -306,8 +370,10 @@ def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait
             raise SystemExit(EXIT_ATTENTION)
         return
     if not results:
-        click.echo("nothing to deliver: every renewed certificate was delivered already "
-                   "(--all publishes them again)")
+        click.echo(
+            "nothing to deliver: every renewed certificate was delivered already "
+            "(--all publishes them again)"
+        )
         return
     table = Table(title="certificate delivery", title_justify="left")
     for column in ("device", "serial", "delivered to", "gateway", "in use"):
@@ -315,8 +381,9 @@ def deliver_command(devices: tuple[str, ...], inventory: Path, every: bool, wait
     for r in results:
         in_use = "-" if r.in_use is None else ("[green]new[/]" if r.switched else r.in_use[:12])
         delivered = ", ".join(r.brokers) or "[red]" + "; ".join(r.failures) + "[/]"
-        table.add_row(r.device, r.serial[:12], delivered, "online" if r.online else "offline",
-                      in_use)
+        table.add_row(
+            r.device, r.serial[:12], delivered, "online" if r.online else "offline", in_use
+        )
     Console().print(table)
     if refused or any(not r.delivered for r in results):
         raise SystemExit(EXIT_ATTENTION)
@@ -328,19 +395,31 @@ def _render_rekeys(rekeys: list[Any]) -> None:
         table.add_column(column)
     for r in rekeys:
         csr = f"[red]refused[/]: {r.refused}" if r.refused else r.csr
-        table.add_row(r.device, r.reason, "online" if r.online else "offline", csr,
-                      (r.serial or "-")[:12], "[green]yes[/]" if r.switched else "-")
+        table.add_row(
+            r.device,
+            r.reason,
+            "online" if r.online else "offline",
+            csr,
+            (r.serial or "-")[:12],
+            "[green]yes[/]" if r.switched else "-",
+        )
     Console().print(table)
     for r in rekeys:
         if r.refused:
-            click.echo(f"WARNING: re-key of {r.device} refused, nothing signed: {r.refused}",
-                       err=True)
+            click.echo(
+                f"WARNING: re-key of {r.device} refused, nothing signed: {r.refused}", err=True
+            )
 
 
 @cli.command("refresh-crl")
-@click.option("--inventory", "-i", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="IOTFLEET_INVENTORY", required=True,
-              help="pyinfra inventory of the fleet (PKI settings and brokers).")
+@click.option(
+    "--inventory",
+    "-i",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="IOTFLEET_INVENTORY",
+    required=True,
+    help="pyinfra inventory of the fleet (PKI settings and brokers).",
+)
 @click.option("--force", is_flag=True, help="Re-sign even outside the refresh window.")
 @click.option("--no-push", is_flag=True, help="Only re-sign; do not run deploy/crl.py.")
 def refresh_crl_command(inventory: Path, force: bool, no_push: bool) -> None:

@@ -89,8 +89,11 @@ SPI_CMD_USR = 1 << 18
 
 WINBOND = 0xEF
 # A minimal SFDP table: the signature esptool checks, and Winbond's id where XMC's would be.
-SFDP_TABLE = b"SFDP\x06\x01\x01\xff" + b"\x00\x06\x01\x10\x30\x00\x00\xff" + bytes([WINBOND]) + (
-    b"\x00\x01\x03\x60\x00\x00\xff"
+SFDP_TABLE = (
+    b"SFDP\x06\x01\x01\xff"
+    + b"\x00\x06\x01\x10\x30\x00\x00\xff"
+    + bytes([WINBOND])
+    + (b"\x00\x01\x03\x60\x00\x00\xff")
 )
 OUI_BY_SELECTOR = {(0x18, 0xFE, 0x34): 0, (0xAC, 0xD0, 0x74): 1}
 

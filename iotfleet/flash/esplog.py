@@ -52,7 +52,11 @@ class _RoutedLog(EspLogBase):
         pass
 
     def progress_bar(
-        self, cur_iter: int, total_iters: int, prefix: str = "", suffix: str = "",
+        self,
+        cur_iter: int,
+        total_iters: int,
+        prefix: str = "",
+        suffix: str = "",
         bar_length: int = 30,
     ) -> None:
         pass  # iotfleet draws its own progress

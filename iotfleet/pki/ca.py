@@ -74,13 +74,16 @@ def load_ca_certs(layout: StateLayout) -> CaCerts | None:
     if layout.is_fresh():
         return None
     if not layout.ca_dir.is_dir():
-        raise StateError(f"{layout.index_json} exists but {layout.ca_dir} does not; restore "
-                         "ca/ from a backup")
+        raise StateError(
+            f"{layout.index_json} exists but {layout.ca_dir} does not; restore ca/ from a backup"
+        )
     root = _load_cert(layout.root_cert)
     intermediate = _load_cert(layout.intermediate_cert)
     if not layout.intermediate_key.exists():
-        raise StateError(f"{layout.intermediate_key} is missing; daily work needs the "
-                         "intermediate key: restore it from a backup")
+        raise StateError(
+            f"{layout.intermediate_key} is missing; daily work needs the "
+            "intermediate key: restore it from a backup"
+        )
     return CaCerts(root, intermediate, layout.root_key.exists())
 
 
@@ -103,12 +106,21 @@ def check_ca_valid(certs: CaCerts, now: datetime) -> None:
 def create_ca(settings: PkiSettings, now: datetime) -> NewCa:
     """A new root and intermediate (keys in memory only until ``write_new_ca``)."""
     root_key = generate_key("ec-p256")
-    root = build_root(root_key, settings.ca_name, x509.random_serial_number(),
-                      now - BACKDATE, now + timedelta(days=settings.root_days))
+    root = build_root(
+        root_key,
+        settings.ca_name,
+        x509.random_serial_number(),
+        now - BACKDATE,
+        now + timedelta(days=settings.root_days),
+    )
     intermediate_key = generate_key("ec-p256")
     intermediate = build_intermediate(
-        public_key_of(intermediate_key), root_key, root, settings.ca_name,
-        x509.random_serial_number(), now - BACKDATE,
+        public_key_of(intermediate_key),
+        root_key,
+        root,
+        settings.ca_name,
+        x509.random_serial_number(),
+        now - BACKDATE,
         min(now + timedelta(days=settings.intermediate_days), root.not_valid_after_utc),
     )
     return NewCa(CaCerts(root, intermediate, True), root_key, intermediate_key)
@@ -121,11 +133,16 @@ def write_new_ca(layout: StateLayout, new_ca: NewCa, passphrase: Passphrase) -> 
     staging = layout.root / f".ca-new-{secrets.token_hex(4)}"
     fsio.ensure_dir(staging)
     try:
-        fsio.create_exclusive_durable(staging / layout.root_key.name,
-                                      encrypted_key_pem(new_ca.root_key, passphrase), fsio.KEY_MODE)
-        fsio.create_exclusive_durable(staging / layout.intermediate_key.name,
-                                      encrypted_key_pem(new_ca.intermediate_key, passphrase),
-                                      fsio.KEY_MODE)
+        fsio.create_exclusive_durable(
+            staging / layout.root_key.name,
+            encrypted_key_pem(new_ca.root_key, passphrase),
+            fsio.KEY_MODE,
+        )
+        fsio.create_exclusive_durable(
+            staging / layout.intermediate_key.name,
+            encrypted_key_pem(new_ca.intermediate_key, passphrase),
+            fsio.KEY_MODE,
+        )
         fsio.atomic_write(staging / layout.root_cert.name, pem(new_ca.certs.root))
         fsio.atomic_write(staging / layout.intermediate_cert.name, pem(new_ca.certs.intermediate))
         fsio.atomic_write(staging / layout.chain.name, chain_pem(new_ca.certs))
@@ -148,18 +165,19 @@ def load_issuer(layout: StateLayout, certs: CaCerts, passphrase: Passphrase) -> 
     return issuer_from(key, certs.intermediate, layout)
 
 
-def issuer_from(key: PrivateKey, intermediate: x509.Certificate,
-                layout: StateLayout | None = None) -> Issuer:
+def issuer_from(
+    key: PrivateKey, intermediate: x509.Certificate, layout: StateLayout | None = None
+) -> Issuer:
     """Bundle a key with its certificate after checking that they belong together."""
     if key.public_key() != intermediate.public_key():
         where = f"{layout.intermediate_key}" if layout else "the intermediate key"
-        raise StateError(f"{where} does not match ca/intermediate.crt; restore both from the "
-                         "same backup")
+        raise StateError(
+            f"{where} does not match ca/intermediate.crt; restore both from the same backup"
+        )
     return Issuer(key, intermediate.subject, authority_key_id(intermediate))
 
 
-def load_root_key(layout: StateLayout, passphrase: Passphrase,
-                  purpose: str) -> PrivateKey:
+def load_root_key(layout: StateLayout, passphrase: Passphrase, purpose: str) -> PrivateKey:
     """The root key, or a clear RootKeyOfflineError saying what needs it."""
     if not layout.root_key.exists():
         raise RootKeyOfflineError(
@@ -170,8 +188,9 @@ def load_root_key(layout: StateLayout, passphrase: Passphrase,
     return load_encrypted_key(layout.root_key, passphrase)
 
 
-def recertify_intermediate(certs: CaCerts, root_key: PrivateKey,
-                           settings: PkiSettings, now: datetime) -> x509.Certificate:
+def recertify_intermediate(
+    certs: CaCerts, root_key: PrivateKey, settings: PkiSettings, now: datetime
+) -> x509.Certificate:
     """A new intermediate certificate for the same key and subject.
 
     Same key means same SKI: every leaf already issued chains to the new certificate, so
@@ -180,7 +199,11 @@ def recertify_intermediate(certs: CaCerts, root_key: PrivateKey,
     if root_key.public_key() != certs.root.public_key():
         raise StateError("ca/root.key does not match ca/root.crt")
     return build_intermediate(
-        public_key_of_cert(certs.intermediate), root_key, certs.root, settings.ca_name,
-        x509.random_serial_number(), now - BACKDATE,
+        public_key_of_cert(certs.intermediate),
+        root_key,
+        certs.root,
+        settings.ca_name,
+        x509.random_serial_number(),
+        now - BACKDATE,
         min(now + timedelta(days=settings.intermediate_days), certs.root.not_valid_after_utc),
     )

@@ -29,18 +29,22 @@ BACKDATE = timedelta(minutes=5)
 
 def root_subject(ca_name: str) -> x509.Name:
     """Subject of the root CA."""
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca_name),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"{ca_name} Root CA"),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca_name),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{ca_name} Root CA"),
+        ]
+    )
 
 
 def intermediate_subject(ca_name: str) -> x509.Name:
     """Subject of the issuing intermediate CA."""
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca_name),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"{ca_name} Issuing CA"),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca_name),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{ca_name} Issuing CA"),
+        ]
+    )
 
 
 def leaf_subject(name: str) -> x509.Name:
@@ -48,17 +52,30 @@ def leaf_subject(name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
 
 
-def _key_usage(*, digital_signature: bool = False, key_encipherment: bool = False,
-               cert_sign: bool = False) -> x509.KeyUsage:
+def _key_usage(
+    *, digital_signature: bool = False, key_encipherment: bool = False, cert_sign: bool = False
+) -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=digital_signature, content_commitment=False,
-        key_encipherment=key_encipherment, data_encipherment=False, key_agreement=False,
-        key_cert_sign=cert_sign, crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
-def _base(subject: x509.Name, issuer: x509.Name, public_key: CertificatePublicKeyTypes,
-          serial: int, not_before: datetime, not_after: datetime) -> x509.CertificateBuilder:
+def _base(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -77,8 +94,13 @@ def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256:
     return hashes.SHA256()
 
 
-def build_root(key: CertificateIssuerPrivateKeyTypes, ca_name: str, serial: int,
-               not_before: datetime, not_after: datetime) -> x509.Certificate:
+def build_root(
+    key: CertificateIssuerPrivateKeyTypes,
+    ca_name: str,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
     """Self-signed root. pathlen 1: root -> intermediate -> leaf and nothing deeper."""
     subject = root_subject(ca_name)
     builder = (
@@ -89,14 +111,20 @@ def build_root(key: CertificateIssuerPrivateKeyTypes, ca_name: str, serial: int,
     return builder.sign(key, signature_hash(key))
 
 
-def build_intermediate(public_key: CertificatePublicKeyTypes,
-                       root_key: CertificateIssuerPrivateKeyTypes, root: x509.Certificate,
-                       ca_name: str, serial: int,
-                       not_before: datetime, not_after: datetime) -> x509.Certificate:
+def build_intermediate(
+    public_key: CertificatePublicKeyTypes,
+    root_key: CertificateIssuerPrivateKeyTypes,
+    root: x509.Certificate,
+    ca_name: str,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
     """Issuing intermediate: pathlen 0 (signs leaves only), keyCertSign + cRLSign."""
     builder = (
-        _base(intermediate_subject(ca_name), root.subject, public_key, serial, not_before,
-              not_after)
+        _base(
+            intermediate_subject(ca_name), root.subject, public_key, serial, not_before, not_after
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
         .add_extension(authority_key_id(root), critical=False)
@@ -127,8 +155,14 @@ class Issuer:
     aki: x509.AuthorityKeyIdentifier
 
 
-def build_leaf(spec: IdentitySpec, public_key: CertificatePublicKeyTypes, issuer: Issuer,
-               serial: int, not_before: datetime, not_after: datetime) -> x509.Certificate:
+def build_leaf(
+    spec: IdentitySpec,
+    public_key: CertificatePublicKeyTypes,
+    issuer: Issuer,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
     """Broker (serverAuth + SANs) or device/client (clientAuth, CN = MQTT identity) certificate."""
     # RSA keys also get keyEncipherment: TLS 1.2 RSA key exchange (BearSSL offers it) needs it.
     usage = _KU_RSA if isinstance(public_key, rsa.RSAPublicKey) else _KU_EC

@@ -22,9 +22,14 @@ class RevokedEntry:
     reason: str
 
 
-def build_crl(issuer_cert: x509.Certificate, issuer_key: CertificateIssuerPrivateKeyTypes,
-              entries: Iterable[RevokedEntry], number: int, now: datetime,
-              days: int) -> x509.CertificateRevocationList:
+def build_crl(
+    issuer_cert: x509.Certificate,
+    issuer_key: CertificateIssuerPrivateKeyTypes,
+    entries: Iterable[RevokedEntry],
+    number: int,
+    now: datetime,
+    days: int,
+) -> x509.CertificateRevocationList:
     """A CRL signed by ``issuer_cert``, valid from now (backdated) for ``days``."""
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -42,8 +47,9 @@ def build_crl(issuer_cert: x509.Certificate, issuer_key: CertificateIssuerPrivat
         )
         # RFC 5280 5.3.1: omit reasonCode rather than encode "unspecified".
         if entry.reason != "unspecified":
-            revoked = revoked.add_extension(x509.CRLReason(REVOCATION_REASONS[entry.reason]),
-                                            critical=False)
+            revoked = revoked.add_extension(
+                x509.CRLReason(REVOCATION_REASONS[entry.reason]), critical=False
+            )
         builder = builder.add_revoked_certificate(revoked.build())
     return builder.sign(issuer_key, signature_hash(issuer_key))
 

@@ -90,9 +90,13 @@ def record_observations(
             ledger[name] = replace(ledger.get(name, Delivery()), delivered=serial, delivered_at=now)
         for name, serial in (in_use or {}).items():
             ledger[name] = replace(ledger.get(name, Delivery()), in_use=serial, seen_at=now)
-        fsio.atomic_write(ledger_path(layout), _to_json(ledger), fsio.KEY_MODE,
-                          not_done="what this delivery saw is not recorded (the certificates "
-                          "were published; the next delivery run sees them again)")
+        fsio.atomic_write(
+            ledger_path(layout),
+            _to_json(ledger),
+            fsio.KEY_MODE,
+            not_done="what this delivery saw is not recorded (the certificates "
+            "were published; the next delivery run sees them again)",
+        )
         return ledger
 
 

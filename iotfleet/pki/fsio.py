@@ -71,8 +71,9 @@ class Stage:
         if path in self._files:
             data = self._files[path]
             if data is None:
-                raise FileNotFoundError(2, "No such file or directory (removed by this run)",
-                                        str(path))
+                raise FileNotFoundError(
+                    2, "No such file or directory (removed by this run)", str(path)
+                )
             return data
         return path.read_bytes()
 
@@ -85,8 +86,14 @@ class Stage:
             return self._files[path] is not None
         return path.exists()
 
-    def record(self, op: Callable[[], None], *, path: Path | None = None,
-               data: bytes | None = None, removed: bool = False) -> None:
+    def record(
+        self,
+        op: Callable[[], None],
+        *,
+        path: Path | None = None,
+        data: bytes | None = None,
+        removed: bool = False,
+    ) -> None:
         if self.committed:
             raise StateError("internal error: a write after the run's state was committed")
         self._ops.append(op)
@@ -226,8 +233,9 @@ def atomic_write(
         StateWriteError: naming ``path`` and ``not_done``; ``path`` is as it was, no temp file.
     """
     if _ACTIVE is not None:
-        _ACTIVE.record(lambda: atomic_write(path, data, mode, not_done=not_done), path=path,
-                       data=data)
+        _ACTIVE.record(
+            lambda: atomic_write(path, data, mode, not_done=not_done), path=path, data=data
+        )
         return
     try:
         tmp = _durable_temp(path, data, mode)
@@ -252,8 +260,11 @@ def create_exclusive_durable(
     if _ACTIVE is not None:
         if _ACTIVE.exists(path):
             raise StateError(f"{path} already exists: refusing to overwrite it")
-        _ACTIVE.record(lambda: create_exclusive_durable(path, data, mode, not_done=not_done),
-                       path=path, data=data)
+        _ACTIVE.record(
+            lambda: create_exclusive_durable(path, data, mode, not_done=not_done),
+            path=path,
+            data=data,
+        )
         return
     try:
         tmp = _durable_temp(path, data, mode)

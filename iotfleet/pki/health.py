@@ -18,9 +18,9 @@ from iotfleet.pki.spec import PkiSettings
 from iotfleet.pki.state import load_state, locked_layout
 
 OK = "ok"
-RENEW = "renew"      # inside its renewal / refresh window
+RENEW = "renew"  # inside its renewal / refresh window
 EXPIRED = "expired"  # certificate past notAfter
-STALE = "stale"      # CRL past nextUpdate, or not the one the index recorded
+STALE = "stale"  # CRL past nextUpdate, or not the one the index recorded
 MISSING = "missing"
 RETIRING = "retiring"  # renewed on the same key; kept valid until its successor is in use
 FUTURE = "future"  # dated after the clock (thisUpdate, notBefore): signed by a clock ahead
@@ -106,25 +106,42 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
     ahead = {item.what for item in future_dated(state, moment)}
     ca = state.ca
     if ca is None:
-        rows.append(StatusRow("root-ca", settings.ca_name, "", None, None, MISSING,
-                              "no CA yet: run a reconcile"))
+        rows.append(
+            StatusRow(
+                "root-ca", settings.ca_name, "", None, None, MISSING, "no CA yet: run a reconcile"
+            )
+        )
         return StatusReport(layout.root, tuple(rows), False)
     index = state.index
     offline = "" if ca.root_key_online else "root key offline"
-    rows.append(StatusRow(
-        "root-ca", _common_name(ca.root), f"{ca.root.serial_number:040x}",
-        ca.root.not_valid_after_utc, _days_left(ca.root.not_valid_after_utc, moment),
-        _cert_state(ca.root.not_valid_after_utc, moment, settings.intermediate_renew_before_days),
-        offline,
-    ))
+    rows.append(
+        StatusRow(
+            "root-ca",
+            _common_name(ca.root),
+            f"{ca.root.serial_number:040x}",
+            ca.root.not_valid_after_utc,
+            _days_left(ca.root.not_valid_after_utc, moment),
+            _cert_state(
+                ca.root.not_valid_after_utc, moment, settings.intermediate_renew_before_days
+            ),
+            offline,
+        )
+    )
     inter = ca.intermediate
-    rows.append(StatusRow(
-        "intermediate-ca", _common_name(inter), f"{inter.serial_number:040x}",
-        inter.not_valid_after_utc, _days_left(inter.not_valid_after_utc, moment),
-        _cert_state(inter.not_valid_after_utc, moment, settings.intermediate_renew_before_days),
-        "renewal needs the root key" if offline and within(
-            inter.not_valid_after_utc, moment, settings.intermediate_renew_before_days) else "",
-    ))
+    rows.append(
+        StatusRow(
+            "intermediate-ca",
+            _common_name(inter),
+            f"{inter.serial_number:040x}",
+            inter.not_valid_after_utc,
+            _days_left(inter.not_valid_after_utc, moment),
+            _cert_state(inter.not_valid_after_utc, moment, settings.intermediate_renew_before_days),
+            "renewal needs the root key"
+            if offline
+            and within(inter.not_valid_after_utc, moment, settings.intermediate_renew_before_days)
+            else "",
+        )
+    )
     for kind, info, matches, window, note in (
         ("crl", index.crl, state.crl_ok, settings.crl_refresh_before_days, ""),
         ("root-crl", index.root_crl, state.root_crl_ok, settings.renew_before_days, offline),
@@ -138,20 +155,32 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         path = layout.crl if kind == "crl" else layout.root_crl
         if matches and f"{path.name} (thisUpdate)" in ahead:
             crl_state, note = FUTURE, f"thisUpdate {_FUTURE_NOTE}"
-        rows.append(StatusRow(
-            kind, f"CRL number {info.number}", "", info.next_update,
-            _days_left(info.next_update, moment), crl_state,
-            note if matches else "file does not match the index: run a reconcile",
-        ))
+        rows.append(
+            StatusRow(
+                kind,
+                f"CRL number {info.number}",
+                "",
+                info.next_update,
+                _days_left(info.next_update, moment),
+                crl_state,
+                note if matches else "file does not match the index: run a reconcile",
+            )
+        )
     for record in index.records:
         if record.status == "revoked":
             continue
         if f"the certificate of {record.name} (notBefore)" in ahead:
-            rows.append(StatusRow(
-                record.kind, record.name, record.serial_hex, record.not_after,
-                _days_left(record.not_after, moment), FUTURE,
-                f"notBefore {record.not_before:%Y-%m-%d %H:%M}: {_FUTURE_NOTE}",
-            ))
+            rows.append(
+                StatusRow(
+                    record.kind,
+                    record.name,
+                    record.serial_hex,
+                    record.not_after,
+                    _days_left(record.not_after, moment),
+                    FUTURE,
+                    f"notBefore {record.not_before:%Y-%m-%d %H:%M}: {_FUTURE_NOTE}",
+                )
+            )
             continue
         delivered = in_use = ""
         seen = ledger.get(record.name, Delivery())
@@ -159,8 +188,9 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
         if record.kind == "device" and over_the_air:  # else: flashed, nothing to show
             in_use = "-" if seen.in_use is None else _yes(seen.in_use == record.serial)
             delivered = "-"
-            if record.status == "valid" and (index.retiring(record.name)
-                                             or seen.delivered is not None):
+            if record.status == "valid" and (
+                index.retiring(record.name) or seen.delivered is not None
+            ):
                 delivered = _yes(seen.delivered == record.serial)
         if record.status == "retiring":
             # Kept valid until the device uses its successor (docs/pki.md): no note, the
@@ -174,8 +204,17 @@ def status(settings: PkiSettings, *, now: datetime | None = None) -> StatusRepor
             if record.name in rekeys:  # re-key over the air in progress
                 asked = rekeys[record.name]
                 note = f"re-key ({asked.reason}): " + ("CSR received" if asked.csr else "asked")
-        rows.append(StatusRow(
-            record.kind, record.name, record.serial_hex, record.not_after,
-            _days_left(record.not_after, moment), state_name, note, delivered, in_use,
-        ))
+        rows.append(
+            StatusRow(
+                record.kind,
+                record.name,
+                record.serial_hex,
+                record.not_after,
+                _days_left(record.not_after, moment),
+                state_name,
+                note,
+                delivered,
+                in_use,
+            )
+        )
     return StatusReport(layout.root, tuple(rows), ca.root_key_online)

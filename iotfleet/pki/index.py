@@ -31,10 +31,25 @@ from iotfleet.pki.layout import StateLayout, serial_hex
 from iotfleet.pki.spec import KINDS, REVOCATION_REASONS, validate_name
 
 FORMAT = "iotfleet-pki-index/1"
-_RECORD_KEYS = frozenset({
-    "name", "kind", "serial", "subject", "key_type", "spec", "not_before", "not_after",
-    "status", "reason", "revoked_at", "pack", "cert", "key", "digest",
-})
+_RECORD_KEYS = frozenset(
+    {
+        "name",
+        "kind",
+        "serial",
+        "subject",
+        "key_type",
+        "spec",
+        "not_before",
+        "not_after",
+        "status",
+        "reason",
+        "revoked_at",
+        "pack",
+        "cert",
+        "key",
+        "digest",
+    }
+)
 _PACK_RE = re.compile(r"[0-9A-Za-z-]{1,64}")
 _TXT_HEADER = (
     "# iotfleet PKI index, generated from index.json. Do not edit: revoke with"
@@ -105,12 +120,20 @@ class CrlInfo:
 
 def _record_dict(record: IndexRecord) -> dict[str, Any]:
     return {
-        "name": record.name, "kind": record.kind, "serial": record.serial_hex,
-        "subject": record.subject, "key_type": record.key_type, "spec": record.spec,
-        "not_before": format_time(record.not_before), "not_after": format_time(record.not_after),
-        "status": record.status, "reason": record.reason,
+        "name": record.name,
+        "kind": record.kind,
+        "serial": record.serial_hex,
+        "subject": record.subject,
+        "key_type": record.key_type,
+        "spec": record.spec,
+        "not_before": format_time(record.not_before),
+        "not_after": format_time(record.not_after),
+        "status": record.status,
+        "reason": record.reason,
         "revoked_at": format_time(record.revoked_at) if record.revoked_at else None,
-        "pack": record.pack, "cert": list(record.cert_span), "key": list(record.key_span),
+        "pack": record.pack,
+        "cert": list(record.cert_span),
+        "key": list(record.key_span),
     }
 
 
@@ -125,8 +148,11 @@ def _digest(text: str) -> str:
 def _crl_dict(info: CrlInfo | None) -> dict[str, Any] | None:
     if info is None:
         return None
-    return {"number": info.number, "next_update": format_time(info.next_update),
-            "sha256": info.sha256}
+    return {
+        "number": info.number,
+        "next_update": format_time(info.next_update),
+        "sha256": info.sha256,
+    }
 
 
 def _top_digest(crl: str, root_crl: str, record_digests: Iterable[str]) -> str:
@@ -139,8 +165,12 @@ def _top_digest(crl: str, root_crl: str, record_digests: Iterable[str]) -> str:
 class Index:
     """All records in issuance order, plus CRL bookkeeping. Mutated in memory, saved as a whole."""
 
-    def __init__(self, records: Sequence[IndexRecord] = (), crl: CrlInfo | None = None,
-                 root_crl: CrlInfo | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[IndexRecord] = (),
+        crl: CrlInfo | None = None,
+        root_crl: CrlInfo | None = None,
+    ) -> None:
         self.records: list[IndexRecord] = list(records)
         self.crl = crl
         self.root_crl = root_crl
@@ -189,8 +219,9 @@ class Index:
 
     def retiring(self, name: str | None = None) -> list[IndexRecord]:
         """Retiring records (of ``name``, or all), oldest first."""
-        return [r for r in self.records
-                if r.status == "retiring" and (name is None or r.name == name)]
+        return [
+            r for r in self.records if r.status == "retiring" and (name is None or r.name == name)
+        ]
 
     def position_of(self, serial: int) -> int | None:
         """Where the record with ``serial`` is in issuance order."""
@@ -234,8 +265,11 @@ class Index:
 
     def digest(self) -> str:
         """The digest index.json carries over the CRL entries and every record."""
-        return _top_digest(_canonical(_crl_dict(self.crl)), _canonical(_crl_dict(self.root_crl)),
-                           (_digest(_canonical(_record_dict(r))) for r in self.records))
+        return _top_digest(
+            _canonical(_crl_dict(self.crl)),
+            _canonical(_crl_dict(self.root_crl)),
+            (_digest(_canonical(_record_dict(r))) for r in self.records),
+        )
 
     def to_txt(self) -> bytes:
         """index.txt for people, naming the index.json it renders."""
@@ -244,15 +278,20 @@ class Index:
     def _txt(self, source: str) -> bytes:
         out = [_TXT_HEADER, source]
         for r in self.records:
-            out.append("\t".join((
-                {"valid": "V", "retiring": "V"}.get(r.status, "R"),
-                format_time(r.not_after),
-                format_time(r.revoked_at) if r.revoked_at else "-",
-                r.reason or "-",
-                r.serial_hex,
-                r.kind,
-                r.subject,
-            )) + "\n")
+            out.append(
+                "\t".join(
+                    (
+                        {"valid": "V", "retiring": "V"}.get(r.status, "R"),
+                        format_time(r.not_after),
+                        format_time(r.revoked_at) if r.revoked_at else "-",
+                        r.reason or "-",
+                        r.serial_hex,
+                        r.kind,
+                        r.subject,
+                    )
+                )
+                + "\n"
+            )
         return "".join(out).encode()
 
 
@@ -268,15 +307,21 @@ def _parse_crl_info(data: object, where: str) -> CrlInfo | None:
         return None
     try:
         assert isinstance(data, dict)
-        return CrlInfo(number=int(data["number"]), next_update=parse_time(data["next_update"]),
-                       sha256=str(data["sha256"]))
+        return CrlInfo(
+            number=int(data["number"]),
+            next_update=parse_time(data["next_update"]),
+            sha256=str(data["sha256"]),
+        )
     except (AssertionError, KeyError, TypeError, ValueError):
         raise _bad(where, "malformed CRL entry") from None
 
 
 def _span(value: object) -> tuple[int, int]:
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(v, int) and v >= 0 for v in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and v >= 0 for v in value)
+    ):
         raise ValueError(f"bad file span {value!r}")
     return (value[0], value[1])
 
@@ -286,12 +331,20 @@ def _parse_record(raw: object, where: str) -> IndexRecord:
         raise _bad(where, "not a record with the expected fields")
     try:
         record = IndexRecord(
-            name=raw["name"], kind=raw["kind"], serial=int(raw["serial"], 16),
-            subject=raw["subject"], key_type=raw["key_type"], spec=raw["spec"],
-            not_before=parse_time(raw["not_before"]), not_after=parse_time(raw["not_after"]),
-            status=raw["status"], reason=raw["reason"],
+            name=raw["name"],
+            kind=raw["kind"],
+            serial=int(raw["serial"], 16),
+            subject=raw["subject"],
+            key_type=raw["key_type"],
+            spec=raw["spec"],
+            not_before=parse_time(raw["not_before"]),
+            not_after=parse_time(raw["not_after"]),
+            status=raw["status"],
+            reason=raw["reason"],
             revoked_at=parse_time(raw["revoked_at"]) if raw["revoked_at"] else None,
-            pack=raw["pack"], cert_span=_span(raw["cert"]), key_span=_span(raw["key"]),
+            pack=raw["pack"],
+            cert_span=_span(raw["cert"]),
+            key_span=_span(raw["key"]),
         )
     except (TypeError, ValueError) as exc:
         raise _bad(where, f"a field has the wrong type or format ({exc})") from None
@@ -301,8 +354,9 @@ def _parse_record(raw: object, where: str) -> IndexRecord:
         raise _bad(where, "invalid name or kind")
     if record.status in ("valid", "retiring") and (record.reason or record.revoked_at):
         raise _bad(where, "a valid record carries a revocation")
-    if record.status == "revoked" and (record.reason not in REVOCATION_REASONS
-                                       or record.revoked_at is None):
+    if record.status == "revoked" and (
+        record.reason not in REVOCATION_REASONS or record.revoked_at is None
+    ):
         raise _bad(where, "a revoked record lacks a known reason or a revocation time")
     if record.status not in ("valid", "retiring", "revoked"):
         raise _bad(where, f"unknown status {record.status!r}")
@@ -325,10 +379,14 @@ def load_index(layout: StateLayout, read: Callable[[Path], bytes] = Path.read_by
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _bad(f"{path} line {exc.lineno} column {exc.colno}",
-                   f"not valid JSON ({exc.msg})") from None
-    if (not isinstance(doc, dict) or doc.get("format") != FORMAT
-            or not isinstance(doc.get("records"), list)):
+        raise _bad(
+            f"{path} line {exc.lineno} column {exc.colno}", f"not valid JSON ({exc.msg})"
+        ) from None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != FORMAT
+        or not isinstance(doc.get("records"), list)
+    ):
         raise _bad(str(path), f"not an iotfleet index (expected format {FORMAT!r})")
     records: list[IndexRecord] = []
     digests: list[str] = []
@@ -349,18 +407,27 @@ def load_index(layout: StateLayout, read: Callable[[Path], bytes] = Path.read_by
         serials.add(record.serial)
         if record.status == "valid":
             if record.name in valid_at:
-                raise _bad(where, f"second valid certificate for {record.name!r} "
-                                  f"(first: record #{valid_at[record.name] + 1})")
+                raise _bad(
+                    where,
+                    f"second valid certificate for {record.name!r} "
+                    f"(first: record #{valid_at[record.name] + 1})",
+                )
             valid_at[record.name] = position
         records.append(record)
         digests.append(raw["digest"])
     crl_text = _canonical(doc.get("crl"))
     root_crl_text = _canonical(doc.get("root_crl"))
     if doc.get("digest") != _top_digest(crl_text, root_crl_text, digests):
-        raise _bad(str(path), "records were added, removed or reordered, or the CRL entry was "
-                              "changed (the index digest does not match)")
-    index = Index(records, _parse_crl_info(doc.get("crl"), f"{path} crl"),
-                  _parse_crl_info(doc.get("root_crl"), f"{path} root_crl"))
+        raise _bad(
+            str(path),
+            "records were added, removed or reordered, or the CRL entry was "
+            "changed (the index digest does not match)",
+        )
+    index = Index(
+        records,
+        _parse_crl_info(doc.get("crl"), f"{path} crl"),
+        _parse_crl_info(doc.get("root_crl"), f"{path} root_crl"),
+    )
     _check_txt(layout, index, read)
     return index
 
@@ -389,8 +456,14 @@ def _check_txt(layout: StateLayout, index: Index, read: Callable[[Path], bytes])
     expected = index.to_txt()
     if actual == expected:
         return
-    source = next((line for line in actual.decode(errors="replace").splitlines()
-                   if line.startswith(_TXT_SOURCE)), None)
+    source = next(
+        (
+            line
+            for line in actual.decode(errors="replace").splitlines()
+            if line.startswith(_TXT_SOURCE)
+        ),
+        None,
+    )
     if source is not None and source != f"{_TXT_SOURCE}{index.digest()}":
         return  # the rendering of an earlier index.json: a crash between the two writes
     if source is None and actual == index._txt(""):
@@ -398,8 +471,11 @@ def _check_txt(layout: StateLayout, index: Index, read: Callable[[Path], bytes])
     actual_lines = actual.decode(errors="replace").splitlines()
     expected_lines = expected.decode().splitlines()
     number = next(
-        (n for n, (got, want) in enumerate(zip(actual_lines, expected_lines, strict=False), 1)
-         if got != want),
+        (
+            n
+            for n, (got, want) in enumerate(zip(actual_lines, expected_lines, strict=False), 1)
+            if got != want
+        ),
         min(len(actual_lines), len(expected_lines)) + 1,
     )
     raise IndexCorruptError(

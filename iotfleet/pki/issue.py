@@ -56,8 +56,14 @@ _WORKER_ISSUER: Issuer | None = None
 def _issue_one(job: IssueJob, issuer: Issuer) -> tuple[bytes, bytes]:
     if job.public_key_pem is not None:
         public = serialization.load_pem_public_key(job.public_key_pem)
-        cert = build_leaf(job.spec, public, issuer, job.serial,  # type: ignore[arg-type]
-                          job.not_before, job.not_after)
+        cert = build_leaf(
+            job.spec,
+            public,  # type: ignore[arg-type]
+            issuer,
+            job.serial,
+            job.not_before,
+            job.not_after,
+        )
         return cert.public_bytes(serialization.Encoding.PEM), b""
     if job.key_pem is not None:
         key = serialization.load_pem_private_key(job.key_pem, password=None)
@@ -65,8 +71,14 @@ def _issue_one(job: IssueJob, issuer: Issuer) -> tuple[bytes, bytes]:
     else:
         key = generate_key(job.spec.key_type)
         key_pem = plain_key_pem(key)
-    cert = build_leaf(job.spec, public_key_of(key), issuer, job.serial,  # type: ignore[arg-type]
-                      job.not_before, job.not_after)
+    cert = build_leaf(
+        job.spec,
+        public_key_of(key),  # type: ignore[arg-type]
+        issuer,
+        job.serial,
+        job.not_before,
+        job.not_after,
+    )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
@@ -91,15 +103,20 @@ def _under_gevent() -> bool:
     return bool(monkey is not None and monkey.is_module_patched("threading"))
 
 
-def sign_batch(jobs: Sequence[IssueJob], issuer: Issuer,
-               workers: int | None = None) -> list[tuple[bytes, bytes]]:
+def sign_batch(
+    jobs: Sequence[IssueJob], issuer: Issuer, workers: int | None = None
+) -> list[tuple[bytes, bytes]]:
     """(certificate PEM, key PEM) for every job, in job order. Writes nothing."""
     global _WORKER_ISSUER
     processes = min(worker_count(workers), max(1, len(jobs) // _CHUNK))
-    if (processes < 2 or len(jobs) < POOL_THRESHOLD or _under_gevent()
-            or "fork" not in multiprocessing.get_all_start_methods()):
+    if (
+        processes < 2
+        or len(jobs) < POOL_THRESHOLD
+        or _under_gevent()
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
         return [_issue_one(job, issuer) for job in jobs]
-    chunks = [jobs[i:i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
+    chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
     _WORKER_ISSUER = issuer
     try:
         with multiprocessing.get_context("fork").Pool(processes) as pool:
@@ -114,8 +131,9 @@ def new_pack_name(now: datetime) -> str:
     return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
-def write_pack(layout: StateLayout, pack: str, jobs: Sequence[IssueJob],
-               pems: Sequence[tuple[bytes, bytes]]) -> list[IndexRecord]:
+def write_pack(
+    layout: StateLayout, pack: str, jobs: Sequence[IssueJob], pems: Sequence[tuple[bytes, bytes]]
+) -> list[IndexRecord]:
     """Write the cert pack and the key pack (new files, durable); return the index records."""
     certs: list[bytes] = []
     keys: list[bytes] = []
@@ -129,13 +147,22 @@ def write_pack(layout: StateLayout, pack: str, jobs: Sequence[IssueJob],
             key_at += len(label)
             keys += (label, key_pem)
         key_span = (key_at, len(key_pem)) if key_pem else (0, 0)  # (0, 0): the board's key
-        records.append(IndexRecord(
-            name=job.spec.name, kind=job.spec.kind, serial=job.serial,
-            subject=f"CN={job.spec.name}", key_type=job.spec.key_type,
-            spec=spec_fingerprint(job.spec), not_before=job.not_before,
-            not_after=job.not_after, status="valid", pack=pack,
-            cert_span=(cert_at, len(cert_pem)), key_span=key_span,
-        ))
+        records.append(
+            IndexRecord(
+                name=job.spec.name,
+                kind=job.spec.kind,
+                serial=job.serial,
+                subject=f"CN={job.spec.name}",
+                key_type=job.spec.key_type,
+                spec=spec_fingerprint(job.spec),
+                not_before=job.not_before,
+                not_after=job.not_after,
+                status="valid",
+                pack=pack,
+                cert_span=(cert_at, len(cert_pem)),
+                key_span=key_span,
+            )
+        )
         cert_at += len(cert_pem)
         key_at += len(key_pem)
     if keys:  # none when every certificate is for a key made on its board

@@ -33,8 +33,9 @@ from iotfleet.pki.state import (
 )
 
 
-def revoke(settings: PkiSettings, name: str, reason: str, *,
-           now: datetime | None = None) -> IndexRecord:
+def revoke(
+    settings: PkiSettings, name: str, reason: str, *, now: datetime | None = None
+) -> IndexRecord:
     """Revoke the valid certificate of ``name`` now and re-sign the CRL.
 
     The inventory stays the source of truth: if it still lists ``name`` (not marked revoked),
@@ -62,22 +63,34 @@ def revoke(settings: PkiSettings, name: str, reason: str, *,
         issuer = _load_issuer(layout, state.ca, passphrase)
         index = state.index
         if index.current(name) is None:
-            raise PkiInputError([f"{name!r} has no valid certificate in {layout.root} "
-                                 "(never issued, or already revoked)"])
+            raise PkiInputError(
+                [
+                    f"{name!r} has no valid certificate in {layout.root} "
+                    "(never issued, or already revoked)"
+                ]
+            )
         record = index.revoke(name, reason, moment)
         # A device renewed on the same key may still hold its previous certificate: it carries
         # the same key, so it goes too (a keyCompromise must not leave it valid).
         for retiring in index.retiring(name):
             index.revoke_serial(retiring.serial, reason, moment)
-        index.crl = write_crl(layout.crl, state.ca.intermediate, issuer.key,
-                              leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
+        index.crl = write_crl(
+            layout.crl,
+            state.ca.intermediate,
+            issuer.key,
+            leaf_crl_entries(index, moment),
+            index.crl,
+            moment,
+            settings.crl_days,
+        )
         save_index(layout, index)
         remove_files([*dead_key_packs(layout, index, [record.pack]), *state.leftovers])
         return record
 
 
-def refresh_crl(settings: PkiSettings, *, now: datetime | None = None,
-                force: bool = False) -> datetime | None:
+def refresh_crl(
+    settings: PkiSettings, *, now: datetime | None = None, force: bool = False
+) -> datetime | None:
     """Re-sign the intermediate's CRL if its nextUpdate is within ``crl_refresh_before_days``
     (or it is missing or not the one the index recorded, or ``force``); nothing else changes.
 
@@ -92,14 +105,25 @@ def refresh_crl(settings: PkiSettings, *, now: datetime | None = None,
         if state.ca is None:
             raise StateError(f"no CA in {layout.root}: run a reconcile (the PKI deploy) first")
         index = state.index
-        due = force or not state.crl_ok or index.crl is None or within(
-            index.crl.next_update, moment, settings.crl_refresh_before_days)
+        due = (
+            force
+            or not state.crl_ok
+            or index.crl is None
+            or within(index.crl.next_update, moment, settings.crl_refresh_before_days)
+        )
         if not due:
             return None
         check_ca_valid(state.ca, moment)
         issuer = _load_issuer(layout, state.ca, passphrase)
-        index.crl = write_crl(layout.crl, state.ca.intermediate, issuer.key,
-                              leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
+        index.crl = write_crl(
+            layout.crl,
+            state.ca.intermediate,
+            issuer.key,
+            leaf_crl_entries(index, moment),
+            index.crl,
+            moment,
+            settings.crl_days,
+        )
         save_index(layout, index)
         return index.crl.next_update
 
@@ -129,10 +153,24 @@ def renew_intermediate(settings: PkiSettings, *, now: datetime | None = None) ->
         fsio.atomic_write(layout.intermediate_cert, pem(new_intermediate))
         fsio.atomic_write(layout.chain, chain_pem(certs))
         index = state.index
-        index.crl = write_crl(layout.crl, new_intermediate, intermediate_key,
-                              leaf_crl_entries(index, moment), index.crl, moment, settings.crl_days)
-        index.root_crl = write_crl(layout.root_crl, certs.root, root_key, [], index.root_crl,
-                                   moment, settings.root_crl_days)
+        index.crl = write_crl(
+            layout.crl,
+            new_intermediate,
+            intermediate_key,
+            leaf_crl_entries(index, moment),
+            index.crl,
+            moment,
+            settings.crl_days,
+        )
+        index.root_crl = write_crl(
+            layout.root_crl,
+            certs.root,
+            root_key,
+            [],
+            index.root_crl,
+            moment,
+            settings.root_crl_days,
+        )
         save_index(layout, index)
         remove_files(state.leftovers)
         return new_intermediate.not_valid_after_utc

@@ -84,10 +84,17 @@ class ReconcileReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.issued or self.renewed or self.revoked or self.retired
-                    or self.crl_changed
-                    or self.root_crl_changed or self.ca_created or self.intermediate_renewed
-                    or self.files_repaired)
+        return bool(
+            self.issued
+            or self.renewed
+            or self.revoked
+            or self.retired
+            or self.crl_changed
+            or self.root_crl_changed
+            or self.ca_created
+            or self.intermediate_renewed
+            or self.files_repaired
+        )
 
     def summary(self, *, planned: bool = False, names_up_to: int = 0) -> str:
         """One line for humans: what changed (``planned``: what will), or that nothing did.
@@ -95,16 +102,23 @@ class ReconcileReport:
         ``names_up_to``: list the identities of a kind of change when there are at most this
         many (``renew gw-0007``), else only count them.
         """
-        labels = (("issue", "issued"), ("renew", "renewed"), ("revoke", "revoked"),
-                  ("retire old certificate of", "old certificates retired"))
+        labels = (
+            ("issue", "issued"),
+            ("renew", "renewed"),
+            ("revoke", "revoked"),
+            ("retire old certificate of", "old certificates retired"),
+        )
         parts = []
-        for (verb, past), names in zip(labels, (self.issued, self.renewed, self.revoked,
-                                                self.retired), strict=True):
+        for (verb, past), names in zip(
+            labels, (self.issued, self.renewed, self.revoked, self.retired), strict=True
+        ):
             if not names:
                 continue
             if planned and len(names) <= names_up_to:
-                shown = [f"{n} ({self.revoked_reasons[n]})" if n in self.revoked_reasons else n
-                         for n in names]
+                shown = [
+                    f"{n} ({self.revoked_reasons[n]})" if n in self.revoked_reasons else n
+                    for n in names
+                ]
                 parts.append(f"{verb} {', '.join(shown)}")
             else:
                 parts.append(f"{verb if planned else past} {len(names)}")
@@ -146,10 +160,14 @@ def within(deadline: datetime, now: datetime, days: int) -> bool:
     return deadline - now <= timedelta(days=days)
 
 
-def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
-              now: datetime | None = None, issue_revoked: Collection[str] = (),
-              with_issuer: Callable[[Issuer, CaCerts, datetime], None] | None = None,
-              ) -> ReconcileReport:
+def reconcile(
+    settings: PkiSettings,
+    identities: Sequence[IdentitySpec],
+    *,
+    now: datetime | None = None,
+    issue_revoked: Collection[str] = (),
+    with_issuer: Callable[[Issuer, CaCerts, datetime], None] | None = None,
+) -> ReconcileReport:
     """Issue what is missing, renew what expires soon or changed, revoke what left the inventory
     (cessationOfOperation) or is marked revoked, and keep both CRLs signed before nextUpdate.
 
@@ -193,8 +211,9 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
             issuer = load_issuer(layout, ca, passphrase)
 
         new_intermediate: x509.Certificate | None = None
-        if new_ca is None and within(ca.intermediate.not_valid_after_utc, moment,
-                                     settings.intermediate_renew_before_days):
+        if new_ca is None and within(
+            ca.intermediate.not_valid_after_utc, moment, settings.intermediate_renew_before_days
+        ):
             if ca.root_key_online:
                 root_key = load_root_key(layout, passphrase, "renewing the intermediate")
                 new_intermediate = recertify_intermediate(ca, root_key, settings, moment)
@@ -208,30 +227,62 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
 
         if with_issuer is not None:
             with_issuer(issuer, ca, moment)
-        plan = _plan(settings, specs, index, ca.intermediate.not_valid_after_utc, moment,
-                     layout=layout, ledger=load_ledger(layout), rekeys=load_rekeys(layout),
-                     issue_revoked=issue_revoked)
+        plan = _plan(
+            settings,
+            specs,
+            index,
+            ca.intermediate.not_valid_after_utc,
+            moment,
+            layout=layout,
+            ledger=load_ledger(layout),
+            rekeys=load_rekeys(layout),
+            issue_revoked=issue_revoked,
+        )
         warnings += plan.warnings
 
         need_root_crl = bool(new_ca or new_intermediate) or (
-            ca.root_key_online and (not state.root_crl_ok or index.root_crl is None or within(
-                index.root_crl.next_update, moment, settings.renew_before_days)))
-        if (not ca.root_key_online and index.root_crl is not None
-                and within(index.root_crl.next_update, moment, settings.renew_before_days)):
-            warnings.append(f"the root CRL's nextUpdate is {index.root_crl.next_update:%Y-%m-%d}:"
-                            " put ca/root.key back for one run to re-sign it")
+            ca.root_key_online
+            and (
+                not state.root_crl_ok
+                or index.root_crl is None
+                or within(index.root_crl.next_update, moment, settings.renew_before_days)
+            )
+        )
+        if (
+            not ca.root_key_online
+            and index.root_crl is not None
+            and within(index.root_crl.next_update, moment, settings.renew_before_days)
+        ):
+            warnings.append(
+                f"the root CRL's nextUpdate is {index.root_crl.next_update:%Y-%m-%d}:"
+                " put ca/root.key back for one run to re-sign it"
+            )
         if need_root_crl and root_key is None:
             root_key = load_root_key(layout, passphrase, "signing the root CRL")
         if index.crl is not None and not state.crl_ok:
-            warnings.append(f"{layout.crl} was missing or not the one the index recorded: "
-                            "re-signed it")
-        need_crl = bool(new_ca or plan.revocations or plan.retirements or plan.issue_revoked
-                        or not state.crl_ok
-                        or index.crl is None
-                        or within(index.crl.next_update, moment, settings.crl_refresh_before_days))
+            warnings.append(
+                f"{layout.crl} was missing or not the one the index recorded: re-signed it"
+            )
+        need_crl = bool(
+            new_ca
+            or plan.revocations
+            or plan.retirements
+            or plan.issue_revoked
+            or not state.crl_ok
+            or index.crl is None
+            or within(index.crl.next_update, moment, settings.crl_refresh_before_days)
+        )
 
-        if not (new_ca or new_intermediate or plan.jobs or need_root_crl or need_crl
-                or state.leftovers or state.orphan_cert_packs or state.txt_missing):
+        if not (
+            new_ca
+            or new_intermediate
+            or plan.jobs
+            or need_root_crl
+            or need_crl
+            or state.leftovers
+            or state.orphan_cert_packs
+            or state.txt_missing
+        ):
             return ReconcileReport(warnings=tuple(warnings))
 
         # ---- nothing above wrote a byte; from here on we write ----
@@ -244,50 +295,84 @@ def reconcile(settings: PkiSettings, identities: Sequence[IdentitySpec], *,
             fsio.atomic_write(layout.intermediate_cert, pem(new_intermediate))
             fsio.atomic_write(layout.chain, chain_pem(ca))
 
-        touched_packs = [index.revoke_serial(serial, reason, moment).pack
-                         for serial, reason in plan.retirements]
-        touched_packs += [index.revoke(name, reason, moment).pack
-                          for name, reason in plan.revocations]
+        touched_packs = [
+            index.revoke_serial(serial, reason, moment).pack for serial, reason in plan.retirements
+        ]
+        touched_packs += [
+            index.revoke(name, reason, moment).pack for name, reason in plan.revocations
+        ]
         touched_packs += [index.retire(name).pack for name in plan.retire]
         for record in issued:
             index.add(record)
         for name, reason in plan.issue_revoked:
             touched_packs.append(index.revoke(name, reason, moment).pack)
-        captured = {job.spec.name: pair for job, pair in zip(plan.jobs, pems, strict=True)
-                    if job.spec.name in dict(plan.issue_revoked)}
+        captured = {
+            job.spec.name: pair
+            for job, pair in zip(plan.jobs, pems, strict=True)
+            if job.spec.name in dict(plan.issue_revoked)
+        }
         adopted = adopt_orphans(state.orphan_cert_packs, index, moment)
         if adopted:
             need_crl = True
-            warnings.append(f"{adopted} certificate(s) in packs the index did not know (an "
-                            "interrupted run, or an older index restored) were recorded as "
-                            "revoked")
+            warnings.append(
+                f"{adopted} certificate(s) in packs the index did not know (an "
+                "interrupted run, or an older index restored) were recorded as "
+                "revoked"
+            )
         if need_root_crl:
             assert root_key is not None
-            index.root_crl = write_crl(layout.root_crl, ca.root, root_key, [], index.root_crl,
-                                       moment, settings.root_crl_days)
+            index.root_crl = write_crl(
+                layout.root_crl,
+                ca.root,
+                root_key,
+                [],
+                index.root_crl,
+                moment,
+                settings.root_crl_days,
+            )
         if need_crl:
-            index.crl = write_crl(layout.crl, ca.intermediate, issuer.key,
-                                  leaf_crl_entries(index, moment), index.crl, moment,
-                                  settings.crl_days)
+            index.crl = write_crl(
+                layout.crl,
+                ca.intermediate,
+                issuer.key,
+                leaf_crl_entries(index, moment),
+                index.crl,
+                moment,
+                settings.crl_days,
+            )
         save_index(layout, index)
         remove_files(dead_key_packs(layout, index, touched_packs) + state.leftovers)
         return ReconcileReport(
-            issued=tuple(plan.issued), renewed=tuple(plan.renewed),
-            renewed_same_key=tuple(plan.retire), retired=tuple(plan.retired),
+            issued=tuple(plan.issued),
+            renewed=tuple(plan.renewed),
+            renewed_same_key=tuple(plan.retire),
+            retired=tuple(plan.retired),
             revoked=tuple(plan.revoked),
             revoked_reasons={n: r for n, r in plan.revocations if n in plan.revoked},
-            crl_changed=need_crl, root_crl_changed=need_root_crl, ca_created=new_ca is not None,
+            crl_changed=need_crl,
+            root_crl_changed=need_root_crl,
+            ca_created=new_ca is not None,
             intermediate_renewed=new_intermediate is not None,
-            files_repaired=(len(state.leftovers) + len(state.orphan_cert_packs)
-                            + int(state.txt_missing)),
-            warnings=tuple(warnings), captured=captured,
+            files_repaired=(
+                len(state.leftovers) + len(state.orphan_cert_packs) + int(state.txt_missing)
+            ),
+            warnings=tuple(warnings),
+            captured=captured,
         )
 
 
-def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
-          issuer_not_after: datetime, now: datetime, *, layout: StateLayout,
-          ledger: Mapping[str, Delivery], rekeys: Mapping[str, Rekey],
-          issue_revoked: Collection[str] = ()) -> _Plan:
+def _plan(
+    settings: PkiSettings,
+    specs: Sequence[IdentitySpec],
+    index: Index,
+    issuer_not_after: datetime,
+    now: datetime,
+    *,
+    layout: StateLayout,
+    ledger: Mapping[str, Delivery],
+    rekeys: Mapping[str, Rekey],
+    issue_revoked: Collection[str] = (),
+) -> _Plan:
     """Decide, without writing, what to issue, renew, retire and revoke (a gateway's CSR from a
     re-key over the air is signed here: ``rekeys``)."""
     plan = _Plan()
@@ -303,21 +388,35 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
                 plan.revoked.append(spec.name)
             elif spec.name in issue_revoked:
                 plan.issue_revoked.append((spec.name, spec.revoked_reason))
-                plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE, min(
-                    now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)))
+                plan.jobs.append(
+                    IssueJob(
+                        spec,
+                        _new_serial(index, serials),
+                        now - BACKDATE,
+                        min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after),
+                    )
+                )
             continue
         fingerprint = spec_fingerprint(spec)
         not_after = min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)
         if current is None:
             plan.issued.append(spec.name)
-        elif spec.kind == "device" and (csr_key := _csr_key(plan, layout, spec, current,
-                                                             rekeys.get(spec.name))):
+        elif spec.kind == "device" and (
+            csr_key := _csr_key(plan, layout, spec, current, rekeys.get(spec.name))
+        ):
             # Re-key over the air: the new key stays on the board; the old certificate stays
             # valid until the gateway is seen using the new one.
             plan.renewed.append(spec.name)
             plan.retire.append(spec.name)
-            plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE,
-                                      not_after, public_key_pem=csr_key))
+            plan.jobs.append(
+                IssueJob(
+                    spec,
+                    _new_serial(index, serials),
+                    now - BACKDATE,
+                    not_after,
+                    public_key_pem=csr_key,
+                )
+            )
             continue
         elif current.spec != fingerprint:
             plan.renewed.append(spec.name)
@@ -332,9 +431,16 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
                 # reaches the gateway over MQTT, and the old one stays valid until then.
                 plan.retire.append(spec.name)
                 key_pem, public_key_pem = same_key(layout, current)
-                plan.jobs.append(IssueJob(spec, _new_serial(index, serials), now - BACKDATE,
-                                          not_after, key_pem=key_pem,
-                                          public_key_pem=public_key_pem))
+                plan.jobs.append(
+                    IssueJob(
+                        spec,
+                        _new_serial(index, serials),
+                        now - BACKDATE,
+                        not_after,
+                        key_pem=key_pem,
+                        public_key_pem=public_key_pem,
+                    )
+                )
                 continue
             plan.revocations.append((spec.name, "superseded"))
         else:
@@ -345,13 +451,20 @@ def _plan(settings: PkiSettings, specs: Sequence[IdentitySpec], index: Index,
     plan.revocations += [(name, "cessationOfOperation") for name in removed]
     plan.revoked += removed
     if capped:
-        plan.warnings.append(f"{capped} certificate(s) are due for renewal but cannot outlive the "
-                             "intermediate: renew the intermediate first")
+        plan.warnings.append(
+            f"{capped} certificate(s) are due for renewal but cannot outlive the "
+            "intermediate: renew the intermediate first"
+        )
     return plan
 
 
-def _plan_retirements(plan: _Plan, specs: Sequence[IdentitySpec], index: Index,
-                      ledger: Mapping[str, Delivery], now: datetime) -> None:
+def _plan_retirements(
+    plan: _Plan,
+    specs: Sequence[IdentitySpec],
+    index: Index,
+    ledger: Mapping[str, Delivery],
+    now: datetime,
+) -> None:
     """Revoke retiring certificates that are no longer needed: the device was seen using a
     newer one, the old one expired, or the device left the inventory or was revoked there."""
     reasons = {spec.name: spec.revoked_reason for spec in specs}
@@ -367,16 +480,21 @@ def _plan_retirements(plan: _Plan, specs: Sequence[IdentitySpec], index: Index,
             seen = ledger.get(record.name, Delivery()).in_use
             seen_at = index.position_of(seen) if seen is not None else None
             own_at = index.position_of(record.serial)
-            if (seen_at is not None and own_at is not None and seen_at > own_at
-                    and index.records[seen_at].name == record.name):
+            if (
+                seen_at is not None
+                and own_at is not None
+                and seen_at > own_at
+                and index.records[seen_at].name == record.name
+            ):
                 reason = "superseded"
         if reason is not None:
             plan.retirements.append((record.serial, reason))
             plan.retired.append(record.name)
 
 
-def _csr_key(plan: _Plan, layout: StateLayout, spec: IdentitySpec, current: IndexRecord,
-             rekey: Rekey | None) -> bytes | None:
+def _csr_key(
+    plan: _Plan, layout: StateLayout, spec: IdentitySpec, current: IndexRecord, rekey: Rekey | None
+) -> bytes | None:
     key, warning = rekey_key_for(layout, spec, current, rekey)
     if warning is not None:
         plan.warnings.append(warning)

@@ -121,8 +121,15 @@ def validate_settings(settings: PkiSettings) -> None:
         problems.append(
             f"settings.ca_name {settings.ca_name!r}: 1..48 characters from [A-Za-z0-9 ._-]"
         )
-    for attr in ("root_days", "intermediate_days", "broker_days", "device_days", "client_days",
-                 "crl_days", "root_crl_days"):
+    for attr in (
+        "root_days",
+        "intermediate_days",
+        "broker_days",
+        "device_days",
+        "client_days",
+        "crl_days",
+        "root_crl_days",
+    ):
         if getattr(settings, attr) < 1:
             problems.append(f"settings.{attr} must be at least 1 day")
     leaf_min = min(settings.broker_days, settings.device_days, settings.client_days)
@@ -138,7 +145,8 @@ def validate_settings(settings: PkiSettings) -> None:
         )
     if not 0 <= settings.intermediate_renew_before_days < settings.intermediate_days:
         problems.append(
-            "settings.intermediate_renew_before_days must be shorter than intermediate_days")
+            "settings.intermediate_renew_before_days must be shorter than intermediate_days"
+        )
     if settings.intermediate_days > settings.root_days:
         problems.append("settings.intermediate_days must not exceed settings.root_days")
     if settings.workers is not None and settings.workers < 1:
@@ -169,8 +177,10 @@ def _dns_problem(value: object) -> str | None:
     if value != value.lower() or not value or len(value) > 253 or value.endswith("."):
         return f"invalid DNS name {value!r} (lowercase, no trailing dot, at most 253 characters)"
     if not all(_DNS_LABEL_RE.fullmatch(label) for label in value.split(".")):
-        return (f"invalid DNS name {value!r} (labels of 1..63 letters, digits and inner hyphens; "
-                "no wildcards, no underscores)")
+        return (
+            f"invalid DNS name {value!r} (labels of 1..63 letters, digits and inner hyphens; "
+            "no wildcards, no underscores)"
+        )
     return None
 
 
@@ -213,8 +223,10 @@ def spec_problems(spec: IdentitySpec) -> list[str]:
             problems.append(f"{field_name} lists the same entry twice")
     has_sans = bool(spec.dns_names) or bool(spec.ip_addresses)
     if spec.kind == "broker" and not has_sans:
-        problems.append("a broker needs at least one dns_names or ip_addresses entry "
-                        "(clients verify the broker by its SAN)")
+        problems.append(
+            "a broker needs at least one dns_names or ip_addresses entry "
+            "(clients verify the broker by its SAN)"
+        )
     if spec.kind in ("device", "client") and has_sans:
         problems.append(f"dns_names/ip_addresses are for brokers only, not for a {spec.kind}")
     if spec.revoked_reason is not None:
@@ -230,8 +242,9 @@ def validate_identities(identities: Sequence[IdentitySpec]) -> list[IdentitySpec
     seen: dict[str, int] = {}
     for position, spec in enumerate(identities, start=1):
         if not isinstance(spec, IdentitySpec):
-            problems.append(f"identity #{position}: expected an IdentitySpec, got "
-                            f"{type(spec).__name__}")
+            problems.append(
+                f"identity #{position}: expected an IdentitySpec, got {type(spec).__name__}"
+            )
             continue
         where = f"identity #{position} ({spec.name!r})"
         problems.extend(f"{where}: {p}" for p in spec_problems(spec))
@@ -240,8 +253,10 @@ def validate_identities(identities: Sequence[IdentitySpec]) -> list[IdentitySpec
             # file systems and confuse people reading ACLs.
             folded = spec.name.lower()
             if folded in seen:
-                problems.append(f"{where}: duplicate name (already used by identity "
-                                f"#{seen[folded]}; names are compared case-insensitively)")
+                problems.append(
+                    f"{where}: duplicate name (already used by identity "
+                    f"#{seen[folded]}; names are compared case-insensitively)"
+                )
             else:
                 seen[folded] = position
     if problems:
@@ -251,10 +266,12 @@ def validate_identities(identities: Sequence[IdentitySpec]) -> list[IdentitySpec
 
 def spec_fingerprint(spec: IdentitySpec) -> str:
     """A short digest of what the certificate encodes; a change means the cert must be re-issued."""
-    canonical = "|".join((
-        spec.kind,
-        ",".join(sorted(spec.dns_names)),
-        ",".join(sorted(spec.ip_addresses)),
-        spec.key_type,
-    ))
+    canonical = "|".join(
+        (
+            spec.kind,
+            ",".join(sorted(spec.dns_names)),
+            ",".join(sorted(spec.ip_addresses)),
+            spec.key_type,
+        )
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -31,8 +31,9 @@ from iotfleet.pki.spec import KINDS
 
 
 @contextlib.contextmanager
-def locked_layout(state_dir: Path, *, create: bool = False,
-                  shared: bool = False) -> Iterator[StateLayout]:
+def locked_layout(
+    state_dir: Path, *, create: bool = False, shared: bool = False
+) -> Iterator[StateLayout]:
     """The state dir's layout while holding its lock (exclusive unless ``shared``).
 
     ``create`` makes the state dir (0700) for a first run; otherwise a missing dir is an error.
@@ -41,8 +42,9 @@ def locked_layout(state_dir: Path, *, create: bool = False,
     if create:
         fsio.ensure_dir(layout.root)
     elif not layout.root.is_dir():
-        raise StateError(f"no PKI state directory at {layout.root} (run a reconcile first, or "
-                         "pass --state-dir)")
+        raise StateError(
+            f"no PKI state directory at {layout.root} (run a reconcile first, or pass --state-dir)"
+        )
     with fsio.state_lock(layout.lock, shared=shared):
         yield layout
 
@@ -79,8 +81,11 @@ def load_state(layout: StateLayout) -> LoadedState:
     index = load_index(layout)
     if ca is None and index.records:
         raise IndexCorruptError(f"{layout.index_json} lists certificates but there is no CA")
-    if ca is not None and not layout.index_json.exists() and any(
-            layout.packs_dir.glob("*" + CERT_PACK_SUFFIX)):
+    if (
+        ca is not None
+        and not layout.index_json.exists()
+        and any(layout.packs_dir.glob("*" + CERT_PACK_SUFFIX))
+    ):
         raise IndexCorruptError(
             f"{layout.index_json} is missing but {layout.packs_dir} holds issued certificates: "
             "restore index.json from a backup (the engine will not re-issue the whole fleet)"
@@ -96,8 +101,9 @@ def load_state(layout: StateLayout) -> LoadedState:
         return state
     state.leftovers, state.orphan_cert_packs = _scan_files(layout, index)
     state.crl_ok = index.crl is not None and sha256_file(layout.crl) == index.crl.sha256
-    state.root_crl_ok = (index.root_crl is not None
-                         and sha256_file(layout.root_crl) == index.root_crl.sha256)
+    state.root_crl_ok = (
+        index.root_crl is not None and sha256_file(layout.root_crl) == index.root_crl.sha256
+    )
     state.txt_missing = not txt_is_current(layout, index)
     return state
 
@@ -153,8 +159,9 @@ def _scan_files(layout: StateLayout, index: Index) -> tuple[list[Path], list[Pat
     # the lock no other run is writing, so every one of ours is dead.
     for directory in (layout.root, layout.ca_dir):
         if directory.is_dir():
-            leftovers += [p for p in directory.iterdir()
-                          if fsio.is_temp_name(p.name) and p.is_file()]
+            leftovers += [
+                p for p in directory.iterdir() if fsio.is_temp_name(p.name) and p.is_file()
+            ]
     remove_stale_staging(layout)
     return leftovers, sorted(orphan_certs)
 
@@ -188,23 +195,37 @@ def adopt_orphans(paths: Iterable[Path], index: Index, now: datetime) -> int:
             except ValueError:
                 continue
             name, kind = match["name"].decode(), match["kind"].decode()
-            if (index.has_serial(cert.serial_number) or kind not in KINDS
-                    or cert.not_valid_after_utc <= now):
+            if (
+                index.has_serial(cert.serial_number)
+                or kind not in KINDS
+                or cert.not_valid_after_utc <= now
+            ):
                 continue
-            index.add(IndexRecord(
-                name=name, kind=kind, serial=cert.serial_number, subject=f"CN={name}",
-                key_type=key_type_of(cert.public_key()), spec="", status="revoked",
-                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
-                reason="superseded", revoked_at=now, pack=pack,
-                cert_span=(match.start("pem"), len(match["pem"])), key_span=(0, 0),
-            ))
+            index.add(
+                IndexRecord(
+                    name=name,
+                    kind=kind,
+                    serial=cert.serial_number,
+                    subject=f"CN={name}",
+                    key_type=key_type_of(cert.public_key()),
+                    spec="",
+                    status="revoked",
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                    reason="superseded",
+                    revoked_at=now,
+                    pack=pack,
+                    cert_span=(match.start("pem"), len(match["pem"])),
+                    key_span=(0, 0),
+                )
+            )
             adopted += 1
     return adopted
 
 
 def next_crl_number(layout_crl: Path, info: CrlInfo | None) -> int:
-    """One more than the last CRL we know of: the index's, or the file's if a crash left it newer.
-    """
+    """One more than the last CRL we know of: the index's, or the file's if a crash left it
+    newer."""
     number = info.number if info else 0
     try:
         on_disk = crl_number(x509.load_pem_x509_crl(layout_crl.read_bytes()))
@@ -213,10 +234,15 @@ def next_crl_number(layout_crl: Path, info: CrlInfo | None) -> int:
     return max(number, on_disk) + 1
 
 
-def write_crl(path: Path, issuer_cert: x509.Certificate,
-              issuer_key: CertificateIssuerPrivateKeyTypes,
-              entries: list[RevokedEntry], previous: CrlInfo | None, now: datetime,
-              days: int) -> CrlInfo:
+def write_crl(
+    path: Path,
+    issuer_cert: x509.Certificate,
+    issuer_key: CertificateIssuerPrivateKeyTypes,
+    entries: list[RevokedEntry],
+    previous: CrlInfo | None,
+    now: datetime,
+    days: int,
+) -> CrlInfo:
     """Sign and atomically write a CRL; return what the index records about it."""
     number = next_crl_number(path, previous)
     crl = build_crl(issuer_cert, issuer_key, entries, number, now, days)
@@ -235,11 +261,15 @@ def read_key_pem(layout: StateLayout, record: IndexRecord) -> bytes:
             handle.seek(offset)
             data = handle.read(length)
     except FileNotFoundError:
-        raise StateError(f"{layout.key_pack(record.pack)} (holding {record.name!r}) is "
-                         "missing: restore it from a backup") from None
+        raise StateError(
+            f"{layout.key_pack(record.pack)} (holding {record.name!r}) is "
+            "missing: restore it from a backup"
+        ) from None
     if len(data) != length or not data.startswith(b"-----BEGIN "):
-        raise IndexCorruptError(f"{layout.key_pack(record.pack)} does not hold the key of "
-                                f"{record.name!r} where the index says")
+        raise IndexCorruptError(
+            f"{layout.key_pack(record.pack)} does not hold the key of "
+            f"{record.name!r} where the index says"
+        )
     return data
 
 
@@ -261,9 +291,11 @@ def save_index(layout: StateLayout, index: Index) -> None:
     """
     fsio.atomic_write(layout.index_json, index.to_json(), fsio.KEY_MODE)
     fsio.atomic_write(
-        layout.index_txt, index.to_txt(), fsio.KEY_MODE,
+        layout.index_txt,
+        index.to_txt(),
+        fsio.KEY_MODE,
         not_done="index.json is committed (this run's changes are kept); index.txt, its view "
-                 "for people, is regenerated by the next run",
+        "for people, is regenerated by the next run",
     )
 
 

@@ -90,8 +90,10 @@ class PkiStore:
     def _current(self, name: str) -> IndexRecord:
         record = self._load().current(name)
         if record is None:
-            raise NotIssuedError(f"{name!r} has no valid certificate in {self.layout.root} "
-                                 "(not reconciled yet, revoked, or not in the inventory)")
+            raise NotIssuedError(
+                f"{name!r} has no valid certificate in {self.layout.root} "
+                "(not reconciled yet, revoked, or not in the inventory)"
+            )
         return record
 
     def _load(self) -> Index:
@@ -104,7 +106,8 @@ class PkiStore:
             info = self.layout.index_json.stat()
         except FileNotFoundError:
             raise StateError(
-                f"no PKI index at {self.layout.index_json}: run a reconcile first") from None
+                f"no PKI index at {self.layout.index_json}: run a reconcile first"
+            ) from None
         stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
         if self._index is None or stamp != self._stamp:
             with fsio.state_lock(self.layout.lock, shared=True):
@@ -123,12 +126,19 @@ class PkiStore:
                     handle.seek(offset)
                     data = handle.read(length)
         except FileNotFoundError:
-            raise StateError(f"{path} (holding {name!r}) is missing; restore it from a backup "
-                             "or revoke the identity to have it re-issued") from None
-        if len(data) != length or not data.startswith(b"-----BEGIN ") or not data.rstrip(
-                ).endswith(b"-----"):
-            raise IndexCorruptError(f"{path} does not hold a PEM block for {name!r} where the "
-                                    "index says: the pack was edited or damaged")
+            raise StateError(
+                f"{path} (holding {name!r}) is missing; restore it from a backup "
+                "or revoke the identity to have it re-issued"
+            ) from None
+        if (
+            len(data) != length
+            or not data.startswith(b"-----BEGIN ")
+            or not data.rstrip().endswith(b"-----")
+        ):
+            raise IndexCorruptError(
+                f"{path} does not hold a PEM block for {name!r} where the "
+                "index says: the pack was edited or damaged"
+            )
         return data
 
     def _read(self, path: Path) -> bytes:
@@ -137,4 +147,5 @@ class PkiStore:
             return stage.read_bytes(path) if stage is not None else path.read_bytes()
         except FileNotFoundError:
             raise StateError(
-                f"{path} is missing (run a reconcile, or restore from backup)") from None
+                f"{path} is missing (run a reconcile, or restore from backup)"
+            ) from None

@@ -33,29 +33,47 @@ class ThrowawayIdentity:
     not_after: datetime
 
 
-def _spec(name: str, kind: Kind, dns_names: tuple[str, ...],
-          ip_addresses: tuple[str, ...]) -> IdentitySpec:
+def _spec(
+    name: str, kind: Kind, dns_names: tuple[str, ...], ip_addresses: tuple[str, ...]
+) -> IdentitySpec:
     spec = IdentitySpec(name=name, kind=kind, dns_names=dns_names, ip_addresses=ip_addresses)
     validate_identities([spec])
     return spec
 
 
-def _leaf(spec: IdentitySpec, issuer_key: PrivateKey,
-          intermediate: x509.Certificate, not_before: datetime, not_after: datetime,
-          chain: bytes, key: PrivateKey | None = None) -> ThrowawayIdentity:
+def _leaf(
+    spec: IdentitySpec,
+    issuer_key: PrivateKey,
+    intermediate: x509.Certificate,
+    not_before: datetime,
+    not_after: datetime,
+    chain: bytes,
+    key: PrivateKey | None = None,
+) -> ThrowawayIdentity:
     issuer = issuer_from(issuer_key, intermediate)
     key = key or generate_key(spec.key_type)
-    cert = build_leaf(spec, public_key_of(key), issuer, x509.random_serial_number(),
-                      not_before, not_after)
-    return ThrowawayIdentity(spec.name, cert.public_bytes(serialization.Encoding.PEM),
-                             plain_key_pem(key), chain, not_after)
+    cert = build_leaf(
+        spec, public_key_of(key), issuer, x509.random_serial_number(), not_before, not_after
+    )
+    return ThrowawayIdentity(
+        spec.name,
+        cert.public_bytes(serialization.Encoding.PEM),
+        plain_key_pem(key),
+        chain,
+        not_after,
+    )
 
 
-def make_foreign_ca_identity(name: str, kind: Kind = "device", *,
-                             dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
-                             ca_name: str = "iotfleet",
-                             now: datetime | None = None,
-                             key_pem: bytes | None = None) -> ThrowawayIdentity:
+def make_foreign_ca_identity(
+    name: str,
+    kind: Kind = "device",
+    *,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
+    ca_name: str = "iotfleet",
+    now: datetime | None = None,
+    key_pem: bytes | None = None,
+) -> ThrowawayIdentity:
     """A valid-looking identity from a CA the fleet does not trust.
 
     Same profile and, by default, the same CA subject names as the fleet's: only the keys differ,
@@ -65,9 +83,15 @@ def make_foreign_ca_identity(name: str, kind: Kind = "device", *,
     moment = utc_now(now)
     spec = _spec(name, kind, dns_names, ip_addresses)
     foreign = create_ca(PkiSettings(state_dir=Path("/nonexistent"), ca_name=ca_name), moment)
-    return _leaf(spec, foreign.intermediate_key, foreign.certs.intermediate,
-                 moment - timedelta(minutes=5), moment + timedelta(days=30),
-                 chain_pem(foreign.certs), _load_key(key_pem) if key_pem else None)
+    return _leaf(
+        spec,
+        foreign.intermediate_key,
+        foreign.certs.intermediate,
+        moment - timedelta(minutes=5),
+        moment + timedelta(days=30),
+        chain_pem(foreign.certs),
+        _load_key(key_pem) if key_pem else None,
+    )
 
 
 def _load_key(key_pem: bytes) -> PrivateKey:
@@ -76,10 +100,16 @@ def _load_key(key_pem: bytes) -> PrivateKey:
     return key
 
 
-def make_expired_identity(settings: PkiSettings, name: str, kind: Kind = "device", *,
-                          dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
-                          expired_days_ago: int = 1,
-                          now: datetime | None = None) -> ThrowawayIdentity:
+def make_expired_identity(
+    settings: PkiSettings,
+    name: str,
+    kind: Kind = "device",
+    *,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
+    expired_days_ago: int = 1,
+    now: datetime | None = None,
+) -> ThrowawayIdentity:
     """An identity signed by the fleet's intermediate that expired ``expired_days_ago`` days ago.
 
     Needs the CA passphrase (it signs with the real intermediate key).
@@ -90,19 +120,39 @@ def make_expired_identity(settings: PkiSettings, name: str, kind: Kind = "device
         raise StateError(f"no CA in {layout.root}: run a reconcile first")
     key = load_encrypted_key(layout.intermediate_key, read_passphrase(settings))
     return make_expired_identity_with(
-        issuer_from(key, certs.intermediate), certs, name, kind, utc_now(now),
-        dns_names=dns_names, ip_addresses=ip_addresses, expired_days_ago=expired_days_ago)
+        issuer_from(key, certs.intermediate),
+        certs,
+        name,
+        kind,
+        utc_now(now),
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        expired_days_ago=expired_days_ago,
+    )
 
 
-def make_expired_identity_with(issuer: Issuer, certs: CaCerts, name: str, kind: Kind,
-                               now: datetime, *, dns_names: tuple[str, ...] = (),
-                               ip_addresses: tuple[str, ...] = (),
-                               expired_days_ago: int = 1) -> ThrowawayIdentity:
+def make_expired_identity_with(
+    issuer: Issuer,
+    certs: CaCerts,
+    name: str,
+    kind: Kind,
+    now: datetime,
+    *,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
+    expired_days_ago: int = 1,
+) -> ThrowawayIdentity:
     """Like ``make_expired_identity``, with an issuer already loaded (inside a reconcile)."""
     spec = _spec(name, kind, dns_names, ip_addresses)
     not_after = now - timedelta(days=expired_days_ago)
-    return _leaf(spec, issuer.key, certs.intermediate, not_after - timedelta(days=30), not_after,
-                 chain_pem(certs))
+    return _leaf(
+        spec,
+        issuer.key,
+        certs.intermediate,
+        not_after - timedelta(days=30),
+        not_after,
+        chain_pem(certs),
+    )
 
 
 __all__ = [

@@ -121,8 +121,9 @@ def test_a_student_cannot_touch_another_students_namespace(running_class: Runnin
         assert zoe.wait_for_message("class/zoe-obrien/gw/telemetry/", timeout=15)
         foreign = [m.topic for m in zoe.messages() if not m.topic.startswith("class/zoe-obrien/")]
         assert foreign == []
-    wrong = Identity(username="s02", password=running_class.ctx.passwords["zoe-obrien"]
-                     .get_secret_value())
+    wrong = Identity(
+        username="s02", password=running_class.ctx.passwords["zoe-obrien"].get_secret_value()
+    )
     assert not try_connect(target, wrong).accepted
 
 
@@ -134,8 +135,9 @@ def test_the_compliance_check_ran_and_passed(running_class: RunningClass) -> Non
 def test_regenerating_the_class_gives_identical_files(running_class: RunningClass) -> None:
     before = class_file(NAME).read_bytes()
     pages = {p.name: p.read_bytes() for p in handouts_dir(NAME).glob("*.html")}
-    again = run_iotfleet("classroom", "new", str(running_class.roster), "--name", NAME,
-                         "--seed", "itest")
+    again = run_iotfleet(
+        "classroom", "new", str(running_class.roster), "--name", NAME, "--seed", "itest"
+    )
     assert again.returncode == 0 and "unchanged" in again.stdout, again.stdout + again.stderr
     rewritten = run_iotfleet("classroom", "handouts", "--name", NAME)
     assert rewritten.returncode == 0, rewritten.stderr
@@ -186,8 +188,9 @@ def test_per_student_shape_gives_each_student_a_broker_of_their_own(
     roster = tmp_path / "roster.csv"
     roster.write_text("name,id\nAda,ada\nBen,ben\n")
     try:
-        made = run_iotfleet("classroom", "new", str(roster), "--name", PER_STUDENT,
-                            "--shape", "per-student")
+        made = run_iotfleet(
+            "classroom", "new", str(roster), "--name", PER_STUDENT, "--shape", "per-student"
+        )
         assert made.returncode == 0, made.stderr
         up = run_iotfleet("classroom", "up", "--name", PER_STUDENT, "--no-check", timeout=1800)
         assert up.returncode == 0, up.stdout + up.stderr

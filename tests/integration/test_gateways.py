@@ -135,8 +135,9 @@ def test_second_rollout_writes_nothing(flashed: FlashedLab) -> None:
     assert again.returncode == 0, again.explain()
     assert (again.changed, again.errors) == (0, 0), again.explain()
     # The results table: hosts, success, error, no change of the flashing operation.
-    row = re.search(r"\| Flash 2 ESP8266 board\(s\)[^\n]*?\s(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s*\n",
-                    again.output)
+    row = re.search(
+        r"\| Flash 2 ESP8266 board\(s\)[^\n]*?\s(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s*\n", again.output
+    )
     assert row and row.groups() == ("1", "-", "-", "1"), again.explain()
     assert {device: flashed.programmed(device) for device in BOARDS} == before
 
@@ -164,8 +165,14 @@ def test_a_concurrent_run_leaves_the_registry_truthful_and_a_no_change_run_refre
     # An entry that lies (what earlier versions recorded for a busy port): the next rollout,
     # which has nothing to write, reads the board's MD5s and records what it holds.
     registry.record(
-        FlashRecord(station=board.station, port=board.port, device_id="gw1", result="failed",
-                    provisioned=False, message=f"port {board.port} is busy")
+        FlashRecord(
+            station=board.station,
+            port=board.port,
+            device_id="gw1",
+            result="failed",
+            provisioned=False,
+            message=f"port {board.port} is busy",
+        )
     )
     refresh = run_pyinfra(flashed.lab.name, "deploy/gateways.py")
     assert refresh.returncode == 0, refresh.explain()

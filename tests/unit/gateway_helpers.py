@@ -28,8 +28,13 @@ class GatewayFleet:
     """One fleet ("unit") in a private IOTFLEET_HOME; each call to ``context`` re-reads the
     inventory with other boards or station settings, the PKI stays the same."""
 
-    def __init__(self, home: Path, devices: list[dict[str, Any]], broker_port: int = 8883,
-                 listeners: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        devices: list[dict[str, Any]],
+        broker_port: int = 8883,
+        listeners: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.home = home
         self.devices = devices
         self.broker_port = broker_port

@@ -17,8 +17,9 @@ from iotfleet.pki import IdentitySpec, PkiSettings, PkiStore
 PASSPHRASE = "Tr0ub4dor&3-unit-test-passphrase"
 ENV = "IOTFLEET_PKI_PASSPHRASE"
 
-BROKER = IdentitySpec("broker-1", "broker", dns_names=("broker1.lan",),
-                      ip_addresses=("192.0.2.10",))
+BROKER = IdentitySpec(
+    "broker-1", "broker", dns_names=("broker1.lan",), ip_addresses=("192.0.2.10",)
+)
 DEVICE = IdentitySpec("gw-0001", "device")
 CLIENT = IdentitySpec("ops.alice", "client")
 FLEET = (BROKER, DEVICE, CLIENT)
@@ -53,8 +54,13 @@ def verify_with_cryptography(store: PkiStore, name: str, at: datetime) -> None:
     verify_leaf(leaf, root, chain[0], at)
 
 
-def verify_leaf(leaf: x509.Certificate, root: x509.Certificate, intermediate: x509.Certificate,
-                at: datetime, server_name: str | None = None) -> None:
+def verify_leaf(
+    leaf: x509.Certificate,
+    root: x509.Certificate,
+    intermediate: x509.Certificate,
+    at: datetime,
+    server_name: str | None = None,
+) -> None:
     builder = PolicyBuilder().store(Store([root])).time(at)
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     if x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in eku:
@@ -76,8 +82,14 @@ def ip_target(value: str) -> x509.IPAddress:
     return x509.IPAddress(ipaddress.ip_address(value))
 
 
-def openssl_verify(tmp: Path, store: PkiStore, cert_pem: bytes, *, at: datetime | None = None,
-                   crl_check_all: bool = False) -> subprocess.CompletedProcess[str]:
+def openssl_verify(
+    tmp: Path,
+    store: PkiStore,
+    cert_pem: bytes,
+    *,
+    at: datetime | None = None,
+    crl_check_all: bool = False,
+) -> subprocess.CompletedProcess[str]:
     """`openssl verify -crl_check -CAfile chain -CRLfile crl` on a certificate."""
     tmp.mkdir(parents=True, exist_ok=True)
     chain, crl, leaf = tmp / "chain.pem", tmp / "crl.pem", tmp / "leaf.pem"
@@ -85,8 +97,15 @@ def openssl_verify(tmp: Path, store: PkiStore, cert_pem: bytes, *, at: datetime 
     crl_data = store.crl_pem() + (store.root_crl_pem() if crl_check_all else b"")
     crl.write_bytes(crl_data)
     leaf.write_bytes(cert_pem)
-    command = ["openssl", "verify", "-crl_check_all" if crl_check_all else "-crl_check",
-               "-CAfile", str(chain), "-CRLfile", str(crl)]
+    command = [
+        "openssl",
+        "verify",
+        "-crl_check_all" if crl_check_all else "-crl_check",
+        "-CAfile",
+        str(chain),
+        "-CRLfile",
+        str(crl),
+    ]
     if at is not None:
         command += ["-attime", str(int(at.timestamp()))]
     return subprocess.run([*command, str(leaf)], capture_output=True, text=True, check=False)

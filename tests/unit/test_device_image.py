@@ -44,8 +44,11 @@ from tests.unit.gateway_helpers import (
     gateway_environment,
 )
 
-DEVICES = [{"id": "gw-1"}, {"id": "gw-2", "password": "generated"}, {"id": "gw-old",
-           "revoked": "keyCompromise"}]
+DEVICES = [
+    {"id": "gw-1"},
+    {"id": "gw-2", "password": "generated"},
+    {"id": "gw-old", "revoked": "keyCompromise"},
+]
 BOARDS = [
     {"port": "socket://127.0.0.1:1", "device": "gw-1"},
     {"port": "socket://127.0.0.1:2", "device": "gw-2"},
@@ -56,8 +59,11 @@ BOARDS = [
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFleet]:
     home = tmp_path_factory.mktemp("home")
     with gateway_environment(home):
-        yield GatewayFleet(home, DEVICES, listeners=[
-            {"port": 8883}, {"port": 8884, "auth": "certificate+password"}])
+        yield GatewayFleet(
+            home,
+            DEVICES,
+            listeners=[{"port": 8883}, {"port": 8884, "auth": "certificate+password"}],
+        )
 
 
 def test_image_holds_every_file_of_the_contract(gateways: GatewayFleet) -> None:
@@ -102,8 +108,9 @@ def test_same_inputs_same_bytes(gateways: GatewayFleet) -> None:
 def test_image_has_the_core_geometry(gateways: GatewayFleet) -> None:
     layout = flash_layout("4M2M")
     image = build_device_image(gateways.context(BOARDS), "gw-1")
-    fs = LittleFS(context=UserContext(buffer=bytearray(image.data)), mount=False,
-                  **core_geometry(layout))
+    fs = LittleFS(
+        context=UserContext(buffer=bytearray(image.data)), mount=False, **core_geometry(layout)
+    )
     fs.mount()
     stat = fs.fs_stat()
     assert (stat.block_size, stat.block_count) == (8192, 253)
@@ -198,8 +205,9 @@ def test_revoked_device_and_unknown_device(gateways: GatewayFleet) -> None:
 
 
 def test_broker_port_without_tls_listener(gateways: GatewayFleet) -> None:
-    with pytest.raises(DeviceImageError,
-                       match="espgw_broker_port: broker localhost has no TLS listener on 9999"):
+    with pytest.raises(
+        DeviceImageError, match="espgw_broker_port: broker localhost has no TLS listener on 9999"
+    ):
         build_device_image(gateways.context(BOARDS, broker_port=9999), "gw-1")
     with pytest.raises(DeviceImageError, match="device gw-1: password: listener 8884"):
         build_device_image(gateways.context(BOARDS, broker_port=8884), "gw-1")
@@ -219,7 +227,10 @@ def test_reference_firmware_is_a_valid_esp8266_image(tmp_path: Path) -> None:
     image.write_bytes(reference_firmware())
     shown = subprocess.run(
         [sys.executable, "-m", "esptool", "image-info", str(image)],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "Detected image type: ESP8266" in shown.stdout
@@ -235,8 +246,9 @@ def test_two_boards_on_one_port_are_an_inventory_error(gateways: GatewayFleet) -
     same_port = [dict(BOARDS[0]), dict(BOARDS[1], port=BOARDS[0]["port"])]
     with pytest.raises(InventoryError) as caught:
         gateways.context(same_port)
-    assert ("host @local: espgw_boards[1].port: socket://127.0.0.1:1 is also "
-            "espgw_boards[0]'s port") in str(caught.value)
+    assert (
+        "host @local: espgw_boards[1].port: socket://127.0.0.1:1 is also espgw_boards[0]'s port"
+    ) in str(caught.value)
 
 
 def test_lab_board_entries_are_accepted(gateways: GatewayFleet) -> None:

@@ -30,7 +30,11 @@ MAC = "18:fe:34:a1:b2:c3"
 def esptool(port: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "esptool", "--port", port, *args],
-        capture_output=True, text=True, timeout=timeout, env=esptool_env(), check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=esptool_env(),
+        check=False,
     )
 
 
@@ -72,8 +76,18 @@ def test_stub_write_compressed_verifies_by_md5_and_holds_the_contract(
     image = build_device_image(ctx, "gw-1")
     (tmp_path / "fs.bin").write_bytes(image.data)
     (tmp_path / "fw.bin").write_bytes(reference_firmware())
-    out = ok(esptool(board.url, "--baud", "460800", "write-flash", "0x0", str(tmp_path / "fw.bin"),
-                     "0x200000", str(tmp_path / "fs.bin")))
+    out = ok(
+        esptool(
+            board.url,
+            "--baud",
+            "460800",
+            "write-flash",
+            "0x0",
+            str(tmp_path / "fw.bin"),
+            "0x200000",
+            str(tmp_path / "fs.bin"),
+        )
+    )
     assert "Stub flasher running." in out
     assert "Changing baud rate to 460800" in out
     assert f"Wrote {len(image.data)} bytes (" in out and "compressed) at 0x00200000" in out
@@ -89,8 +103,9 @@ def test_stub_write_compressed_verifies_by_md5_and_holds_the_contract(
     assert bundle.private_key_pem == ctx.pki.private_key_pem("gw-1")
     assert bundle.ca_chain_pem == ctx.pki.ca_chain_pem()
     # esptool's own verify-flash agrees.
-    assert "Verification successful" in ok(esptool(board.url, "verify-flash", "0x200000",
-                                                   str(tmp_path / "fs.bin")))
+    assert "Verification successful" in ok(
+        esptool(board.url, "verify-flash", "0x200000", str(tmp_path / "fs.bin"))
+    )
 
 
 def test_rom_only_write_uncompressed(board: BoardServer, tmp_path: Path) -> None:
@@ -102,8 +117,9 @@ def test_rom_only_write_uncompressed(board: BoardServer, tmp_path: Path) -> None
     board.flash.flush()
     assert board.flash.read(0x10000, len(data)) == data
     assert board.counters.data_blocks == 69  # 70000 bytes in 1 KB blocks
-    assert "Verification successful" in ok(esptool(board.url, "verify-flash", "0x10000",
-                                                   str(tmp_path / "data.bin")))
+    assert "Verification successful" in ok(
+        esptool(board.url, "verify-flash", "0x10000", str(tmp_path / "data.bin"))
+    )
 
 
 def test_flash_id_read_flash_and_erase(board: BoardServer, tmp_path: Path) -> None:
@@ -138,9 +154,22 @@ def test_lab_contract_process_serves_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
     flash, stats = tmp_path / "gw.flash", tmp_path / "stats.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "iotfleet.emulator", "--listen", f"127.0.0.1:{port}",
-         "--flash", str(flash), "--mac", "18:FE:34:00:00:01", "--stats", str(stats)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "iotfleet.emulator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--flash",
+            str(flash),
+            "--mac",
+            "18:FE:34:00:00:01",
+            "--stats",
+            str(stats),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         url = f"socket://127.0.0.1:{port}"
@@ -161,9 +190,22 @@ def test_lab_contract_process_serves_until_sigterm(tmp_path: Path) -> None:
 def test_fault_flags_on_the_command_line(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "iotfleet.emulator", "--listen", f"127.0.0.1:{port}",
-         "--flash", str(tmp_path / "f"), "--mac", MAC, "--report-mac", "18:fe:34:00:00:99"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "iotfleet.emulator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--flash",
+            str(tmp_path / "f"),
+            "--mac",
+            MAC,
+            "--report-mac",
+            "18:fe:34:00:00:99",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         _wait_listening(process)
@@ -172,8 +214,20 @@ def test_fault_flags_on_the_command_line(tmp_path: Path) -> None:
         process.terminate()
         process.communicate(timeout=10)
     refused = subprocess.run(
-        [sys.executable, "-m", "iotfleet.emulator", "--listen", "0.0.0.0:0", "--flash",
-         str(tmp_path / "g"), "--mac", MAC], capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "iotfleet.emulator",
+            "--listen",
+            "0.0.0.0:0",
+            "--flash",
+            str(tmp_path / "g"),
+            "--mac",
+            MAC,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert refused.returncode != 0 and "only listen on loopback" in refused.stderr
 

@@ -37,22 +37,26 @@ def test_status_exits_1_when_the_crl_is_stale(state: Path) -> None:
 def test_revoke_and_unknown_reason(state: Path) -> None:
     runner = CliRunner()
     before = snapshot(state)
-    bad = runner.invoke(cli, ["pki", "revoke", "gw-0001", "--reason", "stolen",
-                              "--state-dir", str(state)])
+    bad = runner.invoke(
+        cli, ["pki", "revoke", "gw-0001", "--reason", "stolen", "--state-dir", str(state)]
+    )
     assert bad.exit_code == 2 and "'stolen' is not one of" in bad.output
     assert "keyCompromise" in bad.output
     assert snapshot(state) == before
-    good = runner.invoke(cli, ["pki", "revoke", "gw-0001", "--reason", "keyCompromise",
-                               "--state-dir", str(state)])
+    good = runner.invoke(
+        cli, ["pki", "revoke", "gw-0001", "--reason", "keyCompromise", "--state-dir", str(state)]
+    )
     assert good.exit_code == 0, good.output
     assert "revoked gw-0001" in good.output
 
 
 def test_errors_are_clear_and_never_show_the_passphrase(
-        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(ENV, "a-wrong-passphrase-value")
-    result = CliRunner().invoke(cli, ["pki", "revoke", "gw-0001", "--reason", "keyCompromise",
-                                      "--state-dir", str(state)])
+    result = CliRunner().invoke(
+        cli, ["pki", "revoke", "gw-0001", "--reason", "keyCompromise", "--state-dir", str(state)]
+    )
     assert result.exit_code == 2
     assert "IOTFLEET_PKI_PASSPHRASE" in result.output
     assert "a-wrong-passphrase-value" not in result.output and PASSPHRASE not in result.output
@@ -69,13 +73,15 @@ def test_missing_state_dir_option(tmp_path: Path) -> None:
 
 def test_export_writes_chain_certificate_and_a_private_key(state: Path, tmp_path: Path) -> None:
     out = tmp_path / "creds"
-    result = CliRunner().invoke(cli, ["pki", "export", "gw-0001", "--out", str(out),
-                                      "--state-dir", str(state)])
+    result = CliRunner().invoke(
+        cli, ["pki", "export", "gw-0001", "--out", str(out), "--state-dir", str(state)]
+    )
     assert result.exit_code == 0, result.output
     assert "PRIVATE KEY" not in result.output
     assert (out / "gw-0001.key").stat().st_mode & 0o777 == 0o600
     assert b"BEGIN CERTIFICATE" in (out / "gw-0001.crt").read_bytes()
     assert (out / "ca.pem").read_bytes().count(b"BEGIN CERTIFICATE") == 2
-    missing = CliRunner().invoke(cli, ["pki", "export", "nobody", "--out", str(out),
-                                       "--state-dir", str(state)])
+    missing = CliRunner().invoke(
+        cli, ["pki", "export", "nobody", "--out", str(out), "--state-dir", str(state)]
+    )
     assert missing.exit_code == 2 and "nobody has no valid certificate" in missing.output

@@ -50,7 +50,8 @@ def test_two_concurrent_reconciles_issue_each_identity_once(tmp_path: Path) -> N
 
 
 def test_large_batch_uses_the_process_pool_and_stays_consistent(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(ENV, PASSPHRASE)
     state = tmp_path / "pki"
     specs = tuple(IdentitySpec(f"dev-{i:05d}", "device") for i in range(600))
@@ -61,16 +62,20 @@ def test_large_batch_uses_the_process_pool_and_stays_consistent(
     root = x509.load_pem_x509_certificate(store.root_certificate_pem())
     intermediate = x509.load_pem_x509_certificates(store.ca_chain_pem())[0]
     for name in ("dev-00000", "dev-00599"):
-        verify_leaf(x509.load_pem_x509_certificate(store.certificate_pem(name)), root,
-                    intermediate, now)
+        verify_leaf(
+            x509.load_pem_x509_certificate(store.certificate_pem(name)), root, intermediate, now
+        )
     key = serialization.load_pem_private_key(store.private_key_pem("dev-00599"), None)
-    assert key.public_key() == x509.load_pem_x509_certificate(
-        store.certificate_pem("dev-00599")).public_key()
+    assert (
+        key.public_key()
+        == x509.load_pem_x509_certificate(store.certificate_pem("dev-00599")).public_key()
+    )
     assert not reconcile(settings_for(state, workers=2), specs).changed
 
 
-def test_foreign_and_expired_identities_fail_verification(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_foreign_and_expired_identities_fail_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(ENV, PASSPHRASE)
     state = tmp_path / "pki"
     reconcile(settings_for(state), FLEET)

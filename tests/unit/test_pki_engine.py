@@ -66,8 +66,11 @@ def test_first_run_creates_ca_and_every_identity_with_safe_modes(state: Path) ->
     store = PkiStore(state)
     for path in [state, state / "ca", state / "packs"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
-    keys = [*(state / "packs").glob("*.keys.pem"), state / "ca/root.key",
-            state / "ca/intermediate.key"]
+    keys = [
+        *(state / "packs").glob("*.keys.pem"),
+        state / "ca/root.key",
+        state / "ca/intermediate.key",
+    ]
     assert len(keys) == 3  # one key pack for the run + the two CA keys
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
@@ -82,8 +85,10 @@ def test_first_run_creates_ca_and_every_identity_with_safe_modes(state: Path) ->
 def test_certificate_profile(state: Path) -> None:
     reconcile(settings_for(state), FLEET, now=T0)
     store = PkiStore(state)
-    root, intermediate = (x509.load_pem_x509_certificate(store.root_certificate_pem()),
-                          x509.load_pem_x509_certificates(store.ca_chain_pem())[0])
+    root, intermediate = (
+        x509.load_pem_x509_certificate(store.root_certificate_pem()),
+        x509.load_pem_x509_certificates(store.ca_chain_pem())[0],
+    )
     bc = intermediate.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca and bc.value.path_length == 0
     ku = intermediate.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -115,15 +120,18 @@ def test_chains_verify_with_cryptography_and_openssl(state: Path, tmp_path: Path
         verify_with_cryptography(store, spec.name, now)
         result = openssl_verify(tmp_path / "v", store, store.certificate_pem(spec.name))
         assert result.returncode == 0, result.stdout + result.stderr
-        result = openssl_verify(tmp_path / "v", store, store.certificate_pem(spec.name),
-                                crl_check_all=True)
+        result = openssl_verify(
+            tmp_path / "v", store, store.certificate_pem(spec.name), crl_check_all=True
+        )
         assert result.returncode == 0, result.stdout + result.stderr
     root = x509.load_pem_x509_certificate(store.root_certificate_pem())
     intermediate = x509.load_pem_x509_certificates(store.ca_chain_pem())[0]
     from cryptography.x509.verification import PolicyBuilder, Store
+
     verifier = PolicyBuilder().store(Store([root])).time(now)
     verifier.build_server_verifier(ip_target("192.0.2.10")).verify(
-        _cert(store, "broker-1"), [intermediate])
+        _cert(store, "broker-1"), [intermediate]
+    )
     with pytest.raises(VerificationError):  # SAN is checked
         verify_leaf(_cert(store, "broker-1"), root, intermediate, now, server_name="evil.lan")
 
@@ -140,7 +148,8 @@ def test_revoked_certificate_fails_openssl_crl_check(state: Path, tmp_path: Path
     entry = crl.get_revoked_certificate_by_serial_number(record.serial)
     assert entry is not None
     assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
-        x509.ReasonFlags.key_compromise)
+        x509.ReasonFlags.key_compromise
+    )
     # Revoke-and-reissue: the inventory still lists it, so the next run issues a new identity.
     with pytest.raises(NotIssuedError):
         store.certificate_pem("gw-0001")
@@ -186,14 +195,18 @@ def test_renewal_inside_window_supersedes_and_revokes_old(state: Path) -> None:
 def test_changed_sans_or_key_type_reissue(state: Path) -> None:
     settings = settings_for(state)
     reconcile(settings, FLEET, now=T0)
-    changed_broker = IdentitySpec("broker-1", "broker", dns_names=("broker1.lan", "mqtt.lan"),
-                                  ip_addresses=("192.0.2.10",))
+    changed_broker = IdentitySpec(
+        "broker-1", "broker", dns_names=("broker1.lan", "mqtt.lan"), ip_addresses=("192.0.2.10",)
+    )
     rsa_device = IdentitySpec("gw-0001", "device", key_type="rsa-2048")
     report = reconcile(settings, (changed_broker, rsa_device, CLIENT), now=T0)
     assert set(report.renewed) == {"broker-1", "gw-0001"}
     store = PkiStore(state)
-    san = _cert(store, "broker-1").extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value
+    san = (
+        _cert(store, "broker-1")
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
     assert san.get_values_for_type(x509.DNSName) == ["broker1.lan", "mqtt.lan"]
     assert isinstance(_cert(store, "gw-0001").public_key(), rsa.RSAPublicKey)
     ku = _cert(store, "gw-0001").extensions.get_extension_for_class(x509.KeyUsage).value
@@ -220,8 +233,10 @@ def test_removed_and_marked_identities_are_revoked_with_their_reasons(state: Pat
         entry.serial_number: entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
         for entry in crl
     }
-    assert reasons == {serials["gw-0001"]: x509.ReasonFlags.cessation_of_operation,
-                       serials["ops.alice"]: x509.ReasonFlags.affiliation_changed}
+    assert reasons == {
+        serials["gw-0001"]: x509.ReasonFlags.cessation_of_operation,
+        serials["ops.alice"]: x509.ReasonFlags.affiliation_changed,
+    }
     # A marked identity stays revoked: later runs neither re-issue nor touch it.
     assert not reconcile(settings, (BROKER, marked), now=t1).changed
     record = store.record("ops.alice")
@@ -263,7 +278,8 @@ def test_status_reports_days_left_and_attention(state: Path) -> None:
 
 
 def test_root_offline_daily_work_continues_and_intermediate_renewal_asks_for_root(
-        state: Path, tmp_path: Path) -> None:
+    state: Path, tmp_path: Path
+) -> None:
     settings = settings_for(state)
     reconcile(settings, (BROKER, DEVICE), now=T0)
     offline = tmp_path / "offline-root.key"
@@ -283,8 +299,9 @@ def test_root_offline_daily_work_continues_and_intermediate_renewal_asks_for_roo
     assert intermediate.not_valid_after_utc == renewed_until
     root = x509.load_pem_x509_certificate(store.root_certificate_pem())
     # Same key, same SKI: a leaf issued under the old intermediate cert chains to the new one.
-    verify_leaf(x509.load_pem_x509_certificate(device_pem), root, intermediate,
-                T0 + timedelta(days=8))
+    verify_leaf(
+        x509.load_pem_x509_certificate(device_pem), root, intermediate, T0 + timedelta(days=8)
+    )
 
 
 def test_intermediate_is_recertified_automatically_when_root_online(state: Path) -> None:
@@ -321,8 +338,9 @@ def test_passphrase_file(state: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     assert not reconcile(settings_for(state), FLEET, now=T0).changed  # same secret via env
 
 
-def test_crash_before_the_index_commit_is_recovered(state: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_before_the_index_commit_is_recovered(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = settings_for(state)
     reconcile(settings, (BROKER,), now=T0)
 
@@ -337,8 +355,7 @@ def test_crash_before_the_index_commit_is_recovered(state: Path,
     monkeypatch.setenv(ENV, PASSPHRASE)
     # Pack names start with the (frozen) time: find the orphan by difference, not by sorting.
     (orphan,) = set((state / "packs").glob("*.certs.pem")) - packs_before
-    orphan_serials = {c.serial_number for c in x509.load_pem_x509_certificates(
-        orphan.read_bytes())}
+    orphan_serials = {c.serial_number for c in x509.load_pem_x509_certificates(orphan.read_bytes())}
     report = reconcile(settings, FLEET, now=T0)
     assert set(report.issued) == {"gw-0001", "ops.alice"} and report.crl_changed
     assert any("recorded as revoked" in w for w in report.warnings)

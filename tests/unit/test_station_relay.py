@@ -98,8 +98,9 @@ def test_relay_refuses_a_port_another_program_holds(tmp_path: Path, pty_device: 
     holder = os.open(pty_device, os.O_RDWR | os.O_NOCTTY)
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as pyserial's exclusive open does
     try:
-        with pytest.raises(FlashError) as caught, relayed_port(
-            local_link(tmp_path / "bin"), str(pty_device)
+        with (
+            pytest.raises(FlashError) as caught,
+            relayed_port(local_link(tmp_path / "bin"), str(pty_device)),
         ):
             pass
     finally:
@@ -113,9 +114,7 @@ def test_relay_says_what_the_station_lacks(tmp_path: Path, pty_device: Path) -> 
     link = local_link(tmp_path / "bin", python_flags="-S")
     with pytest.raises(FlashError) as caught, relayed_port(link, str(pty_device)):
         pass
-    assert "pyserial is not installed on this station (Debian: python3-serial)" in str(
-        caught.value
-    )
+    assert "pyserial is not installed on this station (Debian: python3-serial)" in str(caught.value)
 
 
 def test_relay_command_carries_the_device_quoted() -> None:
@@ -160,8 +159,15 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFleet]
 def board_on_device(server: BoardServer, device: Path) -> Iterator[Path]:
     """The emulated board behind a pty linked at ``device`` (the lab's serial bridge, run here)."""
     bridge = subprocess.Popen(
-        [sys.executable, "-I", "-c", BRIDGE_SOURCE.read_text(), str(server.port), str(device),
-         str(os.getpid())],
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            BRIDGE_SOURCE.read_text(),
+            str(server.port),
+            str(device),
+            str(os.getpid()),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -179,15 +185,20 @@ def test_a_station_board_on_a_device_path_is_flashed_through_the_relay(
     gateways: GatewayFleet, tmp_path: Path
 ) -> None:
     link = local_link(tmp_path / "bin")
-    with emulated(tmp_path / "a.flash", "18:fe:34:00:00:31") as gw, board_on_device(
-        gw, tmp_path / "ttyUSB0"
-    ) as device:
+    with (
+        emulated(tmp_path / "a.flash", "18:fe:34:00:00:31") as gw,
+        board_on_device(gw, tmp_path / "ttyUSB0") as device,
+    ):
         boards = [{"port": str(device), "device": "gw-1", "flash_file": str(gw.flash.path)}]
         ctx = gateways.context(boards, station_name="station.test")
 
         def run(**kwargs: Any) -> BoardResult:
             [result] = flash_station(
-                ctx, "station.test", progress=False, options=options(tmp_path), link=link,
+                ctx,
+                "station.test",
+                progress=False,
+                options=options(tmp_path),
+                link=link,
                 **kwargs,
             )
             return result

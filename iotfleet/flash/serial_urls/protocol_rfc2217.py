@@ -29,8 +29,14 @@ class Serial(rfc2217.Serial):  # type: ignore[misc]
         if self._write_timeout is not None:
             # As pyserial: esptool sets a write timeout, expects this, and sets it back.
             raise NotImplementedError("write_timeout is currently not supported")
-        line = (self._baudrate, self._bytesize, self._parity, self._stopbits, self._rtscts,
-                self._xonxoff)
+        line = (
+            self._baudrate,
+            self._bytesize,
+            self._parity,
+            self._stopbits,
+            self._rtscts,
+            self._xonxoff,
+        )
         if line == self._applied:
             return
         super()._reconfigure_port()
