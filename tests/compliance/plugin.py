@@ -86,7 +86,8 @@ def _names_the_suite(config: pytest.Config) -> bool:
 def asked_for(config: pytest.Config) -> bool:
     """A run against a fleet: an xdist worker of one, an inventory given, or the suite named."""
     return bool(
-        hasattr(config, "workerinput")
+        # An xdist worker of a fleet run gets the controller's hosts; of any other run, nothing.
+        "iotfleet_hosts" in getattr(config, "workerinput", {})
         or config.getoption("inventory")
         or config.getoption("inventory_dump")
         or _names_the_suite(config)

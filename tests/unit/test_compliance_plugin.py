@@ -43,3 +43,10 @@ def test_a_run_of_the_parent_directory_skips_the_suites_files() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tests/unit/test_acl.py::" in result.stdout
     assert "tests/compliance" not in result.stdout
+
+
+def test_other_suites_run_under_xdist_without_waking_the_suite(tmp_path: Path) -> None:
+    (tmp_path / "test_mine.py").write_text("def test_one(): pass\ndef test_two(): pass\n")
+    result = _pytest("-n", "2", "test_mine.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout and "INTERNALERROR" not in result.stdout + result.stderr
