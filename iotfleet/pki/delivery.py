@@ -18,9 +18,10 @@ from iotfleet.pki import fsio
 from iotfleet.pki.errors import StateError
 from iotfleet.pki.index import format_time, parse_time
 from iotfleet.pki.layout import StateLayout, serial_hex
-from iotfleet.pki.state import locked_layout
+from iotfleet.pki.state import load_devices_doc, locked_layout
 
 FORMAT = "iotfleet-pki-delivery/1"
+_REBUILT = "delete it, the next `iotfleet pki deliver` rebuilds it"
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,10 @@ def ledger_path(layout: StateLayout) -> Path:
 def load_ledger(layout: StateLayout) -> dict[str, Delivery]:
     """The ledger (empty if nothing was ever delivered); the caller holds the state lock."""
     path = ledger_path(layout)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StateError(
-            f"{path} is not readable JSON ({exc}): delete it, the next "
-            "`iotfleet pki deliver` rebuilds it"
-        ) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise StateError(f"{path}: not an iotfleet delivery ledger (expected {FORMAT!r})")
+    devices = load_devices_doc(path, FORMAT, "delivery ledger", _REBUILT)
     ledger: dict[str, Delivery] = {}
     try:
-        for name, entry in doc["devices"].items():
+        for name, entry in (devices or {}).items():
             ledger[name] = Delivery(
                 delivered=_serial(entry.get("delivered")),
                 delivered_at=_time(entry.get("delivered_at")),
@@ -61,10 +52,7 @@ def load_ledger(layout: StateLayout) -> dict[str, Delivery]:
                 seen_at=_time(entry.get("seen_at")),
             )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise StateError(
-            f"{path}: malformed entry ({exc}): delete it, the next "
-            "`iotfleet pki deliver` rebuilds it"
-        ) from None
+        raise StateError(f"{path}: malformed entry ({exc}): {_REBUILT}") from None
     return ledger
 
 

@@ -25,7 +25,7 @@ from iotfleet.pki.errors import IndexCorruptError, StateError
 from iotfleet.pki.index import Index, IndexRecord, format_time, parse_time
 from iotfleet.pki.layout import StateLayout
 from iotfleet.pki.spec import IdentitySpec
-from iotfleet.pki.state import locked_layout, read_key_pem
+from iotfleet.pki.state import load_devices_doc, locked_layout, read_cert_pem, read_key_pem
 
 FORMAT = "iotfleet-pki-rekey/1"
 REASONS = ("operator", "key age")
@@ -49,20 +49,13 @@ def rekey_path(layout: StateLayout) -> Path:
 def load_rekeys(layout: StateLayout) -> dict[str, Rekey]:
     """The re-keys in progress (none if the file does not exist); the caller holds the lock."""
     path = rekey_path(layout)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StateError(
-            f"{path} is not readable JSON ({exc}): restore it or delete it "
-            "(then ask again with `iotfleet pki rekey`)"
-        ) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise StateError(f"{path}: not an iotfleet re-key file (expected {FORMAT!r})")
+    devices = load_devices_doc(
+        path, FORMAT, "re-key file",
+        "restore it or delete it (then ask again with `iotfleet pki rekey`)",
+    )  # fmt: skip
     rekeys: dict[str, Rekey] = {}
     try:
-        for name, entry in doc["devices"].items():
+        for name, entry in (devices or {}).items():
             csr = entry.get("csr")
             rekeys[name] = Rekey(
                 request=str(entry["request"]),
@@ -137,26 +130,6 @@ def finish_rekeys(state_dir: Path, devices: Mapping[str, str]) -> None:
             for device in done:
                 del rekeys[device]
             _save(layout, rekeys)
-
-
-def read_cert_pem(layout: StateLayout, record: IndexRecord) -> bytes:
-    """The certificate PEM of a record, from its cert pack."""
-    offset, length = record.cert_span
-    try:
-        with open(layout.cert_pack(record.pack), "rb") as handle:
-            handle.seek(offset)
-            data = handle.read(length)
-    except FileNotFoundError:
-        raise StateError(
-            f"{layout.cert_pack(record.pack)} (holding {record.name!r}) is "
-            "missing: restore it from a backup"
-        ) from None
-    if len(data) != length or not data.startswith(b"-----BEGIN CERTIFICATE"):
-        raise IndexCorruptError(
-            f"{layout.cert_pack(record.pack)} does not hold the certificate "
-            f"of {record.name!r} where the index says"
-        )
-    return data
 
 
 def holds_key(record: IndexRecord) -> bool:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -255,22 +257,49 @@ def write_crl(
 
 def read_key_pem(layout: StateLayout, record: IndexRecord) -> bytes:
     """The private key PEM of a valid record, from its key pack (for a same-key renewal)."""
-    offset, length = record.key_span
+    return _read_pack_block(layout.key_pack(record.pack), record.key_span, record.name, "key",
+                            b"-----BEGIN ")  # fmt: skip
+
+
+def read_cert_pem(layout: StateLayout, record: IndexRecord) -> bytes:
+    """The certificate PEM of a record, from its cert pack."""
+    return _read_pack_block(layout.cert_pack(record.pack), record.cert_span, record.name,
+                            "certificate", b"-----BEGIN CERTIFICATE")  # fmt: skip
+
+
+def _read_pack_block(path: Path, span: tuple[int, int], name: str, what: str,
+                     start: bytes) -> bytes:  # fmt: skip
+    offset, length = span
     try:
-        with open(layout.key_pack(record.pack), "rb") as handle:
+        with open(path, "rb") as handle:
             handle.seek(offset)
             data = handle.read(length)
     except FileNotFoundError:
         raise StateError(
-            f"{layout.key_pack(record.pack)} (holding {record.name!r}) is "
-            "missing: restore it from a backup"
+            f"{path} (holding {name!r}) is missing: restore it from a backup"
         ) from None
-    if len(data) != length or not data.startswith(b"-----BEGIN "):
-        raise IndexCorruptError(
-            f"{layout.key_pack(record.pack)} does not hold the key of "
-            f"{record.name!r} where the index says"
-        )
+    if len(data) != length or not data.startswith(start):
+        raise IndexCorruptError(f"{path} does not hold the {what} of {name!r} where the index says")
     return data
+
+
+def load_devices_doc(path: Path, fmt: str, what: str, remedy: str) -> dict[str, Any] | None:
+    """The ``devices`` map of one of the PKI's JSON state files (``format`` checked), None if
+    the file does not exist. ``what`` names it in messages, ``remedy`` says how to recover."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateError(f"{path} is not readable JSON ({exc}): {remedy}") from None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != fmt
+        or not isinstance(doc.get("devices"), dict)
+    ):
+        raise StateError(f"{path}: not an iotfleet {what} (expected {fmt!r})")
+    devices: dict[str, Any] = doc["devices"]
+    return devices
 
 
 def leaf_crl_entries(index: Index, now: datetime) -> list[RevokedEntry]:
