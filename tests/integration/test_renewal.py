@@ -121,7 +121,8 @@ def test_renewal_over_the_air_through_the_rollout(
         assert field.programmed("gw1") == programmed["gw1"]  # nothing was flashed over serial
         ledger = read_ledger(ctx.pki_settings.state_dir)
         assert ledger["gw1"].in_use == new["gw1"], renewal.output[-3000:]
-        assert ledger["gw2"].delivered == new["gw2"] and ledger["gw2"].in_use is None
+        # Delivered, never seen using it (gw2 may have a history on the shared lab: re-keys).
+        assert ledger["gw2"].delivered == new["gw2"] and ledger["gw2"].in_use != new["gw2"]
         # Until the gateway was seen with the new one, the old one stayed valid everywhere.
         assert not field.crl_serials() & set(old.values())
         monkeypatch.setenv("COLUMNS", "200")  # the table, unclipped
