@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +46,7 @@ class FlashOptions:
     baud: int = 460800
     connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS  # ~0.75 s each before "no answer"
     log_dir: Path | None = None  # one log per board under <log_dir>/<station>/; None: no logs
-    lock_dir: Path | None = None  # port locks; default: beside the registry
+    lock_dir: Path | None = None  # port locks; default: ``port_lock_dir()``
 
 
 class _Payloads:
@@ -157,8 +158,10 @@ def flash_station(
     if isinstance(station, str):
         station = next(s for s in ctx.fleet.stations if s.name == station)
     settings = station.gateway
-    opts = options or FlashOptions(baud=settings.baud, log_dir=ctx.state_dir / "flash-logs")
-    registry = FlashRegistry(ctx.registry_path)
+    # A planning pass (dry_run) writes nothing on the control machine: no log, no registry.
+    logs = None if dry_run else ctx.state_dir / "flash-logs"
+    opts = options or FlashOptions(baud=settings.baud, log_dir=logs)
+    registry = FlashRegistry(ctx.registry_path, read_only=dry_run)
     try:
         jobs, failures = station_jobs(ctx, station, base_dir=base_dir)
         results = flash_boards(
@@ -280,7 +283,7 @@ def _run(
     link: StationLink | None,
 ) -> None:
     tracker.stage("connecting")
-    lock_dir = opts.lock_dir or registry.path.parent / "flash-locks"
+    lock_dir = opts.lock_dir or port_lock_dir()
     with _port_lock(lock_dir, job.station, job.port), _reach(job, link) as url:
         session = BoardSession.open(
             url, baud=opts.baud, connect_attempts=opts.connect_attempts, label=job.port
@@ -384,6 +387,16 @@ def _reach(job: FlashJob, link: StationLink | None) -> Iterator[str]:
         )
     with relayed_port(link, job.port) as url:
         yield url
+
+
+def port_lock_dir() -> Path:
+    """Where port locks live: machine-wide runtime state (a serial port is the machine's, and
+    whoever flashes it, any fleet, must wait), never in a fleet's state directory, which a
+    planning pass must leave as it is."""
+    shared = Path("/run/lock")
+    if shared.is_dir() and os.access(shared, os.W_OK):
+        return shared / "iotfleet-flash"
+    return Path(tempfile.gettempdir()) / f"iotfleet-flash-{os.getuid()}"
 
 
 @contextlib.contextmanager

@@ -88,10 +88,15 @@ class Enrollment:
 
 
 class FlashRegistry:
-    """Read and append to the registry at ``path`` (created on first use)."""
+    """Read and append to the registry at ``path`` (created on first use).
 
-    def __init__(self, path: Path) -> None:
+    ``read_only``: a planning pass (``pyinfra --dry``, change detection) reads the registry and
+    never creates or changes it; without a registry yet it reads as empty.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
@@ -107,7 +112,7 @@ class FlashRegistry:
         take no write lock."""
         with self._lock:
             if self._conn is None:
-                self._conn = _open(self.path)
+                self._conn = _open_read_only(self.path) if self.read_only else _open(self.path)
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -206,6 +211,17 @@ class FlashRegistry:
     def is_provisioned(self, device_id: str) -> bool:
         last = self.latest(device_id)
         return last is not None and last.provisioned
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """The registry opened so nothing can be written (an empty one if there is none yet)."""
+    if not path.exists():
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        conn.executescript(_SCHEMA)
+        return conn
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
+                           check_same_thread=False)  # fmt: skip
 
 
 def _open(path: Path) -> sqlite3.Connection:

@@ -146,7 +146,7 @@ def test_a_concurrent_run_leaves_the_registry_truthful_and_a_no_change_run_refre
     flashed: FlashedLab,
 ) -> None:
     from iotfleet.flash import FlashRecord
-    from iotfleet.flash.engine import _port_lock
+    from iotfleet.flash.engine import _port_lock, port_lock_dir
 
     registry = FlashRegistry(flashed.ctx.registry_path)
     truthful = registry.history("gw1")
@@ -156,7 +156,7 @@ def test_a_concurrent_run_leaves_the_registry_truthful_and_a_no_change_run_refre
 
     # Another flash holds gw1's port for the whole rollout: that board fails, naming why, the
     # other is still checked, and the registry keeps what it knew.
-    with _port_lock(registry.path.parent / "flash-locks", board.station, board.port):
+    with _port_lock(port_lock_dir(), board.station, board.port):
         busy = run_pyinfra(flashed.lab.name, "deploy/gateways.py")
     assert busy.returncode != 0, busy.explain()
     assert f"port {board.port} is busy: another iotfleet flash is using it" in busy.output

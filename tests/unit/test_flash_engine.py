@@ -607,3 +607,18 @@ def test_rollout_refuses_bad_boards_up_front_listing_each_once(
     lines = message.splitlines()[1:]
     assert len(lines) == 2 and "gw-1" in lines[0] and "gw-2" in lines[1], message
     assert "stand-in image" in lines[0] and "1M9M" in lines[1], message
+
+
+def test_a_planning_pass_creates_no_registry_and_no_log(
+    gateways: GatewayFleet, tmp_path: Path
+) -> None:
+    with BoardServer(tmp_path / "gw.flash", "18:fe:34:00:00:51") as gw:
+        ctx = gateways.context([board(gw, "gw-1")])
+        ctx.registry_path.unlink(missing_ok=True)
+        before = sorted(ctx.state_dir.rglob("*"))
+        [plan] = flash_station(ctx, "@local", progress=False, dry_run=True)
+        assert plan.status == "outdated", plan.message
+        assert not ctx.registry_path.exists(), "a planning pass created the flash registry"
+        after = sorted(ctx.state_dir.rglob("*"))
+        assert after == before, "a planning pass wrote a log"
+        assert gw.counters.bytes_programmed == 0
