@@ -28,6 +28,7 @@ from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.fleet.secrets import SecretError
 from iotfleet.model import Fleet, InventoryError, build_fleet
 from iotfleet.pki import PkiError, ReconcileReport, fsio
+from iotfleet.roles.refusal import RolloutRefusedError
 
 # Planned changes of a kind are listed by name up to this many (beyond, counted).
 NAMES_IN_SUMMARY = 5
@@ -61,7 +62,7 @@ def fleet_model() -> Fleet:
     try:
         return build_fleet(raw_hosts(current_inventory))
     except InventoryError as exc:
-        raise SystemExit(f"iotfleet: {exc}") from None
+        raise RolloutRefusedError(f"iotfleet: {exc}") from None
 
 
 @cache
@@ -71,7 +72,7 @@ def fleet_context() -> FleetContext:
     try:
         return FleetContext.for_fleet(fleet_model(), read_only=True)
     except (InventoryError, SecretError) as exc:
-        raise SystemExit(f"iotfleet: {exc}") from None
+        raise RolloutRefusedError(f"iotfleet: {exc}") from None
 
 
 @cache
@@ -84,9 +85,9 @@ def fleet_plan() -> FleetPlan:
         with fsio.staged(stage):
             report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
     except (InventoryError, SecretError, WriteError) as exc:
-        raise SystemExit(f"iotfleet: {exc}") from None
+        raise RolloutRefusedError(f"iotfleet: {exc}") from None
     except PkiError as exc:
-        raise SystemExit(f"iotfleet: PKI: {exc}") from None
+        raise RolloutRefusedError(f"iotfleet: PKI: {exc}") from None
     plan = FleetPlan(ctx, report, stage)
     print(f"iotfleet: PKI of fleet {fleet.name} (plan): {plan.summary()}", file=sys.stderr)
     for warning in report.warnings:

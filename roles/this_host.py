@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyinfra import host
 
 from iotfleet.model import BROKERS_GROUP, Broker, Fleet
+from iotfleet.roles.refusal import RolloutRefusedError
 
 
 def this_broker(fleet: Fleet) -> Broker:
@@ -12,7 +13,7 @@ def this_broker(fleet: Fleet) -> Broker:
     try:
         return fleet.broker(host.name)
     except KeyError:
-        raise SystemExit(
+        raise RolloutRefusedError(
             f"iotfleet: host {host.name} is not in the inventory's {BROKERS_GROUP!r} group: "
             "iotfleet's broker roles run on brokers only"
         ) from None

@@ -18,6 +18,7 @@ from iotfleet.fleet.context import FleetContext
 from iotfleet.model import FlashStation
 from iotfleet.roles.esp8266_gateway.operations import flash_station_boards, relays_on_station
 from iotfleet.roles.fleet_context import reconciled_fleet
+from iotfleet.roles.refusal import RolloutRefusedError
 
 
 def refuse_bad_board_inputs(ctx: FleetContext, station: FlashStation) -> None:
@@ -26,7 +27,9 @@ def refuse_bad_board_inputs(ctx: FleetContext, station: FlashStation) -> None:
     _, refused = station_jobs(ctx, station)
     if refused:
         problems = "\n".join(f"  - {result.message}" for result in refused)
-        raise SystemExit(f"iotfleet: cannot flash the boards of {station.name}:\n{problems}")
+        raise RolloutRefusedError(
+            f"iotfleet: cannot flash the boards of {station.name}:\n{problems}"
+        )
 
 
 def station_of(ctx: FleetContext, name: str) -> FlashStation:

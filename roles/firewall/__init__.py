@@ -20,6 +20,7 @@ from iotfleet.model import Broker
 from iotfleet.roles.firewall.facts import LoadedRuleset, SshConnection
 from iotfleet.roles.fleet_context import fleet_model
 from iotfleet.roles.packages import install_debs
+from iotfleet.roles.refusal import RolloutRefusedError
 from iotfleet.roles.this_host import this_broker
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -167,7 +168,7 @@ def deploy_firewall(broker: Broker | None = None) -> None:
     try:
         check_ssh_survives(broker, host.get_fact(SshConnection))
     except FirewallWouldCutSshError as exc:
-        raise SystemExit(f"iotfleet: {exc}") from None
+        raise RolloutRefusedError(f"iotfleet: {exc}") from None
     ruleset = render_ruleset(broker)
     install_debs(name="Install nftables", packages=["nftables"])
     files.directory(name="Create /etc/iotfleet", path="/etc/iotfleet", mode="755")

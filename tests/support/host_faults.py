@@ -70,7 +70,7 @@ def shut_down(lab: RunningLab, host: LabHost) -> None:
 def boot_again(lab: RunningLab) -> float:
     """``iotfleet lab up`` restarts the hosts that are down; returns the seconds it took."""
     started = time.monotonic()
-    lab_up(lab.name, lab.suite, len(lab.hosts))
+    lab_up(lab.name, lab.suite, len(lab.hosts), len(lab.gateways))  # the same size: nothing goes
     return time.monotonic() - started
 
 

@@ -593,6 +593,7 @@ def test_rollout_refuses_bad_boards_up_front_listing_each_once(
     gateways: GatewayFleet, tmp_path: Path
 ) -> None:
     from iotfleet.roles.esp8266_gateway import refuse_bad_board_inputs, station_of
+    from iotfleet.roles.refusal import RolloutRefusedError
 
     ctx = gateways.context(
         [
@@ -600,7 +601,7 @@ def test_rollout_refuses_bad_boards_up_front_listing_each_once(
             {"port": "/dev/ttyUSB1", "device": "gw-2", "layout": "1M9M"},
         ]
     )
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(RolloutRefusedError) as stopped:
         refuse_bad_board_inputs(ctx, station_of(ctx, "@local"))
     message = str(stopped.value)
     assert message.startswith("iotfleet: cannot flash the boards of @local:")
