@@ -192,6 +192,18 @@ def render_status(report: StatusReport, console: Console, *, show_all: bool) -> 
         console.print("[green]Everything is valid and outside its renewal window.[/]")
 
 
+def required_inventory(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--inventory/-i`` option of commands that need the fleet (``what``: what from)."""
+    return click.option(
+        "--inventory",
+        "-i",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="IOTFLEET_INVENTORY",
+        required=True,
+        help=f"pyinfra inventory of the fleet ({what}).",
+    )
+
+
 @cli.command("status")
 @settings_options
 @click.option("--all", "show_all", is_flag=True, help="List every identity, even in big fleets.")
@@ -269,14 +281,7 @@ def export_command(settings: PkiSettings, name: str, out_dir: Path) -> None:
 
 @cli.command("rekey")
 @click.argument("device")
-@click.option(
-    "--inventory",
-    "-i",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="IOTFLEET_INVENTORY",
-    required=True,
-    help="pyinfra inventory of the fleet (its devices and PKI settings).",
-)
+@required_inventory("its devices and PKI settings")
 def rekey_command(device: str, inventory: Path) -> None:
     """Ask DEVICE's gateway for a new key, over the air (no passphrase, no network here).
 
@@ -315,14 +320,7 @@ def rekey_command(device: str, inventory: Path) -> None:
 
 @cli.command("deliver")
 @click.argument("devices", nargs=-1)
-@click.option(
-    "--inventory",
-    "-i",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="IOTFLEET_INVENTORY",
-    required=True,
-    help="pyinfra inventory of the fleet (its brokers and devices).",
-)
+@required_inventory("its brokers and devices")
 @click.option(
     "--all",
     "every",
@@ -412,14 +410,7 @@ def _render_rekeys(rekeys: list[Any]) -> None:
 
 
 @cli.command("refresh-crl")
-@click.option(
-    "--inventory",
-    "-i",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="IOTFLEET_INVENTORY",
-    required=True,
-    help="pyinfra inventory of the fleet (PKI settings and brokers).",
-)
+@required_inventory("PKI settings and brokers")
 @click.option("--force", is_flag=True, help="Re-sign even outside the refresh window.")
 @click.option("--no-push", is_flag=True, help="Only re-sign; do not run deploy/crl.py.")
 def refresh_crl_command(inventory: Path, force: bool, no_push: bool) -> None:
