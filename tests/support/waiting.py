@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30, poll: float = 0.05) -> None:
@@ -20,3 +25,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30, poll: float =
         if time.monotonic() > deadline:
             pytest.fail(f"still not true after {timeout:g} s: {condition.__doc__ or condition}")
         time.sleep(poll)
+
+
+def returns_within(call: Callable[[], T], timeout: float = 120) -> T:
+    """``call()``'s result; fail the test if it has not returned after ``timeout`` seconds (a
+    hang, not slowness: the bound is generous)."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(call)
+    try:
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        pytest.fail(f"still running after {timeout:g} s: {call}")
+    finally:
+        pool.shutdown(wait=False)

@@ -28,6 +28,7 @@ from iotfleet.flash import (
 )
 from iotfleet.flash.progress import flash_progress
 from iotfleet.gateway import read_flash_files
+from tests.support.waiting import returns_within
 from tests.unit.gateway_helpers import (
     WIFI_ENV,
     WIFI_PASSPHRASE,
@@ -253,11 +254,11 @@ def test_no_answer_is_a_timeout_naming_the_port(
     with emulated(tmp_path / "a.flash", "18:fe:34:00:00:01", silent=True) as gw:
         ctx = gateways.context([board(gw, "gw-1")])
         jobs, _ = station_jobs(ctx, "@local")
-        started = time.monotonic()
-        [result] = flash_boards(
-            jobs, registry, progress=False, options=options(tmp_path, connect_attempts=1)
+        [result] = returns_within(
+            lambda: flash_boards(
+                jobs, registry, progress=False, options=options(tmp_path, connect_attempts=1)
+            )
         )
-        assert time.monotonic() - started < 5
     assert result.status == "failed" and result.kind == "no-answer"
     assert f"no ESP8266 bootloader answers on {gw.url} (timed out after" in result.message
     assert result.message.startswith("board gw-1 on ")
@@ -269,9 +270,9 @@ def test_a_stub_that_never_starts_is_a_timeout_not_a_hang(
     with emulated(tmp_path / "a.flash", "18:fe:34:00:00:01", stub_silent=True) as gw:
         ctx = gateways.context([board(gw, "gw-1")])
         jobs, _ = station_jobs(ctx, "@local")
-        started = time.monotonic()
-        [result] = flash_boards(jobs, registry, progress=False, options=options(tmp_path))
-        assert time.monotonic() - started < 15
+        [result] = returns_within(
+            lambda: flash_boards(jobs, registry, progress=False, options=options(tmp_path))
+        )
     assert result.status == "failed", result
     assert "could not start the flasher stub" in result.message, result.message
     assert registry.history() == []  # its flash was never read: nothing to record

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from iotfleet.mosquitto.passwd import (
     render_password_file,
     verify_password,
 )
+from tests.support.waiting import wait_until
 
 
 def test_hash_has_mosquitto_format() -> None:
@@ -87,14 +87,16 @@ def test_real_broker_accepts_our_hash_and_refuses_a_wrong_password(tmp_path: Pat
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
+
+        def listening() -> bool:
+            """mosquitto listens"""
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
             except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not start"
-                time.sleep(0.05)
+                return False
+            return True
+
+        wait_until(listening, timeout=30)
 
         def publish(password: str) -> int:
             return subprocess.run(
