@@ -24,10 +24,10 @@ from iotfleet.pki.reconciler import utc_now, within
 from iotfleet.pki.spec import PkiSettings, validate_name, validate_reason, validate_settings
 from iotfleet.pki.state import (
     dead_key_packs,
-    leaf_crl_entries,
     load_state,
     locked_layout,
     remove_files,
+    resign_leaf_crl,
     save_index,
     write_crl,
 )
@@ -74,14 +74,8 @@ def revoke(
         # the same key, so it goes too (a keyCompromise must not leave it valid).
         for retiring in index.retiring(name):
             index.revoke_serial(retiring.serial, reason, moment)
-        index.crl = write_crl(
-            layout.crl,
-            state.ca.intermediate,
-            issuer.key,
-            leaf_crl_entries(index, moment),
-            index.crl,
-            moment,
-            settings.crl_days,
+        index.crl = resign_leaf_crl(
+            layout, index, state.ca.intermediate, issuer.key, moment, settings.crl_days
         )
         save_index(layout, index)
         remove_files([*dead_key_packs(layout, index, [record.pack]), *state.leftovers])
@@ -115,14 +109,8 @@ def refresh_crl(
             return None
         check_ca_valid(state.ca, moment)
         issuer = _load_issuer(layout, state.ca, passphrase)
-        index.crl = write_crl(
-            layout.crl,
-            state.ca.intermediate,
-            issuer.key,
-            leaf_crl_entries(index, moment),
-            index.crl,
-            moment,
-            settings.crl_days,
+        index.crl = resign_leaf_crl(
+            layout, index, state.ca.intermediate, issuer.key, moment, settings.crl_days
         )
         save_index(layout, index)
         return index.crl.next_update
@@ -153,14 +141,8 @@ def renew_intermediate(settings: PkiSettings, *, now: datetime | None = None) ->
         fsio.atomic_write(layout.intermediate_cert, pem(new_intermediate))
         fsio.atomic_write(layout.chain, chain_pem(certs))
         index = state.index
-        index.crl = write_crl(
-            layout.crl,
-            new_intermediate,
-            intermediate_key,
-            leaf_crl_entries(index, moment),
-            index.crl,
-            moment,
-            settings.crl_days,
+        index.crl = resign_leaf_crl(
+            layout, index, new_intermediate, intermediate_key, moment, settings.crl_days
         )
         index.root_crl = write_crl(
             layout.root_crl,

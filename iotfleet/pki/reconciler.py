@@ -51,10 +51,10 @@ from iotfleet.pki.spec import (
 from iotfleet.pki.state import (
     adopt_orphans,
     dead_key_packs,
-    leaf_crl_entries,
     load_state,
     locked_layout,
     remove_files,
+    resign_leaf_crl,
     save_index,
     write_crl,
 )
@@ -331,14 +331,8 @@ def reconcile(
                 settings.root_crl_days,
             )
         if need_crl:
-            index.crl = write_crl(
-                layout.crl,
-                ca.intermediate,
-                issuer.key,
-                leaf_crl_entries(index, moment),
-                index.crl,
-                moment,
-                settings.crl_days,
+            index.crl = resign_leaf_crl(
+                layout, index, ca.intermediate, issuer.key, moment, settings.crl_days
             )
         save_index(layout, index)
         remove_files(dead_key_packs(layout, index, touched_packs) + state.leftovers)

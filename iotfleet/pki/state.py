@@ -255,6 +255,20 @@ def write_crl(
     return CrlInfo(number, next_update, hashlib.sha256(data).hexdigest())
 
 
+def resign_leaf_crl(
+    layout: StateLayout,
+    index: Index,
+    intermediate: x509.Certificate,
+    key: CertificateIssuerPrivateKeyTypes,
+    now: datetime,
+    days: int,
+) -> CrlInfo:
+    """Sign the intermediate's CRL anew from ``index`` (what it revokes, not yet expired) and
+    write it; returns what the index records about it."""
+    return write_crl(layout.crl, intermediate, key, leaf_crl_entries(index, now), index.crl, now,
+                     days)  # fmt: skip
+
+
 def read_key_pem(layout: StateLayout, record: IndexRecord) -> bytes:
     """The private key PEM of a valid record, from its key pack (for a same-key renewal)."""
     return _read_pack_block(layout.key_pack(record.pack), record.key_span, record.name, "key",
