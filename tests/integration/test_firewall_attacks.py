@@ -151,10 +151,19 @@ def _forward_reaches_sshd(deployed: DeployedLab) -> tuple[bool, str]:
                 banner = b""
         return banner.startswith(b"SSH-"), ""
     finally:
-        tunnel.terminate()
-        _, stderr = tunnel.communicate(timeout=10)
-        if stderr:
-            print(stderr)
+        _stop(tunnel)
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """End ``process`` (SIGTERM, then SIGKILL if it lingers) and print what it wrote."""
+    process.terminate()
+    try:
+        _, stderr = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+    if stderr:
+        print(stderr)
 
 
 def _allow_password_logins(deployed: DeployedLab, password: str) -> None:
