@@ -16,6 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from pyinfra import host
 from pyinfra import inventory as current_inventory
@@ -120,6 +121,35 @@ def reconciled_fleet() -> FleetContext:
         name = f"PKI of fleet {plan.ctx.fleet.name}: {plan.summary()}"
         if plan.stage.empty:
             host.noop(name)
+            recheck_before_operations(plan)
         else:
             python.call(name=name, function=_commit, plan=plan)
     return plan.ctx
+
+
+_RECHECKS = "_iotfleet_rechecks_plan"
+
+
+def recheck_before_operations(plan: FleetPlan) -> None:
+    """A plan with nothing to commit is checked again before the first operation runs: if
+    another run changed the PKI meanwhile, the files rendered from the old state are not
+    pushed (``--dry`` runs no operation, so it checks nothing).
+
+    The commit operation does this check for a plan with changes; the pyinfra CLI has no hook
+    between its prompt and the first operation but its ``run_ops``, which is wrapped once.
+    """
+    cli: Any = sys.modules.get("pyinfra_cli.cli")
+    run_ops = getattr(cli, "run_ops", None)
+    if run_ops is None or getattr(run_ops, _RECHECKS, False):
+        return
+
+    def run_ops_if_plan_current(state: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            plan.stage.verify_unchanged()
+        except PkiError as exc:
+            fleet = plan.ctx.fleet.name
+            raise RolloutRefusedError(f"iotfleet: PKI of fleet {fleet}: {exc}") from None
+        run_ops(state, *args, **kwargs)
+
+    setattr(run_ops_if_plan_current, _RECHECKS, True)
+    cli.run_ops = run_ops_if_plan_current

@@ -13,9 +13,9 @@ packages=(
   prometheus-node-exporter                           # serves the --prometheus textfile in tests (never started as a service)
   prometheus                                         # promtool: checks and tests the alert rules in files/prometheus/
   gcc libmosquitto-dev mosquitto-dev libssl-dev      # build iotfleet's Mosquitto plugin
-  faketime                                           # tests: a rollout under a clock that runs ahead
+  faketime                                           # tests: rollouts and brokers under a clock that runs ahead
+  shellcheck                                         # tests: the rendered apply script is checked
   python3-venv
-  faketime                                           # libfaketime: the CRL timer lab test moves brokers' clocks
 )
 
 missing=()

@@ -40,6 +40,11 @@ HEALTH_OPTIONS = f"{HEALTH_DIR}/mosquitto_pub"
 STATE_DIR = "/var/lib/iotfleet/mosquitto"
 STAGING_DIR = f"{STATE_DIR}/staging"
 ROLLBACK_DIR = f"{STATE_DIR}/last-good"
+# One apply at a time per broker (flock); the holder file next to it says who holds it.
+APPLY_LOCK = f"{STATE_DIR}/apply.lock"
+# Present once a configuration went live healthy; the listeners it had (the rollback's check).
+APPLIED_MARK = f"{STATE_DIR}/applied"
+APPLIED_LISTENERS = f"{STATE_DIR}/applied-listeners"
 TOOLS_DIR = "/usr/local/lib/iotfleet"
 APPLY_SCRIPT = f"{TOOLS_DIR}/mosquitto-apply"
 # iotfleet's Mosquitto plugin (root 0644: the sandboxed broker only reads it).
@@ -47,6 +52,8 @@ AUTH_PLUGIN = f"{TOOLS_DIR}/iotfleet_auth.so"
 
 SERVICE = "mosquitto"
 OWNER = "root"
+# The system user and group of Debian's package: the broker runs as them, sandboxed.
+RUN_USER = "mosquitto"
 GROUP = "mosquitto"
 
 

@@ -126,13 +126,27 @@ class Stage:
         finally:
             _ACTIVE = previous if previous is not self else None
 
-    def _replay(self) -> None:
+    def verify_unchanged(self) -> None:
+        """Refuse (StateError) if a file the plan was computed from changed since it was read.
+
+        For a plan with nothing to commit: what the run pushes to hosts must still be current.
+        """
+        if self.lock_path is None:
+            self._refuse_if_changed()
+            return
+        with state_lock(self.lock_path, shared=True):
+            self._refuse_if_changed()
+
+    def _refuse_if_changed(self) -> None:
         changed = [p for p, digest in self._guards.items() if _digest_of(p) != digest]
         if changed:
             raise StateError(
                 f"{changed[0]} changed since this run planned (another iotfleet run committed "
                 "in between): nothing was written; run again to plan from the new state"
             )
+
+    def _replay(self) -> None:
+        self._refuse_if_changed()
         for op in self._ops:
             op()
         self.committed = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from io import StringIO
 
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
@@ -12,12 +12,15 @@ from iotfleet.mosquitto import layout
 from iotfleet.roles.fleet_context import reconciled_fleet
 from iotfleet.roles.mosquitto.operations import PACKAGES, apply_files
 from iotfleet.roles.mosquitto.private_files import private_files
-from iotfleet.roles.mosquitto.render import health_options, health_topic_of, service_files
+from iotfleet.roles.mosquitto.render import (
+    apply_script,
+    health_options,
+    health_topic_of,
+    service_files,
+)
 from iotfleet.roles.packages import install_debs
 from iotfleet.roles.pki import broker_pki_files, health_identity_files
 from iotfleet.roles.this_host import this_broker
-
-APPLY_SCRIPT_SOURCE = Path(__file__).parent / "files" / "mosquitto-apply"
 
 
 @deploy("Hardened Mosquitto")
@@ -67,7 +70,7 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     script = layout.APPLY_SCRIPT_FILE
     files.put(
         name="Install the apply script (test, restart, health check, rollback)",
-        src=str(APPLY_SCRIPT_SOURCE),
+        src=StringIO(apply_script()),
         dest=script.path,
         user=script.owner,
         group=script.group,

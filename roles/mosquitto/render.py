@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,13 @@ SALT_KEY_SLOT = "mosquitto/password-salt-key"
 
 def render_template(name: str, **context: Any) -> str:
     return str(get_template(str(TEMPLATES / name), _JINJA).render(**context))
+
+
+def apply_script() -> str:
+    """The apply script, every path and name in it taken from the broker file spec."""
+    values = {name: getattr(layout, name) for name in dir(layout) if name.isupper()}
+    values["HEALTH_OPTIONS_DIR"] = posixpath.dirname(layout.HEALTH_OPTIONS)
+    return render_template("mosquitto-apply.sh.j2", layout=values)
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,8 @@ def service_files(ctx: FleetContext, broker: Broker) -> tuple[BrokerConfig, list
             render_template(
                 "iotfleet-hardening.conf.j2",
                 limit_nofile=limit_nofile(broker),
+                run_user=layout.RUN_USER,
+                run_group=layout.GROUP,
                 firewall_unit=FIREWALL_UNIT if broker.firewall.enabled else None,
                 memory_high=memory_high,
                 memory_max=memory_max,

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.lab_fleet import lab_context
 from tests.support.rollout import PYINFRA, REPO, Rollout, run_iotfleet, run_pyinfra
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -310,6 +312,48 @@ def test_two_rollouts_started_together_end_consistent(lab: RunningLab, fresh: st
     again_plan = _plan_line(again.output, fresh)
     assert again_plan == "no change", again_plan
     assert (again.changed, again.errors) == (0, 0), again.explain()
+
+
+def test_a_no_change_plan_is_checked_again_before_it_runs(lab: RunningLab, fresh: str) -> None:
+    """A run plans "no change", waits at its prompt; meanwhile another run revokes a device and
+    pushes the new CRL. Answered yes, the first run must not push its stale files (which would
+    let the revoked device in again): it stops before its first operation."""
+    kept = [d for d in _devices(lab) if d["id"] not in ("sensor-2", "sensor-1")]
+    victim = str(kept[-1]["id"])
+    with _fleet_env(fresh, kept):
+        ctx = lab_context(lab.name)
+        victim_identity = identity_of(ctx, victim)
+    broker = target(ctx, lab.hosts[0].fqdn, 8883)
+    assert try_connect(broker, victim_identity).accepted, "the victim device cannot connect yet"
+
+    waiting = subprocess.Popen(
+        [PYINFRA, *_data(fresh, kept), "inventory/lab.py", "deploy.py"],
+        cwd=REPO, env={**os.environ, "IOTFLEET_LAB": lab.name}, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    said: list[str] = []
+    out = waiting.stdout
+    assert out is not None
+    # Read by character: the prompt ends without a newline.
+    reader = threading.Thread(target=lambda: said.extend(iter(lambda: out.read(1), "")))
+    reader.start()
+    try:
+        wait_until(lambda: "skip this step with -y" in "".join(said), timeout=900)
+        assert _plan_line("".join(said), fresh) == "no change"
+        revoking = run_pyinfra(lab.name, "deploy.py", *_data(fresh, kept[:-1]))
+        assert revoking.returncode == 0, revoking.explain()
+        assert not try_connect(broker, victim_identity).accepted, "the revocation did not reach"
+        waiting.communicate(input="y\n", timeout=900)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+        reader.join()
+    output = _plain("".join(said))
+    assert waiting.returncode != 0, output[-4000:]
+    assert "changed since this run planned" in output, output[-4000:]
+    assert "Traceback" not in output
+    assert not try_connect(broker, victim_identity).accepted, "a stale run let a revoked device in"
 
 
 class _fleet_env:  # noqa: N801 (used as a context manager)
