@@ -318,8 +318,11 @@ def test_a_no_change_plan_is_checked_again_before_it_runs(lab: RunningLab, fresh
     """A run plans "no change", waits at its prompt; meanwhile another run revokes a device and
     pushes the new CRL. Answered yes, the first run must not push its stale files (which would
     let the revoked device in again): it stops before its first operation."""
-    kept = [d for d in _devices(lab) if d["id"] not in ("sensor-2", "sensor-1")]
-    victim = str(kept[-1]["id"])
+    victim = "sensor-3"
+    without_victim = [d for d in _devices(lab) if d["id"] not in ("sensor-2", "sensor-1")]
+    kept = [*without_victim, {"id": victim, "group": "software"}]
+    issued = run_pyinfra(lab.name, "deploy.py", *_data(fresh, kept))
+    assert issued.returncode == 0, issued.explain()
     with _fleet_env(fresh, kept):
         ctx = lab_context(lab.name)
         victim_identity = identity_of(ctx, victim)
@@ -340,10 +343,10 @@ def test_a_no_change_plan_is_checked_again_before_it_runs(lab: RunningLab, fresh
     try:
         wait_until(lambda: "skip this step with -y" in "".join(said), timeout=900)
         assert _plan_line("".join(said), fresh) == "no change"
-        revoking = run_pyinfra(lab.name, "deploy.py", *_data(fresh, kept[:-1]))
+        revoking = run_pyinfra(lab.name, "deploy.py", *_data(fresh, without_victim))
         assert revoking.returncode == 0, revoking.explain()
         assert not try_connect(broker, victim_identity).accepted, "the revocation did not reach"
-        waiting.communicate(input="y\n", timeout=900)
+        waiting.communicate(input="\n", timeout=900)  # pyinfra executes on enter
     finally:
         if waiting.poll() is None:
             waiting.kill()
