@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from iotfleet.fleet.paths import state_root
+from iotfleet.lab import naming
 from iotfleet.lab.errors import LabError
 
 STATE_FILE = "state.json"
@@ -164,6 +165,32 @@ def load_state(path: Path) -> LabState | None:
             f"lab state file {path} is damaged ({first}); run `iotfleet lab down` "
             "to clean up what it can find by name, then `iotfleet lab up` again"
         ) from None
+
+
+def load_lab(name: str, root: Path | None = None) -> LabState:
+    """The lab's state, or a clear error if there is no such lab."""
+    name = naming.validate_lab_name(name)
+    state = load_state(lab_paths(name, root).state_file)
+    if state is None:
+        raise LabError(f"no lab named {name!r}: run `iotfleet lab up --name {name}`")
+    return state
+
+
+def other_states(name: str, root: Path) -> list[LabState]:
+    """The states of the other labs under ``root`` (damaged ones skipped)."""
+    found = []
+    labs = labs_root(root)
+    if labs.is_dir():
+        for entry in labs.iterdir():
+            if entry.name == name or not entry.is_dir():
+                continue
+            try:
+                other = load_state(entry / STATE_FILE)
+            except LabError:
+                continue
+            if other is not None:
+                found.append(other)
+    return found
 
 
 def save_state(path: Path, state: LabState) -> None:
