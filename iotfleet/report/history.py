@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from iotfleet.atomic import write_new_file
 from iotfleet.check.results import FAILING, PASSED, CheckResult, RunResults
+from iotfleet.fs.atomic import write_new_file
 
 KEEP_DAYS = 60  # default of `--history-days`
 KEEP_IDENTITIES = 20  # the soonest PKI identities a history entry keeps (a fleet may have 10,000)

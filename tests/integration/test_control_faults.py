@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from iotfleet.atomic import WriteError, write_file_atomically
 from iotfleet.flash import FlashRecord, FlashRegistry
+from iotfleet.fs.atomic import write_file_atomically
+from iotfleet.fs.errors import WriteError
 from iotfleet.pki import IdentitySpec, StateWriteError, reconcile
 from iotfleet.report import history
 from iotfleet.report.history import append
