@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from iotfleet.fs.atomic import write_new_file
+from iotfleet.fs.atomic import write_file_atomically
 from iotfleet.fs.stage import Stage, staged
 from iotfleet.model import SecretRef
 from iotfleet.model.secretref import SecretError as SecretError  # raised by the store
@@ -69,7 +69,7 @@ class SecretStore:
             # Two concurrent runs may race here: the first writer wins, both read its value
             # (a staged one fails its commit instead, having rendered files from its own).
             with staged(stage) if stage is not None else contextlib.nullcontext():
-                write_new_file(path, (value + "\n").encode(), mode=0o600)
+                write_file_atomically(path, (value + "\n").encode(), mode=0o600, overwrite=False)
         data = stage.read_bytes(path) if stage is not None else path.read_bytes()
         return data.decode().strip()
 

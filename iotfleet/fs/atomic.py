@@ -2,16 +2,16 @@
 half of either; a write that fails says so in one line and leaves no temporary file behind.
 
 How: the data goes to a temp file in the target's directory (so the rename stays on one file
-system), which is fsynced, then renamed over the target (``write_file_atomically``) or linked
-to it (``write_new_file``: link() fails on an existing name, so nothing is ever overwritten),
-then the directory is fsynced so the new entry survives a power cut.
+system), which is fsynced, then renamed over the target, or linked to it when it must not be
+overwritten (link() fails on an existing name), then the directory is fsynced so the new entry
+survives a power cut.
 
 Temp files are named ``.<name>.iotfleet-tmp-<pid>-<random>`` beside their target: a run killed
 mid-write (SIGKILL, power cut) leaves one, and the next write into that directory removes those
 whose process is gone (``remove_dead_temp_files``).
 
-Both writers honour a planning run's stage (``iotfleet.fs.stage.staged``): while one is active
-they record the write for the commit instead of doing it.
+The writer honours a planning run's stage (``iotfleet.fs.stage.staged``): while one is active
+it records the write for the commit instead of doing it.
 """
 
 from __future__ import annotations
@@ -32,89 +32,62 @@ def write_file_atomically(
     data: bytes,
     *,
     mode: int = 0o600,
-    not_done: str | None = None,
-    dir_mode: int = 0o700,
-    error: type[WriteError] = WriteError,
-) -> None:
-    """Replace ``path`` with ``data`` (temp file in the same directory, fsync, rename, fsync
-    the directory).
-
-    Args:
-        path: the file to replace; missing parent directories are created with ``dir_mode``.
-        mode: the file's permission bits, exactly (whatever the umask).
-        not_done: what a failure leaves undone, for the message (default: the file is as it was).
-        error: the ``WriteError`` subclass raised on failure (the PKI's ``StateWriteError``).
-
-    Raises:
-        WriteError: naming ``path``; ``path`` is left as it was, no temp file remains.
-    """
-    stage = active_stage()
-    if stage is not None:
-        stage.record(
-            lambda: write_file_atomically(
-                path, data, mode=mode, not_done=not_done, dir_mode=dir_mode, error=error
-            ),
-            path=path,
-            data=data,
-        )
-        return
-    try:
-        temp = _durable_temp(path, data, mode, dir_mode)
-        try:
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
-    except OSError as exc:
-        raise _as_error(error, path, exc, not_done or f"{path.name} was left as it was") from None
-
-
-def write_new_file(
-    path: Path,
-    data: bytes,
-    *,
-    mode: int = 0o600,
+    overwrite: bool = True,
     not_done: str | None = None,
     dir_mode: int = 0o700,
     error: type[WriteError] = WriteError,
 ) -> bool:
-    """Create ``path`` with ``data`` unless it exists; never overwrites. True if created.
+    """Write ``data`` to ``path`` crash-safely: replace it, or (``overwrite=False``) create it
+    only if absent, never overwriting it whatever the race (keys, secrets, history entries).
 
-    Arguments as for ``write_file_atomically``. A staged write that finds the file created by
-    someone else at commit time fails the commit (what was planned from it would not match).
+    Args:
+        path: the file; missing parent directories are created with ``dir_mode``.
+        mode: the file's permission bits, exactly (whatever the umask).
+        overwrite: replace an existing ``path`` (else leave it and return False).
+        not_done: what a failure leaves undone, for the message (default: the file is as it
+            was / was not created).
+        error: the ``WriteError`` subclass raised on failure (the PKI's ``StateWriteError``).
+
+    Returns:
+        True when written; False when ``overwrite=False`` found ``path`` (left as it is).
 
     Raises:
-        WriteError: naming ``path``; nothing was created, no temp file remains.
-        PlanConflictError: (committing a stage) ``path`` was created since the plan.
+        WriteError: naming ``path``; ``path`` is as it was, no temp file remains.
+        PlanConflictError: (committing a stage) a file planned as new was created since.
     """
     stage = active_stage()
     if stage is not None:
-        if stage.exists(path):
+        if not overwrite and stage.exists(path):
             return False
 
-        def create() -> None:
-            if not write_new_file(
-                path, data, mode=mode, not_done=not_done, dir_mode=dir_mode, error=error
-            ):
+        def commit() -> None:  # at commit time no stage is active: this writes
+            if not write_file_atomically(
+                path, data, mode=mode, overwrite=overwrite, not_done=not_done,
+                dir_mode=dir_mode, error=error,
+            ):  # fmt: skip
                 raise PlanConflictError(
                     f"{path} was created by another run since this one planned: nothing more "
                     "was written; run again"
                 )
 
-        stage.record(create, path=path, data=data)
+        stage.record(commit, path=path, data=data)
         return True
     try:
         temp = _durable_temp(path, data, mode, dir_mode)
         try:
-            os.link(temp, path)  # atomic create-if-absent
-        except FileExistsError:
-            return False
+            if overwrite:
+                os.replace(temp, path)
+            else:
+                try:
+                    os.link(temp, path)  # fails on an existing name, unlike rename()
+                except FileExistsError:
+                    return False
         finally:
-            temp.unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)  # gone already once renamed
         fsync_dir(path.parent)
     except OSError as exc:
-        raise _as_error(error, path, exc, not_done or f"{path.name} was not created") from None
+        kept = "was left as it was" if overwrite else "was not created"
+        raise _as_error(error, path, exc, not_done or f"{path.name} {kept}") from None
     return True
 
 

@@ -115,9 +115,10 @@ def create_exclusive_durable(
     Raises:
         StateError: ``path`` exists. StateWriteError: the write failed (nothing was created).
     """
-    created = atomic.write_new_file(
-        path, data, mode=mode, not_done=not_done, dir_mode=DIR_MODE, error=StateWriteError
-    )
+    created = atomic.write_file_atomically(
+        path, data, mode=mode, overwrite=False, not_done=not_done, dir_mode=DIR_MODE,
+        error=StateWriteError,
+    )  # fmt: skip
     if not created:
         raise StateError(f"{path} already exists: refusing to overwrite it")
 

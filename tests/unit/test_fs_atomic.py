@@ -5,17 +5,17 @@ planning pass writes nothing until its commit."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from iotfleet.fs.atomic import is_temp_name, write_file_atomically, write_new_file
+from iotfleet.fs.atomic import is_temp_name, write_file_atomically
 from iotfleet.fs.errors import PlanConflictError, WriteError
 from iotfleet.fs.stage import Stage, active_stage, staged
 from iotfleet.pki.errors import StateError, StateWriteError
 from iotfleet.pki.fsio import atomic_write, create_exclusive_durable
+from tests.support.small_fs import fill, mounted_tmpfs, read_only
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -24,30 +24,11 @@ def leftovers(directory: Path) -> list[str]:
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs of its own (unmounted afterwards): real ENOSPC and EROFS."""
+    """A 1 MiB tmpfs of its own: real ENOSPC and EROFS."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (the rest of this module runs without)")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
-                   check=True)  # fmt: skip
-    try:
+    with mounted_tmpfs(tmp_path / "fs", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(fs: Path) -> None:
-    fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 512, 1):
-            try:
-                while os.write(fd, b"\0" * size):
-                    pass
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
 
 
 def test_a_write_replaces_the_file_with_exactly_its_mode_and_leaves_no_temp_file(
@@ -76,7 +57,7 @@ def test_a_full_disk_leaves_the_old_file_and_no_temp_file(small_fs: Path) -> Non
     )
     assert full.value.errno == 28 and isinstance(full.value, OSError)
     with pytest.raises(WriteError, match=r"new\.key: No space left on device; new\.key was not"):
-        write_new_file(small_fs / "new.key", b"k" * 100_000)
+        write_file_atomically(small_fs / "new.key", b"k" * 100_000, overwrite=False)
     assert path.read_bytes() == b"old" and leftovers(small_fs) == []
     assert not (small_fs / "new.key").exists()
 
@@ -84,12 +65,8 @@ def test_a_full_disk_leaves_the_old_file_and_no_temp_file(small_fs: Path) -> Non
 def test_a_read_only_file_system_names_the_file_and_keeps_it(small_fs: Path) -> None:
     path = small_fs / "index.json"
     write_file_atomically(path, b"old")
-    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
-    try:
-        with pytest.raises(StateWriteError) as refused:
-            atomic_write(path, b"new")  # the PKI's flavour: a StateError too
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+    with read_only(small_fs), pytest.raises(StateWriteError) as refused:
+        atomic_write(path, b"new")  # the PKI's flavour: a StateError too
     assert str(refused.value).startswith(f"cannot write {path}: Read-only file system; this run")
     assert isinstance(refused.value, StateError)
     assert path.read_bytes() == b"old" and leftovers(small_fs) == []
@@ -109,8 +86,8 @@ def test_a_rename_that_fails_removes_its_temp_file(tmp_path: Path) -> None:
 
 def test_a_new_file_is_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "secret"
-    assert write_new_file(path, b"first")
-    assert not write_new_file(path, b"second")
+    assert write_file_atomically(path, b"first", overwrite=False)
+    assert not write_file_atomically(path, b"second", overwrite=False)
     assert path.read_bytes() == b"first" and leftovers(tmp_path) == []
     with pytest.raises(StateError, match=r"secret already exists: refusing to overwrite it"):
         create_exclusive_durable(path, b"third", 0o600)
@@ -136,8 +113,10 @@ def test_a_planning_pass_records_instead_of_writing(tmp_path: Path) -> None:
     with staged(stage):
         assert active_stage() is stage
         write_file_atomically(report, b"planned")
-        assert write_new_file(secret, b"s3cret")
-        assert not write_new_file(secret, b"another")  # the plan already has it
+        assert write_file_atomically(secret, b"s3cret", overwrite=False)
+        assert not write_file_atomically(
+            secret, b"another", overwrite=False
+        )  # the plan already has it
     assert active_stage() is None
     assert not (tmp_path / "out").exists(), "planning wrote to disk"
     assert stage.changed_paths() == [report, secret]
@@ -166,7 +145,7 @@ def test_a_commit_refuses_what_changed_since_the_plan(tmp_path: Path) -> None:
 
     planned = Stage()
     with staged(planned):
-        write_new_file(secret, b"planned")
+        write_file_atomically(secret, b"planned", overwrite=False)
     secret.write_bytes(b"created meanwhile")
     with pytest.raises(PlanConflictError, match=r"secret was created by another run since"):
         planned.commit()
