@@ -33,9 +33,9 @@ def _iotfleet(*args: str) -> None:
 
 
 def _broker(lab: str) -> str:
-    from iotfleet.lab.lab import load
+    from iotfleet.lab.state import load_lab
 
-    return load(lab).hosts[0].address
+    return load_lab(lab).hosts[0].address
 
 
 def _rollout(lab: str, *extra: str) -> None:

@@ -22,13 +22,14 @@ from pyinfra import host
 from pyinfra import inventory as current_inventory
 from pyinfra.operations import python
 
-from iotfleet.atomic import WriteError
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.inventory import raw_hosts
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.fleet.secrets import SecretError
+from iotfleet.fs.errors import PlanConflictError, WriteError
+from iotfleet.fs.stage import Stage, staged
 from iotfleet.model import Fleet, InventoryError, build_fleet
-from iotfleet.pki import PkiError, ReconcileReport, fsio
+from iotfleet.pki import PkiError, ReconcileReport
 from iotfleet.roles.refusal import RolloutRefusedError
 
 # Planned changes of a kind are listed by name up to this many (beyond, counted).
@@ -41,7 +42,7 @@ class FleetPlan:
 
     ctx: FleetContext
     report: ReconcileReport
-    stage: fsio.Stage
+    stage: Stage
 
     def __repr__(self) -> str:  # pyinfra -vvv prints operation arguments: show no content
         return f"FleetPlan(fleet={self.ctx.fleet.name!r})"
@@ -79,11 +80,11 @@ def fleet_context() -> FleetContext:
 @cache
 def fleet_plan() -> FleetPlan:
     """The fleet and its PKI plan (computed once per pyinfra run; exits listing problems)."""
-    stage = fsio.Stage()
+    stage = Stage()
     try:
         fleet = fleet_model()
         ctx = FleetContext.for_fleet(fleet, stage=stage)
-        with fsio.staged(stage):
+        with staged(stage):
             report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
     except (InventoryError, SecretError, WriteError) as exc:
         raise RolloutRefusedError(f"iotfleet: {exc}") from None
@@ -105,7 +106,7 @@ def _commit(plan: FleetPlan) -> None:
     with _commit_lock:
         try:
             plan.stage.commit()
-        except (PkiError, WriteError) as exc:
+        except (PkiError, PlanConflictError, WriteError) as exc:
             raise RuntimeError(f"PKI of fleet {plan.ctx.fleet.name}: {exc}") from None
 
 
@@ -146,7 +147,7 @@ def recheck_before_operations(plan: FleetPlan) -> None:
     def run_ops_if_plan_current(state: Any, *args: Any, **kwargs: Any) -> None:
         try:
             plan.stage.verify_unchanged()
-        except PkiError as exc:
+        except (PkiError, PlanConflictError) as exc:
             fleet = plan.ctx.fleet.name
             raise RolloutRefusedError(f"iotfleet: PKI of fleet {fleet}: {exc}") from None
         run_ops(state, *args, **kwargs)

@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from iotfleet.atomic import write_file_atomically
+from iotfleet.fs.atomic import write_file_atomically
 
 SCHEMA = 2  # results.json format version (1: no fleet, time, expiries)
 NOT_APPLICABLE = "not applicable"

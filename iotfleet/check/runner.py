@@ -24,12 +24,12 @@ from pathlib import Path
 import jinja2
 from rich.console import Console
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.check.identities import choose_cast
 from iotfleet.check.plan import CheckPlan, PlanError, plan_from_hosts, read_inventory
 from iotfleet.check.results import RunResults, render_summary
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.secrets import SecretError
+from iotfleet.fs.atomic import write_file_atomically
 from iotfleet.model import InventoryError
 from iotfleet.pki import PkiError
 from iotfleet.report import history as run_history

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from iotfleet.check.host_checks import ExpectedFile, expected_files
+from iotfleet.check.file_checks import ExpectedFile, expected_files
 from iotfleet.check.host_facts import BrokerFacts
 from iotfleet.check.identities import ProbeCast, choose_cast, listener_user
 from iotfleet.check.mqtt_checks import BrokerProber

@@ -20,9 +20,9 @@ from types import FrameType
 
 from pydantic import BaseModel
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.classroom.spec import ClassSpec
 from iotfleet.classroom.store import class_dir, load_class
+from iotfleet.fs.atomic import write_file_atomically
 from iotfleet.gateway import GatewayError, GatewaySimulator, read_bundle
 from iotfleet.lab.inventory import lab_inventory_groups
 from iotfleet.lab.procs import is_alive, start_detached, stop_processes

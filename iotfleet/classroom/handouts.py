@@ -8,9 +8,9 @@ from pathlib import Path
 
 import jinja2
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.classroom.inventory import PASSWORD_PORT, WEBSOCKETS_PORT, device_prefix
 from iotfleet.classroom.spec import TEACHER, TOPIC_ROOT, ClassSpec, Student
+from iotfleet.fs.atomic import write_file_atomically
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),

@@ -30,8 +30,10 @@ from iotfleet.classroom.store import (
 )
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.credentials import password_slot
-from iotfleet.lab.lab import NamedGateway, UpRequest, down, up
+from iotfleet.lab.down import down
 from iotfleet.lab.progress import Reporter
+from iotfleet.lab.request import NamedGateway, UpRequest
+from iotfleet.lab.up import up
 from iotfleet.pki import revoke
 from iotfleet.project import PROJECT_DIR, project_file
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.classroom.spec import ClassSpec
 from iotfleet.fleet.paths import state_root
+from iotfleet.fs.atomic import write_file_atomically
 
 CLASS_ENV = "IOTFLEET_CLASS"
 

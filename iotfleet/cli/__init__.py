@@ -9,7 +9,7 @@ import sys
 import click
 
 from iotfleet import __version__
-from iotfleet.atomic import WriteError
+from iotfleet.fs.errors import WriteError
 
 # group name -> module exposing a click object named ``cli``
 _GROUPS: dict[str, str] = {

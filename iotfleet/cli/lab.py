@@ -21,9 +21,12 @@ from rich.table import Table
 
 from iotfleet.lab import naming, packages
 from iotfleet.lab.attach import DEFAULT_DEVICE, attach, detach
+from iotfleet.lab.down import down
 from iotfleet.lab.errors import LabError
-from iotfleet.lab.lab import UpRequest, down, status, up
+from iotfleet.lab.request import UpRequest
 from iotfleet.lab.state import lab_paths
+from iotfleet.lab.status import status
+from iotfleet.lab.up import up
 
 _console = Console(stderr=True)
 

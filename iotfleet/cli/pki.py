@@ -261,7 +261,7 @@ def export_command(settings: PkiSettings, name: str, out_dir: Path) -> None:
     For people and services (mosquitto_sub, paho-mqtt, a dashboard). The key file is 0600;
     its content is never printed.
     """
-    from iotfleet.atomic import write_file_atomically
+    from iotfleet.fs.atomic import write_file_atomically
     from iotfleet.pki import PkiStore
 
     store = PkiStore(settings.state_dir)

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.fleet.paths import reports_dir
+from iotfleet.fs.atomic import write_file_atomically
 from iotfleet.report import history as run_history
 from iotfleet.report import page
 

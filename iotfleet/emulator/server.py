@@ -20,10 +20,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.emulator.chip import DATA_COMMANDS, Esp8266
 from iotfleet.emulator.flashmem import FlashCounters, FlashMemory
 from iotfleet.emulator.slip import SlipDecoder, encode_frame
+from iotfleet.fs.atomic import write_file_atomically
 from iotfleet.model.names import check_mac
 
 _RECV = 256 * 1024

@@ -9,7 +9,6 @@ parallel threads; each gets a log file and a progress line.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import tempfile
@@ -33,6 +32,8 @@ from iotfleet.flash.registry import FlashRecord, FlashRegistry, Result
 from iotfleet.flash.session import BoardSession, Payload
 from iotfleet.flash.station_link import StationLink, is_device_path, relayed_port
 from iotfleet.fleet.context import FleetContext
+from iotfleet.fs.errors import LockBusyError
+from iotfleet.fs.locks import acquire
 from iotfleet.model import FlashStation
 from iotfleet.model.build import LOCAL_STATION
 
@@ -405,17 +406,14 @@ def _port_lock(lock_dir: Path, station: str, port: str) -> Iterator[None]:
     lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = f"{station}\n{port}".encode()
     path = lock_dir / (hashlib.sha256(key).hexdigest()[:24] + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FlashError(
-                f"port {port} is busy: another iotfleet flash is using it", "busy"
-            ) from None
+        held = acquire(path)  # refused at once: a busy port is not waited for
+    except LockBusyError as busy:
+        raise FlashError(
+            f"port {port} is busy: another iotfleet flash is using it ({busy.held_by})", "busy"
+        ) from None
+    with held:
         yield
-    finally:
-        os.close(fd)
 
 
 def _record_of(result: BoardResult, job: FlashJob | None) -> FlashRecord:

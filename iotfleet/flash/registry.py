@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from iotfleet.atomic import WriteError
+from iotfleet.fs.errors import WriteError
 
 Result = Literal["flashed", "unchanged", "failed", "refused"]
 

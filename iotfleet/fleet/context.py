@@ -11,8 +11,9 @@ from iotfleet.fleet.credentials import mqtt_passwords
 from iotfleet.fleet.paths import fleet_dir
 from iotfleet.fleet.pki import pki_settings_for
 from iotfleet.fleet.secrets import SecretStore
+from iotfleet.fs.stage import Stage
 from iotfleet.model import Fleet
-from iotfleet.pki import PkiSettings, PkiStore, fsio
+from iotfleet.pki import PkiSettings, PkiStore
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,11 @@ class FleetContext:
     secrets: SecretStore
     pki_settings: PkiSettings
     passwords: dict[str, SecretStr]
-    stage: fsio.Stage | None = field(default=None, compare=False)
+    stage: Stage | None = field(default=None, compare=False)
 
     @classmethod
     def for_fleet(
-        cls, fleet: Fleet, *, stage: fsio.Stage | None = None, read_only: bool = False
+        cls, fleet: Fleet, *, stage: Stage | None = None, read_only: bool = False
     ) -> FleetContext:
         """Resolve secrets (raises ``InventoryError`` naming owner and key on problems).
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.fleet.secrets import SecretStore
+from iotfleet.fs.atomic import write_file_atomically
 from iotfleet.model import Fleet
 from iotfleet.model.addresses import broker_dns_names, broker_ip_addresses
 from iotfleet.model.own_identities import DELIVERY_IDENTITY, PROBE_DEVICES, health_identity_name

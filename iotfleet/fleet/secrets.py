@@ -16,10 +16,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from iotfleet.atomic import write_new_file
+from iotfleet.fs.atomic import write_file_atomically
+from iotfleet.fs.stage import Stage, staged
 from iotfleet.model import SecretRef
 from iotfleet.model.secretref import SecretError as SecretError  # raised by the store
-from iotfleet.pki import fsio
 
 GENERATED_BYTES = 24  # 32 URL-safe characters
 
@@ -32,7 +32,7 @@ class SecretStore:
     """
 
     def __init__(
-        self, directory: Path, *, stage: fsio.Stage | None = None, read_only: bool = False
+        self, directory: Path, *, stage: Stage | None = None, read_only: bool = False
     ) -> None:
         self.directory = directory
         self.stage = stage
@@ -68,8 +68,8 @@ class SecretStore:
             value = _random.token_urlsafe(GENERATED_BYTES)
             # Two concurrent runs may race here: the first writer wins, both read its value
             # (a staged one fails its commit instead, having rendered files from its own).
-            with fsio.staged(stage) if stage is not None else contextlib.nullcontext():
-                write_new_file(path, (value + "\n").encode(), mode=0o600)
+            with staged(stage) if stage is not None else contextlib.nullcontext():
+                write_file_atomically(path, (value + "\n").encode(), mode=0o600, overwrite=False)
         data = stage.read_bytes(path) if stage is not None else path.read_bytes()
         return data.decode().strip()
 

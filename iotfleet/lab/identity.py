@@ -6,7 +6,6 @@ key, the lab's login key, the lab's /etc/hosts and an apt source pointing only a
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from iotfleet.fs.atomic import write_file_atomically
 from iotfleet.lab.state import write_atomic
 
 
@@ -52,12 +52,9 @@ def ensure_client_key(private_path: Path, comment: str) -> str:
     private_path.parent.mkdir(parents=True, exist_ok=True)
     private_path.parent.chmod(0o700)
     private, public = new_ed25519(comment)
-    # Created with 0600 from the first byte: the private key is never world-readable.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private)
-    private_path.chmod(0o600)
-    public_path.write_text(public + "\n")
+    # 0600 from the first byte: the private key is never world-readable, nor ever half there.
+    write_file_atomically(private_path, private, mode=0o600)
+    write_atomic(public_path, public + "\n")
     return public
 
 
@@ -105,9 +102,7 @@ def write_identity(
     write_atomic(etc / "hosts", host_etc_hosts(me, lab_entries))
     ssh = etc / "ssh"
     key_path = ssh / "ssh_host_ed25519_key"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(host_key_private)
+    write_file_atomically(key_path, host_key_private, mode=0o600, dir_mode=0o755)
     write_atomic(ssh / "ssh_host_ed25519_key.pub", host_key_public + "\n")
     root_ssh = root / "root" / ".ssh"
     root_ssh.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from iotfleet.lab import naming
-from iotfleet.lab.lab import load
-from iotfleet.lab.state import GatewayState, HostState, LabPaths, LabState, lab_paths
+from iotfleet.lab.state import GatewayState, HostState, LabPaths, LabState, lab_paths, load_lab
 
 
 def lab_inventory_groups(
@@ -21,7 +20,7 @@ def lab_inventory_groups(
     their loopback port.
     """
     name = naming.lab_name(lab_name)
-    state = load(name, root)
+    state = load_lab(name, root)
     paths = lab_paths(name, root)
     brokers = [(host.fqdn, _host_data(state, host, paths)) for host in state.hosts]
     groups: dict[str, list[tuple[str, dict[str, Any]]]] = {"brokers": brokers}
@@ -72,5 +71,5 @@ def _board(gw: GatewayState, port: str) -> dict[str, Any]:
 
 def lab_gateway_names(lab_name: str | None = None, root: Path | None = None) -> list[str]:
     """Names of the lab's emulated boards (each becomes a fleet device of the same name)."""
-    state = load(naming.lab_name(lab_name), root)
+    state = load_lab(naming.lab_name(lab_name), root)
     return [gateway.name for gateway in state.gateways]

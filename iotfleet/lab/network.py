@@ -15,6 +15,15 @@ from pathlib import Path
 from iotfleet.lab.procs import run
 
 NETNS_DIR = Path("/run/netns")
+MAX_SLOT = 240  # host addresses are .11 .. .250 of the lab's /24
+
+
+def host_address(subnet: str, slot: int) -> str:
+    return str(ipaddress.IPv4Network(subnet)[10 + slot])
+
+
+def bridge_address(subnet: str) -> str:
+    return str(ipaddress.IPv4Network(subnet)[1])
 
 
 def route_table() -> str:

@@ -1,17 +1,13 @@
 """The lab's state file: what the lab made, so that status, inventory and down can find it.
 
-Written atomically (temp file + fsync + rename) after every step of ``up``, so that a crashed
-run leaves a state file that ``down`` (or the next ``up``) can use to clean up.
+Written atomically (``iotfleet.fs.atomic``) after every step of ``up``, so that a crashed run
+leaves a state file that ``down`` (or the next ``up``) can use to clean up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from iotfleet.fleet.paths import state_root
+from iotfleet.fs.atomic import write_file_atomically
+from iotfleet.fs.errors import LockBusyError
+from iotfleet.fs.locks import acquire
+from iotfleet.lab import naming
 from iotfleet.lab.errors import LabError
 
 STATE_FILE = "state.json"
@@ -166,42 +166,56 @@ def load_state(path: Path) -> LabState | None:
         ) from None
 
 
+def load_lab(name: str, root: Path | None = None) -> LabState:
+    """The lab's state, or a clear error if there is no such lab."""
+    name = naming.validate_lab_name(name)
+    state = load_state(lab_paths(name, root).state_file)
+    if state is None:
+        raise LabError(f"no lab named {name!r}: run `iotfleet lab up --name {name}`")
+    return state
+
+
+def other_states(name: str, root: Path) -> list[LabState]:
+    """The states of the other labs under ``root`` (damaged ones skipped)."""
+    found = []
+    labs = labs_root(root)
+    if labs.is_dir():
+        for entry in labs.iterdir():
+            if entry.name == name or not entry.is_dir():
+                continue
+            try:
+                other = load_state(entry / STATE_FILE)
+            except LabError:
+                continue
+            if other is not None:
+                found.append(other)
+    return found
+
+
 def save_state(path: Path, state: LabState) -> None:
     """Write ``state`` atomically: readers see the old or the new file, never half."""
     write_atomic(path, state.model_dump_json(indent=2) + "\n")
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            Path(tmp).unlink()
-        raise
+    """Replace ``path`` with ``text`` crash-safely (``iotfleet.fs.atomic``), world-readable
+    by default, as are directories it creates: lab files land in host trees (``/etc/hosts``,
+    a host's ``/etc``) that other users and services read."""
+    write_file_atomically(path, text.encode(), mode=mode, dir_mode=0o755)
 
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path, what: str, timeout: float = 600.0) -> Iterator[None]:
-    """Hold an flock on ``path``; wait for it at most ``timeout`` seconds."""
+    """Hold an flock on ``path`` (``iotfleet.fs.locks``); wait for it at most ``timeout``
+    seconds.
+
+    Raises:
+        LabError: another run held it all that time (naming ``what``, the lock and the holder).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LabError(f"{what} is busy (lock {path} held by another run)") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    try:
+        held = acquire(path, timeout=timeout, mode=0o644)
+    except LockBusyError as busy:
+        raise LabError(f"{what} is busy: {busy}") from None
+    with held:
+        yield

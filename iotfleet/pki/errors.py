@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from iotfleet.atomic import WriteError
+from iotfleet.fs.errors import WriteError
 
 
 class PkiError(Exception):

@@ -171,7 +171,8 @@ def reconcile(
     """Issue what is missing, renew what expires soon or changed, revoke what left the inventory
     (cessationOfOperation) or is marked revoked, and keep both CRLs signed before nextUpdate.
 
-    Inside a planning stage (``fsio.staged``) every write is recorded for a later commit.
+    Inside a planning stage (``iotfleet.fs.stage.staged``) every write is recorded for a later
+    commit.
 
     Args:
         settings: where the state lives, validity periods, passphrase source.

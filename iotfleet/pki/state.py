@@ -8,6 +8,7 @@ by an interrupted run and are removed; crl.pem is the one the index says it last
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from iotfleet.fs.stage import active_stage
 from iotfleet.pki import fsio
 from iotfleet.pki.ca import CaCerts, load_ca_certs, remove_stale_staging
 from iotfleet.pki.crl import RevokedEntry, build_crl, crl_number
@@ -92,10 +94,10 @@ def load_state(layout: StateLayout) -> LoadedState:
             f"{layout.index_json} is missing but {layout.packs_dir} holds issued certificates: "
             "restore index.json from a backup (the engine will not re-issue the whole fleet)"
         )
-    stage = fsio.active_stage()
+    stage = active_stage()
     if stage is not None:
         # A planning run: its commit must find the state as it was read here.
-        stage.lock_path = layout.lock
+        stage.commit_lock = functools.partial(fsio.state_lock, layout.lock)
         for path in (layout.index_json, layout.chain, layout.crl):
             stage.guard(path)
     state = LoadedState(layout, ca, index)

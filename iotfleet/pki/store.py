@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iotfleet.fs.stage import Stage
 from iotfleet.pki import fsio
 from iotfleet.pki.errors import IndexCorruptError, PkiError, StateError
 from iotfleet.pki.index import Index, IndexRecord, load_index
@@ -26,14 +27,14 @@ class PkiStore:
     writes, read as if committed (until they are).
     """
 
-    def __init__(self, state_dir: Path, stage: fsio.Stage | None = None) -> None:
+    def __init__(self, state_dir: Path, stage: Stage | None = None) -> None:
         self.layout = StateLayout(Path(state_dir))
         self._stage = stage
         self._index: Index | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._staged_index: Index | None = None
 
-    def _planned(self) -> fsio.Stage | None:
+    def _planned(self) -> Stage | None:
         """The stage while its writes are not on disk yet."""
         return self._stage if self._stage is not None and not self._stage.committed else None
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from iotfleet.atomic import write_new_file
 from iotfleet.check.results import FAILING, PASSED, CheckResult, RunResults
+from iotfleet.fs.atomic import write_file_atomically
 
 KEEP_DAYS = 60  # default of `--history-days`
 KEEP_IDENTITIES = 20  # the soonest PKI identities a history entry keeps (a fleet may have 10,000)
@@ -37,7 +37,7 @@ def append(history: Path, run: RunResults) -> Path:
     stamp = run.started.strftime(_STAMP)
     for n in range(1000):
         path = directory / (f"{stamp}.json" if n == 0 else f"{stamp}-{n}.json")
-        if write_new_file(path, data, mode=0o644):
+        if write_file_atomically(path, data, mode=0o644, overwrite=False):
             return path
     raise FileExistsError(f"too many runs at {stamp} in {directory}")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from iotfleet.atomic import write_file_atomically
 from iotfleet.check.results import CA, CERTIFICATE, CRL, FAILING, PASSED, RunResults
+from iotfleet.fs.atomic import write_file_atomically
 
 SUFFIX = ".prom"  # node_exporter reads only these
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from iotfleet.check.host_checks import (
+from iotfleet.check.access_checks import acl_problems, password_file_problems
+from iotfleet.check.broker_config_checks import (
     acl_config_problems,
-    acl_problems,
     anonymous_problems,
     authentication_problems,
     crl_config_problems,
     limit_problems,
-    memory_problems,
-    password_file_problems,
     plugin_problems,
     tls_config_problems,
 )
+from iotfleet.check.service_checks import memory_problems
 from iotfleet.check.suite import Param, Suite, fail_on
 from iotfleet.model import Listener
 from iotfleet.mosquitto import layout

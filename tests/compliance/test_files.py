@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotfleet.check.host_checks import expected_files, file_problems
+from iotfleet.check.file_checks import expected_files, file_problems
 from iotfleet.check.suite import Param, Suite, fail_on
 
 pytestmark = [pytest.mark.host, pytest.mark.files]

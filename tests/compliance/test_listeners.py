@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotfleet.check.host_checks import (
+from iotfleet.check.listener_checks import (
     configured_listener_problems,
     plain_listener_problems,
     socket_problems,

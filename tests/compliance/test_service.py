@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 import pytest
 
-from iotfleet.check.host_checks import (
+from iotfleet.check.host_facts import parse_exposure
+from iotfleet.check.service_checks import (
     origin_problems,
     package_problems,
     sandbox_problems,
     service_problems,
     user_problems,
 )
-from iotfleet.check.host_facts import parse_exposure
 from iotfleet.check.suite import Param, Suite, fail_on
 
 pytestmark = [pytest.mark.host, pytest.mark.service]

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from iotfleet.atomic import WriteError, write_file_atomically
 from iotfleet.flash import FlashRecord, FlashRegistry
+from iotfleet.fs.atomic import write_file_atomically
+from iotfleet.fs.errors import WriteError
 from iotfleet.pki import IdentitySpec, StateWriteError, reconcile
 from iotfleet.report import history
 from iotfleet.report.history import append
 from tests.integration.conftest import REPO, require_root
+from tests.support.small_fs import fill, mounted_tmpfs, read_only
 from tests.unit.pki_helpers import ENV, FLEET, PASSPHRASE, settings_for, snapshot
 
 NEWCOMER = IdentitySpec("gw-0042", "device")
@@ -29,30 +31,8 @@ def small_fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A 2 MiB tmpfs of its own (unmounted afterwards)."""
     require_root()
     monkeypatch.setenv(ENV, PASSPHRASE)
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
-                   check=True)  # fmt: skip
-    try:
+    with mounted_tmpfs(tmp_path / "fs", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(fs: Path) -> Path:
-    """Fill ``fs`` to the last byte; returns the filler (delete it to free the space)."""
-    filler = fs / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 512, 1):
-            try:
-                while os.write(fd, b"\0" * size):
-                    pass
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -101,15 +81,12 @@ def test_pki_in_a_read_only_dir_names_the_file(small_fs: Path) -> None:
     state = small_fs / "pki"
     reconcile(settings_for(state), FLEET, now=datetime.now(UTC))
     before = snapshot(state)
-    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
-    try:
+    with read_only(small_fs):
         with pytest.raises(StateWriteError, match=r"cannot write .*: Read-only file system; "):
             reconcile(settings_for(state), (*FLEET, NEWCOMER))
         fresh = small_fs / "new-pki"
         with pytest.raises(StateWriteError, match=rf"cannot write {fresh}: Read-only file system"):
             reconcile(settings_for(fresh), FLEET)
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
     assert snapshot(state) == before
 
 

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from iotfleet.lab.down import down
+from iotfleet.lab.environment import Environment
 from iotfleet.lab.errors import LabError
-from iotfleet.lab.lab import Environment, UpRequest, down, up
 from iotfleet.lab.naming import lab_tag
+from iotfleet.lab.request import UpRequest
 from iotfleet.lab.state import ProcessRef, lab_paths, load_state
+from iotfleet.lab.up import up
 from tests.integration.conftest import (
     PYINFRA,
     REPO,

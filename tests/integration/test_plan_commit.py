@@ -320,7 +320,7 @@ def test_a_no_change_plan_is_checked_again_before_it_runs(lab: RunningLab, fresh
     let the revoked device in again): it stops before its first operation."""
     victim = "sensor-3"
     without_victim = [d for d in _devices(lab) if d["id"] not in ("sensor-2", "sensor-1")]
-    kept = [*without_victim, {"id": victim, "group": "software"}]
+    kept: list[dict[str, object]] = [*without_victim, {"id": victim, "group": "software"}]
     issued = run_pyinfra(lab.name, "deploy.py", *_data(fresh, kept))
     assert issued.returncode == 0, issued.explain()
     with _fleet_env(fresh, kept):

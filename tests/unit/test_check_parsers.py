@@ -11,27 +11,17 @@ from typing import Any
 
 import pytest
 
-from iotfleet.check.host_checks import (
+from iotfleet.check.access_checks import acl_problems, password_file_problems
+from iotfleet.check.broker_config_checks import (
     acl_config_problems,
-    acl_problems,
     anonymous_problems,
     authentication_problems,
-    configured_listener_problems,
     crl_config_problems,
-    expected_files,
-    file_problems,
     limit_problems,
-    memory_problems,
-    package_problems,
-    password_file_problems,
-    plain_listener_problems,
     plugin_problems,
-    sandbox_problems,
-    service_problems,
-    socket_problems,
     tls_config_problems,
-    user_problems,
 )
+from iotfleet.check.file_checks import expected_files, file_problems
 from iotfleet.check.host_facts import (
     FileStat,
     PackageState,
@@ -41,7 +31,19 @@ from iotfleet.check.host_facts import (
     parse_ss,
     parse_stat,
 )
+from iotfleet.check.listener_checks import (
+    configured_listener_problems,
+    plain_listener_problems,
+    socket_problems,
+)
 from iotfleet.check.mqtt_checks import Grants, topic_matches
+from iotfleet.check.service_checks import (
+    memory_problems,
+    package_problems,
+    sandbox_problems,
+    service_problems,
+    user_problems,
+)
 from iotfleet.fleet.context import FleetContext
 from iotfleet.model import Broker, Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout

@@ -12,8 +12,10 @@ from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.paths import fleet_dir
 from iotfleet.fleet.pki import EXPIRED_CANARY, REVOKED_CANARY, load_canary, reconcile_fleet
 from iotfleet.fleet.secrets import SecretError, SecretStore
+from iotfleet.fs.errors import PlanConflictError
+from iotfleet.fs.stage import Stage, staged
 from iotfleet.model import Fleet, RawHost, build_fleet
-from iotfleet.pki import PkiStore, ReconcileReport, StateError, fsio
+from iotfleet.pki import PkiStore, ReconcileReport
 
 FLEET = "planned"
 
@@ -44,10 +46,10 @@ def _snapshot(root: Path) -> dict[str, str]:
     } | {str(p.relative_to(root)) + "/": "dir" for p in root.rglob("*") if p.is_dir()}
 
 
-def _plan(devices: list[str]) -> tuple[FleetContext, fsio.Stage, ReconcileReport]:
-    stage = fsio.Stage()
+def _plan(devices: list[str]) -> tuple[FleetContext, Stage, ReconcileReport]:
+    stage = Stage()
     ctx = FleetContext.for_fleet(_fleet(devices), stage=stage)
-    with fsio.staged(stage):
+    with staged(stage):
         report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
     return ctx, stage, report
 
@@ -108,7 +110,7 @@ def test_a_commit_refuses_a_state_that_changed_since_it_was_planned() -> None:
     first.commit()
     state = fleet_dir(FLEET)
     before = _snapshot(state)
-    with pytest.raises(StateError, match=r"changed since this run planned|another run"):
+    with pytest.raises(PlanConflictError, match=r"changed since this run planned|another run"):
         second.commit()
     assert _snapshot(state) == before, "the refused commit wrote something"
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from iotfleet.lab.environment import Environment
 from iotfleet.lab.errors import LabError
 from iotfleet.lab.inventory import lab_inventory_groups
-from iotfleet.lab.lab import Environment, UpRequest, up
+from iotfleet.lab.request import UpRequest
 from iotfleet.lab.state import GatewayState, lab_paths, save_state
+from iotfleet.lab.up import up
 from tests.unit.test_lab_state import sample_state
 
 REPO = Path(__file__).resolve().parents[2]

@@ -42,8 +42,8 @@ def test_gateway_mac_is_deterministic_with_espressif_oui() -> None:
 
 
 def test_boards_are_gw1_to_gwn_unless_named() -> None:
-    from iotfleet.lab.lab import NamedGateway, UpRequest, wanted_gateways
     from iotfleet.lab.naming import gateway_mac
+    from iotfleet.lab.request import NamedGateway, UpRequest, wanted_gateways
 
     assert wanted_gateways(UpRequest(name="x", gateways=2)) == {
         "gw1": gateway_mac("x", "gw1"),
@@ -54,7 +54,7 @@ def test_boards_are_gw1_to_gwn_unless_named() -> None:
 
 
 def test_hosts_are_broker1_to_brokern_unless_named() -> None:
-    from iotfleet.lab.lab import UpRequest, wanted_hosts
+    from iotfleet.lab.request import UpRequest, wanted_hosts
 
     assert wanted_hosts(UpRequest(name="x", brokers=2)) == ["broker1", "broker2"]
     assert wanted_hosts(UpRequest(name="x", host_names=("alice-broker",))) == ["alice-broker"]

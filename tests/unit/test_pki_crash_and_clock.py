@@ -70,8 +70,18 @@ def test_an_edited_index_txt_is_still_refused(state: Path) -> None:
         reconcile(settings_for(state), FLEET, now=T0)
 
 
-def test_temp_files_a_crash_left_are_removed_by_the_next_run(state: Path) -> None:
-    left = [state / ".tmp-index.json.0badc0de", state / "ca" / ".tmp-chain.pem.0badc0de"]
+@pytest.mark.parametrize(
+    ("index_temp", "chain_temp"),
+    [
+        (".index.json.iotfleet-tmp-1-0badc0de", ".chain.pem.iotfleet-tmp-1-0badc0de"),
+        (".tmp-index.json.0badc0de", ".tmp-chain.pem.0badc0de"),  # as older versions named them
+    ],
+)
+def test_temp_files_a_crash_left_are_removed_by_the_next_run(
+    state: Path, index_temp: str, chain_temp: str
+) -> None:
+    # Under the state lock no other run writes: even a live PID's temp file is a leftover.
+    left = [state / index_temp, state / "ca" / chain_temp]
     for path in left:
         path.write_bytes(b"half")
     report = reconcile(settings_for(state), FLEET, now=T0)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from iotfleet.check.host_checks import origin_problems
 from iotfleet.check.host_facts import PackageOrigin, PackageState, parse_origin
+from iotfleet.check.service_checks import origin_problems
 from iotfleet.roles import packages
 from iotfleet.roles.pyinfra_fixes import HostConnectionLost, _connection_lost_is_host_error, _lost
 
