@@ -68,17 +68,18 @@ def user_problems(
     host: str, unit_user: str, main_user: str | None, processes: Iterable[tuple[str, int]]
 ) -> list[str]:
     problems = []
-    if unit_user != layout.GROUP:
+    expected = layout.RUN_USER
+    if unit_user != expected:
         problems.append(
             f"mosquitto.service on {host} starts as {unit_user or 'root'} (User="
-            f"{unit_user}), expected User=mosquitto: the broker starts with root privileges"
+            f"{unit_user}), expected User={expected}: the broker starts with root privileges"
         )
     if main_user is None:
         problems.append(f"no running broker process on {host}")
-    elif main_user != "mosquitto":
-        problems.append(f"the broker process on {host} runs as {main_user}, expected mosquitto")
+    elif main_user != expected:
+        problems.append(f"the broker process on {host} runs as {main_user}, expected {expected}")
     for user, pid in processes:
-        if user != "mosquitto":
+        if user != expected:
             problems.append(f"a mosquitto process (pid {pid}) on {host} runs as {user}")
     return problems
 

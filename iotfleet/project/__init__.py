@@ -1,7 +1,7 @@
 """The repository's entry points and site files, as iotfleet runs them wherever it is installed.
 
-``deploy.py``, ``deploy/``, ``inventory/`` and ``files/`` here are links to the checkout's
-top-level ones (their home) and copies in the wheel. The classroom (``pyinfra
+``config.py``, ``deploy.py``, ``deploy/``, ``inventory/`` and ``files/`` here are links to the
+checkout's top-level ones (their home) and copies in the wheel. The classroom (``pyinfra
 inventory/classroom.py deploy.py``) and ``iotfleet pki refresh-crl`` (``deploy/crl.py``) run
 pyinfra on them from this directory, so an installed iotfleet needs no checkout.
 """
