@@ -135,6 +135,16 @@ def load_ruleset(ruleset: str) -> Generator[Any, None, None]:
     )  # fmt: skip
 
 
+# Hosts whose firewall this run already rolled out: the role runs once per host, whether the
+# user's deploy file calls it or the Mosquitto role pulls it in as its dependency.
+_rolled_out: set[str] = set()
+
+
+def firewall_rolled_out(host_name: str) -> bool:
+    """Whether this run already added the firewall role's operations for ``host_name``."""
+    return host_name in _rolled_out
+
+
 @deploy("nftables firewall")
 def deploy_firewall(broker: Broker | None = None) -> None:
     """
@@ -146,7 +156,8 @@ def deploy_firewall(broker: Broker | None = None) -> None:
     + broker: the broker to protect; default: the current host in this run's validated fleet
 
     Keys: the host's ``firewall_*`` (``iotfleet keys firewall_``); ``firewall_enabled = False``
-    stops and disables the firewall instead.
+    stops and disables the firewall instead. Runs once per host and run: ``deploy_mosquitto``
+    calls it first if the deploy file did not (Mosquitto's unit requires the firewall's).
 
     **Example:**
 
@@ -157,6 +168,9 @@ def deploy_firewall(broker: Broker | None = None) -> None:
         deploy_firewall()
     """
     broker = broker or this_broker(fleet_model())
+    if host.name in _rolled_out:
+        return
+    _rolled_out.add(host.name)
     if not broker.firewall.enabled:
         systemd.service(
             name="Stop the iotfleet firewall (firewall_enabled is false)",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
 from iotfleet.fleet.context import FleetContext
 from iotfleet.mosquitto import layout
+from iotfleet.roles.firewall import deploy_firewall, firewall_rolled_out
 from iotfleet.roles.fleet_context import reconciled_fleet
 from iotfleet.roles.mosquitto.operations import PACKAGES, apply_files
 from iotfleet.roles.mosquitto.private_files import private_files
@@ -37,8 +39,9 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     Runs on hosts of the inventory's ``brokers`` group. Fleet-wide keys (``fleet_*``,
     ``pki_*``) and the host's ``mosquitto_*`` keys are read through the validated fleet;
     ``iotfleet keys mosquitto_`` lists them with their defaults (``iotfleet.model.settings``).
-    The host's firewall and sshd are separate roles (``deploy_firewall``,
-    ``deploy_ssh_hardening``).
+    The host's firewall is this role's dependency: ``deploy_firewall`` runs first unless the
+    deploy file already called it (or ``firewall_enabled = False``); sshd is a separate role
+    (``deploy_ssh_hardening``).
 
     **Example:**
 
@@ -53,6 +56,10 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     """
     ctx = ctx or reconciled_fleet()
     broker = this_broker(ctx.fleet)
+    if broker.firewall.enabled and not firewall_rolled_out(host.name):
+        # A role dependency (Ansible's meta dependencies): Mosquitto's unit requires the
+        # firewall's, so the broker never serves unfiltered; the firewall must exist first.
+        deploy_firewall(broker=broker)
     install_debs(
         name="Install Mosquitto from Debian packages (not started yet; dpkg repaired first)",
         packages=PACKAGES,
