@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from iotfleet.model.names import check_identity_name, check_topic_name
+from iotfleet.model.settings import MAX_NTP_SERVERS
 
 CONTRACT_VERSION = 1
 CONFIG_FILE = "/iotfleet.json"
@@ -104,7 +105,7 @@ class GatewayConfig(BaseModel):
     topics: Topics
     keepalive: int = Field(60, ge=5, le=3600, description="MQTT keepalive, seconds")
     telemetry_interval: int = Field(30, ge=1, le=86400, description="seconds between readings")
-    ntp_servers: Annotated[list[str], Field(min_length=1, max_length=3)] = Field(
+    ntp_servers: Annotated[list[str], Field(min_length=1, max_length=MAX_NTP_SERVERS)] = Field(
         description="time sources (espgw_ntp_servers): certificates cannot be checked without "
         "the date"
     )
