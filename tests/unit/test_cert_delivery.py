@@ -23,7 +23,11 @@ from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle, read_flash_files
 from iotfleet.model.own_identities import DELIVERY_IDENTITY
 from iotfleet.pki import revoke
-from iotfleet.pki.testing import make_foreign_ca_identity
+from iotfleet.pki.testing import (
+    ThrowawayIdentity,
+    make_foreign_ca_identity,
+    make_unrecorded_identity,
+)
 from iotfleet.roles.mosquitto.render import service_files
 from iotfleet.roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
@@ -161,6 +165,16 @@ def test_renewal_over_the_air_end_to_end(site: Site) -> None:
         assert int(record.cert_serial, 16) == new[device]
 
 
+def _update(identity: ThrowawayIdentity) -> CertificateUpdate:
+    serial = x509.load_pem_x509_certificate(identity.certificate_pem).serial_number
+    return CertificateUpdate(
+        device=identity.name,
+        serial=f"{serial:040x}",
+        certificate=identity.certificate_pem.decode(),
+        chain=identity.ca_chain_pem.decode(),
+    )
+
+
 def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
     ctx = site.ctx
     gw1 = site.simulator("gw-1").start()
@@ -177,6 +191,10 @@ def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
                 certificate=forged.certificate_pem.decode(),
                 chain=forged.ca_chain_pem.decode(),
             ),
+            # Issued by the fleet's own CA, to gw-1, for a key that is not gw-1's.
+            "does not carry this gateway's key": _update(
+                make_unrecorded_identity(ctx.pki_settings, "gw-1")
+            ),
             "not issued to 'gw-1'": CertificateUpdate(
                 device="gw-1",
                 serial=f"{ctx.pki.record('gw-2').serial:040x}",  # type: ignore[union-attr]
@@ -190,7 +208,7 @@ def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
                 wait_until(lambda n=count: gw1.stats.certificates_rejected >= n, timeout=15)  # type: ignore[misc]
                 assert why in gw1.stats.last_error
             assert delivery.publish(certificate_topic("gw-1"), b"not json") == 0
-            wait_until(lambda: gw1.stats.certificates_rejected >= 3, timeout=15)
+            wait_until(lambda: gw1.stats.certificates_rejected >= len(pushes) + 1, timeout=15)
             assert "certificate update" in gw1.stats.last_error
         assert gw1.cert_serial == serial and gw1.stats.certificates_installed == 0
         assert read_flash_files(site.flash_file("gw-1"))[CERT_FILE] == ctx.pki.certificate_pem(
