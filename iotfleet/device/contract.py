@@ -297,11 +297,26 @@ class CertificateUpdate(BaseModel):
 
 
 class GatewayStatus(BaseModel):
-    """Retained presence on the status topic (command replies there carry ``command`` instead)."""
+    """Retained presence on the status topic (command replies there carry ``command`` instead).
+
+    Online, on connect: ``since`` is when it came online. Its will (``offline``) is fixed when it
+    connects, so it carries the certificate, the firmware and ``last_online`` (that same time)
+    but no ``since``: nobody knows when the board will go. A clean goodbye has both.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     state: Literal["online", "offline"]
     cert_serial: str | None = Field(None, description="serial of the certificate in use, hex")
     firmware: str | None = Field(None, description="firmware name and version")
-    since: datetime | None = Field(None, description="when the gateway published it (UTC)")
+    since: datetime | None = Field(None, description="since when this state holds (UTC)")
+    last_online: datetime | None = Field(
+        None, description="offline: when the session that ended came online (UTC)"
+    )
+
+    @property
+    def last_seen(self) -> datetime | None:
+        """The latest moment the gateway is known to have been up."""
+        if self.state == "online":
+            return self.since
+        return self.since or self.last_online

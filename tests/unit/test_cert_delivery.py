@@ -14,10 +14,20 @@ import pytest
 from cryptography import x509
 
 from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, Target, session, succeeded
-from iotfleet.device.contract import CERT_FILE, CertificateUpdate, certificate_topic
+from iotfleet.device.contract import (
+    CERT_FILE,
+    CertificateUpdate,
+    GatewayStatus,
+    certificate_topic,
+)
 from iotfleet.emulator import BoardServer
 from iotfleet.flash import FlashRegistry, flash_station
-from iotfleet.fleet.cert_delivery import deliver_certificates, gateway_statuses, pending_deliveries
+from iotfleet.fleet.cert_delivery import (
+    GatewaySeen,
+    deliver_certificates,
+    gateway_statuses,
+    pending_deliveries,
+)
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle, read_flash_files
@@ -254,3 +264,57 @@ def test_gateway_status_reads_presence_with_a_confined_identity(site: Site) -> N
         gw1.stop()
     gateways, _ = gateway_statuses(site.ctx, targets={"localhost": ("localhost", site.port)})
     assert {g.device: g.state for g in gateways}["gw-1"] == "offline"
+
+
+def test_an_offline_gateway_shows_when_it_was_last_seen(site: Site) -> None:
+    """A retained will replaces the retained online status, so the will itself (fixed at
+    connect time) carries the certificate, the firmware and when that session came online."""
+    from iotfleet.cli.gateway import since_text
+    from iotfleet.gateway.simulator import FIRMWARE
+
+    targets = {"localhost": ("localhost", site.port)}
+    status_topic = f"{site.ctx.fleet.topic_prefix(site.ctx.fleet.device('gw-1'))}/status"
+
+    def seen() -> GatewaySeen:
+        gateways, problems = gateway_statuses(site.ctx, settle=0.5, targets=targets)
+        assert problems == []
+        return {g.device: g for g in gateways}["gw-1"]
+
+    gw1 = site.simulator("gw-1").start()
+    try:
+        assert gw1.wait_connected(10), gw1.stats.last_error
+        wait_until(lambda: seen().state == "online", timeout=15)
+        online, serial = seen(), gw1.cert_serial
+        assert online.since is not None
+    finally:
+        gw1.cut_power()  # no goodbye: the broker publishes the will
+    wait_until(lambda: seen().state == "offline", timeout=15)
+    dead = seen()
+    assert dead.since is None  # nobody knows when it went
+    assert (dead.last_seen, dead.cert_serial, dead.firmware) == (online.since, serial, FIRMWARE)
+    assert since_text(dead) == f"last seen {online.since:%Y-%m-%d %H:%M}"
+
+    # Only the device writes its status: another device and the reader are refused.
+    forged = GatewayStatus(state="online", cert_serial="0" * 40, since=online.since)
+    gw2 = site.simulator("gw-2").start()
+    try:
+        assert gw2.wait_connected(10)
+        assert gw2.publish(status_topic, forged.model_dump_json()) == NOT_AUTHORIZED
+    finally:
+        gw2.stop()
+    with session(site.target(), site.as_(DELIVERY_IDENTITY)) as reader:
+        assert reader.publish(status_topic, forged.model_dump_json().encode()) == NOT_AUTHORIZED
+    assert seen().last_seen == online.since
+
+    # A clean goodbye knows when it left.
+    gw1 = site.simulator("gw-1").start()
+    try:
+        assert gw1.wait_connected(10)
+        wait_until(lambda: seen().state == "online", timeout=15)
+        back = seen().since
+    finally:
+        gw1.stop()
+    gone = seen()
+    assert gone.state == "offline" and gone.since is not None and back is not None
+    assert gone.since >= back and gone.last_seen == gone.since
+    assert since_text(gone) == f"{gone.since:%Y-%m-%d %H:%M}"

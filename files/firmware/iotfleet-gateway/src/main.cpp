@@ -206,17 +206,17 @@ void setClock() {
   Serial.println(" ok");
 }
 
-String statusJson(const char *state) {
+// Presence on the status topic. Online: ``since`` is when this session came online. The will
+// (offline) is fixed at connect time, so it carries the same time as ``last_online``: a retained
+// will replaces the retained online status, and the fleet still sees when the board was last up.
+String statusJson(const char *state, time_t onlineAt) {
   JsonDocument doc;
   doc["state"] = state;
-  if (strcmp(state, "online") == 0) {
-    doc["cert_serial"] = certSerial;
-    doc["firmware"] = kFirmware;
-    char since[24];
-    time_t now = time(nullptr);
-    strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    doc["since"] = since;
-  }
+  doc["cert_serial"] = certSerial;
+  doc["firmware"] = kFirmware;
+  char at[24];
+  strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", gmtime(&onlineAt));
+  doc[strcmp(state, "online") == 0 ? "since" : "last_online"] = at;
   String body;
   serializeJson(doc, body);
   return body;
@@ -538,7 +538,8 @@ bool connectBroker() {
   tlsClient.setX509Time(time(nullptr));
   mqtt.setServer(host.c_str(), config.mqttPort);
   mqtt.setKeepAlive(config.keepalive);
-  String offline = statusJson("offline");
+  time_t onlineAt = time(nullptr);
+  String offline = statusJson("offline", onlineAt);
   const char *user = config.username.length() ? config.username.c_str() : nullptr;
   const char *pass = config.username.length() ? config.mqttPass.c_str() : nullptr;
   bool ok = mqtt.connect(config.deviceId.c_str(), user, pass, config.statusTopic.c_str(), 1,
@@ -553,7 +554,7 @@ bool connectBroker() {
   mqtt.subscribe(config.commandsFilter.c_str(), 1);
   mqtt.subscribe(config.certificateTopic.c_str(), 1);  // retained: waiting if renewed offline
   mqtt.subscribe(config.rekeyTopic.c_str(), 1);        // retained: waiting if asked offline
-  mqtt.publish(config.statusTopic.c_str(), statusJson("online").c_str(), true);
+  mqtt.publish(config.statusTopic.c_str(), statusJson("online", onlineAt).c_str(), true);
   Serial.printf("iotfleet: connected to %s:%u\n", host.c_str(), config.mqttPort);
   attempts = 0;
   return true;
