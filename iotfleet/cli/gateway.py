@@ -157,14 +157,12 @@ def run(
             highlight=False,
         )
 
-    simulator = GatewaySimulator(
-        bundle,
-        telemetry_interval=interval,
-        broker=_broker_option(broker),
-        log=log,
-        flash_file=path,  # a renewed certificate is stored here, like the board's LittleFS
-        layout=chosen,
-    )
+    try:  # boots like the board; a renewed certificate is stored in the flash file
+        simulator = GatewaySimulator.from_flash(
+            path, chosen, telemetry_interval=interval, broker=_broker_option(broker), log=log
+        )
+    except GatewayError as exc:
+        raise GatewayCommandError(str(exc)) from None
     log(f"read {path} ({chosen}); brokers {', '.join(f'{h}:{p}' for h, p in simulator.targets)}")
     try:
         stats = simulator.run(max_telemetry=count)

@@ -38,6 +38,7 @@ KEY_FILE = "/client.key"
 WIFI_PASS_FILE = "/wifi.pass"  # noqa: S105 - a file name
 MQTT_PASS_FILE = "/mqtt.pass"  # noqa: S105 - a file name
 PENDING_KEY_FILE = "/client.key.new"  # a re-key's new key, until its certificate arrives
+PENDING_CERT_FILE = "/client.pem.new"  # a new certificate, written in full before any rename
 REKEY_FILE = "/rekey.json"  # the re-key request answered last ({"request": ID}), no secret
 REQUIRED_FILES = (CONFIG_FILE, CA_FILE, CERT_FILE, KEY_FILE, WIFI_PASS_FILE)
 MAX_FILE_SIZE = 16 * 1024  # the firmware reads each file into RAM (about 40 KB free heap)

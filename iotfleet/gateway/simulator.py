@@ -8,8 +8,10 @@ MQTT 5 is used so the broker's verdicts (e.g. 0x87 "not authorized") are visible
 
 Certificate renewal over the air: it listens on its certificate topic (retained, so a renewal
 published while it was offline is waiting when it comes back), checks the certificate
-(``iotfleet.gateway.renewal``), stores it in its flash (``/client.pem``, write new then rename),
-reconnects with it and reports its serial in the retained online status.
+(``iotfleet.gateway.renewal``), stores it in its flash (``/client.pem``, power-cut safe:
+``iotfleet.gateway.identity``), reconnects with it and reports its serial in the retained online
+status. ``GatewaySimulator.from_flash`` boots like the board: a switch a power cut left half done
+is finished or undone before the contract is read.
 
 Re-key over the air: a request on its re-key topic makes it generate a new key (kept in flash
 as ``/client.key.new``, the old key stays in use) and publish the CSR on its own CSR topic
@@ -40,8 +42,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from iotfleet.device.contract import (
-    CERT_FILE,
-    KEY_FILE,
     PENDING_KEY_FILE,
     REKEY_FILE,
     Bundle,
@@ -52,8 +52,16 @@ from iotfleet.device.contract import (
     csr_topic,
     rekey_topic,
 )
+from iotfleet.device.littlefs_image import FileStep, Rename
 from iotfleet.gateway.backoff import Backoff
-from iotfleet.gateway.flashfile import GatewayError, read_flash_files, write_flash_files
+from iotfleet.gateway.flashfile import (
+    GatewayError,
+    apply_flash_steps,
+    read_bundle,
+    read_flash_files,
+    write_flash_files,
+)
+from iotfleet.gateway.identity import recover_identity, switch_steps
 from iotfleet.gateway.rekey import answered_request, csr_message, new_key_pem, rekey_state
 from iotfleet.gateway.renewal import CertificateRejectedError, checked_update, serial_of
 from iotfleet.gateway.tls import gateway_tls_context
@@ -138,6 +146,19 @@ class GatewaySimulator:
         self._seq = 0
         self._switching = False
         self._power_cut = False
+
+    @classmethod
+    def from_flash(cls, flash_file: Path, layout: str = "4M2M", **options: Any) -> GatewaySimulator:
+        """Boot like the board: finish or undo an identity switch a power cut left half done
+        (``iotfleet.gateway.identity``), read the contract from the flash, and store renewed
+        certificates and re-key state there. ``options``: as for the constructor."""
+        recovered = recover_identity(flash_file, layout)
+        simulator = cls(
+            read_bundle(flash_file, layout), flash_file=flash_file, layout=layout, **options
+        )
+        for step in recovered:
+            simulator._log(f"boot: a switch was cut short by a power cut: {_described(step)}")
+        return simulator
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -392,12 +413,11 @@ class GatewaySimulator:
         if certificate == self.bundle.certificate_pem:
             return False  # already in use (the retained copy, seen again after reconnecting)
         new_key = key != self.bundle.private_key_pem
-        files = {CERT_FILE: certificate}
-        if new_key:
-            files[KEY_FILE] = key  # renames /client.key.new over /client.key
         if self.flash_file is not None:
-            try:
-                write_flash_files(self.flash_file, files, self.layout)
+            try:  # power-cut safe: the certificate in full, then the key, then the certificate
+                apply_flash_steps(
+                    self.flash_file, switch_steps(certificate, new_key=new_key), self.layout
+                )
             except GatewayError as exc:
                 self.stats.last_error = f"cannot store the new certificate: {exc}"
                 self._log(self.stats.last_error)
@@ -486,3 +506,9 @@ class GatewaySimulator:
         finally:
             with self._acks_lock:
                 self._acks.pop(info.mid, None)
+
+
+def _described(step: FileStep) -> str:
+    if isinstance(step, Rename):
+        return f"finished it ({step.source} renamed over {step.target})"
+    return f"undid it (removed {step.path}; the old certificate and key stay)"

@@ -138,9 +138,11 @@ def make_unrecorded_identity(
     *,
     days: int = 30,
     now: datetime | None = None,
+    key_pem: bytes | None = None,
 ) -> ThrowawayIdentity:
-    """A valid identity signed by the fleet's own intermediate for a new key, recorded nowhere:
-    what a forger with a certificate the CA issued for another key would push to ``name``.
+    """A valid identity signed by the fleet's own intermediate for a new key (or ``key_pem``),
+    recorded nowhere: what a forger with a certificate the CA issued for another key would push
+    to ``name``, or what the CA would issue for a key a gateway made.
 
     Needs the CA passphrase (it signs with the real intermediate key).
     """
@@ -157,6 +159,7 @@ def make_unrecorded_identity(
         moment - timedelta(minutes=5),
         moment + timedelta(days=days),
         chain_pem(certs),
+        _load_key(key_pem) if key_pem else None,
     )
 
 

@@ -58,12 +58,10 @@ class Site:
         return self.boards[device].flash.path
 
     def simulator(self, device: str) -> GatewaySimulator:
-        path = self.flash_file(device)
-        return GatewaySimulator(
-            read_bundle(path),
+        return GatewaySimulator.from_flash(
+            self.flash_file(device),
             telemetry_interval=0.5,
             backoff=Backoff(initial=0.05, maximum=0.2),
-            flash_file=path,
         )
 
     def as_(self, name: str) -> Identity:
