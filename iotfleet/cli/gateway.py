@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.table import Table
 from iotfleet.device import DEFAULT_LAYOUT, LAYOUTS, UnknownLayoutError, flash_layout
 from iotfleet.device.contract import CONFIG_FILE
 from iotfleet.gateway import GatewayError, GatewaySimulator, read_bundle, read_flash_files
+
+if TYPE_CHECKING:
+    from iotfleet.fleet.cert_delivery import GatewaySeen
 
 EXIT_FAILED = 1
 EXIT_ERROR = 2
@@ -153,14 +157,12 @@ def run(
             highlight=False,
         )
 
-    simulator = GatewaySimulator(
-        bundle,
-        telemetry_interval=interval,
-        broker=_broker_option(broker),
-        log=log,
-        flash_file=path,  # a renewed certificate is stored here, like the board's LittleFS
-        layout=chosen,
-    )
+    try:  # boots like the board; a renewed certificate is stored in the flash file
+        simulator = GatewaySimulator.from_flash(
+            path, chosen, telemetry_interval=interval, broker=_broker_option(broker), log=log
+        )
+    except GatewayError as exc:
+        raise GatewayCommandError(str(exc)) from None
     log(f"read {path} ({chosen}); brokers {', '.join(f'{h}:{p}' for h, p in simulator.targets)}")
     try:
         stats = simulator.run(max_telemetry=count)
@@ -378,8 +380,7 @@ def status_command(inventory: Path | None, settle: float) -> None:
         expires = not_after.get(g.cert_serial or "")
         days = "-" if expires is None else str((expires - now).days)
         table.add_row(
-            g.device, f"[{style}]{g.state}[/]",
-            f"{g.since:%Y-%m-%d %H:%M}" if g.since else "-", ", ".join(g.brokers) or "-",
+            g.device, f"[{style}]{g.state}[/]", since_text(g), ", ".join(g.brokers) or "-",
             (g.cert_serial or "-")[:12], days, g.firmware or "-",
         )  # fmt: skip
     Console().print(table)
@@ -387,3 +388,14 @@ def status_command(inventory: Path | None, settle: float) -> None:
         _console().print(f"[red]{problem}[/]")
     if problems:
         sys.exit(EXIT_FAILED)
+
+
+def since_text(gateway: GatewaySeen) -> str:
+    """The status table's "since" cell: since when it is online (or offline, when it said
+    goodbye); for a gateway whose will the broker published, when it was last seen, which is
+    when it last came online (the will is fixed at connect time)."""
+    if gateway.since is not None:
+        return f"{gateway.since:%Y-%m-%d %H:%M}"
+    if gateway.state == "offline" and gateway.last_seen is not None:
+        return f"last seen {gateway.last_seen:%Y-%m-%d %H:%M}"
+    return "-"

@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from iotfleet.model.names import check_identity_name, check_topic_name
+from iotfleet.model.settings import MAX_NTP_SERVERS
 
 CONTRACT_VERSION = 1
 CONFIG_FILE = "/iotfleet.json"
@@ -37,6 +38,7 @@ KEY_FILE = "/client.key"
 WIFI_PASS_FILE = "/wifi.pass"  # noqa: S105 - a file name
 MQTT_PASS_FILE = "/mqtt.pass"  # noqa: S105 - a file name
 PENDING_KEY_FILE = "/client.key.new"  # a re-key's new key, until its certificate arrives
+PENDING_CERT_FILE = "/client.pem.new"  # a new certificate, written in full before any rename
 REKEY_FILE = "/rekey.json"  # the re-key request answered last ({"request": ID}), no secret
 REQUIRED_FILES = (CONFIG_FILE, CA_FILE, CERT_FILE, KEY_FILE, WIFI_PASS_FILE)
 MAX_FILE_SIZE = 16 * 1024  # the firmware reads each file into RAM (about 40 KB free heap)
@@ -104,7 +106,7 @@ class GatewayConfig(BaseModel):
     topics: Topics
     keepalive: int = Field(60, ge=5, le=3600, description="MQTT keepalive, seconds")
     telemetry_interval: int = Field(30, ge=1, le=86400, description="seconds between readings")
-    ntp_servers: Annotated[list[str], Field(min_length=1, max_length=3)] = Field(
+    ntp_servers: Annotated[list[str], Field(min_length=1, max_length=MAX_NTP_SERVERS)] = Field(
         description="time sources (espgw_ntp_servers): certificates cannot be checked without "
         "the date"
     )
@@ -296,11 +298,26 @@ class CertificateUpdate(BaseModel):
 
 
 class GatewayStatus(BaseModel):
-    """Retained presence on the status topic (command replies there carry ``command`` instead)."""
+    """Retained presence on the status topic (command replies there carry ``command`` instead).
+
+    Online, on connect: ``since`` is when it came online. Its will (``offline``) is fixed when it
+    connects, so it carries the certificate, the firmware and ``last_online`` (that same time)
+    but no ``since``: nobody knows when the board will go. A clean goodbye has both.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     state: Literal["online", "offline"]
     cert_serial: str | None = Field(None, description="serial of the certificate in use, hex")
     firmware: str | None = Field(None, description="firmware name and version")
-    since: datetime | None = Field(None, description="when the gateway published it (UTC)")
+    since: datetime | None = Field(None, description="since when this state holds (UTC)")
+    last_online: datetime | None = Field(
+        None, description="offline: when the session that ended came online (UTC)"
+    )
+
+    @property
+    def last_seen(self) -> datetime | None:
+        """The latest moment the gateway is known to have been up."""
+        if self.state == "online":
+            return self.since
+        return self.since or self.last_online

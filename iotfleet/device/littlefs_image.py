@@ -8,7 +8,9 @@ gone. So images are always built, and read back, with ``core_geometry``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from iotfleet.device.layouts import FlashLayout
@@ -119,10 +121,44 @@ def read_littlefs_image(image: bytes, layout: FlashLayout) -> dict[str, bytes]:
         fs.unmount()
 
 
-def replace_littlefs_files(image: bytes, layout: FlashLayout, files: Mapping[str, bytes]) -> bytes:
-    """``image`` with ``files`` written the way the firmware writes them: each to ``<name>.new``
-    first, then renamed over ``<name>`` (littlefs renames atomically: a power cut leaves the old
-    file or the new one, never half of one). Returns the new partition image."""
+@dataclass(frozen=True)
+class Write:
+    """Write ``content`` to ``path`` (created or replaced; complete once the file is closed)."""
+
+    path: str
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Rename:
+    """Rename ``source`` over ``target`` (littlefs renames atomically)."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Remove ``path`` if it is there."""
+
+    path: str
+
+
+FileStep = Write | Rename | Remove
+
+
+def staged_writes(files: Mapping[str, bytes]) -> list[FileStep]:
+    """How the firmware writes each file: to ``<name>.new`` first, then renamed over ``<name>``,
+    so a power cut leaves the old file or the new one, never half of one."""
+    steps: list[FileStep] = []
+    for path, content in files.items():
+        steps += [Write(f"{path}.new", content), Rename(f"{path}.new", path)]
+    return steps
+
+
+def littlefs_steps(image: bytes, layout: FlashLayout, steps: Sequence[FileStep]) -> Iterator[bytes]:
+    """Apply ``steps`` to a partition image one by one, yielding the partition after each: the
+    bytes a board's flash holds if the power goes right after that step."""
     if len(image) != layout.fs_size:
         raise FilesystemError(f"the {layout.name} partition is {layout.fs_size} bytes")
     lfs = _littlefs()
@@ -130,15 +166,30 @@ def replace_littlefs_files(image: bytes, layout: FlashLayout, files: Mapping[str
     fs = lfs.LittleFS(context=context, mount=False, **core_geometry(layout))
     try:
         fs.mount()
-        for path, content in files.items():
-            staging = f"{path}.new"
-            with fs.open(staging, "wb") as handle:
-                handle.write(content)
-            fs.rename(staging, path)
-        fs.unmount()
     except lfs.LittleFSError as exc:
         raise FilesystemError(f"cannot update the {layout.name} filesystem: {exc}") from None
-    return bytes(context.buffer)
+    try:
+        for step in steps:
+            try:
+                _apply(fs, step)
+            except lfs.LittleFSError as exc:
+                raise FilesystemError(
+                    f"cannot update the {layout.name} filesystem ({step}): {exc}"
+                ) from None
+            yield bytes(context.buffer)
+    finally:
+        fs.unmount()
+
+
+def _apply(fs: Any, step: FileStep) -> None:
+    if isinstance(step, Write):
+        with fs.open(step.path, "wb") as handle:
+            handle.write(step.content)
+    elif isinstance(step, Rename):
+        fs.rename(step.source, step.target)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            fs.remove(step.path)
 
 
 def _too_big(total: int, layout: FlashLayout) -> str:

@@ -9,9 +9,11 @@ instead, so the other boards are still flashed.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from iotfleet.device import DeviceImageError, board_layout, build_device_image
 from iotfleet.device.firmware_stub import DEFAULT_PATH, IMAGE_MAGIC, is_stand_in
@@ -172,7 +174,8 @@ def _job(
             f"host {station.name}",
             key,
             f"{path} is iotfleet's stand-in image, which boots into a loop: it is flashed only "
-            f"to emulated boards, and {board.port} is a serial device. Build the reference "
+            f"to emulated boards, and {board.port} is not one (a serial device, or a network "
+            "serial port off this machine's loopback). Build the reference "
             "firmware (files/firmware/iotfleet-gateway/: `pio run`, see docs/gateways.md) or "
             "your own, and set espgw_firmware to it",
         )
@@ -216,9 +219,28 @@ def _job(
 
 
 def is_real_device(board: Board) -> bool:
-    """A board on a serial device path that no emulator stands behind (the lab names the flash
-    file of each emulated board, attached ones included)."""
-    return "://" not in board.port and board.flash_file is None
+    """A board that may be real hardware: anything but an emulated board. Emulated are the
+    boards whose flash file the lab names (attached ones included) and network serial ports on
+    this machine's loopback (``socket://127.0.0.1:PORT``, ``[::1]``, ``localhost``), where the
+    emulator listens. A ``socket://`` or ``rfc2217://`` port on any other host is a real board
+    behind ser2net or an RFC 2217 server."""
+    if board.flash_file is not None:
+        return False
+    if "://" not in board.port:
+        return True
+    return not _on_loopback(urlsplit(board.port).hostname)
+
+
+def _on_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost; names are not resolved (no lookup decides a flash)."""
+    if host is None:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _firmware(path: Path, cache: dict[Path, bytes], where: str, key: str) -> bytes:

@@ -301,7 +301,8 @@ class GatewaySeen:
     brokers: list[str] = field(default_factory=list)  # where it is online (or last said so)
     cert_serial: str | None = None
     firmware: str | None = None
-    since: datetime | None = None  # when it published that status
+    since: datetime | None = None  # online: since when; offline: when it said goodbye, if it did
+    last_seen: datetime | None = None  # the latest moment it is known to have been up
 
 
 def gateway_statuses(
@@ -354,19 +355,25 @@ def gateway_statuses(
 
 
 def _merge(gateway: GatewaySeen, broker: str, status: GatewayStatus) -> None:
-    """Online anywhere wins; otherwise the most recent status."""
+    """Online anywhere wins; otherwise the status of the broker that saw it last. An offline
+    status is its will or its goodbye, which say when it was last seen (``last_seen``)."""
     if status.state == "online":
         if gateway.state != "online":
-            gateway.brokers = []
+            gateway.brokers, gateway.since = [], None
         gateway.state = "online"
         gateway.brokers.append(broker)
     elif gateway.state == "online":
         return
     else:
-        newer = gateway.since is None or (status.since is not None and status.since > gateway.since)
-        if not newer and gateway.state == "offline":
+        seen = status.last_seen
+        if gateway.state == "offline" and (
+            seen is None or (gateway.last_seen is not None and seen <= gateway.last_seen)
+        ):
             return
-        gateway.state, gateway.brokers = "offline", [broker]
+        gateway.state, gateway.brokers, gateway.since = "offline", [broker], None
     gateway.cert_serial = status.cert_serial or gateway.cert_serial
     gateway.firmware = status.firmware or gateway.firmware
     gateway.since = status.since or gateway.since
+    gateway.last_seen = max(
+        (t for t in (gateway.last_seen, status.last_seen) if t is not None), default=None
+    )

@@ -3,7 +3,10 @@
 - ``read_bundle(flash_file, layout) -> Bundle``: the contract's files from an emulated board's
   flash, mounted with the ESP8266 core's geometry (what the firmware does at boot).
 - ``GatewaySimulator(bundle, ...)``: connects with mTLS (paho-mqtt), publishes telemetry,
-  answers commands, reconnects with backoff. ``iotfleet gateway run`` is its command line.
+  answers commands, reconnects with backoff. ``GatewaySimulator.from_flash(flash_file, ...)``
+  boots from a board's flash (finishing or undoing a switch a power cut left half done,
+  ``iotfleet.gateway.identity``) and stores renewals there; ``iotfleet gateway run`` is its
+  command line.
 """
 
 from __future__ import annotations

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from iotfleet.device.contract import Bundle, ContractError
 from iotfleet.device.layouts import FlashLayout, flash_layout
 from iotfleet.device.littlefs_image import (
+    FileStep,
     FilesystemError,
+    littlefs_steps,
     read_littlefs_image,
-    replace_littlefs_files,
+    staged_writes,
 )
 
 
@@ -52,28 +55,37 @@ def read_bundle(flash_file: Path, layout: FlashLayout | str = "4M2M") -> Bundle:
         raise GatewayError(f"{flash_file}: the flashed files break the contract: {exc}") from None
 
 
-def write_flash_files(
-    flash_file: Path, files: dict[str, bytes], layout: FlashLayout | str = "4M2M"
+def apply_flash_steps(
+    flash_file: Path, steps: Sequence[FileStep], layout: FlashLayout | str = "4M2M"
 ) -> int:
-    """Store ``files`` in the board's LittleFS like the firmware does (write new, then rename),
-    rewriting in place only the flash blocks that changed (the emulated chip maps this file, so
-    it sees the same bytes). Returns how many blocks were written."""
+    """Apply file operations to the board's LittleFS one at a time, each written to the flash
+    (only the blocks that changed, in place: the emulated chip maps this file, so it sees the
+    same bytes) and synced before the next begins, so the flash after a crash between two steps
+    holds exactly the steps done. Returns how many blocks were written."""
     chosen = flash_layout(layout) if isinstance(layout, str) else layout
     before = read_partition(flash_file, chosen)
-    try:
-        after = replace_littlefs_files(before, chosen, files)
-    except FilesystemError as exc:
-        raise GatewayError(f"{flash_file}: {exc}") from None
     size = chosen.block_size
     written = 0
     fd = os.open(flash_file, os.O_WRONLY)
     try:
-        for offset in range(0, len(after), size):
-            block = after[offset : offset + size]
-            if block != before[offset : offset + size]:
-                os.pwrite(fd, block, chosen.fs_offset + offset)
-                written += 1
-        os.fsync(fd)
+        for after in littlefs_steps(before, chosen, steps):
+            for offset in range(0, len(after), size):
+                block = after[offset : offset + size]
+                if block != before[offset : offset + size]:
+                    os.pwrite(fd, block, chosen.fs_offset + offset)
+                    written += 1
+            os.fsync(fd)
+            before = after
+    except FilesystemError as exc:
+        raise GatewayError(f"{flash_file}: {exc}") from None
     finally:
         os.close(fd)
     return written
+
+
+def write_flash_files(
+    flash_file: Path, files: dict[str, bytes], layout: FlashLayout | str = "4M2M"
+) -> int:
+    """Store ``files`` in the board's LittleFS like the firmware does (each written as
+    ``<name>.new``, then renamed over ``<name>``). Returns how many blocks were written."""
+    return apply_flash_steps(flash_file, staged_writes(files), layout)

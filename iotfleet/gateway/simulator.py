@@ -8,8 +8,10 @@ MQTT 5 is used so the broker's verdicts (e.g. 0x87 "not authorized") are visible
 
 Certificate renewal over the air: it listens on its certificate topic (retained, so a renewal
 published while it was offline is waiting when it comes back), checks the certificate
-(``iotfleet.gateway.renewal``), stores it in its flash (``/client.pem``, write new then rename),
-reconnects with it and reports its serial in the retained online status.
+(``iotfleet.gateway.renewal``), stores it in its flash (``/client.pem``, power-cut safe:
+``iotfleet.gateway.identity``), reconnects with it and reports its serial in the retained online
+status. ``GatewaySimulator.from_flash`` boots like the board: a switch a power cut left half done
+is finished or undone before the contract is read.
 
 Re-key over the air: a request on its re-key topic makes it generate a new key (kept in flash
 as ``/client.key.new``, the old key stays in use) and publish the CSR on its own CSR topic
@@ -19,9 +21,11 @@ the new key and certificate together (``iotfleet.gateway.rekey``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -30,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,8 +42,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from iotfleet.device.contract import (
-    CERT_FILE,
-    KEY_FILE,
     PENDING_KEY_FILE,
     REKEY_FILE,
     Bundle,
@@ -50,8 +52,16 @@ from iotfleet.device.contract import (
     csr_topic,
     rekey_topic,
 )
+from iotfleet.device.littlefs_image import FileStep, Rename
 from iotfleet.gateway.backoff import Backoff
-from iotfleet.gateway.flashfile import GatewayError, read_flash_files, write_flash_files
+from iotfleet.gateway.flashfile import (
+    GatewayError,
+    apply_flash_steps,
+    read_bundle,
+    read_flash_files,
+    write_flash_files,
+)
+from iotfleet.gateway.identity import recover_identity, switch_steps
 from iotfleet.gateway.rekey import answered_request, csr_message, new_key_pem, rekey_state
 from iotfleet.gateway.renewal import CertificateRejectedError, checked_update, serial_of
 from iotfleet.gateway.tls import gateway_tls_context
@@ -135,6 +145,20 @@ class GatewaySimulator:
         self._started = time.monotonic()
         self._seq = 0
         self._switching = False
+        self._power_cut = False
+
+    @classmethod
+    def from_flash(cls, flash_file: Path, layout: str = "4M2M", **options: Any) -> GatewaySimulator:
+        """Boot like the board: finish or undo an identity switch a power cut left half done
+        (``iotfleet.gateway.identity``), read the contract from the flash, and store renewed
+        certificates and re-key state there. ``options``: as for the constructor."""
+        recovered = recover_identity(flash_file, layout)
+        simulator = cls(
+            read_bundle(flash_file, layout), flash_file=flash_file, layout=layout, **options
+        )
+        for step in recovered:
+            simulator._log(f"boot: a switch was cut short by a power cut: {_described(step)}")
+        return simulator
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -148,6 +172,18 @@ class GatewaySimulator:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def cut_power(self, timeout: float = 10.0) -> None:
+        """Like pulling the plug: the connection drops with no goodbye, so the broker publishes
+        the gateway's will, and the gateway stays down (what the fleet sees of a dead board)."""
+        self._power_cut = True
+        self._stop.set()
+        client = self._client
+        sock = client.socket() if client is not None else None
+        if isinstance(sock, socket.socket):  # an ssl.SSLSocket
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # no DISCONNECT, no TLS close_notify
+        self.stop(timeout)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -187,7 +223,10 @@ class GatewaySimulator:
     # -- one connection ------------------------------------------------------------------------
 
     def _session(self, host: str, port: int, max_telemetry: int | None) -> None:
-        client = self._new_client()
+        # One time for the session: the online status's ``since`` and the will's ``last_online``
+        # (the will is fixed at connect time, so it carries what the fleet should know of it).
+        online_at = datetime.now(UTC).replace(microsecond=0)
+        client = self._new_client(online_at)
         connack: queue.Queue[ReasonCode] = queue.Queue()
         gone = threading.Event()
 
@@ -218,17 +257,18 @@ class GatewaySimulator:
                 raise _ConnectFailedError("no CONNACK: the broker closed the connection") from None
             if reason.is_failure:
                 raise _ConnectFailedError(f"broker refused the connection: {reason}")
-            self._online(client, host, port)
+            self._online(client, host, port, online_at)
             self._serve(client, gone, max_telemetry)
         finally:
-            if not gone.is_set() and not self._switching:  # a switch is not going offline
-                self._offline(client)
+            # A switch is not going offline; a power cut leaves it to the will.
+            if not gone.is_set() and not self._switching and not self._power_cut:
+                self._offline(client, online_at)
             client.disconnect()
             client.loop_stop()
             self._client = None
             self._connected.clear()
 
-    def _new_client(self) -> mqtt.Client:
+    def _new_client(self, online_at: datetime) -> mqtt.Client:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.device_id,
@@ -240,27 +280,47 @@ class GatewaySimulator:
             client.username_pw_set(
                 config.mqtt_username, self.bundle.mqtt_password.get_secret_value()
             )
-        client.will_set(self.topics.status, _status("offline"), qos=1, retain=True)
+        will = self._status("offline", last_online=online_at)
+        client.will_set(self.topics.status, will, qos=1, retain=True)
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.connect_timeout = self.connect_timeout
         return client
 
-    def _online(self, client: mqtt.Client, host: str, port: int) -> None:
+    def _online(self, client: mqtt.Client, host: str, port: int, online_at: datetime) -> None:
         self._client = client
         self.backoff.reset()
         self.stats.connects += 1
         client.subscribe(f"{self.topics.commands}/#", qos=1)
         client.subscribe(self.certificate_topic, qos=1)
         client.subscribe(self.rekey_topic, qos=1)
-        client.publish(self.topics.status, _status("online", self.cert_serial), qos=1, retain=True)
+        status = self._status("online", since=online_at)
+        client.publish(self.topics.status, status, qos=1, retain=True)
         self._connected.set()
         self._log(f"connected to {host}:{port} as {self.device_id}")
 
-    def _offline(self, client: mqtt.Client) -> None:
-        """A clean goodbye (the will only covers a lost connection)."""
-        info = client.publish(self.topics.status, _status("offline"), qos=1, retain=True)
+    def _offline(self, client: mqtt.Client, online_at: datetime) -> None:
+        """A clean goodbye (the will only covers a lost connection): it knows when it leaves."""
+        goodbye = self._status("offline", since=datetime.now(UTC), last_online=online_at)
+        info = client.publish(self.topics.status, goodbye, qos=1, retain=True)
         info.wait_for_publish(timeout=2)
+
+    def _status(
+        self,
+        state: Literal["online", "offline"],
+        *,
+        since: datetime | None = None,
+        last_online: datetime | None = None,
+    ) -> str:
+        """Presence on the status topic (``GatewayStatus``), with the certificate in use."""
+        status = GatewayStatus(
+            state=state,
+            cert_serial=self.cert_serial,
+            firmware=FIRMWARE,
+            since=since.replace(microsecond=0) if since else None,
+            last_online=last_online,
+        )
+        return status.model_dump_json(exclude_none=True)
 
     def _serve(self, client: mqtt.Client, gone: threading.Event, max_telemetry: int | None) -> None:
         next_reading = time.monotonic()
@@ -353,12 +413,11 @@ class GatewaySimulator:
         if certificate == self.bundle.certificate_pem:
             return False  # already in use (the retained copy, seen again after reconnecting)
         new_key = key != self.bundle.private_key_pem
-        files = {CERT_FILE: certificate}
-        if new_key:
-            files[KEY_FILE] = key  # renames /client.key.new over /client.key
         if self.flash_file is not None:
-            try:
-                write_flash_files(self.flash_file, files, self.layout)
+            try:  # power-cut safe: the certificate in full, then the key, then the certificate
+                apply_flash_steps(
+                    self.flash_file, switch_steps(certificate, new_key=new_key), self.layout
+                )
             except GatewayError as exc:
                 self.stats.last_error = f"cannot store the new certificate: {exc}"
                 self._log(self.stats.last_error)
@@ -449,11 +508,7 @@ class GatewaySimulator:
                 self._acks.pop(info.mid, None)
 
 
-def _status(state: str, cert_serial: str | None = None) -> str:
-    status = GatewayStatus(
-        state=state,
-        cert_serial=cert_serial,
-        firmware=FIRMWARE if cert_serial else None,
-        since=datetime.now(UTC).replace(microsecond=0) if cert_serial else None,
-    )
-    return status.model_dump_json(exclude_none=True)
+def _described(step: FileStep) -> str:
+    if isinstance(step, Rename):
+        return f"finished it ({step.source} renamed over {step.target})"
+    return f"undid it (removed {step.path}; the old certificate and key stay)"

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from iotfleet.model.names import check_dns_name, check_mac
+from iotfleet.model.names import check_dns_name, check_mac, is_dns_name
 from iotfleet.model.secretref import SecretRef
 from iotfleet.model.strict import reject_loose_boolean
 
@@ -50,6 +50,8 @@ STRONG_TLS12_CIPHERS = ":".join(
 # Public pools, reachable from any network with internet access; documented as the one
 # default an offline plant must change (espgw_ntp_servers).
 DEFAULT_NTP_SERVERS = ("pool.ntp.org", "time.cloudflare.com")
+# The firmware asks at most this many (the ESP8266 SDK's SNTP keeps 3: SNTP_MAX_SERVERS).
+MAX_NTP_SERVERS = 3
 STRONG_TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
 
 # max_packet_size = payload limit + this: a PUBLISH topic may be 65535 bytes (its 2-byte length
@@ -456,7 +458,7 @@ class GatewaySettings(_Settings):
         None, description="broker hosts gateways connect to; default: every broker"
     )
     broker_port: Port = Field(8883, description="broker port gateways connect to")
-    ntp_servers: Annotated[list[str], Field(min_length=1, max_length=3)] = Field(
+    ntp_servers: Annotated[list[str], Field(min_length=1, max_length=MAX_NTP_SERVERS)] = Field(
         default_factory=lambda: list(DEFAULT_NTP_SERVERS),
         description="time servers gateways ask (certificates need the date); on a network "
         "without internet access, name the plant's own NTP server",
@@ -484,10 +486,15 @@ class GatewaySettings(_Settings):
 
 
 def _host_name_or_address(value: str) -> str:
+    """An IP address, or a host name whose last label is not all digits (``10.0.0.300`` is a
+    mistyped address, not a name the board could look up)."""
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
+        pass
+    if is_dns_name(value) and not value.rstrip(".").rsplit(".", 1)[-1].isdigit():
         return check_dns_name(value)
+    raise ValueError(f"{value!r} is neither an IP address nor a host name")
 
 
 ROLE_SETTINGS: dict[str, type[_Settings]] = {

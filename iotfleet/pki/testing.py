@@ -131,6 +131,38 @@ def make_expired_identity(
     )
 
 
+def make_unrecorded_identity(
+    settings: PkiSettings,
+    name: str,
+    kind: Kind = "device",
+    *,
+    days: int = 30,
+    now: datetime | None = None,
+    key_pem: bytes | None = None,
+) -> ThrowawayIdentity:
+    """A valid identity signed by the fleet's own intermediate for a new key (or ``key_pem``),
+    recorded nowhere: what a forger with a certificate the CA issued for another key would push
+    to ``name``, or what the CA would issue for a key a gateway made.
+
+    Needs the CA passphrase (it signs with the real intermediate key).
+    """
+    layout = StateLayout(settings.state_dir)
+    certs = load_ca_certs(layout)
+    if certs is None:
+        raise StateError(f"no CA in {layout.root}: run a reconcile first")
+    key = load_encrypted_key(layout.intermediate_key, read_passphrase(settings))
+    moment = utc_now(now)
+    return _leaf(
+        _spec(name, kind, (), ()),
+        key,
+        certs.intermediate,
+        moment - timedelta(minutes=5),
+        moment + timedelta(days=days),
+        chain_pem(certs),
+        _load_key(key_pem) if key_pem else None,
+    )
+
+
 def make_expired_identity_with(
     issuer: Issuer,
     certs: CaCerts,
@@ -160,6 +192,7 @@ __all__ = [
     "make_expired_identity",
     "make_expired_identity_with",
     "make_foreign_ca_identity",
+    "make_unrecorded_identity",
 ]
 
 

@@ -26,7 +26,7 @@ from iotfleet.device.contract import (
     rekey_topic,
 )
 from iotfleet.fleet.context import FleetContext
-from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle, read_flash_files
+from iotfleet.gateway import Backoff, GatewaySimulator, read_flash_files
 from iotfleet.gateway.rekey import csr_pem, new_key_pem
 from iotfleet.pki.rekey import read_rekeys
 from iotfleet.pki.store import KeyOnBoardError
@@ -57,12 +57,10 @@ class RekeyLab:
         return Path(str(board["flash_file"]))
 
     def simulator(self, device: str) -> GatewaySimulator:
-        path = self.flash_file(device)
-        return GatewaySimulator(
-            read_bundle(path),
+        return GatewaySimulator.from_flash(
+            self.flash_file(device),
             telemetry_interval=1.0,
             backoff=Backoff(initial=0.2, maximum=2.0),
-            flash_file=path,
         )
 
     def board_identity(self, device: str) -> Identity:

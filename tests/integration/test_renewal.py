@@ -53,12 +53,10 @@ class FieldLab:
         return int(stats["bytes_programmed"])
 
     def simulator(self, device: str) -> GatewaySimulator:
-        path = self.flash_file(device)
-        return GatewaySimulator(
-            read_bundle(path),
+        return GatewaySimulator.from_flash(
+            self.flash_file(device),
             telemetry_interval=1.0,
             backoff=Backoff(initial=0.2, maximum=2.0),
-            flash_file=path,
         )
 
     def rollout_without_stations(self) -> Rollout:

@@ -14,16 +14,30 @@ import pytest
 from cryptography import x509
 
 from iotfleet.check.mqtt_probe import NOT_AUTHORIZED, Identity, Target, session, succeeded
-from iotfleet.device.contract import CERT_FILE, CertificateUpdate, certificate_topic
+from iotfleet.device.contract import (
+    CERT_FILE,
+    CertificateUpdate,
+    GatewayStatus,
+    certificate_topic,
+)
 from iotfleet.emulator import BoardServer
 from iotfleet.flash import FlashRegistry, flash_station
-from iotfleet.fleet.cert_delivery import deliver_certificates, gateway_statuses, pending_deliveries
+from iotfleet.fleet.cert_delivery import (
+    GatewaySeen,
+    deliver_certificates,
+    gateway_statuses,
+    pending_deliveries,
+)
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle, read_flash_files
 from iotfleet.model.own_identities import DELIVERY_IDENTITY
 from iotfleet.pki import revoke
-from iotfleet.pki.testing import make_foreign_ca_identity
+from iotfleet.pki.testing import (
+    ThrowawayIdentity,
+    make_foreign_ca_identity,
+    make_unrecorded_identity,
+)
 from iotfleet.roles.mosquitto.render import service_files
 from iotfleet.roles.pki import broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
@@ -44,12 +58,10 @@ class Site:
         return self.boards[device].flash.path
 
     def simulator(self, device: str) -> GatewaySimulator:
-        path = self.flash_file(device)
-        return GatewaySimulator(
-            read_bundle(path),
+        return GatewaySimulator.from_flash(
+            self.flash_file(device),
             telemetry_interval=0.5,
             backoff=Backoff(initial=0.05, maximum=0.2),
-            flash_file=path,
         )
 
     def as_(self, name: str) -> Identity:
@@ -161,6 +173,16 @@ def test_renewal_over_the_air_end_to_end(site: Site) -> None:
         assert int(record.cert_serial, 16) == new[device]
 
 
+def _update(identity: ThrowawayIdentity) -> CertificateUpdate:
+    serial = x509.load_pem_x509_certificate(identity.certificate_pem).serial_number
+    return CertificateUpdate(
+        device=identity.name,
+        serial=f"{serial:040x}",
+        certificate=identity.certificate_pem.decode(),
+        chain=identity.ca_chain_pem.decode(),
+    )
+
+
 def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
     ctx = site.ctx
     gw1 = site.simulator("gw-1").start()
@@ -177,6 +199,10 @@ def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
                 certificate=forged.certificate_pem.decode(),
                 chain=forged.ca_chain_pem.decode(),
             ),
+            # Issued by the fleet's own CA, to gw-1, for a key that is not gw-1's.
+            "does not carry this gateway's key": _update(
+                make_unrecorded_identity(ctx.pki_settings, "gw-1")
+            ),
             "not issued to 'gw-1'": CertificateUpdate(
                 device="gw-1",
                 serial=f"{ctx.pki.record('gw-2').serial:040x}",  # type: ignore[union-attr]
@@ -190,7 +216,7 @@ def test_forged_and_foreign_certificates_are_refused(site: Site) -> None:
                 wait_until(lambda n=count: gw1.stats.certificates_rejected >= n, timeout=15)  # type: ignore[misc]
                 assert why in gw1.stats.last_error
             assert delivery.publish(certificate_topic("gw-1"), b"not json") == 0
-            wait_until(lambda: gw1.stats.certificates_rejected >= 3, timeout=15)
+            wait_until(lambda: gw1.stats.certificates_rejected >= len(pushes) + 1, timeout=15)
             assert "certificate update" in gw1.stats.last_error
         assert gw1.cert_serial == serial and gw1.stats.certificates_installed == 0
         assert read_flash_files(site.flash_file("gw-1"))[CERT_FILE] == ctx.pki.certificate_pem(
@@ -236,3 +262,57 @@ def test_gateway_status_reads_presence_with_a_confined_identity(site: Site) -> N
         gw1.stop()
     gateways, _ = gateway_statuses(site.ctx, targets={"localhost": ("localhost", site.port)})
     assert {g.device: g.state for g in gateways}["gw-1"] == "offline"
+
+
+def test_an_offline_gateway_shows_when_it_was_last_seen(site: Site) -> None:
+    """A retained will replaces the retained online status, so the will itself (fixed at
+    connect time) carries the certificate, the firmware and when that session came online."""
+    from iotfleet.cli.gateway import since_text
+    from iotfleet.gateway.simulator import FIRMWARE
+
+    targets = {"localhost": ("localhost", site.port)}
+    status_topic = f"{site.ctx.fleet.topic_prefix(site.ctx.fleet.device('gw-1'))}/status"
+
+    def seen() -> GatewaySeen:
+        gateways, problems = gateway_statuses(site.ctx, settle=0.5, targets=targets)
+        assert problems == []
+        return {g.device: g for g in gateways}["gw-1"]
+
+    gw1 = site.simulator("gw-1").start()
+    try:
+        assert gw1.wait_connected(10), gw1.stats.last_error
+        wait_until(lambda: seen().state == "online", timeout=15)
+        online, serial = seen(), gw1.cert_serial
+        assert online.since is not None
+    finally:
+        gw1.cut_power()  # no goodbye: the broker publishes the will
+    wait_until(lambda: seen().state == "offline", timeout=15)
+    dead = seen()
+    assert dead.since is None  # nobody knows when it went
+    assert (dead.last_seen, dead.cert_serial, dead.firmware) == (online.since, serial, FIRMWARE)
+    assert since_text(dead) == f"last seen {online.since:%Y-%m-%d %H:%M}"
+
+    # Only the device writes its status: another device and the reader are refused.
+    forged = GatewayStatus(state="online", cert_serial="0" * 40, since=online.since)
+    gw2 = site.simulator("gw-2").start()
+    try:
+        assert gw2.wait_connected(10)
+        assert gw2.publish(status_topic, forged.model_dump_json()) == NOT_AUTHORIZED
+    finally:
+        gw2.stop()
+    with session(site.target(), site.as_(DELIVERY_IDENTITY)) as reader:
+        assert reader.publish(status_topic, forged.model_dump_json().encode()) == NOT_AUTHORIZED
+    assert seen().last_seen == online.since
+
+    # A clean goodbye knows when it left.
+    gw1 = site.simulator("gw-1").start()
+    try:
+        assert gw1.wait_connected(10)
+        wait_until(lambda: seen().state == "online", timeout=15)
+        back = seen().since
+    finally:
+        gw1.stop()
+    gone = seen()
+    assert gone.state == "offline" and gone.since is not None and back is not None
+    assert gone.since >= back and gone.last_seen == gone.since
+    assert since_text(gone) == f"{gone.since:%Y-%m-%d %H:%M}"

@@ -256,3 +256,54 @@ def test_lab_board_entries_are_accepted(gateways: GatewayFleet) -> None:
     boards = [dict(BOARDS[0], flash_file="/srv/lab/gw1.flash", mac="18:FE:34:00:00:01")]
     board = gateways.context(boards).fleet.stations[0].boards[0]
     assert str(board.flash_file) == "/srv/lab/gw1.flash" and board.mac == "18:fe:34:00:00:01"
+
+
+SKETCH = REPO / "files/firmware/iotfleet-gateway/src/main.cpp"
+
+
+def test_the_inventorys_ntp_servers_are_what_the_board_reads(gateways: GatewayFleet) -> None:
+    from iotfleet.model.settings import DEFAULT_NTP_SERVERS
+
+    servers = ["ntp1.plant.example", "10.20.0.1", "fd00::123"]
+    image = build_device_image(gateways.context(BOARDS, ntp_servers=servers), "gw-1")
+    files = read_littlefs_image(image.data, flash_layout("4M2M"))
+    assert json.loads(files[CONFIG_FILE])["ntp_servers"] == servers  # the key the sketch reads
+    assert Bundle.from_files(files).config.ntp_servers == servers  # and the simulator
+    default = build_device_image(gateways.context(BOARDS), "gw-1")
+    files = read_littlefs_image(default.data, flash_layout("4M2M"))
+    assert json.loads(files[CONFIG_FILE])["ntp_servers"] == list(DEFAULT_NTP_SERVERS)
+
+
+@pytest.mark.parametrize(
+    ("servers", "why"),
+    [
+        ([], "at least 1 item"),
+        (["a.example", "b.example", "c.example", "d.example"], "at most 3 items"),
+        (["not a host!"], "'not a host!' is neither an IP address nor a host name"),
+        (["ntp://time.example"], "is neither an IP address nor a host name"),
+        (["10.0.0.300"], "'10.0.0.300' is neither an IP address nor a host name"),
+        ([""], "is neither an IP address nor a host name"),
+        ("pool.ntp.org", "valid list"),
+    ],
+)
+def test_bad_ntp_servers_are_refused_naming_the_key(
+    gateways: GatewayFleet, servers: object, why: str
+) -> None:
+    from iotfleet.model import InventoryError
+
+    with pytest.raises(InventoryError) as caught:
+        gateways.context(BOARDS, ntp_servers=servers)
+    assert "host @local: espgw_ntp_servers: " in str(caught.value) and why in str(caught.value)
+
+
+def test_the_sketch_reads_every_key_of_the_configuration() -> None:
+    """The reference sketch cannot be compiled here: at least its /iotfleet.json keys and its
+    NTP slots are tied to the contract."""
+    from iotfleet.device.contract import GatewayConfig
+    from iotfleet.model.settings import MAX_NTP_SERVERS
+
+    source = SKETCH.read_text()
+    missing = [key for key in GatewayConfig.model_fields if f'doc["{key}"]' not in source]
+    assert missing == []
+    assert f"String ntp[{MAX_NTP_SERVERS}];" in source
+    assert f"config.ntpCount < {MAX_NTP_SERVERS}" in source

@@ -571,6 +571,55 @@ def test_stand_in_firmware_is_refused_for_a_real_serial_device(
     assert "files/firmware/iotfleet-gateway/" in result.message
 
 
+REMOTE_SERIAL_PORTS = [
+    "socket://192.168.1.20:4000",  # ser2net on another machine
+    "rfc2217://bench1.plant.example:2217",  # an RFC 2217 server, by name (never resolved)
+    "socket://[2001:db8::7]:4000",
+    "rfc2217://localhost.plant.example:2217",  # a name that merely starts like loopback
+    "socket://0.0.0.0:4000",
+]
+LOOPBACK_SERIAL_PORTS = [
+    "socket://127.0.0.1:4000",  # where the lab's emulators listen
+    "socket://127.8.9.10:4000",  # all of 127.0.0.0/8
+    "rfc2217://[::1]:2217",
+    "socket://localhost:4000",
+    "rfc2217://LOCALHOST:2217",
+]
+
+
+@pytest.mark.parametrize("port", REMOTE_SERIAL_PORTS)
+def test_stand_in_firmware_is_refused_for_a_network_serial_port_on_another_host(
+    gateways: GatewayFleet, port: str
+) -> None:
+    """A real board behind ser2net or RFC 2217 on another machine would get a dead image."""
+    ctx = gateways.context([{"port": port, "device": "gw-1"}])
+    jobs, [refused] = station_jobs(ctx, "@local")
+    assert jobs == []
+    assert refused.kind == "input" and refused.device_id == "gw-1"
+    assert "espgw_firmware" in refused.message and f"{port} is not one" in refused.message
+
+
+@pytest.mark.parametrize("port", LOOPBACK_SERIAL_PORTS)
+def test_stand_in_firmware_is_allowed_on_a_loopback_serial_port(
+    gateways: GatewayFleet, port: str
+) -> None:
+    """Emulators listen on this machine's loopback; no flash file is needed to recognise them."""
+    ctx = gateways.context([{"port": port, "device": "gw-1"}])
+    jobs, refused = station_jobs(ctx, "@local")
+    assert refused == [] and [j.port for j in jobs] == [port]
+
+
+def test_a_named_flash_file_makes_any_port_emulated(gateways: GatewayFleet, tmp_path: Path) -> None:
+    ctx = gateways.context(
+        [
+            {"port": port, "device": f"gw-{i}", "flash_file": str(tmp_path / f"{i}.flash")}
+            for i, port in enumerate(REMOTE_SERIAL_PORTS[:2], 1)
+        ]
+    )
+    jobs, refused = station_jobs(ctx, "@local")
+    assert refused == [] and [j.device_id for j in jobs] == ["gw-1", "gw-2"]
+
+
 def test_a_generated_wifi_passphrase_is_refused_for_a_real_board(
     gateways: GatewayFleet, tmp_path: Path
 ) -> None:

@@ -10,12 +10,16 @@
 // publishes telemetry, answers commands, and reconnects with exponential backoff and jitter.
 // Certificate renewal over the air (docs/gateways.md): it listens on
 // iotfleet/pki/<device id>/certificate, installs a certificate only if it carries this board's
-// own public key and chains to a root in the flashed /ca.pem, stores it (write /client.pem.new,
-// rename over /client.pem), restarts with it and reports its serial in the online status.
+// own public key and chains to a root in the flashed /ca.pem, stores it (write /client.pem.new in
+// full, then rename: "Switching identity" in docs/gateways.md, finished or undone at boot after
+// a power cut), restarts with it and reports its serial in the online status.
 // Re-key over the air: on a request on iotfleet/pki/<device id>/rekey it makes a new EC P-256
 // key with BearSSL (seeded from the hardware RNG), keeps it in /client.key.new, and publishes a
 // PKCS#10 CSR for CN=<device id> signed with it on iotfleet/pki/<device id>/csr (retained); the
-// certificate for the new key arrives like a renewal and both files are renamed into place.
+// certificate for the new key arrives like a renewal; /client.pem.new is written in full, then
+// /client.key.new is renamed over /client.key, then /client.pem.new over /client.pem.
+// Publishes go out at QoS 0 (PubSubClient publishes nothing else; the will is QoS 1): a CSR or
+// status lost with a dropped connection is published again after the reconnect.
 //
 // Not compiled in iotfleet's CI (no Xtensa toolchain there); the same contract is exercised by
 // iotfleet's gateway simulator (`iotfleet gateway run`). Secrets are never printed.
@@ -113,6 +117,49 @@ String serialHex(BearSSL::X509List *list) {
   return hex;
 }
 
+bool sameKey(const br_x509_pkey *pk, BearSSL::PrivateKey *key);
+
+// True if ``pem`` is a whole certificate for ``key`` (its public key is the key's).
+bool certifiesKey(const String &pem, BearSSL::PrivateKey *key) {
+  BearSSL::X509List list(pem.c_str());
+  if (list.getCount() == 0) return false;
+  const br_x509_certificate &c = list.getX509Certs()[0];
+  br_x509_decoder_context dc;
+  br_x509_decoder_init(&dc, nullptr, nullptr);
+  br_x509_decoder_push(&dc, c.data, c.data_len);
+  const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
+  return pk != nullptr && br_x509_decoder_last_error(&dc) == 0 && sameKey(pk, key);
+}
+
+// At boot, before the identity is read: finish or undo a switch a power cut left half done
+// (docs/gateways.md, "Switching identity"; the simulator's iotfleet/gateway/identity.py).
+// The switch writes /client.pem.new in full, renames /client.key.new over /client.key (a
+// re-key), then /client.pem.new over /client.pem.
+void finishIdentitySwitch() {
+  if (!LittleFS.exists("/client.pem.new")) return;
+  if (LittleFS.exists("/client.key.new")) {
+    // Cut before the key was renamed: the old pair is intact and the certificate is still
+    // retained on the certificate topic; the re-key's key stays, waiting for it.
+    LittleFS.remove("/client.pem.new");
+    Serial.println("iotfleet: a certificate switch was cut short; undone");
+    return;
+  }
+  String pem, keyText;
+  bool whole = readFile("/client.pem.new", pem, kMaxFile) &&
+               readFile("/client.key", keyText, kMaxFile);
+  if (whole) {
+    BearSSL::PrivateKey key(keyText.c_str());
+    whole = certifiesKey(pem, &key);
+  }
+  keyText = "";
+  if (whole && LittleFS.rename("/client.pem.new", "/client.pem")) {
+    Serial.println("iotfleet: a certificate switch was cut short; finished");
+  } else {
+    LittleFS.remove("/client.pem.new");  // cut while it was written: the old pair stays
+    Serial.println("iotfleet: a certificate switch was cut short; undone");
+  }
+}
+
 [[noreturn]] void halt(const char *why) {
   Serial.printf("iotfleet: cannot start: %s\n", why);
   for (;;) delay(1000);  // keep the flash as it is: a person has to look at this board
@@ -125,6 +172,7 @@ void loadContract() {
   fsConfig.setAutoFormat(false);
   LittleFS.setConfig(fsConfig);
   if (!LittleFS.begin()) halt("LittleFS does not mount (flash layout differs from espgw_layout?)");
+  finishIdentitySwitch();
 
   String json;
   if (!readFile("/iotfleet.json", json, kMaxConfig)) halt("/iotfleet.json missing or too big");
@@ -206,17 +254,17 @@ void setClock() {
   Serial.println(" ok");
 }
 
-String statusJson(const char *state) {
+// Presence on the status topic. Online: ``since`` is when this session came online. The will
+// (offline) is fixed at connect time, so it carries the same time as ``last_online``: a retained
+// will replaces the retained online status, and the fleet still sees when the board was last up.
+String statusJson(const char *state, time_t onlineAt) {
   JsonDocument doc;
   doc["state"] = state;
-  if (strcmp(state, "online") == 0) {
-    doc["cert_serial"] = certSerial;
-    doc["firmware"] = kFirmware;
-    char since[24];
-    time_t now = time(nullptr);
-    strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    doc["since"] = since;
-  }
+  doc["cert_serial"] = certSerial;
+  doc["firmware"] = kFirmware;
+  char at[24];
+  strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", gmtime(&onlineAt));
+  doc[strcmp(state, "online") == 0 ? "since" : "last_online"] = at;
   String body;
   serializeJson(doc, body);
   return body;
@@ -309,22 +357,29 @@ void certificateUpdate(uint8_t *payload, unsigned int length) {
     mqtt.publish(config.statusTopic.c_str(), body.c_str());
     return;
   }
-  // Write new, then rename: a power cut leaves the old certificate or the new one, never half.
+  // The switch ("Switching identity"): the certificate in full, then the key (a re-key), then
+  // the certificate. A power cut anywhere is finished or undone at boot (finishIdentitySwitch).
   File f = LittleFS.open("/client.pem.new", "w");
   bool ok = f && f.print(pemLeaf) == pemLeaf.length();
   if (f) f.close();
-  if (!ok || !LittleFS.rename("/client.pem.new", "/client.pem")) {
+  if (!ok) {
     LittleFS.remove("/client.pem.new");
     Serial.println("iotfleet: cannot store the new certificate");
     return;
   }
+  if (certifiesPendingKey && !LittleFS.rename("/client.key.new", "/client.key")) {
+    LittleFS.remove("/client.pem.new");  // nothing renamed: the old pair stays in use
+    Serial.println("iotfleet: cannot install the new key");
+    return;
+  }
+  if (!LittleFS.rename("/client.pem.new", "/client.pem")) {
+    // The key may be in place already: the boot finishes the switch (or undoes it).
+    Serial.println("iotfleet: cannot rename the new certificate; restarting to finish");
+    mqtt.disconnect();
+    ESP.restart();
+  }
   if (certifiesPendingKey) {
-    // The certificate of the re-key's key: that key becomes /client.key, the CSR is answered.
-    if (!LittleFS.rename("/client.key.new", "/client.key")) {
-      Serial.println("iotfleet: cannot install the new key");
-      return;
-    }
-    mqtt.publish(config.csrTopic.c_str(), (const uint8_t *)"", 0, true);
+    mqtt.publish(config.csrTopic.c_str(), (const uint8_t *)"", 0, true);  // the CSR is answered
   }
   Serial.printf("iotfleet: installed certificate %s; restarting with it\n",
                 update["serial"].as<const char *>());
@@ -538,7 +593,8 @@ bool connectBroker() {
   tlsClient.setX509Time(time(nullptr));
   mqtt.setServer(host.c_str(), config.mqttPort);
   mqtt.setKeepAlive(config.keepalive);
-  String offline = statusJson("offline");
+  time_t onlineAt = time(nullptr);
+  String offline = statusJson("offline", onlineAt);
   const char *user = config.username.length() ? config.username.c_str() : nullptr;
   const char *pass = config.username.length() ? config.mqttPass.c_str() : nullptr;
   bool ok = mqtt.connect(config.deviceId.c_str(), user, pass, config.statusTopic.c_str(), 1,
@@ -553,7 +609,7 @@ bool connectBroker() {
   mqtt.subscribe(config.commandsFilter.c_str(), 1);
   mqtt.subscribe(config.certificateTopic.c_str(), 1);  // retained: waiting if renewed offline
   mqtt.subscribe(config.rekeyTopic.c_str(), 1);        // retained: waiting if asked offline
-  mqtt.publish(config.statusTopic.c_str(), statusJson("online").c_str(), true);
+  mqtt.publish(config.statusTopic.c_str(), statusJson("online", onlineAt).c_str(), true);
   Serial.printf("iotfleet: connected to %s:%u\n", host.c_str(), config.mqttPort);
   attempts = 0;
   return true;
