@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from iotfleet.check.mqtt_probe import (
     NOT_AUTHORIZED,
@@ -26,6 +28,7 @@ from iotfleet.check.mqtt_probe import (
     succeeded,
     try_connect,
 )
+from iotfleet.check.tls_context import client_context
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.model import Fleet, RawHost, build_fleet
@@ -43,10 +46,11 @@ TLS_REFUSED = "certificate verify failed"
 
 
 def sites_fleet(ports: dict[str, int], *, bridge_revoked: str | None = None) -> Fleet:
-    """Site a (edge-a1, running), site b (edge-b1, not running), core-1; all on loopback."""
+    """Site a (edge-a1), site b (edge-b1, never started), the cores among ``ports`` (core-1,
+    core-2: failover order); every broker on loopback."""
     fleet_data: dict[str, Any] = {
         "fleet_name": "sites",
-        "fleet_core_brokers": ["core-1"],
+        "fleet_core_brokers": sorted(name for name in ports if name.startswith("core-")),
         "fleet_sites": [
             {"name": "a", "edges": ["edge-a1"], "bridge_revoked": bridge_revoked},
             {"name": "b", "edges": ["edge-b1"]},
@@ -69,7 +73,7 @@ def sites_fleet(ports: dict[str, int], *, bridge_revoked: str | None = None) -> 
                 "mosquitto_listeners": [{"port": ports[name], "bind_address": "127.0.0.1"}],
             },
         )
-        for index, name in enumerate(("core-1", "edge-a1", "edge-b1"))
+        for index, name in enumerate(ports)
     ]
     return build_fleet(hosts)
 
@@ -114,10 +118,10 @@ def bridge_state(ops: Session) -> bytes | None:
     return bytes(states[-1].payload) if states else None
 
 
-def planned(**site_a: Any) -> FleetContext:
+def planned(cores: int = 1) -> FleetContext:
     """A fleet on fresh loopback ports with its PKI reconciled (in ``$IOTFLEET_HOME``)."""
-    ports = {name: free_port() for name in ("core-1", "edge-a1", "edge-b1")}
-    return reconciled(sites_fleet(ports, **site_a))
+    names = [*(f"core-{i}" for i in range(1, cores + 1)), "edge-a1", "edge-b1"]
+    return reconciled(sites_fleet({name: free_port() for name in names}))
 
 
 def reconciled(fleet: Fleet) -> FleetContext:
@@ -258,3 +262,106 @@ def test_revoking_the_bridge_identity_cuts_the_site_off_at_the_core(
             wait_for_bridge(sites, b"0")
             # The site's devices are still served by their edge, cut off from the core.
             assert try_connect(sites.target("edge-a1"), sites.identity("gw-a")).accepted
+
+
+def test_the_bridge_fails_over_to_the_second_core_when_the_first_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IOTFLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IOTFLEET_PKI_PASSPHRASE", PASSPHRASE)
+    ctx = planned(cores=2)
+    sites = Sites(ctx, ports_of(ctx.fleet), {})
+    for name in ("core-1", "core-2", "edge-a1"):
+        (tmp_path / name).mkdir()
+    with ExitStack() as rest, ExitStack() as first_core:
+        # Both cores before the edge: its bridge starts on the first address, core-1.
+        first_core.enter_context(running_broker(ctx, "core-1", tmp_path / "core-1"))
+        rest.enter_context(running_broker(ctx, "core-2", tmp_path / "core-2"))
+        edge_log = rest.enter_context(running_broker(ctx, "edge-a1", tmp_path / "edge-a1"))
+        wait_for_bridge(sites)
+        to_core_2 = f"({sites_address(sites, 'core-2')})"
+        assert to_core_2 not in edge_log.read_text()
+        first_core.close()
+        # core-1 is gone: the bridge moves on to core-2, the next address of its list.
+        wait_for_bridge(sites, b"0")
+        wait_for_bridge(sites)
+        assert to_core_2 in edge_log.read_text()
+        with (
+            sites.connect("core-2", "control-room") as consumer,
+            sites.connect("edge-a1", "gw-a") as device,
+        ):
+            assert consumer.subscribe("devices/gw-a/telemetry/#") == 1
+            assert succeeded(device.publish("devices/gw-a/telemetry/temp", b"after failover"))
+            wait_until(lambda: bool(consumer.messages("devices/gw-a/telemetry/temp")))
+
+
+def sites_address(sites: Sites, core: str) -> str:
+    """How the edge's log names a core it connects to."""
+    return f"127.0.0.1:{sites.ports[core]}"
+
+
+@contextmanager
+def persistent_consumer(sites: Sites, broker: str, received: list[bytes]) -> Iterator[mqtt.Client]:
+    """``control-room`` with a persistent session (MQTT 3.1.1, clean session false): what the
+    broker queues for it while it is away arrives when it comes back."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id="control-room",
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+    )
+    identity = sites.identity("control-room")
+    client.tls_set_context(
+        client_context(
+            sites.ctx.pki.ca_chain_pem(),
+            certificate_pem=identity.certificate_pem,
+            private_key_pem=identity.private_key_pem,
+        )
+    )
+    client.on_message = lambda _c, _u, message: received.append(bytes(message.payload))
+    client.connect("127.0.0.1", sites.ports[broker])
+    client.loop_start()
+    try:
+        wait_until(client.is_connected)
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_qos1_telemetry_published_while_the_core_is_down_arrives_after_it_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The edge queues for its bridge's persistent session (cleansession false, fixed client
+    ids), the restarted core takes the queue over the bridge and keeps the consumer's."""
+    monkeypatch.setenv("IOTFLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IOTFLEET_PKI_PASSPHRASE", PASSPHRASE)
+    ctx = planned()
+    sites = Sites(ctx, ports_of(ctx.fleet), {})
+    for name in ("core-1", "edge-a1"):
+        (tmp_path / name).mkdir()
+    received: list[bytes] = []
+    topic = "devices/gw-a/telemetry/temp"
+    with running_broker(ctx, "edge-a1", tmp_path / "edge-a1"):
+        with running_broker(ctx, "core-1", tmp_path / "core-1"):
+            wait_for_bridge(sites)
+            with (
+                persistent_consumer(sites, "core-1", received) as consumer,
+                sites.connect("edge-a1", "gw-a") as device,
+            ):
+                consumer.subscribe("devices/gw-a/telemetry/#", qos=1)
+                # Through the bridge once: the consumer's subscription is in place.
+                wait_until(
+                    lambda: succeeded(device.publish(topic, b"before")) and b"before" in received
+                )
+        wait_for_bridge(sites, b"0")
+        with sites.connect("edge-a1", "gw-a") as device:
+            for n in range(3):
+                assert succeeded(device.publish(topic, f"during outage {n}".encode()))
+        # The core restarts with its persistence (the consumer's session among it).
+        with (
+            running_broker(ctx, "core-1", tmp_path / "core-1"),
+            persistent_consumer(sites, "core-1", received),
+        ):
+            wanted = [f"during outage {n}".encode() for n in range(3)]
+            wait_until(lambda: all(w in received for w in wanted), timeout=120)
