@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from iotfleet.device.image import gateway_broker_names
 from iotfleet.model import InventoryError, RawHost, build_fleet
 from iotfleet.model.keys import inventory_keys
 
@@ -161,3 +162,29 @@ def test_iotfleet_keys_lists_the_site_keys_with_their_defaults() -> None:
     assert docs["fleet_sites[].cores"].default == "-"
     assert docs["fleet_devices[].site"].description
     assert docs["fleet_clients[].site"].description
+
+
+def test_a_gateway_lists_its_sites_edges_then_its_cores() -> None:
+    station = RawHost("@local", ("flash_stations",), {})
+    fleet = build_fleet([*sited(), station])
+    gw_a, gw_b = fleet.device("gw-a"), fleet.device("gw-b")
+    [local] = fleet.stations
+    assert gateway_broker_names(fleet, local, gw_a) == ["edge-a1", "edge-a2", "core-1", "core-2"]
+    assert gateway_broker_names(fleet, local, gw_b) == ["edge-b1", "core-1", "core-2"]
+
+
+def test_a_stations_broker_list_keeps_only_the_brokers_holding_the_device() -> None:
+    station = RawHost("@local", ("flash_stations",), {"espgw_brokers": ["edge-b1", "core-2"]})
+    fleet = build_fleet([*sited(), station])
+    [local] = fleet.stations
+    assert gateway_broker_names(fleet, local, fleet.device("gw-a")) == ["core-2"]
+    assert gateway_broker_names(fleet, local, fleet.device("gw-b")) == ["edge-b1", "core-2"]
+
+
+def test_without_sites_a_gateway_lists_what_it_listed_before() -> None:
+    hosts = [
+        RawHost("mqtt1", ("brokers",), {"fleet_name": "flat", "fleet_devices": [{"id": "gw-1"}]}),
+        RawHost("@local", ("flash_stations",), {}),
+    ]
+    fleet = build_fleet(hosts)
+    assert gateway_broker_names(fleet, fleet.stations[0], fleet.device("gw-1")) is None
