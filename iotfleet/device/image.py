@@ -211,9 +211,32 @@ def build_device_image(
     )
 
 
+def gateway_broker_names(fleet: Fleet, station: FlashStation, device: Device) -> list[str] | None:
+    """Broker hosts a gateway's image lists, in the order it tries them; none: every broker.
+
+    The device's own ``brokers``, else the station's ``espgw_brokers``, else every broker. In
+    a multi-site fleet the default is the device's site (its edges, then its cores) and the
+    station's list keeps only the brokers that hold the device.
+    """
+    if device.brokers is not None:
+        return list(device.brokers)
+    if not fleet.sites:
+        return station.gateway.brokers
+    site_brokers = fleet.site_brokers(device.site)
+    if station.gateway.brokers is None:
+        return site_brokers
+    return [name for name in station.gateway.brokers if name in site_brokers]
+
+
 def _brokers(ctx: DeviceSources, station: FlashStation, device: Device) -> list[Broker]:
-    """The device's own brokers, else the station's ``espgw_brokers``, else every broker."""
-    names = device.brokers if device.brokers is not None else station.gateway.brokers
+    """The brokers of ``gateway_broker_names``, refused when there are none."""
+    names = gateway_broker_names(ctx.fleet, station, device)
+    if names == [] and ctx.fleet.sites:
+        raise DeviceImageError(
+            f"host {station.name}",
+            "espgw_brokers",
+            f"none of them holds device {device.id} (site {device.site})",
+        )
     brokers = ctx.fleet.brokers if names is None else [ctx.fleet.broker(n) for n in names]
     if not brokers:
         raise DeviceImageError(

@@ -10,7 +10,12 @@ from iotfleet.fleet.secrets import SecretStore
 from iotfleet.fs.atomic import write_file_atomically
 from iotfleet.model import Fleet
 from iotfleet.model.addresses import broker_dns_names, broker_ip_addresses
-from iotfleet.model.own_identities import DELIVERY_IDENTITY, PROBE_DEVICES, health_identity_name
+from iotfleet.model.own_identities import (
+    DELIVERY_IDENTITY,
+    PROBE_DEVICES,
+    bridge_identity_name,
+    health_identity_name,
+)
 from iotfleet.pki import IdentitySpec, PkiSettings, ReconcileReport, reconcile
 from iotfleet.pki.ca import CaCerts
 from iotfleet.pki.certs import Issuer
@@ -30,6 +35,13 @@ def fleet_identities(fleet: Fleet) -> list[IdentitySpec]:
             )
         )
         specs.append(IdentitySpec(name=health_identity_name(broker.name), kind="client"))
+    for site in fleet.sites:
+        specs.extend(
+            IdentitySpec(
+                name=bridge_identity_name(edge), kind="bridge", revoked_reason=site.bridge_revoked
+            )
+            for edge in site.edges
+        )
     specs.extend(IdentitySpec(name=probe, kind="device") for probe in PROBE_DEVICES)
     specs.append(IdentitySpec(name=DELIVERY_IDENTITY, kind="client"))
     for device in fleet.devices:

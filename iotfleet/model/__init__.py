@@ -12,6 +12,7 @@ from iotfleet.model.fleet import (
     KeyType,
     PkiConfig,
     Role,
+    Site,
 )
 from iotfleet.model.secretref import SecretRef
 from iotfleet.model.settings import (
@@ -44,6 +45,7 @@ __all__ = [
     "RawHost",
     "Role",
     "SecretRef",
+    "Site",
     "SshHardeningSettings",
     "build_fleet",
     "known_keys",

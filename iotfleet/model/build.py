@@ -24,6 +24,7 @@ from iotfleet.model.fleet import (
     Fleet,
     PkiConfig,
     Role,
+    Site,
 )
 from iotfleet.model.names import check_topic_name, is_dns_name, opens_other_devices
 from iotfleet.model.settings import (
@@ -32,12 +33,21 @@ from iotfleet.model.settings import (
     MosquittoSettings,
     SshHardeningSettings,
 )
+from iotfleet.model.topology import check_topology
 
 BROKERS_GROUP = "brokers"
 STATIONS_GROUP = "flash_stations"
 LOCAL_STATION = "@local"
 
-FLEET_KEYS = {"fleet_name", "fleet_devices", "fleet_clients", "fleet_roles", "fleet_topic_root"}
+FLEET_KEYS = {
+    "fleet_name",
+    "fleet_devices",
+    "fleet_clients",
+    "fleet_roles",
+    "fleet_topic_root",
+    "fleet_sites",
+    "fleet_core_brokers",
+}
 # Prefix -> settings model; every key with one of these prefixes must be known.
 PREFIXED_MODELS: dict[str, type[BaseModel]] = {
     "mosquitto_": MosquittoSettings,
@@ -102,6 +112,8 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
     roles = _roles(fleet_data.get("fleet_roles", {}), topic_root, problems)
     devices = _items(Device, fleet_data.get("fleet_devices", []), "fleet_devices", "id", problems)
     clients = _items(Client, fleet_data.get("fleet_clients", []), "fleet_clients", "name", problems)
+    sites = _items(Site, fleet_data.get("fleet_sites", []), "fleet_sites", "name", problems)
+    core_brokers = _names(fleet_data.get("fleet_core_brokers", []), "fleet_core_brokers", problems)
     brokers = [
         b for h in hosts if BROKERS_GROUP in h.groups if (b := _broker(h, problems)) is not None
     ]
@@ -113,6 +125,7 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
     _check_role_references(devices, clients, roles, problems)
     _check_broker_references(devices, clients, brokers, problems)
     _check_boards(stations, devices, brokers, problems)
+    check_topology(sites, core_brokers, brokers, devices, clients, problems)
 
     if problems or pki is None:
         raise InventoryError(_merge_repeats(problems))
@@ -125,6 +138,8 @@ def build_fleet(hosts: Sequence[RawHost]) -> Fleet:
         roles=roles,
         stations=stations,
         pki=pki,
+        sites=sites,
+        core_brokers=core_brokers,
     )
 
 
@@ -278,6 +293,13 @@ def _items(
         if item is not None:
             items.append(item)
     return items
+
+
+def _names(raw: object, key: str, problems: list[Problem]) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        problems.append(Problem("inventory", key, "must be a list of broker host names"))
+        return []
+    return list(raw)
 
 
 def _roles(raw: object, topic_root: str, problems: list[Problem]) -> dict[str, Role]:

@@ -95,6 +95,11 @@ class Device(_Model):
     brokers: list[str] | None = Field(
         None, description="broker hosts this device may use and connects to; default: all"
     )
+    site: str | None = Field(
+        None,
+        description="site (fleet_sites) whose edge brokers, and its cores, hold this device; "
+        "required when the fleet has sites",
+    )
 
     @field_validator("id")
     @classmethod
@@ -129,6 +134,11 @@ class Client(_Model):
     brokers: list[str] | None = Field(
         None, description="broker hosts this client may use; default: all"
     )
+    site: str | None = Field(
+        None,
+        description="with fleet_sites: the site whose edge brokers hold this client too; "
+        "none: the core brokers only",
+    )
 
     @field_validator("name")
     @classmethod
@@ -149,6 +159,28 @@ class Client(_Model):
     @property
     def has_certificate(self) -> bool:
         return self.auth in ("certificate", "certificate+password")
+
+
+class Site(_Model):
+    """A site (``fleet_sites``): its edge brokers, bridged to core brokers over mTLS."""
+
+    name: str = Field(description="name of the site (devices and clients name it in site)")
+    edges: list[str] = Field(description="edge broker hosts of the site (at least one)")
+    cores: list[str] | None = Field(
+        None,
+        description="core brokers its edges bridge to, in failover order; "
+        "default: fleet_core_brokers",
+    )
+    bridge_revoked: RevocationReason | None = Field(
+        None,
+        description="revoke the bridge identities of the site's edges with this reason "
+        "(the site is cut off at the core)",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_identity_name(value)
 
 
 class PkiConfig(_Model):
@@ -255,6 +287,9 @@ class Fleet(_Model):
     roles: dict[str, Role]
     stations: list[FlashStation]
     pki: PkiConfig
+    # Multi-site topology; none: one implicit site, every device on every broker.
+    sites: list[Site] = Field(default_factory=list)
+    core_brokers: list[str] = Field(default_factory=list)
 
     def device(self, device_id: str) -> Device:
         for device in self.devices:
@@ -279,9 +314,37 @@ class Fleet(_Model):
     def active_clients(self) -> list[Client]:
         return [c for c in self.clients if c.revoked is None]
 
+    def site(self, name: str) -> Site:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+    def cores_of(self, site: Site) -> list[str]:
+        """The core brokers ``site``'s edges bridge to, in failover order."""
+        return list(site.cores) if site.cores is not None else list(self.core_brokers)
+
+    def site_of_edge(self, broker_name: str) -> Site | None:
+        """The site whose edge ``broker_name`` is (none for a core or a fleet without sites)."""
+        return next((s for s in self.sites if broker_name in s.edges), None)
+
+    def site_brokers(self, site_name: str | None) -> list[str]:
+        """Brokers that hold a device or client of ``site_name``: the site's edges, then its
+        cores; no site: the core brokers. Only meaningful when the fleet has sites."""
+        if site_name is None:
+            return list(self.core_brokers)
+        site = self.site(site_name)
+        return [*site.edges, *self.cores_of(site)]
+
+    def _holds(self, broker_name: str, brokers: list[str] | None, site: str | None) -> bool:
+        if brokers is not None and broker_name not in brokers:
+            return False
+        return not self.sites or broker_name in self.site_brokers(site)
+
     def users_of(self, broker_name: str) -> set[str]:
-        """Usernames of the active devices and clients allowed on ``broker_name``."""
+        """Usernames of the active devices and clients allowed on ``broker_name`` (with sites:
+        only those of its site, every one of the sites it serves on a core)."""
         return {
-            *(d.id for d in self.active_devices if d.brokers is None or broker_name in d.brokers),
-            *(c.name for c in self.active_clients if c.brokers is None or broker_name in c.brokers),
+            *(d.id for d in self.active_devices if self._holds(broker_name, d.brokers, d.site)),
+            *(c.name for c in self.active_clients if self._holds(broker_name, c.brokers, c.site)),
         }

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from iotfleet.model.build import PREFIXED_MODELS
-from iotfleet.model.fleet import Client, Device, Role
+from iotfleet.model.fleet import Client, Device, Role, Site
 from iotfleet.model.settings import Board, Listener
 
 # Items of list- or dict-valued keys, documented field by field.
@@ -18,6 +18,7 @@ ITEM_MODELS: dict[str, type[BaseModel]] = {
     "fleet_devices[]": Device,
     "fleet_clients[]": Client,
     "fleet_roles{}": Role,
+    "fleet_sites[]": Site,
 }
 
 FLEET_KEYS: dict[str, str] = {
@@ -26,6 +27,9 @@ FLEET_KEYS: dict[str, str] = {
     "fleet_devices": "devices with their own identity (see fleet_devices[] below)",
     "fleet_clients": "people and services (see fleet_clients[] below)",
     "fleet_roles": "extra roles on top of admin, dashboard and operator",
+    "fleet_sites": "sites of edge brokers bridged to the cores (see fleet_sites[] below); "
+    "none: every device on every broker",
+    "fleet_core_brokers": "broker hosts the edges of every site bridge to, in failover order",
 }
 
 

@@ -1,6 +1,7 @@
 """iotfleet's own identities, under reserved names no inventory entry can take.
 
-Each broker's health identity checks its own listeners after a (re)start.
+Each broker's health identity checks its own listeners after a (re)start. Each edge broker's
+bridge identity carries its site's traffic to the core brokers.
 
 The probes are the identities the compliance checks log in as. A check that logged in as a
 real device would take its client id (Mosquitto forces client id = username) and disconnect it
@@ -17,15 +18,27 @@ import hashlib
 
 HEALTH_PREFIX = "iotfleet-health-"
 HEALTH_TOPIC_ROOT = "iotfleet/health"
+BRIDGE_PREFIX = "iotfleet-bridge-"
+
+
+def _reserved_name(prefix: str, broker_name: str) -> str:
+    """``prefix`` + broker name: no device or client can take it (reserved prefix); long broker
+    names are hashed to stay within the 64 characters an identity may have."""
+    name = prefix + broker_name
+    if len(name) <= 64:
+        return name
+    return prefix + hashlib.sha256(broker_name.encode()).hexdigest()[:32]
 
 
 def health_identity_name(broker_name: str) -> str:
-    """Reserved prefix, so no device or client can take it; long broker names are hashed to
-    stay within the 64 characters an identity may have."""
-    name = HEALTH_PREFIX + broker_name
-    if len(name) <= 64:
-        return name
-    return HEALTH_PREFIX + hashlib.sha256(broker_name.encode()).hexdigest()[:32]
+    """The health-check identity of ``broker_name``."""
+    return _reserved_name(HEALTH_PREFIX, broker_name)
+
+
+def bridge_identity_name(edge_name: str) -> str:
+    """The identity the bridge of edge broker ``edge_name`` logs in as at its cores (the CN of
+    its client certificate, its MQTT username and client id there)."""
+    return _reserved_name(BRIDGE_PREFIX, edge_name)
 
 
 def health_topic(broker_name: str) -> str:

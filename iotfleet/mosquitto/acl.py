@@ -14,10 +14,11 @@ from iotfleet.device.contract import (
     csr_topic,
     rekey_topic,
 )
-from iotfleet.model import Device, Fleet, Role
+from iotfleet.model import Device, Fleet, Role, Site
 from iotfleet.model.own_identities import (
     DELIVERY_IDENTITY,
     PROBE_DEVICES,
+    bridge_identity_name,
     health_identity_name,
     health_topic,
     probe_prefix,
@@ -58,6 +59,29 @@ def delivery_rules(fleet: Fleet, broker_name: str) -> list[tuple[str, str]]:
             rules.append(("read", csr_topic(device.id)))
             rules.append(("read", f"{fleet.topic_prefix(device)}/status"))
     return rules
+
+
+def site_rules(fleet: Fleet, site: Site) -> list[tuple[str, str]]:
+    """(access, topic) of every active device of ``site``: what its bridges may carry, as the
+    device ACL says it (the cores' ACL confines each bridge identity to exactly these)."""
+    rules: list[tuple[str, str]] = []
+    for device in sorted(fleet.active_devices, key=lambda d: d.id):
+        if device.site == site.name:
+            rules.extend(prefix_rules(fleet.topic_prefix(device)))
+    return rules
+
+
+def core_bridge_users(fleet: Fleet, core_name: str) -> dict[str, list[tuple[str, str]]]:
+    """``{bridge identity: rules}`` for the ACL of core ``core_name``: each edge bridging to it
+    may write its site's devices' telemetry and status and read their commands, nothing else."""
+    users: dict[str, list[tuple[str, str]]] = {}
+    for site in fleet.sites:
+        if site.bridge_revoked is not None or core_name not in fleet.cores_of(site):
+            continue
+        rules = site_rules(fleet, site)
+        for edge in site.edges:
+            users[bridge_identity_name(edge)] = list(rules)
+    return users
 
 
 def device_rules(fleet: Fleet, device: Device) -> list[tuple[str, str]]:
@@ -103,6 +127,7 @@ def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]
         users[client.name] = rules
     users[health_identity_name(broker_name)] = [("readwrite", health_topic(broker_name))]
     users[DELIVERY_IDENTITY] = delivery_rules(fleet, broker_name)
+    users.update(core_bridge_users(fleet, broker_name))
     for probe in PROBE_DEVICES:
         users[probe] = prefix_rules(probe_prefix(fleet.topic_root, probe))
     return users

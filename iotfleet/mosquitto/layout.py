@@ -19,6 +19,9 @@ CA_CHAIN = f"{CERT_DIR}/ca-chain.pem"
 SERVER_CERT = f"{CERT_DIR}/server.pem"
 SERVER_KEY = f"{CERT_DIR}/server.key"
 CRL = f"{CERT_DIR}/crl.pem"
+# An edge broker's bridge identity: the client certificate it logs in with at its cores.
+BRIDGE_CERT = f"{CERT_DIR}/bridge.pem"
+BRIDGE_KEY = f"{CERT_DIR}/bridge.key"
 # One password file per listener (ports are unique per broker): each holds only the identities
 # whose auth allows a password on that listener.
 PASSWORD_FILE_PREFIX = f"{CONFIG_DIR}/passwd-"
@@ -115,6 +118,8 @@ ACL = _private(ACL_FILE, "ACL", "config", "reload")
 CA_CHAIN_FILE = _private(CA_CHAIN, "CA chain", "trust", "restart")
 SERVER_CERT_FILE = _private(SERVER_CERT, "broker certificate", "trust", "restart")
 SERVER_KEY_FILE = _private(SERVER_KEY, "broker private key", "secret", "restart")
+BRIDGE_CERT_FILE = _private(BRIDGE_CERT, "bridge certificate", "trust", "restart")
+BRIDGE_KEY_FILE = _private(BRIDGE_KEY, "bridge private key", "secret", "restart")
 # Mosquitto re-reads CRLs only on restart.
 CRL_FILE = _private(CRL, "CRL", "trust", "restart")
 DROPIN_FILE = BrokerFile(

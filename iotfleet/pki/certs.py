@@ -163,7 +163,8 @@ def build_leaf(
     not_before: datetime,
     not_after: datetime,
 ) -> x509.Certificate:
-    """Broker (serverAuth + SANs) or device/client (clientAuth, CN = MQTT identity) certificate."""
+    """Broker (serverAuth + SANs) or device/client/bridge (clientAuth, CN = MQTT identity, a
+    ``urn:iotfleet:<kind>:<name>`` URI SAN) certificate."""
     # RSA keys also get keyEncipherment: TLS 1.2 RSA key exchange (BearSSL offers it) needs it.
     usage = _KU_RSA if isinstance(public_key, rsa.RSAPublicKey) else _KU_EC
     builder = (

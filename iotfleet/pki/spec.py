@@ -19,10 +19,10 @@ from cryptography import x509
 from iotfleet.model.fleet import PkiConfig
 from iotfleet.pki.errors import PkiInputError
 
-Kind = Literal["broker", "device", "client"]
+Kind = Literal["broker", "device", "client", "bridge"]
 KeyType = Literal["ec-p256", "rsa-2048"]
 
-KINDS: tuple[str, ...] = ("broker", "device", "client")
+KINDS: tuple[str, ...] = ("broker", "device", "client", "bridge")
 KEY_TYPES: tuple[str, ...] = ("ec-p256", "rsa-2048")
 
 # RFC 5280 reason names we accept. certificateHold/removeFromCRL are left out on purpose: holds are
@@ -56,7 +56,8 @@ class IdentitySpec:
 
     Args:
         name: unique; the certificate CN; for devices/clients the MQTT client id / username.
-        kind: "broker" (server certificate) or "device"/"client" (client certificate).
+        kind: "broker" (server certificate), "device"/"client" (client certificate) or
+            "bridge" (the client certificate an edge broker's bridge logs in with at its cores).
         dns_names: brokers only: SAN DNS names.
         ip_addresses: brokers only: SAN IP addresses.
         key_type: "ec-p256" (default, fast on ESP8266 BearSSL) or "rsa-2048".
@@ -227,7 +228,7 @@ def spec_problems(spec: IdentitySpec) -> list[str]:
             "a broker needs at least one dns_names or ip_addresses entry "
             "(clients verify the broker by its SAN)"
         )
-    if spec.kind in ("device", "client") and has_sans:
+    if spec.kind != "broker" and has_sans:
         problems.append(f"dns_names/ip_addresses are for brokers only, not for a {spec.kind}")
     if spec.revoked_reason is not None:
         reason_problem = validate_reason(spec.revoked_reason)

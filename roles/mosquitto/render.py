@@ -17,6 +17,7 @@ from iotfleet.model.own_identities import health_identity_name, health_topic
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import acl_rules, render_acl
 from iotfleet.mosquitto.auth_plugin import plugin_options
+from iotfleet.mosquitto.bridge import edge_bridge, render_bridge
 from iotfleet.mosquitto.logins import password_users
 from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.mosquitto.passwd import derive_salt, render_password_file
@@ -68,7 +69,10 @@ class BrokerConfig:
         """The configuration; ``moved`` maps live paths to where those files are instead.
 
         ``candidate`` renders the spare-port test variant: listeners on loopback with
-        ``@PORT<n>@`` placeholders and no persistence.
+        ``@PORT<n>@`` placeholders and no persistence, and no bridge (it would log in at the
+        cores with the live bridge's client id and take its session over).
+
+        An edge broker of a multi-site fleet gets its bridge to the site's cores at the end.
         """
         moved = moved or {}
         files = {key: moved.get(path, path) for key, path in self.file_keys().items()}
@@ -81,7 +85,7 @@ class BrokerConfig:
             password_file = files.get(f"passwd-{listener.port}")
             options = plugin_options(self.fleet, self.broker, listener, password_file)
             blocks.append((view, password_file, options))
-        return render_template(
+        text = render_template(
             "mosquitto.conf.j2",
             broker_name=self.broker.name,
             fleet_name=self.fleet.name,
@@ -102,6 +106,8 @@ class BrokerConfig:
             ciphers_tls13=settings.ciphers_tls13,
             files=files,
         )
+        bridge = None if candidate else edge_bridge(self.fleet, self.broker.name, moved)
+        return text if bridge is None else text + render_bridge(bridge)
 
     def listeners_table(self) -> str:
         """One line per listener for the apply script: port, bind, protocol, tls."""

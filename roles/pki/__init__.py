@@ -11,7 +11,7 @@ from __future__ import annotations
 from pyinfra.api import deploy
 
 from iotfleet.fleet.context import FleetContext
-from iotfleet.model.own_identities import health_identity_name
+from iotfleet.model.own_identities import bridge_identity_name, health_identity_name
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.pki import PkiStore
@@ -26,6 +26,16 @@ def broker_pki_files(pki: PkiStore, broker_name: str) -> list[ManagedFile]:
         layout.SERVER_CERT_FILE.with_content(pki.certificate_pem(broker_name)),
         layout.SERVER_KEY_FILE.with_content(pki.private_key_pem(broker_name)),
         crl_file(pki),
+    ]
+
+
+def bridge_pki_files(pki: PkiStore, edge_name: str) -> list[ManagedFile]:
+    """The bridge identity's certificate and key of edge broker ``edge_name`` (its own
+    identity, never the broker's server key: revoking it cuts the bridge, not the broker)."""
+    name = bridge_identity_name(edge_name)
+    return [
+        layout.BRIDGE_CERT_FILE.with_content(pki.certificate_pem(name)),
+        layout.BRIDGE_KEY_FILE.with_content(pki.private_key_pem(name)),
     ]
 
 
