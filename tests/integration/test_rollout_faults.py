@@ -10,6 +10,7 @@ printed (``-s``), not asserted.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from iotfleet.check.mqtt_probe import try_connect
 from tests.integration.conftest import PYINFRA, LabFactory, LabHost, RunningLab
+from tests.support.broker_clients import identity_of, target
 from tests.support.host_faults import (
     boot_again,
     init_pid,
@@ -31,6 +34,7 @@ from tests.support.host_faults import (
     shut_down,
     tcp_connects,
 )
+from tests.support.lab_fleet import lab_context
 from tests.support.rollout import REPO, Rollout, run_iotfleet, run_pyinfra
 from tests.support.waiting import wait_until
 
@@ -236,6 +240,58 @@ def test_a_rollout_that_cannot_get_the_broker_says_who_holds_it(faults: FaultLab
     faults.assert_as_good(*faults.hosts[1:])
     faults.converge()
     faults.assert_as_good()
+
+
+def _main_pid(faults: FaultLab, host: LabHost) -> str:
+    return faults.ssh(host, "systemctl show -p MainPID --value mosquitto").strip()
+
+
+def test_a_bind_address_the_host_does_not_have_fails_that_host_and_changes_nothing(
+    faults: FaultLab,
+) -> None:
+    """Listener 8883 bound to the first broker's address (an inventory that copied one host's
+    address into the group): that broker takes it; on the others the apply stops before
+    anything goes live with one message naming the host, the listener and the address, and
+    they keep serving their last good configuration, not restarted. The corrected inventory
+    converges."""
+    owner, *others = faults.hosts
+    ctx = lab_context(faults.lab.name)
+    listeners = [  # the lab's own (inventory/group_data/lab.py), 8883 bound to one address
+        {**listener.model_dump(), **({"bind_address": owner.address} if listener.port == 8883
+                                     else {})}
+        for listener in ctx.fleet.broker(owner.fqdn).mosquitto.listeners
+    ]  # fmt: skip
+    before = {host.name: (managed_state(faults.lab, host), _main_pid(faults, host))
+              for host in others}  # fmt: skip
+    foreign = faults.rollout(BROKERS, "--data", f"mosquitto_listeners={json.dumps(listeners)}")
+    assert foreign.returncode == 1, foreign.explain()
+    failed = _failed_line(foreign.output)
+    assert owner.fqdn not in failed, foreign.explain()
+    for host in others:
+        message = (
+            f"iotfleet: {host.fqdn}: mosquitto_listeners: listener 8883 on {owner.address}: "
+            f"not an address of this host (it has: "
+        )
+        assert sum(message in line for line in foreign.output.splitlines()) == 1, foreign.explain()
+        assert "nothing was changed, the broker keeps serving its last good configuration" in (
+            foreign.output
+        ), foreign.explain()
+        assert host.fqdn in failed
+        assert (managed_state(faults.lab, host), _main_pid(faults, host)) == before[host.name]
+        assert faults.ssh(host, "ls -A /var/lib/iotfleet/mosquitto/staging") == ""
+        accepted = try_connect(target(ctx, host.fqdn, 8883), identity_of(ctx, "sensor-1"))
+        assert accepted.accepted, f"{host.name} does not serve its last good configuration"
+    # The host that has the address took it: its 8883 listens there only.
+    assert faults.ssh(owner, "ss -Htln 'sport = :8883'").split()[3] == f"{owner.address}:8883"
+
+    started = time.monotonic()
+    faults.converge()
+    converged = time.monotonic() - started
+    faults.assert_as_good()
+    faults.assert_no_change()
+    print(
+        f"\n[recovery] foreign bind address: the corrected rollout converged in {converged:.1f} s"
+    )
 
 
 def _broker_serves(faults: FaultLab, host: LabHost) -> bool:
