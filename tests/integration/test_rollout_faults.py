@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 
 from iotfleet.check.mqtt_probe import try_connect
+from iotfleet.roles.ssh_hardening import DROPIN as SSHD_DROPIN
+from iotfleet.roles.ssh_hardening import LEGACY_STAGED
+from iotfleet.roles.ssh_hardening import STAGING_ROOT as SSHD_STAGING
 from tests.integration.conftest import PYINFRA, LabFactory, LabHost, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.host_faults import (
@@ -192,10 +195,13 @@ def test_power_loss_inside_dpkg_unpack_heals_at_the_next_run(faults: FaultLab) -
 
 
 def test_two_rollouts_at_once_serialise_on_each_broker(faults: FaultLab) -> None:
-    """Both rollouts succeed (the apply lock serialises them, each stages its own files) and
-    leave every broker as one clean rollout does; nothing is left in the staging area."""
+    """Both rollouts succeed (the apply lock serialises them, each stages its own files, the
+    sshd drop-in too) and leave every broker as one clean rollout does; nothing is left in the
+    staging areas, and what older releases staged at fixed paths is gone."""
     for host in faults.hosts:  # a change that restarts the broker (a test on spare ports)
         faults.ssh(host, "echo '# drift' >> /etc/mosquitto/mosquitto.conf")
+        # ... one both rollouts stage and test with sshd -t, and the leftovers of old releases
+        faults.ssh(host, f"echo '# drift' >> {SSHD_DROPIN} && touch {' '.join(LEGACY_STAGED)}")
     first, second = faults.popen(), faults.popen()
     outputs = [first.communicate(timeout=900)[0], second.communicate(timeout=900)[0]]
     for process, output in zip((first, second), outputs, strict=True):
@@ -203,6 +209,8 @@ def test_two_rollouts_at_once_serialise_on_each_broker(faults: FaultLab) -> None
     faults.assert_as_good()
     for host in faults.hosts:
         assert faults.ssh(host, "ls -A /var/lib/iotfleet/mosquitto/staging") == ""
+        assert faults.ssh(host, f"ls -A {SSHD_STAGING}") == ""
+        assert faults.ssh(host, f"ls {' '.join(LEGACY_STAGED)} 2>&1 || true").count("No such") == 2
     faults.assert_no_change()
 
 
