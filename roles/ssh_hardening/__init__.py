@@ -17,11 +17,10 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.api.util import get_template
-from pyinfra.operations import files
 
 from iotfleet.model import Broker
 from iotfleet.roles.fleet_context import fleet_model
-from iotfleet.roles.ssh_hardening.facts import InstalledDropinDigest
+from iotfleet.roles.ssh_hardening.facts import ExistingPaths, InstalledDropinDigest
 from iotfleet.roles.this_host import this_broker
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -100,10 +99,15 @@ def remove_dropin() -> Generator[Any, None, None]:
     yield StringCommand("rm", "-f", DROPIN, "&&", StringCommand(RELOAD))
 
 
-def remove_legacy_staging() -> None:
-    """Remove what releases before per-run staging left at fixed paths."""
-    for path in LEGACY_STAGED:
-        files.file(name=f"No staged sshd file at {path} (older releases)", path=path, present=False)
+@operation()
+def remove_legacy_staging() -> Generator[Any, None, None]:
+    """Remove the candidate and the test configuration that older releases staged at fixed
+    paths (safe while another rollout removes them too)."""
+    present = host.get_fact(ExistingPaths, paths=LEGACY_STAGED)
+    if not present:
+        host.noop("nothing staged at fixed paths")
+        return
+    yield StringCommand("rm", "-f", *present)
 
 
 @deploy("sshd hardening")
@@ -127,7 +131,7 @@ def deploy_ssh_hardening(broker: Broker | None = None) -> None:
         deploy_ssh_hardening()
     """
     broker = broker or this_broker(fleet_model())
-    remove_legacy_staging()
+    remove_legacy_staging(name="No sshd files staged at fixed paths (older releases)")
     if not broker.ssh_hardening.enabled:
         remove_dropin(name="Remove the sshd hardening drop-in (ssh_hardening_enabled is false)")
         return

@@ -19,6 +19,7 @@ from iotfleet.roles.ssh_hardening import (
     install_script,
     render_dropin,
 )
+from iotfleet.roles.ssh_hardening.facts import ExistingPaths
 
 HOST = "mqtt1.example.net"
 
@@ -147,3 +148,15 @@ def test_staging_left_by_a_killed_run_goes_after_a_day_another_runs_stays(tmp_pa
     os.utime(stale, (day_and_a_bit, day_and_a_bit))
     assert _staging_run(tmp_path, "PasswordAuthentication no\n")[0].returncode == 0
     assert [p.name for p in (tmp_path / "staging").iterdir()] == ["run.running"]
+
+
+def test_the_leftover_check_lists_what_exists_and_never_fails(tmp_path: Path) -> None:
+    kept, gone = tmp_path / "sshd-hardening.conf", tmp_path / "sshd-test.conf"
+    kept.write_text("# staged by an older release\n")
+    fact = ExistingPaths()
+    result = subprocess.run(
+        ["sh", "-c", fact.command(paths=(str(kept), str(gone)))],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0  # a path removed meanwhile (by another rollout) is no error
+    assert fact.process(result.stdout.splitlines()) == [str(kept)]
