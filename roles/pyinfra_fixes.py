@@ -8,6 +8,7 @@
    pyinfra-dev/pyinfra#1220, open). The host's commands now raise :class:`HostConnectionLost`
    (an ``SSHException``), which pyinfra reports as that host's error and fails that host.
    The results end with one line naming every failed host (the table only counts them).
+   The same fix in pyinfra's SSH connector, as a patch to offer upstream, is in docs/upstream/.
 2. Ctrl-C ends a rollout with exit status 130. ``pyinfra_cli.main`` installs a SIGINT handler
    that prints "Exiting upon user request!" and exits 0, so a script or CI job could not tell
    an interrupted rollout from a finished one.

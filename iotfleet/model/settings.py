@@ -66,6 +66,28 @@ MEMORY_BASE_MB = 64
 MEMORY_PER_CONNECTION_KB = 48
 
 
+def check_bind_address(value: str) -> None:
+    """Refuse what no host can bind a listener to, without asking the host: anything but an IP
+    address, multicast addresses, and IPv4's reserved 240.0.0.0/4 with the broadcast address
+    255.255.255.255. Whether the host has the address is checked at apply (mosquitto-apply),
+    before the new configuration goes live."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP address: write one of the host's addresses "
+            "(e.g. 192.0.2.10 or 2001:db8::10), or leave bind_address out for every address"
+        ) from None
+    if address.is_multicast:
+        raise ValueError(
+            f"{value} is a multicast address: a listener binds to an address of the host"
+        )
+    if isinstance(address, ipaddress.IPv4Address) and address.is_reserved:
+        broadcast = address == ipaddress.IPv4Address("255.255.255.255")
+        kind = "the broadcast address" if broadcast else "reserved (240.0.0.0/4)"
+        raise ValueError(f"{value} is {kind}: a listener binds to an address of the host")
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,7 +103,9 @@ class Listener(_Settings):
     port: Port = Field(description="TCP port (1024 or above: the sandboxed broker binds no lower)")
     protocol: Literal["mqtt", "websockets"] = Field("mqtt", description="mqtt or websockets")
     bind_address: str | None = Field(
-        None, description="address to listen on; none means every address"
+        None,
+        description="IP address of the host to listen on; none means every address "
+        "(that the host has it is checked at apply, before the new configuration goes live)",
     )
     tls: bool = Field(True, description="TLS on this listener; false only allowed on loopback")
     auth: Auth = Field(
@@ -105,7 +129,7 @@ class Listener(_Settings):
     @classmethod
     def _valid_address(cls, value: str | None) -> str | None:
         if value is not None:
-            ipaddress.ip_address(value)
+            check_bind_address(value)
         return value
 
     @model_validator(mode="after")

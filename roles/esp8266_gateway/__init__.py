@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt
 
 from iotfleet.flash.jobs import station_jobs
 from iotfleet.fleet.context import FleetContext
 from iotfleet.model import FlashStation
 from iotfleet.roles.esp8266_gateway.operations import flash_station_boards, relays_on_station
 from iotfleet.roles.fleet_context import reconciled_fleet
+from iotfleet.roles.packages import install_debs
 from iotfleet.roles.refusal import RolloutRefusedError
+
+# What a station's serial relay needs (pyserial's RFC 2217 server), installed by the healing
+# installer: a station whose dpkg a killed run interrupted is repaired first.
+RELAY_PACKAGES = ("python3-serial",)
 
 
 def refuse_bad_board_inputs(ctx: FleetContext, station: FlashStation) -> None:
@@ -65,12 +69,9 @@ def deploy_gateways(ctx: FleetContext | None = None) -> None:
         return
     refuse_bad_board_inputs(ctx, station)
     if relays_on_station(station):
-        apt.packages(
-            name="Install pyserial for the serial relay",
-            packages=["python3-serial"],
-            no_recommends=True,
-            update=True,
-            cache_time=86400,
+        install_debs(
+            name="Install pyserial for the serial relay (dpkg repaired first)",
+            packages=RELAY_PACKAGES,
         )
     flash_station_boards(
         name=f"Flash {len(station.boards)} ESP8266 board(s): firmware and per-device secrets",

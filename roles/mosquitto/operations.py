@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import time
 from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
@@ -84,6 +85,7 @@ def apply_files(
     ):
         yield FileUploadCommand(BytesIO(content.encode()), f"{stage}/{name}")
     yield StringCommand(
+        f"IOTFLEET_HOST={shlex.quote(host.name)}",
         f"IOTFLEET_HEALTH_TIMEOUT={int(health_timeout)}",
         f"IOTFLEET_APPLY_LOCK_WAIT={int(lock_wait)}",
         layout.APPLY_SCRIPT,

@@ -2,36 +2,37 @@
 
 In the spirit of dev-sec's ssh_hardening: one drop-in in /etc/ssh/sshd_config.d/, tested with
 ``sshd -t`` together with the rest of the configuration before it is installed, then sshd
-is reloaded (not restarted): the rollout's own session, and every other, stays up.
+is reloaded (not restarted): the rollout's own session, and every other, stays up. Each run
+stages the candidate in a directory of its own, so two rollouts at once never share a file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Generator
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.api.util import get_template
-from pyinfra.operations import files
 
 from iotfleet.model import Broker
 from iotfleet.roles.fleet_context import fleet_model
-from iotfleet.roles.ssh_hardening.facts import InstalledDropinDigest
+from iotfleet.roles.ssh_hardening.facts import ExistingPaths, InstalledDropinDigest
 from iotfleet.roles.this_host import this_broker
 
 TEMPLATES = Path(__file__).parent / "templates"
 DROPIN = "/etc/ssh/sshd_config.d/00-iotfleet-hardening.conf"
-CANDIDATE = "/etc/iotfleet/sshd-hardening.conf"  # staged here, outside sshd's Include glob
-TEST_CONFIG = "/etc/iotfleet/sshd-test.conf"
-# The candidate first (first value wins), then the whole configuration as sshd reads it.
-TEST_CONFIG_TEXT = (
-    "# managed by iotfleet: what `sshd -t` checks before the hardening drop-in is installed\n"
-    f"Include {CANDIDATE}\nInclude /etc/ssh/sshd_config\n"
-)
+# Each run stages the candidate in a directory of its own here (root only, outside sshd's
+# Include glob), made and removed by the command that tests and installs it: two rollouts at
+# once never share a file. A run killed outright leaves its directory; the next run removes
+# directories older than a day.
+STAGING_ROOT = "/var/lib/iotfleet/sshd-staging"
+STALE_STAGING_MINUTES = 24 * 60
+# Where releases before per-run staging staged the candidate and the test configuration.
+LEGACY_STAGED = ("/etc/iotfleet/sshd-hardening.conf", "/etc/iotfleet/sshd-test.conf")
 # sshd exits on a SIGHUP with a broken configuration: test it first, every time.
 RELOAD = "sshd -t && if systemctl is-active -q ssh.service; then systemctl reload ssh.service; fi"
 _JINJA = {"trim_blocks": True, "lstrip_blocks": True}
@@ -42,18 +43,51 @@ def render_dropin(broker: Broker) -> str:
     return str(template.render(host_name=broker.name, settings=broker.ssh_hardening))
 
 
+def install_script(content: str) -> str:
+    """The remote script: stage ``content`` in a directory of this run's own, test it with
+    ``sshd -t`` ahead of the whole configuration (the first value of a keyword wins), install
+    it atomically, reload sshd; the directory goes whatever happens (a trap)."""
+    root, target = shlex.quote(STAGING_ROOT), shlex.quote(DROPIN)
+    return (
+        "\n".join(
+            [
+                "set -e",
+                f"mkdir -p {shlex.quote(str(Path(STAGING_ROOT).parent))}",
+                f"install -d -o root -g root -m 0700 {root}",
+                f"find {root} -mindepth 1 -maxdepth 1 -mmin +{STALE_STAGING_MINUTES} "
+                "-exec rm -rf {} + 2>/dev/null || true",
+                f"stage=$(mktemp -d {root}/run.XXXXXXXX)",
+                f"new={target}.iotfleet.$$",
+                """trap 'rm -rf "$stage"; rm -f "$new"' EXIT""",
+                "trap 'exit 129' HUP",
+                "trap 'exit 130' INT",
+                "trap 'exit 143' TERM",
+                f'printf "%s" {shlex.quote(content)} >"$stage/hardening.conf"',
+                'printf "Include %s\\nInclude /etc/ssh/sshd_config\\n" "$stage/hardening.conf"'
+                ' >"$stage/test.conf"',
+                'sshd -t -f "$stage/test.conf"',
+                'install -m 644 -o root -g root "$stage/hardening.conf" "$new"',
+                f'mv -f "$new" {target}',
+                RELOAD,
+            ]
+        )
+        + "\n"
+    )
+
+
 @operation()
 def install_dropin(content: str) -> Generator[Any, None, None]:
-    """Install the staged drop-in if sshd accepts it and it differs, then reload sshd."""
+    """Test the drop-in with ``sshd -t`` and install it if it differs, then reload sshd.
+
+    + content: the drop-in's text
+
+    The candidate is staged in a directory of this run's own, removed by the same command.
+    """
     digest = hashlib.sha256(content.encode()).hexdigest()
     if host.get_fact(InstalledDropinDigest, path=DROPIN) == digest:
         host.noop("the sshd hardening drop-in is installed and current")
         return
-    yield StringCommand(
-        "sshd", "-t", "-f", TEST_CONFIG,
-        "&&", "install", "-m", "644", "-o", "root", "-g", "root", CANDIDATE, DROPIN,
-        "&&", StringCommand(RELOAD),
-    )  # fmt: skip
+    yield StringCommand("sh", "-c", shlex.quote(install_script(content)))
 
 
 @operation()
@@ -62,7 +96,18 @@ def remove_dropin() -> Generator[Any, None, None]:
     if host.get_fact(InstalledDropinDigest, path=DROPIN) is None:
         host.noop("no sshd hardening drop-in to remove")
         return
-    yield StringCommand("rm", "-f", DROPIN, CANDIDATE, "&&", StringCommand(RELOAD))
+    yield StringCommand("rm", "-f", DROPIN, "&&", StringCommand(RELOAD))
+
+
+@operation()
+def remove_legacy_staging() -> Generator[Any, None, None]:
+    """Remove the candidate and the test configuration that older releases staged at fixed
+    paths (safe while another rollout removes them too)."""
+    present = host.get_fact(ExistingPaths, paths=LEGACY_STAGED)
+    if not present:
+        host.noop("nothing staged at fixed paths")
+        return
+    yield StringCommand("rm", "-f", *present)
 
 
 @deploy("sshd hardening")
@@ -86,27 +131,11 @@ def deploy_ssh_hardening(broker: Broker | None = None) -> None:
         deploy_ssh_hardening()
     """
     broker = broker or this_broker(fleet_model())
+    remove_legacy_staging(name="No sshd files staged at fixed paths (older releases)")
     if not broker.ssh_hardening.enabled:
         remove_dropin(name="Remove the sshd hardening drop-in (ssh_hardening_enabled is false)")
         return
-    files.directory(name="Create /etc/iotfleet", path="/etc/iotfleet", mode="755")
-    files.put(
-        name="Stage the sshd hardening drop-in",
-        src=BytesIO(render_dropin(broker).encode()),
-        dest=CANDIDATE,
-        user="root",
-        group="root",
-        mode="644",
-    )
-    files.put(
-        name="Write the configuration sshd -t tests it with",
-        src=BytesIO(TEST_CONFIG_TEXT.encode()),
-        dest=TEST_CONFIG,
-        user="root",
-        group="root",
-        mode="644",
-    )
     install_dropin(
-        name="Test the drop-in with sshd -t, install it, reload sshd",
+        name="Test the drop-in with sshd -t (staged per run), install it, reload sshd",
         content=render_dropin(broker),
     )

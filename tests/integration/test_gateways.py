@@ -23,8 +23,10 @@ from iotfleet.flash import FlashRegistry
 from iotfleet.fleet.context import FleetContext
 from iotfleet.gateway import GatewaySimulator, read_bundle, read_flash_files
 from iotfleet.lab.gateways import stats_file
+from iotfleet.roles.packages import POLICY_RC
 from tests.integration.conftest import LabFactory, LabHost, RunningLab
 from tests.support.broker_clients import identity_of, target
+from tests.support.host_faults import interrupt_dpkg
 from tests.support.lab_fleet import lab_context
 from tests.support.rollout import Rollout, run_iotfleet, run_pyinfra
 
@@ -260,3 +262,33 @@ def test_a_board_on_an_ssh_station_device_path_is_flashed_through_its_ssh_connec
     assert again.returncode == 0, again.explain()
     assert (again.changed, again.errors) == (0, 0), again.explain()
     assert flashed.programmed("gw2") == written
+
+
+def test_a_station_whose_dpkg_was_interrupted_heals_and_flashes(
+    flashed: FlashedLab, station_board: tuple[LabHost, dict[str, object]]
+) -> None:
+    """A killed dpkg on the station (mid-unpack of pyserial): apt refuses every install there;
+    the gateways' rollout repairs dpkg, installs pyserial, leaves no service-start guard and
+    flashes through the relay; the next run changes nothing."""
+    lab = flashed.lab
+    station, _ = station_board
+    interrupt_dpkg(lab, station, "python3-serial")
+    refused = lab.ssh(station, "apt-get install -y -qq python3-serial", check=False)
+    assert refused.returncode != 0 and "dpkg was interrupted" in refused.stderr, refused
+
+    started = time.monotonic()
+    healed = run_pyinfra(lab.name, "deploy/gateways.py")
+    seconds = time.monotonic() - started
+    assert healed.returncode == 0, healed.explain()
+    assert "gw2 (/dev/ttyUSB0, MAC" in healed.output, healed.explain()
+    assert lab.ssh(station, "ls -A /var/lib/dpkg/updates; dpkg --audit").stdout.strip() == ""
+    status = lab.ssh(station, "dpkg-query -W -f='${Status}' python3-serial").stdout
+    assert status == "install ok installed"
+    lab.ssh(station, f"test ! -e {POLICY_RC}")
+
+    again = run_pyinfra(lab.name, "deploy/gateways.py")
+    assert again.returncode == 0, again.explain()
+    assert (again.changed, again.errors) == (0, 0), again.explain()
+    print(
+        f"\n[recovery] interrupted dpkg on a flash station: healed and flashed in {seconds:.1f} s"
+    )

@@ -10,6 +10,7 @@ printed (``-s``), not asserted.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from iotfleet.check.mqtt_probe import try_connect
+from iotfleet.roles.ssh_hardening import DROPIN as SSHD_DROPIN
+from iotfleet.roles.ssh_hardening import LEGACY_STAGED
+from iotfleet.roles.ssh_hardening import STAGING_ROOT as SSHD_STAGING
 from tests.integration.conftest import PYINFRA, LabFactory, LabHost, RunningLab
+from tests.support.broker_clients import identity_of, target
 from tests.support.host_faults import (
     boot_again,
     init_pid,
@@ -31,6 +37,7 @@ from tests.support.host_faults import (
     shut_down,
     tcp_connects,
 )
+from tests.support.lab_fleet import lab_context
 from tests.support.rollout import REPO, Rollout, run_iotfleet, run_pyinfra
 from tests.support.waiting import wait_until
 
@@ -188,10 +195,13 @@ def test_power_loss_inside_dpkg_unpack_heals_at_the_next_run(faults: FaultLab) -
 
 
 def test_two_rollouts_at_once_serialise_on_each_broker(faults: FaultLab) -> None:
-    """Both rollouts succeed (the apply lock serialises them, each stages its own files) and
-    leave every broker as one clean rollout does; nothing is left in the staging area."""
+    """Both rollouts succeed (the apply lock serialises them, each stages its own files, the
+    sshd drop-in too) and leave every broker as one clean rollout does; nothing is left in the
+    staging areas, and what older releases staged at fixed paths is gone."""
     for host in faults.hosts:  # a change that restarts the broker (a test on spare ports)
         faults.ssh(host, "echo '# drift' >> /etc/mosquitto/mosquitto.conf")
+        # ... one both rollouts stage and test with sshd -t, and the leftovers of old releases
+        faults.ssh(host, f"echo '# drift' >> {SSHD_DROPIN} && touch {' '.join(LEGACY_STAGED)}")
     first, second = faults.popen(), faults.popen()
     outputs = [first.communicate(timeout=900)[0], second.communicate(timeout=900)[0]]
     for process, output in zip((first, second), outputs, strict=True):
@@ -199,6 +209,8 @@ def test_two_rollouts_at_once_serialise_on_each_broker(faults: FaultLab) -> None
     faults.assert_as_good()
     for host in faults.hosts:
         assert faults.ssh(host, "ls -A /var/lib/iotfleet/mosquitto/staging") == ""
+        assert faults.ssh(host, f"ls -A {SSHD_STAGING}") == ""
+        assert faults.ssh(host, f"ls {' '.join(LEGACY_STAGED)} 2>&1 || true").count("No such") == 2
     faults.assert_no_change()
 
 
@@ -236,6 +248,58 @@ def test_a_rollout_that_cannot_get_the_broker_says_who_holds_it(faults: FaultLab
     faults.assert_as_good(*faults.hosts[1:])
     faults.converge()
     faults.assert_as_good()
+
+
+def _main_pid(faults: FaultLab, host: LabHost) -> str:
+    return faults.ssh(host, "systemctl show -p MainPID --value mosquitto").strip()
+
+
+def test_a_bind_address_the_host_does_not_have_fails_that_host_and_changes_nothing(
+    faults: FaultLab,
+) -> None:
+    """Listener 8883 bound to the first broker's address (an inventory that copied one host's
+    address into the group): that broker takes it; on the others the apply stops before
+    anything goes live with one message naming the host, the listener and the address, and
+    they keep serving their last good configuration, not restarted. The corrected inventory
+    converges."""
+    owner, *others = faults.hosts
+    ctx = lab_context(faults.lab.name)
+    listeners = [  # the lab's own (inventory/group_data/lab.py), 8883 bound to one address
+        {**listener.model_dump(), **({"bind_address": owner.address} if listener.port == 8883
+                                     else {})}
+        for listener in ctx.fleet.broker(owner.fqdn).mosquitto.listeners
+    ]  # fmt: skip
+    before = {host.name: (managed_state(faults.lab, host), _main_pid(faults, host))
+              for host in others}  # fmt: skip
+    foreign = faults.rollout(BROKERS, "--data", f"mosquitto_listeners={json.dumps(listeners)}")
+    assert foreign.returncode == 1, foreign.explain()
+    failed = _failed_line(foreign.output)
+    assert owner.fqdn not in failed, foreign.explain()
+    for host in others:
+        message = (
+            f"iotfleet: {host.fqdn}: mosquitto_listeners: listener 8883 on {owner.address}: "
+            f"not an address of this host (it has: "
+        )
+        assert sum(message in line for line in foreign.output.splitlines()) == 1, foreign.explain()
+        assert "nothing was changed, the broker keeps serving its last good configuration" in (
+            foreign.output
+        ), foreign.explain()
+        assert host.fqdn in failed
+        assert (managed_state(faults.lab, host), _main_pid(faults, host)) == before[host.name]
+        assert faults.ssh(host, "ls -A /var/lib/iotfleet/mosquitto/staging") == ""
+        accepted = try_connect(target(ctx, host.fqdn, 8883), identity_of(ctx, "sensor-1"))
+        assert accepted.accepted, f"{host.name} does not serve its last good configuration"
+    # The host that has the address took it: its 8883 listens there only.
+    assert faults.ssh(owner, "ss -Htln 'sport = :8883'").split()[3] == f"{owner.address}:8883"
+
+    started = time.monotonic()
+    faults.converge()
+    converged = time.monotonic() - started
+    faults.assert_as_good()
+    faults.assert_no_change()
+    print(
+        f"\n[recovery] foreign bind address: the corrected rollout converged in {converged:.1f} s"
+    )
 
 
 def _broker_serves(faults: FaultLab, host: LabHost) -> bool:

@@ -7,6 +7,7 @@ power cut does (killing nspawn itself would leave the container's processes runn
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -114,3 +115,41 @@ def tcp_connects(address: str, port: int, timeout: float = 3) -> bool:
     except OSError:
         return False
     return True
+
+
+# Runs on a lab host (its own python3): `dpkg --unpack DEB`, SIGKILLed as soon as dpkg has
+# journalled a change (a numbered entry in its updates directory: what apt reads as "dpkg was
+# interrupted"), as a power cut or an OOM kill leaves it. A
+# dpkg that finishes first is undone and started again (a small package unpacks in
+# milliseconds; the journal stays until dpkg ends, so a spinning watcher catches it).
+_INTERRUPT_DPKG = r"""
+import os, signal, subprocess, sys
+deb, package = sys.argv[1], sys.argv[2]
+updates = "/var/lib/dpkg/updates"
+assert not os.listdir(updates), "dpkg was already interrupted"
+for attempt in range(20):
+    dpkg = subprocess.Popen(["dpkg", "--unpack", deb], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while dpkg.poll() is None:
+        if any(name.isdigit() for name in os.listdir(updates)):  # not only its tmp.i
+            os.kill(dpkg.pid, signal.SIGKILL)
+            dpkg.wait()
+            print("interrupted after", attempt + 1, "attempt(s)")
+            sys.exit(0)
+    subprocess.run(["dpkg", "--purge", package], stdout=subprocess.DEVNULL, check=True)
+sys.exit("dpkg --unpack always finished before it could be interrupted")
+"""
+
+
+def interrupt_dpkg(lab: RunningLab, host: LabHost, package: str) -> str:
+    """Leave ``host``'s dpkg interrupted in the middle of unpacking ``package`` (removed first;
+    its .deb comes from the host's own apt source)."""
+    encoded = base64.b64encode(_INTERRUPT_DPKG.encode()).decode()
+    return lab.ssh(
+        host,
+        f"DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq {package} >/dev/null && "
+        f'cd "$(mktemp -d)" && apt-get download -qq {package} && '
+        f"echo {encoded} | base64 -d >interrupt.py && python3 interrupt.py ./{package}_*.deb "
+        f'{package}; status=$?; rm -rf "$PWD"; exit $status',
+        timeout=300,
+    ).stdout

@@ -70,6 +70,31 @@ def test_bad_listeners_are_refused_naming_host_and_key(listeners: Any, expected:
     assert any(expected in p for p in host_problems), problems
 
 
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("mqtt.example.net", "'mqtt.example.net' is not an IP address: write one of the host's"),
+        ("10.0.0.300", "'10.0.0.300' is not an IP address"),
+        ("224.0.0.1", "224.0.0.1 is a multicast address"),
+        ("ff02::1", "ff02::1 is a multicast address"),
+        ("255.255.255.255", "255.255.255.255 is the broadcast address"),
+        ("240.0.0.7", "240.0.0.7 is reserved (240.0.0.0/4)"),
+    ],
+)
+def test_a_bind_address_no_host_can_have_is_refused(address: str, expected: str) -> None:
+    problems = problems_of(broker(mosquitto_listeners=[{"port": 8883, "bind_address": address}]))
+    (problem,) = problems  # one message, naming the host, the key and the address
+    assert problem.startswith(
+        f"host mqtt1.example.net: mosquitto_listeners[0].bind_address: {expected}"
+    ), problem
+
+
+@pytest.mark.parametrize("address", ["192.0.2.77", "127.0.0.2", "::1", "0.0.0.0", "::"])
+def test_a_bind_address_that_may_be_the_hosts_is_left_to_the_apply(address: str) -> None:
+    fleet = build_fleet([broker(mosquitto_listeners=[{"port": 8883, "bind_address": address}])])
+    assert fleet.brokers[0].mosquitto.listeners[0].bind_address == address
+
+
 def test_listener_on_the_ssh_port_is_refused() -> None:
     problems = problems_of(broker(ssh_port=2222, mosquitto_listeners=[{"port": 2222}]))
     assert "host mqtt1.example.net: mosquitto_listeners[0].port: 2222 is the SSH port" in problems

@@ -3,11 +3,23 @@ inventories the hardening would lock out refused up front."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
 from iotfleet.check.ssh_checks import expected_sshd, parse_sshd_t, sshd_problems
 from iotfleet.model import InventoryError, RawHost, SshHardeningSettings, build_fleet
-from iotfleet.roles.ssh_hardening import render_dropin
+from iotfleet.roles.ssh_hardening import (
+    DROPIN,
+    STAGING_ROOT,
+    STALE_STAGING_MINUTES,
+    install_script,
+    render_dropin,
+)
+from iotfleet.roles.ssh_hardening.facts import ExistingPaths
 
 HOST = "mqtt1.example.net"
 
@@ -74,3 +86,77 @@ def test_password_limit_settings_validated() -> None:
         build_fleet(broker_data(firewall_password_burst=0, firewall_password_limit_exempt=["x"]))
     text = str(caught.value)
     assert "firewall_password_burst" in text and "firewall_password_limit_exempt" in text
+
+
+def _staging_run(
+    tmp: Path, content: str, sshd_exit: int = 0
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The real install script with its paths moved into ``tmp`` and a stand-in ``sshd`` that
+    records what ``sshd -t -f`` was given (the included files, in order) and exits as told."""
+    bin_dir, seen = tmp / "bin", tmp / "seen"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "sshd"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1 $2" = "-t -f" ]; then sed -n "s/^Include //p" "$3" >>{seen}; '
+        f'cat "$(sed -n "1s/^Include //p" "$3")" >>{seen}; fi\n'
+        f"exit {sshd_exit}\n"
+    )
+    fake.chmod(0o755)
+    script = (
+        install_script(content)
+        .replace(STAGING_ROOT, str(tmp / "staging"))
+        .replace(str(Path(STAGING_ROOT).parent), str(tmp))
+        .replace(DROPIN, str(tmp / "dropin.conf"))
+        .replace(" -o root -g root", "")
+        .replace("systemctl is-active -q ssh.service", "false")
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env)
+    return result, seen
+
+
+def test_the_candidate_is_staged_per_run_tested_first_and_removed(tmp_path: Path) -> None:
+    first, seen = _staging_run(tmp_path, "PasswordAuthentication no\n")
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "dropin.conf").read_text() == "PasswordAuthentication no\n"
+    candidate, main, tested = seen.read_text().splitlines()
+    # sshd -t read the staged candidate first, then the whole configuration.
+    assert candidate.startswith(f"{tmp_path}/staging/run.") and candidate.endswith(".conf")
+    assert (main, tested) == ("/etc/ssh/sshd_config", "PasswordAuthentication no")
+    assert list((tmp_path / "staging").iterdir()) == []  # removed by the same command
+    seen.unlink()
+    assert _staging_run(tmp_path, "PasswordAuthentication no\n")[0].returncode == 0
+    assert seen.read_text().splitlines()[0] != candidate  # a directory of each run's own
+
+
+def test_a_candidate_sshd_refuses_is_not_installed_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "dropin.conf").write_text("# the last good drop-in\n")
+    refused, _ = _staging_run(tmp_path, "NoSuchKeyword yes\n", sshd_exit=255)
+    assert refused.returncode != 0
+    assert (tmp_path / "dropin.conf").read_text() == "# the last good drop-in\n"
+    assert list((tmp_path / "staging").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "dropin.conf", "seen", "staging"]
+
+
+def test_staging_left_by_a_killed_run_goes_after_a_day_another_runs_stays(tmp_path: Path) -> None:
+    (tmp_path / "staging").mkdir()
+    stale, live = tmp_path / "staging" / "run.killed", tmp_path / "staging" / "run.running"
+    stale.mkdir()
+    live.mkdir()
+    day_and_a_bit = time.time() - STALE_STAGING_MINUTES * 60 - 600
+    os.utime(stale, (day_and_a_bit, day_and_a_bit))
+    assert _staging_run(tmp_path, "PasswordAuthentication no\n")[0].returncode == 0
+    assert [p.name for p in (tmp_path / "staging").iterdir()] == ["run.running"]
+
+
+def test_the_leftover_check_lists_what_exists_and_never_fails(tmp_path: Path) -> None:
+    kept, gone = tmp_path / "sshd-hardening.conf", tmp_path / "sshd-test.conf"
+    kept.write_text("# staged by an older release\n")
+    fact = ExistingPaths()
+    result = subprocess.run(
+        ["sh", "-c", fact.command(paths=(str(kept), str(gone)))],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0  # a path removed meanwhile (by another rollout) is no error
+    assert fact.process(result.stdout.splitlines()) == [str(kept)]
