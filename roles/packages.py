@@ -10,7 +10,8 @@ One remote command per install, which:
   place. The guard says "no" only while the process that placed it runs (its PID and start
   time are written into it), and the same command removes it on exit, Ctrl-C or hang-up (a
   trap): killed with SIGKILL or by a power cut, the file left behind allows every start;
-- repairs a dpkg that a killed run interrupted (``dpkg --configure -a``), then installs.
+- repairs a dpkg that a killed run interrupted (``dpkg --configure -a``, then a reinstall of
+  what a killed unpack left half-installed), then installs.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ _PLACE_GUARD = (
     "fi"
 )
 _APT = "DEBIAN_FRONTEND=noninteractive apt-get -qq -o Dpkg::Options::=--force-confold"
+# Packages `dpkg --configure -a` cannot repair: half-installed (a killed unpack) or flagged
+# reinstall-required; only reinstalling them from the archive does.
+HALF_INSTALLED_QUERY = (
+    "dpkg-query -W -f='${db:Status-Abbrev}|${binary:Package}\\n' | "
+    "awk -F'|' 'substr($1, 2, 1) == \"H\" || substr($1, 3, 1) == \"R\" { print $2 }'"
+)
 
 
 class PackageHealth(FactBase[tuple[bool, bool]]):
@@ -107,6 +114,11 @@ def healing_install_script(specs: Sequence[str], update: bool = True) -> str:
         f"if {_DPKG_PENDING_TEST}; then\n"
         "  echo 'iotfleet: repairing an interrupted dpkg (dpkg --configure -a)'\n"
         "  DEBIAN_FRONTEND=noninteractive dpkg --force-confold --configure -a\n"
+        f"  broken=$({HALF_INSTALLED_QUERY})\n"
+        '  if [ -n "$broken" ]; then\n'
+        "    echo 'iotfleet: reinstalling what a killed unpack left half-installed:' $broken\n"
+        f"    {_APT} install -y --reinstall --no-install-recommends $broken\n"
+        "  fi\n"
         "fi"
     )
     if specs:

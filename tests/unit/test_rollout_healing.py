@@ -18,13 +18,16 @@ from iotfleet.roles.pyinfra_fixes import HostConnectionLost, _connection_lost_is
 def _script(tmp: Path, install: str) -> str:
     """The real script with the guard, the dpkg journal and the commands moved to ``tmp``."""
     script = packages.healing_install_script(["mosquitto"], update=False)
-    install_line = next(line for line in script.splitlines() if " install -y " in line)
+    install_line = [line for line in script.splitlines() if " install -y " in line][-1]
     return (
         script.replace(packages.POLICY_RC, str(tmp / "policy-rc.d"))
         .replace("/var/lib/dpkg/updates", str(tmp / "updates"))
         .replace("dpkg --audit", "true")
         .replace("dpkg --force-confold --configure -a", f"touch {tmp}/configured")
+        # dpkg's view of the packages: the file "status" (dpkg-query's format), if any.
+        .replace(packages.HALF_INSTALLED_QUERY.split(" | ")[0], f"cat {tmp}/status")
         .replace(install_line, install)
+        .replace("apt-get", f"{tmp}/apt-get")
     )
 
 
@@ -76,12 +79,35 @@ def test_a_legacy_guard_is_removed_and_a_foreign_one_kept(tmp_path: Path) -> Non
 
 def test_an_interrupted_dpkg_is_repaired_before_installing(tmp_path: Path) -> None:
     (tmp_path / "updates").mkdir()
+    (tmp_path / "status").write_text("ii |mosquitto\n")
     assert _run(_script(tmp_path, "true")).returncode == 0
     assert not (tmp_path / "configured").exists()  # nothing pending: no repair
     (tmp_path / "updates" / "0001").write_text("Package: mosquitto\n")
     result = _run(_script(tmp_path, "true"))
     assert result.returncode == 0 and (tmp_path / "configured").exists()
     assert "repairing an interrupted dpkg" in result.stdout
+
+
+def test_a_half_installed_package_is_reinstalled_after_the_repair(tmp_path: Path) -> None:
+    """A power cut inside ``dpkg --unpack`` leaves the package half-installed (and reinstall-
+    required): ``dpkg --configure -a`` cannot fix that, a reinstall from the archive does."""
+    (tmp_path / "updates").mkdir()
+    (tmp_path / "updates" / "0001").write_text("Package: mosquitto\n")
+    apt = tmp_path / "apt-get"
+    apt.write_text(f'#!/bin/sh\necho "$@" >>{tmp_path}/apt-calls\n')
+    apt.chmod(0o755)
+    (tmp_path / "status").write_text("ii |nftables\niHR|mosquitto\niU |libmosquitto1\n")
+    result = _run(_script(tmp_path, "true"))
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "apt-calls").read_text().splitlines()
+    assert len(calls) == 1 and "--reinstall" in calls[0], calls
+    assert calls[0].split()[-1] == "mosquitto"  # only the half-installed one
+    assert "half-installed: mosquitto" in result.stdout
+    # Nothing half-installed: the repair does not reinstall anything.
+    (tmp_path / "apt-calls").unlink()
+    (tmp_path / "status").write_text("ii |mosquitto\n")
+    assert _run(_script(tmp_path, "true")).returncode == 0
+    assert not (tmp_path / "apt-calls").exists()
 
 
 def test_missing_packages_honour_the_pinned_version() -> None:
