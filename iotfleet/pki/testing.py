@@ -100,6 +100,15 @@ def _load_key(key_pem: bytes) -> PrivateKey:
     return key
 
 
+def _fleet_intermediate(settings: PkiSettings) -> tuple[CaCerts, PrivateKey]:
+    """The fleet's CA certificates and its intermediate's private key (needs the passphrase)."""
+    layout = StateLayout(settings.state_dir)
+    certs = load_ca_certs(layout)
+    if certs is None:
+        raise StateError(f"no CA in {layout.root}: run a reconcile first")
+    return certs, load_encrypted_key(layout.intermediate_key, read_passphrase(settings))
+
+
 def make_expired_identity(
     settings: PkiSettings,
     name: str,
@@ -114,11 +123,7 @@ def make_expired_identity(
 
     Needs the CA passphrase (it signs with the real intermediate key).
     """
-    layout = StateLayout(settings.state_dir)
-    certs = load_ca_certs(layout)
-    if certs is None:
-        raise StateError(f"no CA in {layout.root}: run a reconcile first")
-    key = load_encrypted_key(layout.intermediate_key, read_passphrase(settings))
+    certs, key = _fleet_intermediate(settings)
     return make_expired_identity_with(
         issuer_from(key, certs.intermediate),
         certs,
@@ -146,11 +151,7 @@ def make_unrecorded_identity(
 
     Needs the CA passphrase (it signs with the real intermediate key).
     """
-    layout = StateLayout(settings.state_dir)
-    certs = load_ca_certs(layout)
-    if certs is None:
-        raise StateError(f"no CA in {layout.root}: run a reconcile first")
-    key = load_encrypted_key(layout.intermediate_key, read_passphrase(settings))
+    certs, key = _fleet_intermediate(settings)
     moment = utc_now(now)
     return _leaf(
         _spec(name, kind, (), ()),
