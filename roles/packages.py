@@ -59,11 +59,13 @@ _PLACE_GUARD = (
     "fi"
 )
 _APT = "DEBIAN_FRONTEND=noninteractive apt-get -qq -o Dpkg::Options::=--force-confold"
-# Packages `dpkg --configure -a` cannot repair: half-installed (a killed unpack) or flagged
-# reinstall-required; only reinstalling them from the archive does.
+# Packages `dpkg --configure -a` cannot repair: wanted installed ("i") but half-installed (a
+# killed unpack) or flagged reinstall-required; only reinstalling them from the archive does.
+# (A package being removed, "r"/"p", is left to its remover.)
 HALF_INSTALLED_QUERY = (
     "dpkg-query -W -f='${db:Status-Abbrev}|${binary:Package}\\n' | "
-    "awk -F'|' 'substr($1, 2, 1) == \"H\" || substr($1, 3, 1) == \"R\" { print $2 }'"
+    "awk -F'|' 'substr($1, 1, 1) == \"i\" && "
+    '(substr($1, 2, 1) == "H" || substr($1, 3, 1) == "R") { print $2 }\''
 )
 
 
@@ -113,12 +115,16 @@ def healing_install_script(specs: Sequence[str], update: bool = True) -> str:
     lines.append(
         f"if {_DPKG_PENDING_TEST}; then\n"
         "  echo 'iotfleet: repairing an interrupted dpkg (dpkg --configure -a)'\n"
-        "  DEBIAN_FRONTEND=noninteractive dpkg --force-confold --configure -a\n"
+        # Packages waiting on a half-installed one stay unconfigured (non-zero): go on to the
+        # reinstall, then configure again, this time required to succeed.
+        "  DEBIAN_FRONTEND=noninteractive dpkg --force-confold --configure -a || true\n"
         f"  broken=$({HALF_INSTALLED_QUERY})\n"
         '  if [ -n "$broken" ]; then\n'
         "    echo 'iotfleet: reinstalling what a killed unpack left half-installed:' $broken\n"
+        f"    {_APT} update\n"
         f"    {_APT} install -y --reinstall --no-install-recommends $broken\n"
         "  fi\n"
+        "  DEBIAN_FRONTEND=noninteractive dpkg --force-confold --configure -a\n"
         "fi"
     )
     if specs:

@@ -22,11 +22,20 @@ from iotfleet.roles.fleet_context import fleet_model
 _WRAPPED = "_iotfleet_validates_first"
 
 
+# pyinfra's own commands, whose arguments may end in .py without being deploy files.
+_NOT_DEPLOYS = frozenset({"fact", "exec", "debug-inventory", "shell"})
+
+
 def _runs_deploy_files() -> bool:
-    """Whether this pyinfra command runs deploy files (not a fact, exec or shell command)."""
+    """Whether this pyinfra command runs deploy files (as pyinfra decides: every argument a
+    ``.py`` file), not a fact, exec or operation command."""
     context = click.get_current_context(silent=True)
-    operations = context.params.get("operations", ()) if context is not None else ()
-    return any(str(operation).endswith(".py") for operation in operations)
+    operations = [str(op) for op in (context.params.get("operations", ()) if context else ())]
+    return (
+        bool(operations)
+        and operations[0] not in _NOT_DEPLOYS
+        and all(op.endswith(".py") for op in operations)
+    )
 
 
 def _validated_first(connect_all: Callable[[Any], None]) -> Callable[[Any], None]:

@@ -66,9 +66,11 @@ MEMORY_BASE_MB = 64
 MEMORY_PER_CONNECTION_KB = 48
 
 
-def check_bind_address(value: str) -> None:
-    """Refuse what no host can bind a listener to, without asking the host: anything but an IP
-    address, multicast addresses, and IPv4's reserved 240.0.0.0/4 with the broadcast address
+def canonical_bind_address(value: str) -> str:
+    """``value`` written the one way the config, the apply script and the checks compare
+    (``::0`` is ``::``), refusing what no host can bind a listener to, without asking the host:
+    anything but an IP address, a scoped IPv6 address (``fe80::1%eth0``: Mosquitto takes no
+    interface), multicast addresses, and IPv4's reserved 240.0.0.0/4 with the broadcast address
     255.255.255.255. Whether the host has the address is checked at apply (mosquitto-apply),
     before the new configuration goes live."""
     try:
@@ -86,6 +88,10 @@ def check_bind_address(value: str) -> None:
         broadcast = address == ipaddress.IPv4Address("255.255.255.255")
         kind = "the broadcast address" if broadcast else "reserved (240.0.0.0/4)"
         raise ValueError(f"{value} is {kind}: a listener binds to an address of the host")
+    scope = getattr(address, "scope_id", None)
+    if scope:
+        raise ValueError(f"{value} names an interface: write the address without %{scope}")
+    return str(address)
 
 
 class _Settings(BaseModel):
@@ -128,9 +134,7 @@ class Listener(_Settings):
     @field_validator("bind_address")
     @classmethod
     def _valid_address(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_bind_address(value)
-        return value
+        return None if value is None else canonical_bind_address(value)
 
     @model_validator(mode="after")
     def _plain_only_on_loopback(self) -> Listener:

@@ -113,7 +113,9 @@ def edge_bridge(
 
 
 def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # No brackets for IPv6: Mosquitto splits host and port at the last colon and would look
+    # up "[2001:db8::1]" as a name.
+    return f"{host}:{port}"
 
 
 def render_bridge(bridge: Bridge) -> str:
@@ -136,8 +138,8 @@ def render_bridge(bridge: Bridge) -> str:
 
 
 def _parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
+    host, _, port = text.rpartition(":")  # as Mosquitto reads it: the port after the last colon
+    return host, int(port)
 
 
 _FIELDS = {

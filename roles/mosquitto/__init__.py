@@ -40,8 +40,7 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     ``pki_*``) and the host's ``mosquitto_*`` keys are read through the validated fleet;
     ``iotfleet keys mosquitto_`` lists them with their defaults (``iotfleet.model.settings``).
     The host's firewall is this role's dependency: ``deploy_firewall`` runs first unless the
-    deploy file already called it (or ``firewall_enabled = False``); sshd is a separate role
-    (``deploy_ssh_hardening``).
+    deploy file already called it; sshd is a separate role (``deploy_ssh_hardening``).
 
     **Example:**
 
@@ -56,9 +55,10 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     """
     ctx = ctx or reconciled_fleet()
     broker = this_broker(ctx.fleet)
-    if broker.firewall.enabled and not firewall_rolled_out(host.name):
+    if not firewall_rolled_out(host.name):
         # A role dependency (Ansible's meta dependencies): Mosquitto's unit requires the
-        # firewall's, so the broker never serves unfiltered; the firewall must exist first.
+        # firewall's, so the broker never serves unfiltered; the firewall must exist first
+        # (or, with firewall_enabled false, an earlier one is stopped, not left stale).
         deploy_firewall(broker=broker)
     install_debs(
         name="Install Mosquitto from Debian packages (not started yet; dpkg repaired first)",

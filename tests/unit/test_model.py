@@ -79,6 +79,7 @@ def test_bad_listeners_are_refused_naming_host_and_key(listeners: Any, expected:
         ("ff02::1", "ff02::1 is a multicast address"),
         ("255.255.255.255", "255.255.255.255 is the broadcast address"),
         ("240.0.0.7", "240.0.0.7 is reserved (240.0.0.0/4)"),
+        ("fe80::1%eth0", "fe80::1%eth0 names an interface: write the address without %eth0"),
     ],
 )
 def test_a_bind_address_no_host_can_have_is_refused(address: str, expected: str) -> None:
@@ -93,6 +94,16 @@ def test_a_bind_address_no_host_can_have_is_refused(address: str, expected: str)
 def test_a_bind_address_that_may_be_the_hosts_is_left_to_the_apply(address: str) -> None:
     fleet = build_fleet([broker(mosquitto_listeners=[{"port": 8883, "bind_address": address}])])
     assert fleet.brokers[0].mosquitto.listeners[0].bind_address == address
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [("::0", "::"), ("0:0:0:0:0:0:0:0", "::"), ("2001:DB8:0::0010", "2001:db8::10")],
+)
+def test_a_bind_address_is_kept_in_one_spelling(written: str, canonical: str) -> None:
+    """The apply script and the checks compare strings: ``::0`` must read as the wildcard."""
+    fleet = build_fleet([broker(mosquitto_listeners=[{"port": 8883, "bind_address": written}])])
+    assert fleet.brokers[0].mosquitto.listeners[0].bind_address == canonical
 
 
 def test_listener_on_the_ssh_port_is_refused() -> None:

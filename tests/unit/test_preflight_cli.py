@@ -71,10 +71,10 @@ def _inventory(tmp_path: Path, port: int, groups: str = "", data: str = "") -> P
     return inventory
 
 
-def _pyinfra(tmp_path: Path, inventory: Path, *args: str) -> subprocess.Popen[str]:
+def _pyinfra(tmp_path: Path, inventory: Path, *command: str) -> subprocess.Popen[str]:
     env = {**os.environ, "IOTFLEET_HOME": str(tmp_path / "state"), "PYINFRA_PROGRESS": "off"}
     return subprocess.Popen(
-        [str(PYINFRA), "-y", str(inventory), "deploy.py", *args],
+        [str(PYINFRA), "-y", str(inventory), *(command or ("deploy.py",))],
         cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -107,3 +107,25 @@ def test_ctrl_c_while_connecting_exits_non_zero(tmp_path: Path, sshd: SilentSshd
             run.communicate()
     assert run.returncode == INTERRUPTED_EXIT, output
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("exec", "--", "python3", "x.py"), ("fact", "files.File", "path=/etc/x.py")],
+    ids=["exec", "fact"],
+)
+def test_commands_that_run_no_deploy_file_are_not_refused_as_a_fleet(
+    tmp_path: Path, sshd: SilentSshd, command: tuple[str, ...]
+) -> None:
+    """pyinfra's ad-hoc commands on the same inventory are not fleet rollouts: the inventory
+    mistake does not stop them, pyinfra goes on to connect (to the silent sshd)."""
+    inventory = _inventory(tmp_path, sshd.port, groups='broker = ["x"]\n')
+    run = _pyinfra(tmp_path, inventory, *command)
+    try:
+        wait_until(lambda: bool(sshd.accepted) or run.poll() is not None, timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        output, _ = run.communicate()
+    assert "group broker" not in output, output
+    assert sshd.accepted, output

@@ -23,7 +23,7 @@ def _script(tmp: Path, install: str) -> str:
         script.replace(packages.POLICY_RC, str(tmp / "policy-rc.d"))
         .replace("/var/lib/dpkg/updates", str(tmp / "updates"))
         .replace("dpkg --audit", "true")
-        .replace("dpkg --force-confold --configure -a", f"touch {tmp}/configured")
+        .replace("dpkg --force-confold --configure -a", f"{tmp}/configure")
         # dpkg's view of the packages: the file "status" (dpkg-query's format), if any.
         .replace(packages.HALF_INSTALLED_QUERY.split(" | ")[0], f"cat {tmp}/status")
         .replace(install_line, install)
@@ -33,6 +33,17 @@ def _script(tmp: Path, install: str) -> str:
 
 def _run(script: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
+
+
+def _stub(path: Path, body: str) -> None:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture(autouse=True)
+def _configure(tmp_path: Path) -> None:
+    """``dpkg --configure -a`` stand-in: counts its runs in ``configured``."""
+    _stub(tmp_path / "configure", f"echo run >>{tmp_path}/configured")
 
 
 def test_the_guard_refuses_starts_only_while_the_install_runs(tmp_path: Path) -> None:
@@ -90,22 +101,30 @@ def test_an_interrupted_dpkg_is_repaired_before_installing(tmp_path: Path) -> No
 
 def test_a_half_installed_package_is_reinstalled_after_the_repair(tmp_path: Path) -> None:
     """A power cut inside ``dpkg --unpack`` leaves the package half-installed (and reinstall-
-    required): ``dpkg --configure -a`` cannot fix that, a reinstall from the archive does."""
+    required): ``dpkg --configure -a`` cannot fix that, and fails while a package waits on it;
+    a reinstall from the archive (lists refreshed first) does, then dpkg configures again."""
     (tmp_path / "updates").mkdir()
     (tmp_path / "updates" / "0001").write_text("Package: mosquitto\n")
-    apt = tmp_path / "apt-get"
-    apt.write_text(f'#!/bin/sh\necho "$@" >>{tmp_path}/apt-calls\n')
-    apt.chmod(0o755)
-    (tmp_path / "status").write_text("ii |nftables\niHR|mosquitto\niU |libmosquitto1\n")
+    _stub(tmp_path / "apt-get", f'echo "$@" >>{tmp_path}/apt-calls')
+    # Fails until the reinstall happened (a dependant left unconfigured).
+    _stub(
+        tmp_path / "configure",
+        f"echo run >>{tmp_path}/configured; grep -q reinstall {tmp_path}/apt-calls 2>/dev/null",
+    )
+    (tmp_path / "status").write_text(
+        "ii |nftables\niHR|mosquitto\niU |libmosquitto1\nrH |being-removed\n"
+    )
     result = _run(_script(tmp_path, "true"))
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "apt-calls").read_text().splitlines()
-    assert len(calls) == 1 and "--reinstall" in calls[0], calls
-    assert calls[0].split()[-1] == "mosquitto"  # only the half-installed one
+    assert [c.split()[-1] for c in calls] == ["update", "mosquitto"], calls  # removals left be
+    assert "--reinstall" in calls[1]
     assert "half-installed: mosquitto" in result.stdout
-    # Nothing half-installed: the repair does not reinstall anything.
+    assert len((tmp_path / "configured").read_text().split()) == 2
+    # Nothing half-installed: the repair reinstalls nothing.
     (tmp_path / "apt-calls").unlink()
     (tmp_path / "status").write_text("ii |mosquitto\n")
+    _stub(tmp_path / "configure", "true")
     assert _run(_script(tmp_path, "true")).returncode == 0
     assert not (tmp_path / "apt-calls").exists()
 

@@ -104,6 +104,8 @@ def test_render_and_parse_round_trip(fleet: Fleet) -> None:
     assert bridge is not None
     assert parse_bridges(render_bridge(bridge)) == [bridge]
     ipv6 = replace(bridge, addresses=(("2001:db8::1", 8883), ("core", 8884)))
+    # Mosquitto splits at the last colon and would resolve "[2001:db8::1]" as a name.
+    assert "\naddress 2001:db8::1:8883 core:8884\n" in render_bridge(ipv6)
     assert parse_bridges(render_bridge(ipv6)) == [ipv6]
     assert parse_bridges("listener 8883\nallow_anonymous false\n") == []
 
