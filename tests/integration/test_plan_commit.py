@@ -346,11 +346,16 @@ def test_a_no_change_plan_is_checked_again_before_it_runs(lab: RunningLab, fresh
         revoking = run_pyinfra(lab.name, "deploy.py", *_data(fresh, without_victim))
         assert revoking.returncode == 0, revoking.explain()
         assert not try_connect(broker, victim_identity).accepted, "the revocation did not reach"
-        waiting.communicate(input="\n", timeout=900)  # pyinfra executes on enter
+        # pyinfra executes on enter. (Not communicate(): it would read the output the reader
+        # thread is reading.)
+        assert waiting.stdin is not None
+        waiting.stdin.write("\n")
+        waiting.stdin.close()
+        waiting.wait(timeout=900)
     finally:
         if waiting.poll() is None:
             waiting.kill()
-            waiting.communicate()
+            waiting.wait()
         reader.join()
     output = _plain("".join(said))
     assert waiting.returncode != 0, output[-4000:]
