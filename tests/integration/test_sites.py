@@ -1,9 +1,10 @@
-"""A multi-site fleet on a lab of its own (issue 15): 2 sites x 1 edge broker + 2 core brokers.
+"""A multi-site fleet on a lab of its own (issue 15): 2 sites x 2 edge brokers + 2 core brokers.
 
 The topology is declared with ``--data`` on the real ``pyinfra`` CLI (the lab's group_data
 stays as it is); clients use real TLS against the lab's hosts. Telemetry of site a's device
 crosses its edge's bridge to a consumer on the core, a command from the core reaches only
-that device, a device of site a cannot read site b's topics at the core, traffic continues
+that device, a device of site a cannot read site b's topics at the core, each edge of a site
+bridges on its own, traffic continues
 through the second core when the first stops, and revoking site b's bridge cuts b off at the
 cores: the stolen bridge identity is refused there. Restoring the bridge brings b back; a
 rollout after each converged one changes nothing.
@@ -45,16 +46,22 @@ class SitesLab:
     core_1: LabHost
     core_2: LabHost
     edge_a: LabHost
+    edge_a2: LabHost
     edge_b: LabHost
+    edge_b2: LabHost
     ctx: FleetContext | None = None
 
+    @property
+    def edges(self) -> tuple[LabHost, ...]:
+        return (self.edge_a, self.edge_a2, self.edge_b, self.edge_b2)
+
     def data(self, *, b_revoked: bool = False) -> dict[str, Any]:
-        site_b: dict[str, Any] = {"name": "b", "edges": [self.edge_b.fqdn]}
+        site_b: dict[str, Any] = {"name": "b", "edges": [self.edge_b.fqdn, self.edge_b2.fqdn]}
         if b_revoked:
             site_b["bridge_revoked"] = "keyCompromise"
         return {
             "fleet_core_brokers": [self.core_1.fqdn, self.core_2.fqdn],
-            "fleet_sites": [{"name": "a", "edges": [self.edge_a.fqdn]}, site_b],
+            "fleet_sites": [{"name": "a", "edges": [self.edge_a.fqdn, self.edge_a2.fqdn]}, site_b],
             "fleet_devices": [
                 {"id": "sensor-a", "site": "a"},
                 {"id": "sensor-b", "site": "b"},
@@ -93,12 +100,12 @@ class SitesLab:
 @pytest.fixture(scope="module")
 def sites(lab_factory: LabFactory) -> Iterator[SitesLab]:
     previous = os.environ.get(OVERRIDE_DATA_ENV)
-    lab = lab_factory(suite="bookworm", brokers=4, tag="sites")
-    core_1, core_2, edge_a, edge_b = lab.hosts[:4]
-    lab_sites = SitesLab(lab, core_1, core_2, edge_a, edge_b)
+    lab = lab_factory(suite="bookworm", brokers=6, tag="sites")
+    core_1, core_2, edge_a, edge_a2, edge_b, edge_b2 = lab.hosts[:6]
+    lab_sites = SitesLab(lab, core_1, core_2, edge_a, edge_a2, edge_b, edge_b2)
     try:
         seconds = lab_sites.converge()
-        print(f"\nfirst rollout of the 4-broker sites fleet: {seconds:.0f} s")
+        print(f"\nfirst rollout of the 6-broker sites fleet: {seconds:.0f} s")
         yield lab_sites
     finally:
         if previous is None:
@@ -114,7 +121,7 @@ def crosses(publisher: Session, consumer: Session, topic: str) -> bool:
 
 
 def test_only_edges_keep_a_bridge_identity(sites: SitesLab) -> None:
-    for edge in (sites.edge_a, sites.edge_b):
+    for edge in sites.edges:
         modes = sites.lab.ssh(
             edge, f"stat -c '%U:%G %a' {layout.BRIDGE_CERT} {layout.BRIDGE_KEY}"
         ).stdout.split("\n")
@@ -136,6 +143,21 @@ def test_telemetry_of_site_a_reaches_a_consumer_on_the_core(sites: SitesLab) -> 
 
         def telemetry_crossed() -> bool:
             """sensor-a's telemetry at edge a reached the consumer on core-1"""
+            return crosses(device, consumer, topic)
+
+        wait_until(telemetry_crossed, timeout=BRIDGE_TIMEOUT, poll=1)
+
+
+def test_each_edge_of_a_site_bridges_on_its_own(sites: SitesLab) -> None:
+    topic = "devices/sensor-a/telemetry/second-edge"
+    with (
+        sites.connect(sites.core_1, "ops") as consumer,
+        sites.connect(sites.edge_a2, "sensor-a") as device,
+    ):
+        assert consumer.subscribe("devices/sensor-a/telemetry/#") == 1
+
+        def telemetry_crossed() -> bool:
+            """sensor-a's telemetry at edge a2 reached the consumer on core-1"""
             return crosses(device, consumer, topic)
 
         wait_until(telemetry_crossed, timeout=BRIDGE_TIMEOUT, poll=1)
@@ -237,11 +259,13 @@ def test_revoking_a_sites_bridge_cuts_it_off_at_the_core(sites: SitesLab) -> Non
         assert not refused.accepted and refused.stage == "tls", (core_host.name, refused)
         acl = sites.lab.ssh(core_host, f"cat {layout.ACL_FILE}").stdout
         assert bridge_b not in acl
+        assert bridge_identity_name(sites.edge_b2.fqdn) not in acl
         assert bridge_identity_name(sites.edge_a.fqdn) in acl
-    # Edge b no longer bridges and keeps no bridge identity; it still serves its device.
-    bridges = sites.lab.ssh(sites.edge_b, f"grep -c '^connection ' {layout.CONFIG}", check=False)
-    assert bridges.stdout.strip() == "0", bridges
-    assert sites.lab.ssh(sites.edge_b, f"ls {layout.BRIDGE_KEY}", check=False).returncode != 0
+    # Site b's edges no longer bridge and keep no bridge identity; they still serve b.
+    for edge in (sites.edge_b, sites.edge_b2):
+        bridges = sites.lab.ssh(edge, f"grep -c '^connection ' {layout.CONFIG}", check=False)
+        assert bridges.stdout.strip() == "0", bridges
+        assert sites.lab.ssh(edge, f"ls {layout.BRIDGE_KEY}", check=False).returncode != 0
     edge_b = target(sites.ctx, sites.edge_b.address, PORT)
     assert try_connect(edge_b, sites.identity("sensor-b")).accepted
     # Site a is not affected.
