@@ -58,25 +58,13 @@ class FleetPlan:
         return secrets if pki == "no change" else f"{pki}; {secrets}"
 
 
-def refuse_unsupported(fleet: Fleet) -> None:
-    """Stop before any host is touched for what the rollout cannot do yet."""
-    if fleet.sites:
-        raise RolloutRefusedError(
-            "iotfleet: inventory: fleet_sites: multi-site fleets are validated and rendered, "
-            "but the rollout does not install bridges and bridge identities yet; roll out "
-            "without fleet_sites for now"
-        )
-
-
 @cache
 def fleet_model() -> Fleet:
     """The validated fleet of this pyinfra run, nothing resolved (exits listing problems)."""
     try:
-        fleet = build_fleet(raw_hosts(current_inventory))
+        return build_fleet(raw_hosts(current_inventory))
     except InventoryError as exc:
         raise RolloutRefusedError(f"iotfleet: {exc}") from None
-    refuse_unsupported(fleet)
-    return fleet
 
 
 @cache

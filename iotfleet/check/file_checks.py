@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from iotfleet.check.host_facts import FileStat
-from iotfleet.model import Broker
+from iotfleet.model import Broker, Fleet
 from iotfleet.mosquitto import layout
+from iotfleet.mosquitto.bridge import edge_bridge
 
 # What the checks expect of each file is the broker file spec itself.
 ExpectedFile = layout.BrokerFile
 
 
-def expected_files(broker: Broker) -> list[ExpectedFile]:
-    """Owner and mode of every file and directory iotfleet keeps on ``broker``."""
+def expected_files(fleet: Fleet, broker: Broker) -> list[ExpectedFile]:
+    """Owner and mode of every file and directory iotfleet keeps on ``broker`` of ``fleet``
+    (an edge broker with a bridge keeps its bridge identity too)."""
     return layout.broker_files(
-        [lst.port for lst in broker.mosquitto.listeners if lst.requires_password]
+        [lst.port for lst in broker.mosquitto.listeners if lst.requires_password],
+        bridge=edge_bridge(fleet, broker.name) is not None,
     )
 
 

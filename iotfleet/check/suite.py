@@ -195,5 +195,5 @@ class Suite:
         return [
             Param(broker, file=expected)
             for broker in self.plan.brokers
-            for expected in expected_files(broker.model)
+            for expected in expected_files(self.plan.fleet, broker.model)
         ]

@@ -88,10 +88,11 @@ def bridge_host(fleet: Fleet, core_name: str) -> str:
 def edge_bridge(
     fleet: Fleet, edge_name: str, files: Mapping[str, str] | None = None
 ) -> Bridge | None:
-    """The bridge of edge broker ``edge_name`` (none for a core or a fleet without sites);
+    """The bridge of edge broker ``edge_name`` (none for a core, a fleet without sites or a
+    site whose ``bridge_revoked`` cut it off: its edges serve their devices locally only);
     ``files`` maps live paths to where those files are instead (a test run)."""
     site = fleet.site_of_edge(edge_name)
-    if site is None:
+    if site is None or site.bridge_revoked is not None:
         return None
     files = files or {}
     identity = bridge_identity_name(edge_name)

@@ -142,9 +142,12 @@ def password_file_spec(port: int) -> BrokerFile:
     return _private(password_file(port), f"password file of listener {port}", "users", "reload")
 
 
-def broker_files(password_ports: tuple[int, ...] | list[int]) -> list[BrokerFile]:
+def broker_files(
+    password_ports: tuple[int, ...] | list[int], *, bridge: bool = False
+) -> list[BrokerFile]:
     """Every file and directory iotfleet keeps on a broker whose password listeners are on
-    ``password_ports``, in the order the checks report them."""
+    ``password_ports``, in the order the checks report them; ``bridge``: an edge broker of a
+    multi-site fleet, which also keeps its bridge identity's certificate and key."""
     return [
         CONFIG_DIR_FILE,
         CERT_DIR_FILE,
@@ -154,6 +157,7 @@ def broker_files(password_ports: tuple[int, ...] | list[int]) -> list[BrokerFile
         CA_CHAIN_FILE,
         SERVER_CERT_FILE,
         SERVER_KEY_FILE,
+        *((BRIDGE_CERT_FILE, BRIDGE_KEY_FILE) if bridge else ()),
         CRL_FILE,
         DROPIN_FILE,
         HEALTH_DIR_FILE,

@@ -10,6 +10,7 @@ from pyinfra.operations import files, systemd
 
 from iotfleet.fleet.context import FleetContext
 from iotfleet.mosquitto import layout
+from iotfleet.mosquitto.bridge import edge_bridge
 from iotfleet.roles.firewall import deploy_firewall, firewall_rolled_out
 from iotfleet.roles.fleet_context import reconciled_fleet
 from iotfleet.roles.mosquitto.operations import PACKAGES, apply_files
@@ -21,7 +22,7 @@ from iotfleet.roles.mosquitto.render import (
     service_files,
 )
 from iotfleet.roles.packages import install_debs
-from iotfleet.roles.pki import broker_pki_files, health_identity_files
+from iotfleet.roles.pki import bridge_pki_files, broker_pki_files, health_identity_files
 from iotfleet.roles.this_host import this_broker
 
 
@@ -30,8 +31,9 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     """
     Install Mosquitto and make it match the fleet: TLS only, client certificates, one password
     file per password listener, per-device ACLs, CRL, iotfleet's plugin, limits, a systemd
-    sandbox. A new configuration is tested on spare ports, health-checked and rolled back if
-    the broker does not come up.
+    sandbox; on an edge broker of a multi-site fleet (``fleet_sites``), its bridge to the
+    site's cores with its own bridge identity. A new configuration is tested on spare ports
+    (without the bridge), health-checked and rolled back if the broker does not come up.
 
     + ctx: the fleet of this run; default: the current pyinfra inventory, validated once, with
       its PKI reconciled on the control machine (CA, broker and device certificates, CRL)
@@ -94,9 +96,15 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     # Nothing is read back from the host: password salts are derived (never `cat` a password
     # file into fact output, which pyinfra -vvv prints).
     config, managed_files = service_files(ctx, broker)
+    # An edge broker of a multi-site fleet logs in at its cores with its bridge identity.
+    bridges = edge_bridge(ctx.fleet, broker.name) is not None
+    pki_files = [
+        *broker_pki_files(ctx.pki, broker.name),
+        *(bridge_pki_files(ctx.pki, broker.name) if bridges else ()),
+    ]
     apply_files(
         name="Apply the broker configuration (tested on spare ports, health-checked, rollback)",
-        files=[*broker_pki_files(ctx.pki, broker.name), *managed_files],
+        files=[*pki_files, *managed_files],
         listeners=config.listeners_table(),
         candidate_config=lambda staged: config.text(staged, candidate=True),
         health_topic=health_topic_of(broker),
@@ -108,6 +116,15 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
         path=layout.LEGACY_PASSWORD_FILE,
         present=False,
     )
+    if ctx.fleet.sites and not bridges:
+        # A core, or an edge whose site's bridge was revoked: no bridge identity kept (the
+        # configuration that used it is no longer live).
+        for bridge_file in (layout.BRIDGE_CERT_FILE, layout.BRIDGE_KEY_FILE):
+            files.file(
+                name=f"No {bridge_file.what} ({bridge_file.path}): this broker has no bridge",
+                path=bridge_file.path,
+                present=False,
+            )
     systemd.service(
         name="Mosquitto enabled at boot and running",
         service=layout.SERVICE,

@@ -14,7 +14,7 @@ def test_owner_and_mode(expected_file: Param, suite: Suite) -> None:
     """Keys, certificates, password file, ACL, CRL and config are root:mosquitto, not public."""
     assert expected_file.file is not None
     broker = expected_file.broker
-    paths = tuple(f.path for f in expected_files(broker.model))
+    paths = tuple(f.path for f in expected_files(suite.plan.fleet, broker.model))
     stats = suite.facts(broker).stats_cached(paths)
     fail_on(
         file_problems(expected_file.host, expected_file.file, stats.get(expected_file.file.path))

@@ -6,8 +6,9 @@ Other tests reuse it::
         lab = lab_factory(suite="bookworm", brokers=2)
         subprocess.run([PYINFRA, "-y", str(lab.inventory), "deploy.py"], env=lab.env())
 
-Labs are named ``itest-<suite>`` (plus the xdist worker), grow to the largest size any test
-asked for, and are taken down at the end of the session, also when tests fail.
+Labs are named ``itest-<suite>`` (plus a module's own tag, plus the xdist worker), grow to the
+largest size any test asked for, and are taken down at the end of the session, also when tests
+fail.
 """
 
 from __future__ import annotations
@@ -136,13 +137,19 @@ LabFactory = Callable[..., RunningLab]
 
 @pytest.fixture(scope="session")
 def lab_factory() -> Iterator[LabFactory]:
-    """``lab_factory(suite="bookworm", brokers=2, gateways=0) -> RunningLab``."""
+    """``lab_factory(suite="bookworm", brokers=2, gateways=0, tag="") -> RunningLab``.
+
+    ``tag`` names a lab of its own (``<prefix>-<suite>-<tag>``) for a module whose fleet
+    differs from the shared one (e.g. a multi-site topology): the shared lab is left alone.
+    """
     sizes: dict[str, tuple[int, int]] = {}
     made: list[str] = []
 
-    def make(suite: str = "bookworm", brokers: int = 2, gateways: int = 0) -> RunningLab:
+    def make(
+        suite: str = "bookworm", brokers: int = 2, gateways: int = 0, tag: str = ""
+    ) -> RunningLab:
         require_root()
-        name = f"{_lab_prefix()}-{suite}{_worker_suffix()}"
+        name = f"{_lab_prefix()}-{suite}{f'-{tag}' if tag else ''}{_worker_suffix()}"
         have = sizes.get(name)
         want = (max(brokers, have[0]), max(gateways, have[1])) if have else (brokers, gateways)
         if have == want:

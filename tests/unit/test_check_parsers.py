@@ -257,12 +257,12 @@ def test_sockets(broker: Broker) -> None:
     ]
 
 
-def test_file_modes(broker: Broker) -> None:
+def test_file_modes(fleet: Fleet, broker: Broker) -> None:
     stats = parse_stat(
         f"regular file|root|mosquitto|640|{layout.SERVER_KEY}\n"
         f"directory|root|mosquitto|755|{layout.CERT_DIR}\n"
     )
-    key = next(f for f in expected_files(broker) if f.path == layout.SERVER_KEY)
+    key = next(f for f in expected_files(fleet, broker) if f.path == layout.SERVER_KEY)
     assert file_problems(HOST, key, stats[layout.SERVER_KEY]) == []
     assert file_problems(HOST, key, FileStat("regular file", "root", "mosquitto", "644")) == [
         f"{layout.SERVER_KEY} on {HOST} is 0644 root:mosquitto, expected 0640 root:mosquitto "
@@ -275,7 +275,7 @@ def test_file_modes(broker: Broker) -> None:
     assert file_problems(HOST, key, None) == [
         f"{layout.SERVER_KEY} (broker private key) is missing on {HOST}"
     ]
-    assert layout.password_file(8884) in {f.path for f in expected_files(broker)}
+    assert layout.password_file(8884) in {f.path for f in expected_files(fleet, broker)}
 
 
 def test_package(broker: Broker) -> None:

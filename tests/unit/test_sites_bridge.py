@@ -4,7 +4,7 @@ The files are what the rollout renders (``service_files``, the PKI files, the br
 with real certificates from a temporary fleet PKI; clients use real TLS (paho-mqtt). A device
 on the edge reaches a consumer on the core through the bridge, a command at the core reaches
 the device, nothing of another site crosses, and revoking the site's bridge identity cuts the
-site off at the core. The lab integration test (stage 2) repeats this on the lab's hosts.
+site off at the core. tests/integration/test_sites.py repeats this on the lab's hosts.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from iotfleet.check.file_checks import expected_files
 from iotfleet.model import RawHost, build_fleet
 from iotfleet.model.fleet import Fleet
 from iotfleet.mosquitto import layout
@@ -20,7 +21,6 @@ from iotfleet.mosquitto.bridge import (
     render_bridge,
 )
 from iotfleet.mosquitto.conf import parse_config
-from iotfleet.roles.fleet_context import refuse_unsupported
 from iotfleet.roles.mosquitto.render import BrokerConfig
 
 HOSTS = {
@@ -216,7 +216,23 @@ def test_password_files_are_sharded_too(
     assert "gw-b1" not in password_users("edge-a1")
 
 
-def test_the_rollout_refuses_sites_until_it_installs_bridges(fleet: Fleet) -> None:
-    with pytest.raises(Exception, match="fleet_sites: multi-site fleets are validated"):
-        refuse_unsupported(fleet)
-    refuse_unsupported(build_fleet([RawHost("mqtt1", ("brokers",), {"fleet_name": "flat"})]))
+def test_only_edges_with_a_bridge_keep_a_bridge_identity(fleet: Fleet) -> None:
+    bridge_files = {layout.BRIDGE_CERT, layout.BRIDGE_KEY}
+
+    def kept(fleet: Fleet, broker: str) -> set[str]:
+        return {f.path for f in expected_files(fleet, fleet.broker(broker))} & bridge_files
+
+    assert kept(fleet, "edge-a1") == kept(fleet, "edge-b1") == bridge_files
+    assert kept(fleet, "core-1") == set()
+    flat = build_fleet([RawHost("mqtt1", ("brokers",), {"fleet_name": "flat"})])
+    assert kept(flat, "mqtt1") == set()
+    # A site whose bridge is revoked is cut off: its edges render no bridge and keep no
+    # bridge identity (the core refuses the old one by the CRL and has no ACL for it).
+    sites = [
+        {"name": "a", "edges": ["edge-a1", "edge-a2"], "bridge_revoked": "keyCompromise"},
+        {"name": "b", "edges": ["edge-b1"]},
+    ]
+    revoked = fleet_of(fleet_sites=sites)
+    assert edge_bridge(revoked, "edge-a1") is None
+    assert "connection " not in BrokerConfig(revoked.broker("edge-a1"), revoked).text()
+    assert kept(revoked, "edge-a1") == set() and kept(revoked, "edge-b1") == bridge_files
