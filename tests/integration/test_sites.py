@@ -133,31 +133,28 @@ def test_only_edges_keep_a_bridge_identity(sites: SitesLab) -> None:
         assert gone.returncode != 0, f"{core.name} keeps a bridge key"
 
 
-def test_telemetry_of_site_a_reaches_a_consumer_on_the_core(sites: SitesLab) -> None:
-    topic = "devices/sensor-a/telemetry/temp"
+@pytest.mark.parametrize(
+    ("edge", "topic"),
+    [
+        ("edge_a", "devices/sensor-a/telemetry/temp"),
+        ("edge_a2", "devices/sensor-a/telemetry/second-edge"),  # each edge bridges on its own
+    ],
+)
+def test_telemetry_of_site_a_reaches_a_consumer_on_the_core(
+    sites: SitesLab, edge: str, topic: str
+) -> None:
+    _wait_for_telemetry_to_cross(sites, getattr(sites, edge), topic)
+
+
+def _wait_for_telemetry_to_cross(sites: SitesLab, edge: LabHost, topic: str) -> None:
     with (
         sites.connect(sites.core_1, "ops") as consumer,
-        sites.connect(sites.edge_a, "sensor-a") as device,
+        sites.connect(edge, "sensor-a") as device,
     ):
         assert consumer.subscribe("devices/+/telemetry/#") == 1
 
         def telemetry_crossed() -> bool:
-            """sensor-a's telemetry at edge a reached the consumer on core-1"""
-            return crosses(device, consumer, topic)
-
-        wait_until(telemetry_crossed, timeout=BRIDGE_TIMEOUT, poll=1)
-
-
-def test_each_edge_of_a_site_bridges_on_its_own(sites: SitesLab) -> None:
-    topic = "devices/sensor-a/telemetry/second-edge"
-    with (
-        sites.connect(sites.core_1, "ops") as consumer,
-        sites.connect(sites.edge_a2, "sensor-a") as device,
-    ):
-        assert consumer.subscribe("devices/sensor-a/telemetry/#") == 1
-
-        def telemetry_crossed() -> bool:
-            """sensor-a's telemetry at edge a2 reached the consumer on core-1"""
+            """sensor-a's telemetry at the edge reached the consumer on core-1"""
             return crosses(device, consumer, topic)
 
         wait_until(telemetry_crossed, timeout=BRIDGE_TIMEOUT, poll=1)
@@ -269,7 +266,7 @@ def test_revoking_a_sites_bridge_cuts_it_off_at_the_core(sites: SitesLab) -> Non
     edge_b = target(sites.ctx, sites.edge_b.address, PORT)
     assert try_connect(edge_b, sites.identity("sensor-b")).accepted
     # Site a is not affected.
-    test_telemetry_of_site_a_reaches_a_consumer_on_the_core(sites)
+    _wait_for_telemetry_to_cross(sites, sites.edge_a, "devices/sensor-a/telemetry/temp")
 
     # Restored: a new bridge identity for edge b, and b's telemetry crosses again.
     seconds = sites.converge()
