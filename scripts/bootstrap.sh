@@ -10,11 +10,11 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-# Reinstall only when the dependency list changed since the last bootstrap.
+# Reinstall only when the dependency list or the tested versions changed since the last bootstrap.
 stamp=.venv/.iotfleet-deps
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e '.[dev]'
+  .venv/bin/pip install --quiet -c constraints.txt -e '.[dev]'
   echo "$want" >"$stamp"
 fi
