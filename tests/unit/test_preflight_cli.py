@@ -90,6 +90,9 @@ def test_mistakes_are_refused_before_any_host_is_contacted(
     assert run.returncode == 1, output
     assert "mosquito_persistence" in output and "group broker" in output, output
     assert "Traceback" not in output, output
+    # Where in iotfleet's code the refusal was raised tells the user nothing.
+    assert "pyinfra error: iotfleet: invalid inventory" in output, output
+    assert ".py line " not in output, output
     assert sshd.accepted == [], "pyinfra connected to a host before refusing the inventory"
     assert not (tmp_path / "state").exists()
 
