@@ -1,7 +1,12 @@
 """The multi-site lab (issue 15): 2 sites x 2 edge brokers + 2 core brokers, shared by modules.
 
 ``open_sites_lab`` brings the lab (``lab_factory(..., tag="sites")``) and rolls the topology out
-with ``--data`` on the real ``pyinfra`` CLI; the lab's group_data stays as it is.
+with ``--data`` on the real ``pyinfra`` CLI; the lab's group_data stays as it is. One lab per
+Debian suite (``<prefix>-<suite>-sites``).
+
+``SitesLab.gateway`` is a site's gateway as the control machine can run it: the real gateway
+simulator with the device's flashed contract (certificate, topics) and the image's broker
+list (its site's edges, then its cores, in order), dialled at the lab hosts' addresses.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from iotfleet.check.mqtt_probe import Identity, Session, session, succeeded
+from iotfleet.device.contract import Bundle, GatewayConfig, Topics
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.inventory import OVERRIDE_DATA_ENV
+from iotfleet.gateway import Backoff, GatewaySimulator
 from tests.integration.conftest import LabFactory, LabHost, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.lab_fleet import lab_context
@@ -75,6 +84,36 @@ class SitesLab:
         assert again.returncode == 0 and again.changed == 0, again.explain()
         return seconds
 
+    def host(self, broker_name: str) -> LabHost:
+        return next(h for h in self.lab.hosts if broker_name in (h.fqdn, h.name))
+
+    def gateway(self, device_id: str, **options: Any) -> GatewaySimulator:
+        """``device_id``'s gateway, dialling its image's brokers in order (``options``: as for
+        ``GatewaySimulator``; telemetry every second and a short back-off unless given)."""
+        assert self.ctx is not None
+        fleet = self.ctx.fleet
+        device = fleet.device(device_id)
+        names = fleet.site_brokers(device.site)  # what its image lists (docs/sites.md)
+        config = GatewayConfig(
+            device_id=device_id,
+            wifi_ssid="lab",
+            mqtt_hosts=names,
+            mqtt_port=PORT,
+            topics=Topics.under(fleet.topic_prefix(device)),
+            ntp_servers=["ntp.invalid"],
+        )
+        bundle = Bundle(
+            config=config,
+            ca_chain_pem=self.ctx.pki.ca_chain_pem(),
+            certificate_pem=self.ctx.pki.certificate_pem(device_id),
+            private_key_pem=self.ctx.pki.private_key_pem(device_id),
+            wifi_passphrase=SecretStr("unused by the simulator"),
+        )
+        options.setdefault("telemetry_interval", 1.0)
+        options.setdefault("backoff", Backoff(initial=0.5, maximum=2.0))
+        brokers = [(self.host(name).address, PORT) for name in names]
+        return GatewaySimulator(bundle, brokers=brokers, **options)
+
     def identity(self, name: str) -> Identity:
         assert self.ctx is not None
         return identity_of(self.ctx, name)
@@ -92,7 +131,8 @@ def crosses(publisher: Session, consumer: Session, topic: str) -> bool:
 
 @contextmanager
 def open_sites_lab(lab_factory: LabFactory, suite: str = "bookworm") -> Iterator[SitesLab]:
-    """The 6-broker sites lab of ``suite``, rolled out (and once more: no change)."""
+    """The 6-broker sites lab of ``suite``, rolled out (and once more: no change); each suite
+    has a lab of its own."""
     previous = os.environ.get(OVERRIDE_DATA_ENV)
     lab = lab_factory(suite=suite, brokers=6, tag="sites")
     core_1, core_2, edge_a, edge_a2, edge_b, edge_b2 = lab.hosts[:6]
