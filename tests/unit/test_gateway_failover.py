@@ -5,8 +5,11 @@ own, and the reference sketch tied to the same rules (it cannot be compiled here
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -138,6 +141,46 @@ def test_stays_on_the_second_broker_while_the_first_is_down(pair: Pair) -> None:
         finally:
             simulator.stop()
     assert simulator.stats.connect_failures >= 1  # the first broker was tried, and refused
+
+
+def test_a_failed_move_back_returns_at_once_to_the_broker_it_left(pair: Pair) -> None:
+    """A first broker that listens but is no broker (it hangs up at once): each look finds it
+    listening, the move back fails, and the gateway goes straight back to the third broker,
+    not round the list through the dead second one."""
+    with socket.socket() as impostor, pair.broker(1):
+        impostor.bind(("127.0.0.1", 0))
+        impostor.listen(8)
+        threading.Thread(target=_hang_up, args=(impostor,), daemon=True).start()
+        third = ("localhost", pair.ports[1])
+        simulator = GatewaySimulator(
+            pair.bundle,
+            brokers=[("localhost", impostor.getsockname()[1]), ("localhost", free_port()), third],
+            telemetry_interval=0.2,
+            return_interval=0.3,
+            backoff=Backoff(initial=0.05, maximum=0.2),
+        ).start()
+        try:
+
+            def back_on_the_third() -> bool:
+                """moved back twice, and each failed move back cost one attempt only"""
+                stats = simulator.stats
+                moves = stats.moves_back
+                return (
+                    moves >= 2
+                    and simulator.broker == third
+                    and stats.connect_failures == 2 + moves  # the first two, once each
+                )
+
+            wait_until(back_on_the_third, timeout=30)
+        finally:
+            simulator.stop()
+
+
+def _hang_up(listener: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            connection, _ = listener.accept()
+            connection.close()
 
 
 def test_broker_order_round_the_list_and_back() -> None:
