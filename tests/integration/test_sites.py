@@ -11,8 +11,8 @@ cuts b off at the cores: the stolen bridge identity is refused there. Restoring 
 brings b back; a rollout after each converged one changes nothing.
 
 Every test runs on bookworm and on trixie, each suite on a lab of its own. The gateway is the
-real gateway simulator run from the control machine with the image's broker list (site a's
-edges, then the cores), not a lab gateway: the sites lab has no flash station.
+lab's emulated ESP8266 board, flashed by the rollout with the real esptool; the gateway
+simulator boots from its flash on the control machine and dials the brokers its image lists.
 """
 
 from __future__ import annotations
@@ -158,15 +158,20 @@ def test_traffic_continues_through_the_other_core_when_one_stops(sites: SitesLab
 
 
 def test_a_stopped_edge_sends_its_gateways_to_the_other_edge_and_back(sites: SitesLab) -> None:
-    gateway = sites.gateway("sensor-a", return_interval=2.0)
-    first, second = (sites.edge_a.address, PORT), (sites.edge_a2.address, PORT)
-    assert gateway.targets[:2] == [first, second]  # the image: site a's edges, in order
+    name = sites.gateway_names[0]
+    # Looks at the preferred edge every 2 s instead of the firmware's 60 s: no long waits here.
+    gateway = sites.gateway(name, return_interval=2.0)
+    order = [sites.edge_a, sites.edge_a2, sites.core_1, sites.core_2]
+    # Its image: site a's edges, then the cores, in order.
+    assert [sites.host(host).name for host, _ in gateway.targets] == [h.name for h in order]
+    first, second = gateway.targets[0], gateway.targets[1]
+    topics = gateway.topics
     with sites.connect(sites.core_1, "ops") as consumer:
-        assert consumer.subscribe("devices/sensor-a/telemetry/#") == 1
+        assert consumer.subscribe(f"{topics.telemetry}/#") == 1
 
         def reading_after(seq: int) -> bool:
-            """a reading of sensor-a's gateway newer than the move reached core-1"""
-            readings = consumer.messages("devices/sensor-a/telemetry/state")
+            """a reading of the gateway newer than the move reached core-1"""
+            readings = consumer.messages(f"{topics.telemetry}/state")
             return any(json.loads(m.payload).get("seq", 0) > seq for m in readings)
 
         gateway.start()

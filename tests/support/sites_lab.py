@@ -4,9 +4,9 @@
 with ``--data`` on the real ``pyinfra`` CLI; the lab's group_data stays as it is. One lab per
 Debian suite (``<prefix>-<suite>-sites``).
 
-``SitesLab.gateway`` is a site's gateway as the control machine can run it: the real gateway
-simulator with the device's flashed contract (certificate, topics) and the image's broker
-list (its site's edges, then its cores, in order), dialled at the lab hosts' addresses.
+The lab has one emulated ESP8266 board (``GATEWAYS``), a device of site a: the rollout flashes
+it with the real esptool, and its image lists site a's edges, then the cores.
+``SitesLab.gateway`` boots the gateway simulator from that flash on the control machine.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from iotfleet.check.mqtt_probe import Identity, Session, session, succeeded
-from iotfleet.device.contract import Bundle, GatewayConfig, Topics
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.inventory import OVERRIDE_DATA_ENV
-from iotfleet.gateway import Backoff, GatewaySimulator
+from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle
 from tests.integration.conftest import LabFactory, LabHost, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.lab_fleet import lab_context
@@ -34,6 +32,7 @@ from tests.support.rollout import Rollout, run_pyinfra
 PORT = 8883  # the certificate listener: devices, the admin client, the edges' bridges
 # A bridge reconnects after a back-off (Mosquitto: 5 s growing to 30 s) plus TLS: generous.
 BRIDGE_TIMEOUT = 180
+GATEWAYS = 1  # emulated boards, each a device of site a
 
 
 @dataclass
@@ -61,6 +60,7 @@ class SitesLab:
             "fleet_devices": [
                 {"id": "sensor-a", "site": "a"},
                 {"id": "sensor-b", "site": "b"},
+                *({"id": name, "site": "a", "group": "gateways"} for name in self.gateway_names),
             ],
         }
 
@@ -85,34 +85,19 @@ class SitesLab:
         return seconds
 
     def host(self, broker_name: str) -> LabHost:
-        return next(h for h in self.lab.hosts if broker_name in (h.fqdn, h.name))
+        return next(h for h in self.lab.hosts if broker_name in (h.fqdn, h.name, h.address))
+
+    @property
+    def gateway_names(self) -> list[str]:
+        return [str(board["name"]) for board in self.lab.gateways]
 
     def gateway(self, device_id: str, **options: Any) -> GatewaySimulator:
-        """``device_id``'s gateway, dialling its image's brokers in order (``options``: as for
+        """The flashed gateway ``device_id``, booted from its board's flash (``options``: as for
         ``GatewaySimulator``; telemetry every second and a short back-off unless given)."""
-        assert self.ctx is not None
-        fleet = self.ctx.fleet
-        device = fleet.device(device_id)
-        names = fleet.site_brokers(device.site)  # what its image lists (docs/sites.md)
-        config = GatewayConfig(
-            device_id=device_id,
-            wifi_ssid="lab",
-            mqtt_hosts=names,
-            mqtt_port=PORT,
-            topics=Topics.under(fleet.topic_prefix(device)),
-            ntp_servers=["ntp.invalid"],
-        )
-        bundle = Bundle(
-            config=config,
-            ca_chain_pem=self.ctx.pki.ca_chain_pem(),
-            certificate_pem=self.ctx.pki.certificate_pem(device_id),
-            private_key_pem=self.ctx.pki.private_key_pem(device_id),
-            wifi_passphrase=SecretStr("unused by the simulator"),
-        )
+        board = next(b for b in self.lab.gateways if b["name"] == device_id)
         options.setdefault("telemetry_interval", 1.0)
         options.setdefault("backoff", Backoff(initial=0.5, maximum=2.0))
-        brokers = [(self.host(name).address, PORT) for name in names]
-        return GatewaySimulator(bundle, brokers=brokers, **options)
+        return GatewaySimulator(read_bundle(Path(str(board["flash_file"]))), **options)
 
     def identity(self, name: str) -> Identity:
         assert self.ctx is not None
@@ -134,7 +119,7 @@ def open_sites_lab(lab_factory: LabFactory, suite: str = "bookworm") -> Iterator
     """The 6-broker sites lab of ``suite``, rolled out (and once more: no change); each suite
     has a lab of its own."""
     previous = os.environ.get(OVERRIDE_DATA_ENV)
-    lab = lab_factory(suite=suite, brokers=6, tag="sites")
+    lab = lab_factory(suite=suite, brokers=6, gateways=GATEWAYS, tag="sites")
     core_1, core_2, edge_a, edge_a2, edge_b, edge_b2 = lab.hosts[:6]
     lab_sites = SitesLab(lab, core_1, core_2, edge_a, edge_a2, edge_b, edge_b2)
     try:
