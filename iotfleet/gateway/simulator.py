@@ -6,6 +6,12 @@ telemetry every ``telemetry_interval`` seconds, answers commands (``ping``, ``te
 ``restart``) on the status topic, and reconnects with exponential backoff when the broker goes.
 MQTT 5 is used so the broker's verdicts (e.g. 0x87 "not authorized") are visible.
 
+Failover (``iotfleet.gateway.failover``): when its broker dies it goes on to the next one of the
+list, round the list; from a later broker it looks every ``return_interval`` seconds whether an
+earlier one listens again and moves back to it. Each connection is a clean session: telemetry in
+flight when a broker dies is lost with it (at most the readings not yet acknowledged); a move
+back waits for the outstanding acknowledgements before it leaves.
+
 Certificate renewal over the air: it listens on its certificate topic (retained, so a renewal
 published while it was offline is waiting when it comes back), checks the certificate
 (``iotfleet.gateway.renewal``), stores it in its flash (``/client.pem``, power-cut safe:
@@ -54,6 +60,7 @@ from iotfleet.device.contract import (
 )
 from iotfleet.device.littlefs_image import FileStep, Rename
 from iotfleet.gateway.backoff import Backoff
+from iotfleet.gateway.failover import RETURN_INTERVAL, BrokerOrder, listens
 from iotfleet.gateway.flashfile import (
     GatewayError,
     apply_flash_steps,
@@ -86,6 +93,7 @@ class SimulatorStats:
     certificates_rejected: int = 0
     csrs_sent: int = 0  # re-key requests answered with a CSR
     keys_replaced: int = 0  # switched to a new key (its certificate arrived)
+    moves_back: int = 0  # left a later broker for an earlier one that listened again
     last_error: str = ""
 
 
@@ -102,6 +110,8 @@ class GatewaySimulator:
         *,
         telemetry_interval: float | None = None,
         broker: tuple[str, int] | None = None,
+        brokers: list[tuple[str, int]] | None = None,
+        return_interval: float = RETURN_INTERVAL,
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
         log: Log | None = None,
@@ -113,8 +123,13 @@ class GatewaySimulator:
         self.device_id = config.device_id
         self.topics = config.topics
         self.interval = telemetry_interval or float(config.telemetry_interval)
-        # Hosts to try in order; ``broker`` overrides them (e.g. a test broker on another port).
-        self.targets = [broker] if broker else [(h, config.mqtt_port) for h in config.mqtt_hosts]
+        # Hosts to try in order; ``broker`` or ``brokers`` override them (e.g. test brokers on
+        # other ports, or the addresses of the image's names).
+        if broker is not None:
+            brokers = [broker]
+        self.targets = brokers or [(h, config.mqtt_port) for h in config.mqtt_hosts]
+        self.order = BrokerOrder(len(self.targets))
+        self.return_interval = return_interval
         self.backoff = backoff or Backoff(config.backoff_initial, config.backoff_max)
         self.connect_timeout = connect_timeout
         self.stats = SimulatorStats()
@@ -145,7 +160,11 @@ class GatewaySimulator:
         self._started = time.monotonic()
         self._seq = 0
         self._switching = False
+        self._moving = False  # leaving for a preferred broker: not going offline either
+        self._restarting = False
         self._power_cut = False
+        self._broker: tuple[str, int] | None = None
+        self._in_flight: list[mqtt.MQTTMessageInfo] = []
 
     @classmethod
     def from_flash(cls, flash_file: Path, layout: str = "4M2M", **options: Any) -> GatewaySimulator:
@@ -193,28 +212,46 @@ class GatewaySimulator:
         return self._connected.is_set()
 
     @property
+    def broker(self) -> tuple[str, int] | None:
+        """The broker this gateway is connected to (None: none)."""
+        return self._broker if self.connected else None
+
+    @property
     def cert_serial(self) -> str:
         """Serial (hex) of the certificate this gateway connects with."""
         return serial_of(self.bundle.certificate_pem)
 
     def run(self, *, max_telemetry: int | None = None) -> SimulatorStats:
-        """Connect, serve, reconnect with backoff, until stopped (or ``max_telemetry`` sent)."""
-        attempt = 0
+        """Connect, serve, fail over and reconnect with backoff, until stopped (or
+        ``max_telemetry`` sent)."""
         while not self._stop.is_set():
-            host, port = self.targets[attempt % len(self.targets)]
-            attempt += 1
+            host, port = self.targets[self.order.current]
+            returning = self.order.left is not None
             try:
                 self._session(host, port, max_telemetry)
             except _ConnectFailedError as exc:
                 self.stats.connect_failures += 1
                 self.stats.last_error = str(exc)
                 self._log(f"cannot connect to {host}:{port}: {exc}")
+                self.order.failed()  # the next broker, or back to the one a move back left
+                if returning:
+                    continue  # it was up a moment ago: at once, no back-off
+            else:
+                if self._stop.is_set():
+                    break
+                if self._switching:
+                    self._switching = False
+                    continue  # a new certificate: the same broker again, at once, no back-off
+                if self._moving:
+                    self._moving = False
+                    continue  # to the preferred broker, at once
+                if self._restarting:
+                    self._restarting = False
+                    self.order = BrokerOrder(len(self.targets))  # a reboot: the first again
+                else:
+                    self.order.failed()  # the connection was lost: the next broker
             if self._stop.is_set():
                 break
-            if self._switching:
-                self._switching = False
-                attempt -= 1  # a new certificate: the same broker again, at once, no back-off
-                continue
             delay = self.backoff.next_delay()
             self._log(f"reconnecting in {delay:.1f} s")
             self._stop.wait(delay)
@@ -260,12 +297,16 @@ class GatewaySimulator:
             self._online(client, host, port, online_at)
             self._serve(client, gone, max_telemetry)
         finally:
-            # A switch is not going offline; a power cut leaves it to the will.
-            if not gone.is_set() and not self._switching and not self._power_cut:
-                self._offline(client, online_at)
+            if not gone.is_set() and not self._power_cut:
+                self._drain()  # leaving on purpose: the readings in flight are acknowledged
+                # A switch or a move is not going offline; a power cut leaves it to the will.
+                if not self._switching and not self._moving:
+                    self._offline(client, online_at)
             client.disconnect()
             client.loop_stop()
             self._client = None
+            self._broker = None
+            self._in_flight = []
             self._connected.clear()
 
     def _new_client(self, online_at: datetime) -> mqtt.Client:
@@ -289,6 +330,8 @@ class GatewaySimulator:
 
     def _online(self, client: mqtt.Client, host: str, port: int, online_at: datetime) -> None:
         self._client = client
+        self._broker = (host, port)
+        self.order.connected()
         self.backoff.reset()
         self.stats.connects += 1
         client.subscribe(f"{self.topics.commands}/#", qos=1)
@@ -298,6 +341,20 @@ class GatewaySimulator:
         client.publish(self.topics.status, status, qos=1, retain=True)
         self._connected.set()
         self._log(f"connected to {host}:{port} as {self.device_id}")
+
+    def _drain(self, timeout: float = 2.0) -> None:
+        """Wait (a little) for the broker to acknowledge the telemetry in flight."""
+        deadline = time.monotonic() + timeout
+        for info in self._in_flight:
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _preferred_listening(self) -> int | None:
+        """The first broker before the current one that accepts a connection again."""
+        for index in self.order.preferred():
+            if listens(*self.targets[index]):
+                return index
+        return None
 
     def _offline(self, client: mqtt.Client, online_at: datetime) -> None:
         """A clean goodbye (the will only covers a lost connection): it knows when it leaves."""
@@ -324,8 +381,20 @@ class GatewaySimulator:
 
     def _serve(self, client: mqtt.Client, gone: threading.Event, max_telemetry: int | None) -> None:
         next_reading = time.monotonic()
+        next_look = next_reading + self.return_interval
         while not self._stop.is_set() and not gone.is_set():
             now = time.monotonic()
+            if now >= next_look and self.order.preferred():
+                next_look = now + self.return_interval
+                index = self._preferred_listening()
+                if index is not None:
+                    host, port = self.targets[index]
+                    self._log(f"{host}:{port} listens again: moving back to it")
+                    self.order.move_back(index)
+                    self.stats.moves_back += 1
+                    self._moving = True
+                    return
+                continue
             if now >= next_reading:
                 self._publish_telemetry(client)
                 next_reading = now + self.interval
@@ -344,6 +413,7 @@ class GatewaySimulator:
                 self._answer_rekey(client, payload)
                 continue
             if self._handle_command(client, name, payload) == "restart":
+                self._restarting = True
                 return  # like a reboot: drop the session, come back through the backoff loop
 
     # -- telemetry and commands ----------------------------------------------------------------
@@ -357,7 +427,8 @@ class GatewaySimulator:
             "heap_free": 31_000,
             "rssi": -58,
         }
-        client.publish(f"{self.topics.telemetry}/state", json.dumps(reading), qos=1)
+        info = client.publish(f"{self.topics.telemetry}/state", json.dumps(reading), qos=1)
+        self._in_flight = [i for i in self._in_flight if not i.is_published()] + [info]
         self.stats.telemetry_sent += 1
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:

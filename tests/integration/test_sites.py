@@ -5,13 +5,19 @@ stays as it is); clients use real TLS against the lab's hosts. Telemetry of site
 crosses its edge's bridge to a consumer on the core, a command from the core reaches only
 that device, a device of site a cannot read site b's topics at the core, each edge of a site
 bridges on its own, traffic continues
-through the second core when the first stops, and revoking site b's bridge cuts b off at the
-cores: the stolen bridge identity is refused there. Restoring the bridge brings b back; a
-rollout after each converged one changes nothing.
+through the second core when the first stops, a gateway of site a moves to the site's second
+edge when its first edge stops (and back when it starts again), and revoking site b's bridge
+cuts b off at the cores: the stolen bridge identity is refused there. Restoring the bridge
+brings b back; a rollout after each converged one changes nothing.
+
+Every test runs on bookworm and on trixie, each suite on a lab of its own. The gateway is the
+lab's emulated ESP8266 board, flashed by the rollout with the real esptool; the gateway
+simulator boots from its flash on the control machine and dials the brokers its image lists.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -28,9 +34,9 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture(scope="module")
-def sites(lab_factory: LabFactory) -> Iterator[SitesLab]:
-    with open_sites_lab(lab_factory) as lab_sites:
+@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+def sites(request: pytest.FixtureRequest, lab_factory: LabFactory) -> Iterator[SitesLab]:
+    with open_sites_lab(lab_factory, request.param) as lab_sites:
         yield lab_sites
 
 
@@ -149,6 +155,46 @@ def test_traffic_continues_through_the_other_core_when_one_stops(sites: SitesLab
             print(f"\nbridge of edge a through core-2 after {time.monotonic() - started:.0f} s")
     finally:
         sites.lab.ssh(sites.core_1, "systemctl start mosquitto")
+
+
+def test_a_stopped_edge_sends_its_gateways_to_the_other_edge_and_back(sites: SitesLab) -> None:
+    name = sites.gateway_names[0]
+    # Looks at the preferred edge every 2 s instead of the firmware's 60 s: no long waits here.
+    gateway = sites.gateway(name, return_interval=2.0)
+    order = [sites.edge_a, sites.edge_a2, sites.core_1, sites.core_2]
+    # Its image: site a's edges, then the cores, in order.
+    assert [sites.host(host).name for host, _ in gateway.targets] == [h.name for h in order]
+    first, second = gateway.targets[0], gateway.targets[1]
+    topics = gateway.topics
+    with sites.connect(sites.core_1, "ops") as consumer:
+        assert consumer.subscribe(f"{topics.telemetry}/#") == 1
+
+        def reading_after(seq: int) -> bool:
+            """a reading of the gateway newer than the move reached core-1"""
+            readings = consumer.messages(f"{topics.telemetry}/state")
+            return any(json.loads(m.payload).get("seq", 0) > seq for m in readings)
+
+        gateway.start()
+        try:
+            assert gateway.wait_connected(60), gateway.stats.last_error
+            assert gateway.broker == first
+            sites.lab.ssh(sites.edge_a, "systemctl stop mosquitto")
+            try:
+                wait_until(lambda: gateway.broker == second, timeout=60)
+                moved_at = gateway.stats.telemetry_sent
+                # Edge a is down: whatever reaches the core now came through edge a2's bridge.
+                wait_until(lambda: reading_after(moved_at), timeout=BRIDGE_TIMEOUT, poll=1)
+                assert gateway.stats.moves_back == 0
+            finally:
+                sites.lab.ssh(sites.edge_a, "systemctl start mosquitto")
+            wait_until(lambda: gateway.broker == first, timeout=60)
+            back_at = gateway.stats.telemetry_sent
+            assert gateway.stats.moves_back == 1
+            # Back on edge a: its readings cross edge a's bridge again.
+            wait_until(lambda: reading_after(back_at), timeout=BRIDGE_TIMEOUT, poll=1)
+            assert gateway.broker == first
+        finally:
+            gateway.stop()
 
 
 def test_revoking_a_sites_bridge_cuts_it_off_at_the_core(sites: SitesLab) -> None:

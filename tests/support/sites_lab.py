@@ -1,7 +1,12 @@
 """The multi-site lab (issue 15): 2 sites x 2 edge brokers + 2 core brokers, shared by modules.
 
 ``open_sites_lab`` brings the lab (``lab_factory(..., tag="sites")``) and rolls the topology out
-with ``--data`` on the real ``pyinfra`` CLI; the lab's group_data stays as it is.
+with ``--data`` on the real ``pyinfra`` CLI; the lab's group_data stays as it is. One lab per
+Debian suite (``<prefix>-<suite>-sites``).
+
+The lab has one emulated ESP8266 board (``GATEWAYS``), a device of site a: the rollout flashes
+it with the real esptool, and its image lists site a's edges, then the cores.
+``SitesLab.gateway`` boots the gateway simulator from that flash on the control machine.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from iotfleet.check.mqtt_probe import Identity, Session, session, succeeded
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.inventory import OVERRIDE_DATA_ENV
+from iotfleet.gateway import Backoff, GatewaySimulator, read_bundle
 from tests.integration.conftest import LabFactory, LabHost, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.lab_fleet import lab_context
@@ -25,6 +32,7 @@ from tests.support.rollout import Rollout, run_pyinfra
 PORT = 8883  # the certificate listener: devices, the admin client, the edges' bridges
 # A bridge reconnects after a back-off (Mosquitto: 5 s growing to 30 s) plus TLS: generous.
 BRIDGE_TIMEOUT = 180
+GATEWAYS = 1  # emulated boards, each a device of site a
 
 
 @dataclass
@@ -52,6 +60,7 @@ class SitesLab:
             "fleet_devices": [
                 {"id": "sensor-a", "site": "a"},
                 {"id": "sensor-b", "site": "b"},
+                *({"id": name, "site": "a", "group": "gateways"} for name in self.gateway_names),
             ],
         }
 
@@ -75,6 +84,21 @@ class SitesLab:
         assert again.returncode == 0 and again.changed == 0, again.explain()
         return seconds
 
+    def host(self, broker_name: str) -> LabHost:
+        return next(h for h in self.lab.hosts if broker_name in (h.fqdn, h.name, h.address))
+
+    @property
+    def gateway_names(self) -> list[str]:
+        return [str(board["name"]) for board in self.lab.gateways]
+
+    def gateway(self, device_id: str, **options: Any) -> GatewaySimulator:
+        """The flashed gateway ``device_id``, booted from its board's flash (``options``: as for
+        ``GatewaySimulator``; telemetry every second and a short back-off unless given)."""
+        board = next(b for b in self.lab.gateways if b["name"] == device_id)
+        options.setdefault("telemetry_interval", 1.0)
+        options.setdefault("backoff", Backoff(initial=0.5, maximum=2.0))
+        return GatewaySimulator(read_bundle(Path(str(board["flash_file"]))), **options)
+
     def identity(self, name: str) -> Identity:
         assert self.ctx is not None
         return identity_of(self.ctx, name)
@@ -92,9 +116,10 @@ def crosses(publisher: Session, consumer: Session, topic: str) -> bool:
 
 @contextmanager
 def open_sites_lab(lab_factory: LabFactory, suite: str = "bookworm") -> Iterator[SitesLab]:
-    """The 6-broker sites lab of ``suite``, rolled out (and once more: no change)."""
+    """The 6-broker sites lab of ``suite``, rolled out (and once more: no change); each suite
+    has a lab of its own."""
     previous = os.environ.get(OVERRIDE_DATA_ENV)
-    lab = lab_factory(suite=suite, brokers=6, tag="sites")
+    lab = lab_factory(suite=suite, brokers=6, gateways=GATEWAYS, tag="sites")
     core_1, core_2, edge_a, edge_a2, edge_b, edge_b2 = lab.hosts[:6]
     lab_sites = SitesLab(lab, core_1, core_2, edge_a, edge_a2, edge_b, edge_b2)
     try:

@@ -8,6 +8,11 @@
 // then joins Wi-Fi, sets the clock by NTP (certificates cannot be checked without the date),
 // connects to the first broker that answers over TLS with its client certificate (BearSSL),
 // publishes telemetry, answers commands, and reconnects with exponential backoff and jitter.
+// Failover (iotfleet.gateway.failover, as the simulator does it): when its broker dies it dials
+// the next one of /iotfleet.json's list, round the list; from a later broker it looks every
+// kReturnIntervalMs whether an earlier one listens again (a plain TCP connect: no second TLS
+// session fits in the heap) and moves back to it; a move back that fails returns at once to the
+// broker it left. A reboot starts again with the first broker.
 // Certificate renewal over the air (docs/gateways.md): it listens on
 // iotfleet/pki/<device id>/certificate, installs a certificate only if it carries this board's
 // own public key and chains to a root in the flashed /ca.pem, stores it (write /client.pem.new in
@@ -40,6 +45,8 @@ constexpr size_t kMaxConfig = 2048;
 constexpr time_t kSaneTime = 1700000000;   // any date before this means NTP has not answered
 constexpr size_t kMqttBuffer = 6144;       // a certificate update (leaf + chain, EC) is ~2.6 KB
 const char *kFirmware = "iotfleet-gateway/1";
+constexpr uint32_t kReturnIntervalMs = 60000;  // failover.RETURN_INTERVAL: looks at earlier ones
+constexpr uint32_t kProbeTimeoutMs = 3000;     // failover.PROBE_TIMEOUT
 
 struct Config {
   String deviceId, ssid, wifiPass, username, mqttPass;
@@ -69,7 +76,10 @@ uint32_t seq = 0;
 uint32_t nextTelemetryMs = 0;
 uint32_t nextAttemptMs = 0;
 uint32_t attempts = 0;
-int hostIndex = 0;
+uint32_t nextLookMs = 0;
+int hostIndex = 0;   // the broker to dial (BrokerOrder.current)
+int leftIndex = -1;  // where a move back came from, its fallback (BrokerOrder.left)
+bool online = false;
 
 bool readFile(const char *path, String &out, size_t limit) {
   File f = LittleFS.open(path, "r");
@@ -587,9 +597,31 @@ uint32_t backoffMs() {
   return (uint32_t)((base + jitter) * 1000.0f);
 }
 
+// BrokerOrder.failed: the next broker, or back to the one a move back left.
+void brokerFailed() {
+  if (leftIndex >= 0) {
+    hostIndex = leftIndex;
+    leftIndex = -1;
+  } else {
+    hostIndex = (hostIndex + 1) % config.hostCount;
+  }
+}
+
+// The first broker before the current one that accepts a TCP connection again (-1: none).
+int preferredListening() {
+  for (int i = 0; i < hostIndex; i++) {
+    WiFiClient probe;
+    probe.setTimeout(kProbeTimeoutMs);
+    if (probe.connect(config.hosts[i].c_str(), config.mqttPort)) {
+      probe.stop();
+      return i;
+    }
+  }
+  return -1;
+}
+
 bool connectBroker() {
   const String &host = config.hosts[hostIndex];
-  hostIndex = (hostIndex + 1) % config.hostCount;
   tlsClient.setX509Time(time(nullptr));
   mqtt.setServer(host.c_str(), config.mqttPort);
   mqtt.setKeepAlive(config.keepalive);
@@ -612,6 +644,8 @@ bool connectBroker() {
   mqtt.publish(config.statusTopic.c_str(), statusJson("online", onlineAt).c_str(), true);
   Serial.printf("iotfleet: connected to %s:%u\n", host.c_str(), config.mqttPort);
   attempts = 0;
+  leftIndex = -1;
+  online = true;
   return true;
 }
 
@@ -634,13 +668,37 @@ void loop() {
     return;
   }
   if (!mqtt.connected()) {
-    uint32_t now = millis();
-    if ((int32_t)(now - nextAttemptMs) < 0) return;
-    if (!connectBroker()) {
+    if (online) {  // the connection was lost: the next broker, after the back-off
+      online = false;
+      brokerFailed();
       nextAttemptMs = millis() + backoffMs();
       return;
     }
+    uint32_t now = millis();
+    if ((int32_t)(now - nextAttemptMs) < 0) return;
+    bool returning = leftIndex >= 0;
+    if (!connectBroker()) {
+      brokerFailed();
+      // A failed move back: the broker it left was up a moment ago, at once, no back-off.
+      nextAttemptMs = returning ? millis() : millis() + backoffMs();
+      return;
+    }
     nextTelemetryMs = millis();
+    nextLookMs = millis() + kReturnIntervalMs;
+  }
+  if (hostIndex > 0 && (int32_t)(millis() - nextLookMs) >= 0) {
+    nextLookMs = millis() + kReturnIntervalMs;
+    int preferred = preferredListening();
+    if (preferred >= 0) {
+      Serial.printf("iotfleet: %s listens again: moving back to it\n",
+                    config.hosts[preferred].c_str());
+      leftIndex = hostIndex;
+      hostIndex = preferred;
+      online = false;
+      mqtt.disconnect();  // a move, not going offline; QoS 0: nothing in flight to wait for
+      nextAttemptMs = millis();
+      return;
+    }
   }
   mqtt.loop();
   if ((int32_t)(millis() - nextTelemetryMs) >= 0) {
