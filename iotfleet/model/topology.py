@@ -157,8 +157,9 @@ def _check_bridge_reach(
     by_name: dict[str, Broker],
     problems: list[Problem],
 ) -> None:
-    """A core whose bridge listener binds loopback only cannot be reached by its edges: each
-    edge is another host (the model refuses two brokers on one machine)."""
+    """A core whose bridge listener binds loopback only cannot be reached by edges on other
+    hosts; an edge on the same machine (same ``ssh_hostname``, another SSH port: containers
+    of one host, a test) can."""
     for core_name in dict.fromkeys(core_brokers):
         core = by_name.get(core_name)
         listener = bridge_listener(core) if core is not None else None
@@ -169,7 +170,7 @@ def _check_bridge_reach(
             for site in sites
             if core_name in (site.cores if site.cores is not None else core_brokers)
             for edge in site.edges
-            if edge in by_name
+            if edge in by_name and by_name[edge].ssh_hostname != core.ssh_hostname
         ]
         if remote:
             problems.append(

@@ -192,6 +192,26 @@ def test_a_reachable_certificate_listener_beside_a_loopback_one_takes_the_bridge
     assert bridge_listener_port(fleet.broker("core-1")) == 8885
 
 
+def test_a_loopback_bridge_listener_is_fine_when_every_edge_is_the_same_machine() -> None:
+    hosts = [
+        RawHost(
+            name,
+            ("brokers",),
+            {
+                "ssh_hostname": "127.0.0.1",
+                "ssh_port": port,  # one machine, brokers behind different SSH ports
+                "fleet_name": "one-box",
+                "fleet_core_brokers": ["core"],
+                "fleet_sites": [{"name": "a", "edges": ["edge"]}],
+                "fleet_devices": [{"id": "gw-a", "site": "a"}],
+                "mosquitto_listeners": [{"port": port + 8000, "bind_address": "127.0.0.1"}],
+            },
+        )
+        for name, port in (("core", 2201), ("edge", 2202))
+    ]
+    assert bridge_listener_port(build_fleet(hosts).broker("core")) == 10201
+
+
 def test_a_site_name_must_be_a_safe_name() -> None:
     problems = problems_of(sited(fleet_sites=[{"name": "a/b", "edges": ["edge-a1"]}]))
     assert problems[0].startswith("site a/b: name: 'a/b' is not a valid identity"), problems
