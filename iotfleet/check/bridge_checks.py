@@ -51,7 +51,8 @@ def bridge_config_problems(host: str, fleet: Fleet, config_text: str) -> list[st
         return [f"the bridge configuration on {host} cannot be read: {exc}"]
     if expected is None:
         return [
-            f"{host} bridges ({b.connection}) though the inventory gives it no bridge" for b in found
+            f"{host} bridges ({b.connection}) though the inventory gives it no bridge"
+            for b in found
         ]
     if not found:
         return [f"{host} has no bridge (connection {expected.connection}) in its configuration"]
@@ -223,7 +224,9 @@ def bridge_state_problems(
     if state is None:
         return [f"the bridge state of {host} could not be read ({topic}: nothing arrived)"]
     if state.strip() != b"1":
-        return [f"the bridge of {host} is not connected ({topic} is {state.decode(errors='replace')!r})"]
+        return [
+            f"the bridge of {host} is not connected ({topic} is {state.decode(errors='replace')!r})"
+        ]
     wanted = set(cores)
     if not wanted & set(peers):
         return [
