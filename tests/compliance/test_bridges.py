@@ -26,7 +26,13 @@ from iotfleet.mosquitto.bridge import edge_bridge
 pytestmark = [pytest.mark.bridges]
 
 
+def _sites_only(suite: Suite) -> None:
+    if not suite.plan.fleet.sites:
+        pytest.skip(f"{NOT_APPLICABLE}: the fleet has no sites (fleet_sites): no bridges")
+
+
 def _edge_only(param: Param, suite: Suite, *, bridged: bool = False) -> None:
+    _sites_only(suite)
     fleet = suite.plan.fleet
     site = fleet.site_of_edge(param.host)
     if site is None:
@@ -39,6 +45,7 @@ def _edge_only(param: Param, suite: Suite, *, bridged: bool = False) -> None:
 
 
 def _core_only(param: Param, suite: Suite) -> None:
+    _sites_only(suite)
     if param.host not in suite.plan.fleet.core_brokers:
         pytest.skip(f"{NOT_APPLICABLE}: {param.host} is not a core broker of a multi-site fleet")
 
