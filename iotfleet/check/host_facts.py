@@ -300,9 +300,9 @@ class BrokerFacts:
     def config(self) -> MosquittoConfig:
         return parse_config(self.config_text, self.included_configs)
 
-    @cached_property
     def established_peers(self) -> list[str]:
-        """``ip:port`` of the peers of mosquitto's established TCP connections (``ss``)."""
+        """``ip:port`` of the peers of mosquitto's established TCP connections (``ss``; read
+        anew at each call)."""
         output = self._output("ss -Htnp state established")
         return parse_established(output, layout.SERVICE)
 

@@ -3,6 +3,8 @@ core (the ACL of the bridge identities), and from outside (a site's bridge at a 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from iotfleet.check.bridge_attacks import cross_site_pair, cross_site_problems
@@ -24,6 +26,9 @@ from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.bridge import edge_bridge
 
 pytestmark = [pytest.mark.bridges]
+# How long a bridge that is down may take to come back before the state check fails (Mosquitto
+# retries after 5 s, backing off up to 30 s, plus TLS).
+BRIDGE_RECONNECT_SECONDS = 60
 
 
 def _sites_only(suite: Suite) -> None:
@@ -96,16 +101,26 @@ def test_bridge_connected_to_a_core(broker: Param, suite: Suite) -> None:
         )
         return
     facts = suite.facts(broker.broker)
-    state = facts.read_retained_as_health(
-        listener.bind_address or "127.0.0.1",
-        listener.port,
-        bridge_state_topic(broker.host),
-        health_identity_name(broker.host),
-    )
     cores = [f"{ip}:{port}" for host, port in bridge.addresses for ip in facts.addresses_of(host)]
-    fail_on(
-        bridge_state_problems(broker.host, bridge.connection, state, facts.established_peers, cores)
-    )
+
+    def problems() -> list[str]:
+        state = facts.read_retained_as_health(
+            listener.bind_address or "127.0.0.1",
+            listener.port,
+            bridge_state_topic(broker.host),
+            health_identity_name(broker.host),
+        )
+        peers = facts.established_peers()
+        return bridge_state_problems(broker.host, bridge.connection, state, peers, cores)
+
+    # A bridge that just lost its core (a core restarted, the attack check took its place at
+    # the core) is back within Mosquitto's restart back-off: judge only what lasts.
+    found = problems()
+    deadline = time.monotonic() + BRIDGE_RECONNECT_SECONDS
+    while found and time.monotonic() < deadline:
+        time.sleep(2)
+        found = problems()
+    fail_on(found)
 
 
 @pytest.mark.host
