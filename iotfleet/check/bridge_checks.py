@@ -40,13 +40,14 @@ def core_listener_ports(fleet: Fleet) -> dict[str, int]:
     return ports
 
 
-def bridge_config_problems(host: str, fleet: Fleet, config_text: str) -> list[str]:
-    """The ``connection`` blocks of the edge's configuration against the bridge the inventory
-    derives: one bridge, named and logged in as the edge's own identity, TLS 1.2+ verified
-    against the fleet's CA to a core's certificate listener, exactly the site's topics."""
+def bridge_config_problems(host: str, fleet: Fleet, *config_texts: str) -> list[str]:
+    """The ``connection`` blocks of the edge's configuration (the main file, then each
+    ``include_dir`` file) against the bridge the inventory derives: one bridge, named and
+    logged in as the edge's own identity, TLS 1.2+ verified against the fleet's CA to a
+    core's certificate listener, exactly the site's topics."""
     expected = edge_bridge(fleet, host)
     try:
-        found = parse_bridges(config_text)
+        found = [bridge for text in config_texts for bridge in parse_bridges(text)]
     except ValueError as exc:
         return [f"the bridge configuration on {host} cannot be read: {exc}"]
     if expected is None:

@@ -61,8 +61,8 @@ def test_bridge_configured_as_the_inventory_derives(broker: Param, suite: Suite)
     its site's device topics (parsed from the running configuration)."""
     _edge_only(broker, suite)
     facts = suite.facts(broker.broker)
-    text = "\n".join([facts.config_text, *facts.included_configs.values()])
-    fail_on(bridge_config_problems(broker.host, suite.plan.fleet, text))
+    texts = [facts.config_text, *facts.included_configs.values()]
+    fail_on(bridge_config_problems(broker.host, suite.plan.fleet, *texts))
 
 
 @pytest.mark.host

@@ -145,6 +145,12 @@ def test_a_broken_bridge_configuration_fails_naming_the_setting(
     assert any(expected in p for p in problems), problems
 
 
+def test_a_bridge_in_an_included_file_is_seen(ctx: FleetContext) -> None:
+    sneaky = "connection sneaky\naddress 192.0.2.99:1883\ntopic # both 0\n"
+    problems = bridge_config_problems(EDGE, ctx.fleet, rendered(ctx, EDGE, layout.CONFIG), sneaky)
+    assert problems == [f"{EDGE} has a bridge the inventory does not give it: connection sneaky"]
+
+
 def test_an_edge_without_its_bridge_fails(ctx: FleetContext) -> None:
     config = rendered(ctx, EDGE, layout.CONFIG)
     before_bridge = config.split("\nconnection ")[0]
