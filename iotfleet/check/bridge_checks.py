@@ -15,7 +15,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from iotfleet.model import Fleet
 from iotfleet.model.own_identities import BRIDGE_PREFIX, bridge_identity_name
-from iotfleet.model.topology import bridge_listener
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.acl import core_bridge_users, parse_acl
 from iotfleet.mosquitto.bridge import Bridge, edge_bridge, parse_bridges
@@ -23,21 +22,6 @@ from iotfleet.mosquitto.bridge import Bridge, edge_bridge, parse_bridges
 # bridge_tls_version values Mosquitto takes that are TLS 1.2 or later.
 STRONG_TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
 BRIDGE_URI_PREFIX = "urn:iotfleet:bridge:"
-
-
-def has_bridge(fleet: Fleet, edge_name: str) -> bool:
-    """Whether the inventory gives ``edge_name`` a bridge (an edge of a site not cut off)."""
-    return edge_bridge(fleet, edge_name) is not None
-
-
-def core_listener_ports(fleet: Fleet) -> dict[str, int]:
-    """``{core name: port of its bridge listener}`` (TLS, certificates only)."""
-    ports: dict[str, int] = {}
-    for name in fleet.core_brokers:
-        listener = bridge_listener(fleet.broker(name))
-        if listener is not None:
-            ports[name] = listener.port
-    return ports
 
 
 def bridge_config_problems(host: str, fleet: Fleet, *config_texts: str) -> list[str]:
