@@ -36,6 +36,7 @@ EDGE_CHECKS = (
     "test_bridge_logs_in_as_its_own_identity",
     "test_bridge_connected_to_a_core",
 )
+FACTOR_MATRIX = "test_only_the_identitys_own_factors_get_in"
 CORE_CHECKS = (
     "test_core_acl_confines_each_bridge_to_its_site",
     "test_bridge_identity_cannot_reach_another_sites_topics",
@@ -88,8 +89,12 @@ def check(sites: SitesLab, reports: Path, *args: str) -> CheckRun:
     return CheckRun(result.returncode, result.stdout + result.stderr, results)
 
 
-def test_the_healthy_sites_fleet_passes_the_bridge_checks(sites: SitesLab, tmp_path: Path) -> None:
-    run = check(sites, tmp_path, "-m", "bridges")
+def test_the_healthy_sites_fleet_passes_the_whole_suite(sites: SitesLab, tmp_path: Path) -> None:
+    """Every check of ``iotfleet check``, the bridge checks among them, on all six brokers;
+    but the factor matrix, which does not know sharding yet: on an edge's certificate listener
+    an identity of another site (or of the cores only) completes TLS with the fleet's
+    certificate and gets in, though the edge's ACL lets it do nothing (docs/sites.md)."""
+    run = check(sites, tmp_path, "-k", f"not {FACTOR_MATRIX}")
     assert run.returncode == 0, run.explain()
     edges = {h.fqdn for h in sites.edges}
     cores = {sites.core_1.fqdn, sites.core_2.fqdn}
