@@ -85,6 +85,19 @@ def parse_stat(output: str) -> dict[str, FileStat]:
     return stats
 
 
+def parse_established(output: str, process: str) -> list[str]:
+    """``ss -Htnp state established`` lines (Recv-Q Send-Q Local Peer users): the peers of
+    ``process``'s connections, ``ip:port`` (IPv6 without brackets)."""
+    peers = []
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or process not in (n for n, _ in _SS_PROCESS.findall(line)):
+            continue
+        address, _, port = fields[3].rpartition(":")
+        peers.append(f"{address.strip('[]').split('%', 1)[0]}:{port}")
+    return peers
+
+
 _SS_PROCESS = re.compile(r'\("([^"]+)",pid=(\d+)')
 
 
@@ -271,7 +284,8 @@ class BrokerFacts:
         return self._output(f"cat {shlex.quote(self.config_path)}")
 
     @cached_property
-    def config(self) -> MosquittoConfig:
+    def included_configs(self) -> dict[str, str]:
+        """``{path: text}`` of the files the main configuration includes, in reading order."""
         included: dict[str, str] = {}
         for directory in include_dirs(self.config_text):
             listing = self._output(
@@ -280,7 +294,45 @@ class BrokerFacts:
             )
             for path in listing.splitlines():
                 included[path] = self._output(f"cat {shlex.quote(path)}")
-        return parse_config(self.config_text, included)
+        return included
+
+    @cached_property
+    def config(self) -> MosquittoConfig:
+        return parse_config(self.config_text, self.included_configs)
+
+    def established_peers(self) -> list[str]:
+        """``ip:port`` of the peers of mosquitto's established TCP connections (``ss``; read
+        anew at each call)."""
+        output = self._output("ss -Htnp state established")
+        return parse_established(output, layout.SERVICE)
+
+    def addresses_of(self, name: str) -> list[str]:
+        """The addresses ``name`` resolves to on the host (``getent ahosts``), as the broker's
+        own look-up sees it."""
+        result = self._run(f"getent ahosts {shlex.quote(name)}")
+        if result.rc != 0:
+            return []
+        return list(
+            dict.fromkeys(
+                line.split()[0] for line in str(result.stdout).splitlines() if line.split()
+            )
+        )
+
+    def read_retained_as_health(
+        self, host: str, port: int, topic: str, health_name: str, seconds: int = 5
+    ) -> bytes | None:
+        """The retained message on ``topic`` as the broker's own health identity (its
+        certificate; a local connection to a certificate listener), None if none arrived."""
+        command = (
+            f"timeout {seconds + 5} mosquitto_sub -h {shlex.quote(host)} -p {int(port)} "
+            f"--cafile {layout.CA_CHAIN} --cert {layout.HEALTH_CERT} --key {layout.HEALTH_KEY} "
+            f"--insecure -i {shlex.quote(health_name)} -q 0 -C 1 -W {int(seconds)} "
+            f"-t {shlex.quote(topic)}"
+        )
+        result = self._run(command)
+        if result.rc != 0:
+            return None
+        return bytes(result.stdout_bytes).strip()
 
     def stats(self, paths: tuple[str, ...]) -> dict[str, FileStat]:
         quoted = " ".join(shlex.quote(p) for p in paths)

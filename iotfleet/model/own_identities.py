@@ -41,6 +41,12 @@ def bridge_identity_name(edge_name: str) -> str:
     return _reserved_name(BRIDGE_PREFIX, edge_name)
 
 
+def bridge_state_topic(edge_name: str) -> str:
+    """Where edge ``edge_name`` notifies its bridge's state (``1`` connected, ``0`` not; local
+    only): the one ``$SYS`` topic its health identity may read, for the compliance check."""
+    return f"$SYS/broker/connection/{bridge_identity_name(edge_name)}/state"
+
+
 def health_topic(broker_name: str) -> str:
     """The only topic the health identity may use."""
     return f"{HEALTH_TOPIC_ROOT}/{health_identity_name(broker_name)}"

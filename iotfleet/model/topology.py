@@ -6,6 +6,7 @@ of these checks apply, except that sites named by devices or clients must then e
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ def check_topology(
     by_name = {b.name: b for b in brokers}
     _check_cores(core_brokers, sites, by_name, problems)
     _check_sites(sites, core_brokers, by_name, problems)
+    _check_bridge_reach(sites, core_brokers, by_name, problems)
     _check_members(sites, core_brokers, devices, clients, problems)
 
 
@@ -149,6 +151,45 @@ def _check_site_cores(
             problems.append(Problem(where, "cores", f"{core!r} is listed {count} times"))
 
 
+def _check_bridge_reach(
+    sites: Sequence[Site],
+    core_brokers: Sequence[str],
+    by_name: dict[str, Broker],
+    problems: list[Problem],
+) -> None:
+    """A core whose bridge listener binds loopback only cannot be reached by edges on other
+    hosts; an edge on the same machine (same ``ssh_hostname``, another SSH port: containers
+    of one host, a test) can."""
+    for core_name in dict.fromkeys(core_brokers):
+        core = by_name.get(core_name)
+        listener = bridge_listener(core) if core is not None else None
+        if core is None or listener is None or not _loopback_only(listener):
+            continue
+        remote = [
+            edge
+            for site in sites
+            if core_name in (site.cores if site.cores is not None else core_brokers)
+            for edge in site.edges
+            if edge in by_name and by_name[edge].ssh_hostname != core.ssh_hostname
+        ]
+        if remote:
+            problems.append(
+                Problem(
+                    f"host {core_name}",
+                    "mosquitto_listeners",
+                    f"the bridges' listener (port {listener.port}, auth: certificate) binds "
+                    f"loopback only ({listener.bind_address}): edge(s) "
+                    f"{', '.join(dict.fromkeys(remote))} on other hosts could never reach it; "
+                    "bind it to an address the edges reach, or leave bind_address out",
+                )
+            )
+
+
+def _loopback_only(listener: Listener) -> bool:
+    bind = listener.bind_address
+    return bind is not None and ipaddress.ip_address(bind).is_loopback
+
+
 def _check_members(
     sites: Sequence[Site],
     core_brokers: Sequence[str],
@@ -205,12 +246,13 @@ def bridge_listener_port(broker: Broker) -> int:
 
 
 def bridge_listener(broker: Broker) -> Listener | None:
-    """The first TLS listener of ``broker`` that takes client certificates only."""
-    return next(
-        (
-            lst
-            for lst in broker.mosquitto.listeners
-            if lst.tls and lst.auth == "certificate" and lst.protocol == "mqtt"
-        ),
-        None,
-    )
+    """The TLS MQTT listener of ``broker`` that takes client certificates only and that other
+    hosts reach (the first such; else the first bound to loopback: validation refuses it when
+    an edge is another host)."""
+    candidates = [
+        lst
+        for lst in broker.mosquitto.listeners
+        if lst.tls and lst.auth == "certificate" and lst.protocol == "mqtt"
+    ]
+    reachable = [lst for lst in candidates if not _loopback_only(lst)]
+    return next(iter(reachable or candidates), None)

@@ -19,6 +19,7 @@ from iotfleet.model.own_identities import (
     DELIVERY_IDENTITY,
     PROBE_DEVICES,
     bridge_identity_name,
+    bridge_state_topic,
     health_identity_name,
     health_topic,
     probe_prefix,
@@ -107,6 +108,16 @@ def _role_rules(role: Role, username: str) -> list[tuple[str, str]]:
     ]
 
 
+def health_rules(fleet: Fleet, broker_name: str) -> list[tuple[str, str]]:
+    """The broker's health identity: its own health topic; on an edge with a bridge, reading its
+    bridge's state too (``iotfleet check`` reads it locally as that identity)."""
+    rules = [("readwrite", health_topic(broker_name))]
+    site = fleet.site_of_edge(broker_name)
+    if site is not None and site.bridge_revoked is None:
+        rules.append(("read", bridge_state_topic(broker_name)))
+    return rules
+
+
 def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]]:
     """``{username: [(access, topic), ...]}`` for every active user of one broker."""
     users: dict[str, list[tuple[str, str]]] = {}
@@ -125,7 +136,7 @@ def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]
         # (Mosquitto checks "deny" lines before the others.)
         rules.append(("deny", f"{CERTIFICATE_TOPIC_ROOT}/#"))
         users[client.name] = rules
-    users[health_identity_name(broker_name)] = [("readwrite", health_topic(broker_name))]
+    users[health_identity_name(broker_name)] = health_rules(fleet, broker_name)
     users[DELIVERY_IDENTITY] = delivery_rules(fleet, broker_name)
     users.update(core_bridge_users(fleet, broker_name))
     for probe in PROBE_DEVICES:

@@ -30,6 +30,7 @@ MARKERS = {
     "tls": "TLS versions, cipher suites, chain and names seen from outside (sslyze)",
     "mqtt": "MQTT attacks from outside: who gets in, who may publish and read what",
     "attack": "adversary checks: factor matrix, oversized CONNECT, retained flood, rate limit",
+    "bridges": "multi-site bridges: each edge's TLS, identity, topics, state; the cores' ACL",
     "flood": "checks that trip a broker's per-source limits (run after its other checks)",
     "listener_kind(kind)": "which listeners a listener check runs on (internal)",
 }

@@ -622,8 +622,9 @@ def test_every_check_of_the_suite_is_shown_failing() -> None:
     from tests.integration.test_adversary import BREAKAGES as ADVERSARY
     from tests.integration.test_factor_limits import BREAKAGES as FACTOR_LIMITS
     from tests.integration.test_firewall_attacks import FIREWALL_BREAKAGES
+    from tests.integration.test_sites_compliance import BREAKAGES as SITES
 
-    breakages = REQUIRED + BATCHES + FIREWALL_BREAKAGES + ADVERSARY
+    breakages = REQUIRED + BATCHES + FIREWALL_BREAKAGES + ADVERSARY + SITES
     shown = {check for breakage in breakages for check in breakage.expected}
     # Issue 10's configuration checks are shown failing in test_factor_limits (one each).
     shown |= {breakage.check for breakage in FACTOR_LIMITS}

@@ -278,6 +278,7 @@ def test_an_unreachable_broker_fails_every_check_quickly(tmp_path: Path, home: P
         "ssh_hardening_enabled is false for mqtt1.test",
         "mqtt1.test has no reachable listener that takes passwords without certificates",
         "mqtt1.test has no reachable listener that requires a certificate and a password",
+        "the fleet has no sites (fleet_sites): no bridges",
     }
     assert run.fleet == "clitest" and run.inventory == str(inventory) and run.duration > 0
     # JUnit XML for CI: one test case per result, each naming its host and check.

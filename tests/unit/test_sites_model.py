@@ -9,6 +9,7 @@ import pytest
 from iotfleet.device.image import gateway_broker_names
 from iotfleet.model import InventoryError, RawHost, build_fleet
 from iotfleet.model.keys import inventory_keys
+from iotfleet.model.topology import bridge_listener_port
 
 BROKERS = ("core-1", "core-2", "edge-a1", "edge-a2", "edge-b1")
 
@@ -148,6 +149,67 @@ def test_a_core_needs_a_certificate_listener_for_the_bridges() -> None:
         "host core-1: mosquitto_listeners: a core broker needs a TLS listener with auth: "
         "certificate for the bridges of its edges"
     ]
+
+
+def _core_1_with(listeners: list[dict[str, Any]], ssh_hostname: str | None = None) -> list[RawHost]:
+    hosts = sited()
+    data = {**hosts[0].data, "mosquitto_listeners": listeners}
+    if ssh_hostname is not None:
+        data["ssh_hostname"] = ssh_hostname
+    hosts[0] = RawHost("core-1", ("brokers",), data)
+    return hosts
+
+
+def test_a_core_whose_bridge_listener_binds_loopback_only_is_refused_for_remote_edges() -> None:
+    loopback = [{"port": 8883, "bind_address": "127.0.0.1"}]
+    assert problems_of(_core_1_with(loopback)) == [
+        "host core-1: mosquitto_listeners: the bridges' listener (port 8883, auth: "
+        "certificate) binds loopback only (127.0.0.1): edge(s) edge-a1, edge-a2, edge-b1 on "
+        "other hosts could never reach it; bind it to an address the edges reach, or leave "
+        "bind_address out"
+    ]
+
+
+def test_a_loopback_bridge_listener_is_refused_only_for_the_sites_that_bridge_to_that_core() -> (
+    None
+):
+    hosts = _core_1_with([{"port": 8883, "bind_address": "::1"}])
+    sites = [
+        {"name": "a", "edges": ["edge-a1", "edge-a2"], "cores": ["core-2"]},
+        {"name": "b", "edges": ["edge-b1"]},
+    ]
+    hosts = [RawHost(h.name, h.groups, {**h.data, "fleet_sites": sites}) for h in hosts]
+    problems = problems_of(hosts)
+    assert len(problems) == 1 and "edge(s) edge-b1 on other hosts" in problems[0], problems
+
+
+def test_a_reachable_certificate_listener_beside_a_loopback_one_takes_the_bridges() -> None:
+    listeners = [
+        {"port": 8883, "bind_address": "127.0.0.1"},
+        {"port": 8885, "auth": "certificate"},
+    ]
+    fleet = build_fleet(_core_1_with(listeners))
+    assert bridge_listener_port(fleet.broker("core-1")) == 8885
+
+
+def test_a_loopback_bridge_listener_is_fine_when_every_edge_is_the_same_machine() -> None:
+    hosts = [
+        RawHost(
+            name,
+            ("brokers",),
+            {
+                "ssh_hostname": "127.0.0.1",
+                "ssh_port": port,  # one machine, brokers behind different SSH ports
+                "fleet_name": "one-box",
+                "fleet_core_brokers": ["core"],
+                "fleet_sites": [{"name": "a", "edges": ["edge"]}],
+                "fleet_devices": [{"id": "gw-a", "site": "a"}],
+                "mosquitto_listeners": [{"port": port + 8000, "bind_address": "127.0.0.1"}],
+            },
+        )
+        for name, port in (("core", 2201), ("edge", 2202))
+    ]
+    assert bridge_listener_port(build_fleet(hosts).broker("core")) == 10201
 
 
 def test_a_site_name_must_be_a_safe_name() -> None:
