@@ -12,7 +12,7 @@ from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.fs.stage import Stage, staged
 from iotfleet.model import Fleet, RawHost, build_fleet
-from iotfleet.pki import store as store_module
+from iotfleet.pki import index as index_module
 from iotfleet.roles.pki import broker_pki_files, health_identity_files
 
 BROKERS = ("broker-1", "broker-2", "broker-3", "broker-4")
@@ -41,13 +41,13 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _count_index_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     loads: list[int] = []
-    real = store_module.load_index
+    real = index_module.load_index
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         loads.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(store_module, "load_index", counted)
+    monkeypatch.setattr("iotfleet.pki.store.load_index", counted)
     return loads
 
 
