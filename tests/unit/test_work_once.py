@@ -12,7 +12,9 @@ from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.fs.stage import Stage, staged
 from iotfleet.model import Fleet, RawHost, build_fleet
+from iotfleet.pki import PkiStore
 from iotfleet.pki import index as index_module
+from iotfleet.pki.errors import IndexCorruptError
 from iotfleet.roles.pki import broker_pki_files, health_identity_files
 
 BROKERS = ("broker-1", "broker-2", "broker-3", "broker-4")
@@ -84,6 +86,24 @@ def test_a_changed_index_on_disk_is_read_again(monkeypatch: pytest.MonkeyPatch) 
     loads = _count_index_loads(monkeypatch)
     _render_every_broker(ctx)
     index_json = ctx.pki.layout.index_json
-    index_json.write_bytes(index_json.read_bytes())  # same bytes, new mtime: re-read, verified
+    index_json.write_bytes(
+        index_json.read_bytes()
+    )  # new mtime: read again (same bytes: not re-verified)
     _render_every_broker(ctx)
     assert len(loads) == 2
+
+
+def test_an_index_changed_after_a_verified_read_is_verified_again() -> None:
+    """The once-per-run memo is keyed by content: an edit after a read is still refused."""
+    stage = Stage()
+    ctx = FleetContext.for_fleet(_fleet(), stage=stage)
+    with staged(stage):
+        reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
+    stage.commit()
+    _render_every_broker(ctx)
+    index_json = ctx.pki.layout.index_json
+    index_json.write_bytes(
+        index_json.read_bytes().replace(b'"kind":"device"', b'"kind":"client"', 1)
+    )
+    with pytest.raises(IndexCorruptError, match="does not match its digest"):
+        PkiStore(ctx.pki_settings.state_dir).certificate_pem(BROKERS[0])
