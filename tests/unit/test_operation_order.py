@@ -1,10 +1,18 @@
 """The operation order iotfleet gives pyinfra (frames walked, no ``inspect.stack()``) is the
-order pyinfra's own ``get_operation_order_from_stack`` computes, call for call."""
+order pyinfra's own ``get_operation_order_from_stack`` computes, call for call; so is the order
+of pyinfra with the patch offered upstream (docs/upstream/pyinfra-operation-order-frames.patch)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib.metadata
+import importlib.util
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -54,3 +62,44 @@ def test_two_calls_on_different_lines_are_ordered_as_pyinfra_orders_them() -> No
 def test_pyinfra_operations_use_the_frame_walk() -> None:
     module = sys.modules["pyinfra.api.operation"]
     assert module.get_operation_order_from_stack is operation_order_from_frames
+
+
+REPO = Path(__file__).resolve().parents[2]
+PATCH = REPO / "docs" / "upstream" / "pyinfra-operation-order-frames.patch"
+INSTALLED = Path(pyinfra.__file__).parent
+
+
+def _patched_order(directory: Path) -> Order:
+    """``get_operation_order_from_stack`` of a copy of pyinfra with the patch applied."""
+    shutil.copytree(INSTALLED, directory / "pyinfra")
+    subprocess.run(["git", "apply", "-p2", str(PATCH)], cwd=directory, check=True)
+    spec = importlib.util.spec_from_file_location(
+        "patched_pyinfra_util", directory / "pyinfra" / "api" / "util.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    order: Order = module.get_operation_order_from_stack
+    return order
+
+
+def test_the_patch_is_against_the_releases_own_file() -> None:
+    record = importlib.metadata.distribution("pyinfra").read_text("RECORD") or ""
+    wheel_hash = next(
+        line.split(",")[1] for line in record.splitlines()
+        if line.startswith("pyinfra/api/util.py,")
+    )  # fmt: skip
+    digest = hashlib.sha256((INSTALLED / "api" / "util.py").read_bytes()).digest()
+    assert wheel_hash == "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("deploy_file", [__file__, None, "/nowhere/deploy.py"])
+def test_the_patched_pyinfra_orders_as_the_released_one(
+    deploy_file: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pyinfra, "is_cli", True)
+    patched = _patched_order(tmp_path)
+    state = SimpleNamespace(current_deploy_filename=deploy_file, current_op_file_number=4)
+    orders = (patched, util.get_operation_order_from_stack)
+    ours, theirs = [_nested(9, order, state) for order in orders]  # both from one line
+    assert ours == theirs
