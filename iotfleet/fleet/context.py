@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -54,8 +55,10 @@ class FleetContext:
             stage=stage,
         )
 
-    @property
+    @cached_property
     def pki(self) -> PkiStore:
+        """The PKI's read side, one per context: its index is loaded and verified once and
+        shared by every host of the run (re-read only if index.json changes on disk)."""
         return PkiStore(self.pki_settings.state_dir, self.stage)
 
     @property

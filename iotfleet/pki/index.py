@@ -145,6 +145,19 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_DIGEST_ATTR = "_iotfleet_digest"
+
+
+def _record_digest(record: IndexRecord) -> str:
+    """The digest of a record's canonical line, computed once per record object (records are
+    frozen: a revoked or retired record is a new object with its own digest)."""
+    cached: str | None = record.__dict__.get(_DIGEST_ATTR)
+    if cached is None:
+        cached = _digest(_canonical(_record_dict(record)))
+        object.__setattr__(record, _DIGEST_ATTR, cached)
+    return cached
+
+
 def _crl_dict(info: CrlInfo | None) -> dict[str, Any] | None:
     if info is None:
         return None
@@ -249,6 +262,7 @@ class Index:
         for record in self.records:
             body = _canonical(_record_dict(record))
             digest = _digest(body)
+            object.__setattr__(record, _DIGEST_ATTR, digest)
             digests.append(digest)
             # Key order inside a line does not matter: load_index re-canonicalizes without digest.
             lines.append(f'{body[:-1]},"digest":"{digest}"}}')
@@ -268,7 +282,7 @@ class Index:
         return _top_digest(
             _canonical(_crl_dict(self.crl)),
             _canonical(_crl_dict(self.root_crl)),
-            (_digest(_canonical(_record_dict(r))) for r in self.records),
+            (_record_digest(r) for r in self.records),
         )
 
     def to_txt(self) -> bytes:
@@ -363,17 +377,43 @@ def _parse_record(raw: object, where: str) -> IndexRecord:
     return record
 
 
+# The last index verified in this process, by the exact bytes of index.json and index.txt: a
+# run that reads the same state again (the reconcile, then the roles) verifies it once.
+_verified: tuple[Path, bytes, bytes | None, Index] | None = None
+
+
+def _read_txt(layout: StateLayout, read: Callable[[Path], bytes]) -> bytes | None:
+    try:
+        return read(layout.index_txt)
+    except FileNotFoundError:
+        return None
+
+
 def load_index(layout: StateLayout, read: Callable[[Path], bytes] = Path.read_bytes) -> Index:
     """Read and verify index.json and index.txt; raise IndexCorruptError naming the bad record/line.
 
     A state dir without index.json yields an empty index (a new PKI). ``read``: how files are
-    read (a planning run's stage reads what it will have written).
+    read (a planning run's stage reads what it will have written). Reading the same bytes again
+    in this process returns a fresh copy of the index verified then (nothing is re-parsed).
     """
+    global _verified
     path = layout.index_json
     try:
-        text = read(path).decode("utf-8")
+        data = read(path)
     except FileNotFoundError:
         return Index()
+    txt = _read_txt(layout, read)
+    if _verified is not None and _verified[:3] == (path, data, txt):
+        known = _verified[3]
+        return Index(known.records, known.crl, known.root_crl)
+    index = _verify_index(layout, path, data, txt)
+    _verified = (path, data, txt, Index(index.records, index.crl, index.root_crl))
+    return index
+
+
+def _verify_index(layout: StateLayout, path: Path, data: bytes, txt: bytes | None) -> Index:
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _bad(str(path), "not UTF-8 text") from None
     try:
@@ -402,6 +442,8 @@ def load_index(layout: StateLayout, read: Callable[[Path], bytes] = Path.read_by
         if _digest(_canonical(body)) != raw["digest"]:
             raise _bad(where, "record does not match its digest (a field was changed)")
         record = _parse_record(raw, where)
+        if _record_dict(record) == body:  # renders to the line just verified: same digest
+            object.__setattr__(record, _DIGEST_ATTR, raw["digest"])
         if record.serial in serials:
             raise _bad(where, f"serial {record.serial_hex} appears twice")
         serials.add(record.serial)
@@ -428,7 +470,7 @@ def load_index(layout: StateLayout, read: Callable[[Path], bytes] = Path.read_by
         _parse_crl_info(doc.get("crl"), f"{path} crl"),
         _parse_crl_info(doc.get("root_crl"), f"{path} root_crl"),
     )
-    _check_txt(layout, index, read)
+    _check_txt(layout, index, txt)
     return index
 
 
@@ -446,12 +488,10 @@ def txt_is_current(layout: StateLayout, index: Index) -> bool:
         return False
 
 
-def _check_txt(layout: StateLayout, index: Index, read: Callable[[Path], bytes]) -> None:
+def _check_txt(layout: StateLayout, index: Index, actual: bytes | None) -> None:
     """index.txt must be what index.json renders to, unless it renders an earlier index.json
     (missing or stale is fine: it is regenerated). Anything else is an edit by hand."""
-    try:
-        actual = read(layout.index_txt)
-    except FileNotFoundError:
+    if actual is None:
         return
     expected = index.to_txt()
     if actual == expected:

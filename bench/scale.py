@@ -1,0 +1,154 @@
+"""Benchmark: how the control machine's side of a rollout grows with the fleet (issue 16).
+
+    .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--brokers 5]
+
+For each size, a fresh fleet of N devices on 5 brokers (its own IOTFLEET_HOME), each phase in
+its own process as a pyinfra run would be:
+- enroll: the first run's plan (CA, every identity, CRL, secrets) and its commit;
+- no-change: a second run's plan (nothing to commit) and the material every broker's roles
+  render from it (PKI files, mosquitto.conf, ACL, password files);
+- the ACL and password file sizes of one broker.
+Printed side by side (wall seconds, and this process's CPU seconds, which a busy machine
+distorts less) with the growth per 1,000 devices. Not measured here (they need hosts):
+first and no-change rollouts and the broker's start time (bench/rollout.py, bench/lab.py).
+Targets at 100,000 devices: PKI no-change <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGET_PKI_NO_CHANGE_100K_S = 2.0
+
+
+def _fleet(devices: int, brokers: int) -> object:
+    from iotfleet.model import RawHost, build_fleet
+
+    data = {
+        "fleet_name": "bench-scale",
+        "mosquitto_listeners": [{"port": 8883}, {"port": 8884, "auth": "password"}],
+        "fleet_devices": [{"id": f"gw-{n:06d}"} for n in range(devices)],
+        "pki_passphrase_generated": True,
+    }
+    hosts = [
+        RawHost(f"broker-{n + 1}", ("brokers",), {**data, "ssh_hostname": f"127.0.1.{n + 1}"})
+        for n in range(brokers)
+    ]
+    return build_fleet(hosts)
+
+
+def phase(name: str, devices: int, brokers: int) -> dict[str, float]:
+    """One phase in this process; its figures as JSON on stdout."""
+    from iotfleet.fleet.context import FleetContext
+    from iotfleet.fleet.pki import reconcile_fleet
+    from iotfleet.fs.stage import Stage, staged
+    from iotfleet.model import Fleet
+    from iotfleet.mosquitto import layout
+    from iotfleet.roles.mosquitto.render import service_files
+    from iotfleet.roles.pki import broker_pki_files, health_identity_files
+
+    fleet = _fleet(devices, brokers)
+    assert isinstance(fleet, Fleet)
+    start, cpu = time.perf_counter(), time.process_time()
+    stage = Stage()
+    ctx = FleetContext.for_fleet(fleet, stage=stage)
+    with staged(stage):
+        report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
+    plan = time.perf_counter() - start
+    figures = {"plan_s": plan, "plan_cpu": time.process_time() - cpu}
+    if name == "enroll":
+        start = time.perf_counter()
+        stage.commit()
+        figures["commit_s"] = time.perf_counter() - start
+        return figures
+    assert not report.changed and stage.empty, "a second plan had something to do"
+    start, cpu = time.perf_counter(), time.process_time()
+    acl = passwd = 0
+    for broker in fleet.brokers:
+        health_identity_files(ctx.pki, broker.name)
+        broker_pki_files(ctx.pki, broker.name)
+        _, files = service_files(ctx, broker)
+        for managed in files:
+            if managed.path == layout.ACL_FILE:
+                acl = len(managed.content)
+            elif managed.path.startswith(layout.PASSWORD_FILE_PREFIX):
+                passwd = max(passwd, len(managed.content))
+    figures["render_s"] = time.perf_counter() - start
+    figures["render_cpu"] = time.process_time() - cpu
+    figures["acl_bytes"] = acl
+    figures["passwd_bytes"] = passwd
+    return figures
+
+
+def _run_phase(name: str, devices: int, brokers: int, home: Path) -> dict[str, float]:
+    env = {**os.environ, "IOTFLEET_HOME": str(home)}
+    env.pop("IOTFLEET_PKI_PASSPHRASE", None)
+    argv = [sys.executable, __file__, "--phase", name, "--sizes", str(devices)]
+    out = subprocess.run(
+        [*argv, "--brokers", str(brokers)], env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        sys.exit(f"phase {name} at {devices} devices failed:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    parser.add_argument("--brokers", type=int, default=5)
+    parser.add_argument("--phase", choices=["enroll", "no-change"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.sizes[0], args.brokers)))
+        return
+    rows: list[tuple[int, dict[str, float], dict[str, float], str]] = []
+    for devices in args.sizes:
+        with tempfile.TemporaryDirectory(prefix="iotfleet-bench-scale-") as home:
+            enroll = _run_phase("enroll", devices, args.brokers, Path(home))
+            again = _run_phase("no-change", devices, args.brokers, Path(home))
+        one, five, _ = os.getloadavg()
+        rows.append((devices, enroll, again, f"{one:.1f}/{five:.1f}"))
+        print(f"  {devices} devices done", file=sys.stderr, flush=True)
+    print(f"iotfleet scale bench: {args.brokers} brokers, {os.cpu_count()} CPUs")
+    head = (
+        f"{'devices':>8} {'enroll s':>9} {'commit s':>9} {'PKI no-change s':>16} "
+        f"{'(cpu)':>7} {'render 5 s':>11} {'(cpu)':>7} {'ACL KB':>8} {'passwd KB':>10} {'load':>9}"
+    )
+    print(head)
+    for devices, enroll, again, load in rows:
+        print(
+            f"{devices:>8} {enroll['plan_s']:>9.2f} {enroll['commit_s']:>9.2f} "
+            f"{again['plan_s']:>16.2f} {again['plan_cpu']:>7.2f} "
+            f"{again['render_s']:>11.2f} {again['render_cpu']:>7.2f} "
+            f"{again['acl_bytes'] / 1024:>8.0f} {again['passwd_bytes'] / 1024:>10.1f} {load:>9}"
+        )
+    if len(rows) > 1:
+        (d0, e0, a0, _), (d1, e1, a1, _) = rows[0], rows[-1]
+        per_k = (d1 - d0) / 1000
+        print(
+            f"growth per 1,000 devices: enroll {(e1['plan_s'] - e0['plan_s']) / per_k:.3f} s, "
+            f"PKI no-change {(a1['plan_s'] - a0['plan_s']) / per_k:.3f} s, "
+            f"render {(a1['render_s'] - a0['render_s']) / per_k:.3f} s, "
+            f"ACL {(a1['acl_bytes'] - a0['acl_bytes']) / per_k / 1024:.0f} KB"
+        )
+    largest = rows[-1]
+    if largest[0] >= 100_000:
+        met = largest[2]["plan_s"] <= TARGET_PKI_NO_CHANGE_100K_S
+        print(
+            f"target PKI no-change at {largest[0]} <= {TARGET_PKI_NO_CHANGE_100K_S} s: "
+            f"{largest[2]['plan_s']:.2f} s {'met' if met else 'NOT MET'}"
+        )
+    print("not measured here (need hosts): rollouts first/no-change, broker start time")
+
+
+if __name__ == "__main__":
+    main()
