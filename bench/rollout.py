@@ -27,28 +27,32 @@ TARGET_NO_CHANGE_20_S = 15.0
 TARGET_FIRST_20_VS_1 = 3.0
 
 
-def run(argv: list[str], timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], timeout: float = 1800, lab: str = NAME
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO,
-        env={**os.environ, "IOTFLEET_LAB": NAME},
+        env={**os.environ, "IOTFLEET_LAB": lab},
     )  # fmt: skip
 
 
-def iotfleet(*args: str) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "iotfleet", *args])
+def iotfleet(*args: str, lab: str = NAME) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "iotfleet", *args], lab=lab)
 
 
-def fresh_lab(brokers: int, suite: str) -> None:
-    iotfleet("lab", "down", "--name", NAME)
-    shutil.rmtree(fleet_dir(NAME), ignore_errors=True)
-    up = iotfleet("lab", "up", "--name", NAME, "--brokers", str(brokers), "--suite", suite)
+def fresh_lab(brokers: int, suite: str, lab: str = NAME) -> None:
+    """Lab ``lab`` down and up again with ``brokers`` new hosts, and no fleet state."""
+    iotfleet("lab", "down", "--name", lab, lab=lab)
+    shutil.rmtree(fleet_dir(lab), ignore_errors=True)
+    up = iotfleet("lab", "up", "--name", lab, "--brokers", str(brokers), "--suite", suite, lab=lab)
     if up.returncode != 0:
         sys.exit(f"lab up --brokers {brokers} failed:\n{up.stderr}")
 
 
-def timed_rollout() -> tuple[float, str]:
+def timed_rollout(inventory: str = "inventory/lab.py", lab: str = NAME) -> tuple[float, str]:
+    """Seconds of one ``pyinfra -y <inventory> deploy.py`` and its "Grand total" counts."""
     start = time.monotonic()
-    result = run([PYINFRA, "-y", "inventory/lab.py", "deploy.py"])
+    result = run([PYINFRA, "-y", inventory, "deploy.py"], lab=lab)
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"rollout failed:\n{(result.stdout + result.stderr)[-4000:]}")
