@@ -54,9 +54,12 @@ def timed_rollout(inventory: str = "inventory/lab.py", lab: str = NAME) -> tuple
     start = time.monotonic()
     result = run([PYINFRA, "-y", inventory, "deploy.py"], lab=lab)
     elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        sys.exit(f"rollout failed:\n{(result.stdout + result.stderr)[-4000:]}")
     output = result.stdout + result.stderr
+    if result.returncode != 0:
+        first_error = max(0, output.find("rror") - 2000)
+        sys.exit(
+            f"rollout failed:\n{output[first_error : first_error + 4000]}\n...\n{output[-1500:]}"
+        )
     total = next((line.split()[-4:] for line in output.splitlines() if "Grand total" in line), [])
     return elapsed, " ".join(total)
 
