@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +200,11 @@ class LabShell:
         """Seconds from ``systemctl restart mosquitto`` until the certificate listener listens."""
         script = (
             "s=$(date +%s%N); systemctl restart mosquitto;"
-            f" until ss -Htln 'sport = :{PORT}' | grep -q .; do sleep 0.1; done;"
+            f' until ss -Htln "sport = :{PORT}" | grep -q .; do sleep 0.1; done;'
             " echo $(( $(date +%s%N) - s ))"
         )
         out = subprocess.run(
-            [*self._base, f"root@{self.addresses[host]}", f"timeout 300 sh -c \"{script}\""],
+            [*self._base, f"root@{self.addresses[host]}", f"timeout 300 sh -c '{script}'"],
             capture_output=True, text=True, timeout=330, check=False,
         ).stdout.strip()  # fmt: skip
         return int(out) / 1e9 if out.isdigit() else math.nan
@@ -269,22 +271,44 @@ class Consumer:
     """Latencies (ms) of telemetry received, by the send time stamped into each message."""
 
     latencies: list[float] = field(default_factory=list)
-    window: tuple[int, int] = (0, 0)  # perf_counter_ns bounds of the measured window
+    window: tuple[int, int] = (0, 0)  # time.monotonic_ns bounds of the measured window
     in_window: int = 0
     seen: set[str] = field(default_factory=set)  # topics (warm-up)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
-        now = time.perf_counter_ns()
+        now = time.monotonic_ns()
         try:
             sent = int(message.payload.split(b" ", 1)[0])
         except ValueError:
             return
-        if sent == 0:
-            self.seen.add(message.topic)
-            return
-        if self.window[0] <= sent <= self.window[1]:
-            self.in_window += 1
-            self.latencies.append((now - sent) / 1e6)
+        with self.lock:
+            if sent == 0:
+                self.seen.add(message.topic)
+            elif self.window[0] <= sent <= self.window[1]:
+                self.in_window += 1
+                self.latencies.append((now - sent) / 1e6)
+
+
+def consumer_process(conn: Connection, ca: bytes, admin: Endpoint, filters: list[str]) -> None:
+    """The core's consumer in a process of its own (its own interpreter lock, away from the
+    publishers'); answers ``seen``, ``window``, ``stop`` from the bench over ``conn``."""
+    consumer = Consumer()
+    sub = tls_client(ca, f"{ADMIN}-consumer", admin)
+    sub.on_message = consumer.on_message
+    connect(sub, ADMIN, admin.address)
+    for topic_filter in filters:
+        sub.subscribe(topic_filter, qos=1)
+    conn.send("ready")
+    while (request := conn.recv())[0] != "stop":
+        with consumer.lock:
+            if request[0] == "window":
+                consumer.window = request[1]
+            conn.send(set(consumer.seen))
+    sub.disconnect()
+    sub.loop_stop()
+    with consumer.lock:
+        conn.send((consumer.in_window, consumer.latencies))
 
 
 class Publisher:
@@ -324,6 +348,8 @@ class LoadResult:
 
     def ceiling(self) -> str:
         """The first resource at its limit, or a note that none was."""
+        if self.offered and self.received >= 0.95 * self.offered:
+            return "none: the offered rate was delivered"
         if self.machine_cpu >= BUSY or self.bench_cpu >= BUSY:
             return "control machine (load generator + consumer)"
         if max(self.core_cpu, default=0) >= BUSY:
@@ -351,17 +377,22 @@ def run_load(
     """One run: connect consumer and publishers, warm up, publish for ``seconds``, drain."""
     ca = store.ca_chain_pem()
     addr = shell.addresses
-    consumer = Consumer()
-    sub = tls_client(
-        ca,
-        f"{ADMIN}-consumer",
-        Endpoint(addr[consumer_at], store.certificate_pem(ADMIN), store.private_key_pem(ADMIN)),
-    )
-    sub.on_message = consumer.on_message
-    connect(sub, ADMIN, addr[consumer_at])
-    root = {t.rsplit("/", 2)[0].rsplit("/", 1)[0] for t in topic_of.values()}
-    for prefix in root:
-        sub.subscribe(f"{prefix}/+/telemetry/#", qos=1)
+    roots = {t.rsplit("/", 2)[0].rsplit("/", 1)[0] for t in topic_of.values()}
+    admin = Endpoint(addr[consumer_at], store.certificate_pem(ADMIN), store.private_key_pem(ADMIN))
+    spawn = multiprocessing.get_context("spawn")  # this process has threads: no fork
+    conn, child_conn = spawn.Pipe()
+    filters = [f"{root}/+/telemetry/#" for root in sorted(roots)]
+    child = spawn.Process(target=consumer_process, args=(child_conn, ca, admin, filters))
+    child.start()
+    if not conn.poll(60):
+        child.kill()
+        raise SystemExit(f"the consumer did not connect to {consumer_at}")
+    conn.recv()
+
+    def ask(*request: object) -> Any:
+        conn.send(request)
+        return conn.recv()
+
     publishers: list[Publisher] = []
     try:
         for device, broker in placement:
@@ -374,51 +405,54 @@ def run_load(
         if warm_up:  # until every edge's bridge carries (zero-stamped messages are not counted)
             deadline = time.monotonic() + BRIDGE_TIMEOUT
             want = {p.topic for p in publishers}
-            while not want <= consumer.seen and time.monotonic() < deadline:
+            while not want <= (seen := ask("seen")) and time.monotonic() < deadline:
                 for p in publishers:
-                    if p.topic not in consumer.seen:
+                    if p.topic not in seen:
                         p.publish(0)
                 time.sleep(2)
-            if not want <= consumer.seen:
-                print(f"  note: {len(want - consumer.seen)} publishers never reached the core")
+            if missing := want - ask("seen"):
+                print(f"  note: {len(missing)} publishers never reached the core")
         else:
             time.sleep(1)
         before = shell.samples([*cores, *edges])
         busy0, total0 = machine_ticks()
         own0 = os.times()
-        start = time.perf_counter_ns()
-        consumer.window = (start, start + int(seconds * 1e9))
+        start = time.monotonic_ns()
+        window = (start, start + int(seconds * 1e9))
+        ask("window", window)
         sent0 = sum(p.sent for p in publishers)
         interval = len(publishers) / rate if rate else 0.0  # per publisher, seconds
         next_at = time.perf_counter()
-        while time.perf_counter_ns() < consumer.window[1]:
-            out = sum(p.publish(time.perf_counter_ns()) for p in publishers)
+        while time.monotonic_ns() < window[1]:
+            out = sum(p.publish(time.monotonic_ns()) for p in publishers)
             if interval:
                 next_at += interval
                 time.sleep(max(0.0, next_at - time.perf_counter()))
             elif not out:
                 time.sleep(0.0005)  # every publisher's window is full
-        elapsed = (time.perf_counter_ns() - start) / 1e9
+        elapsed = (time.monotonic_ns() - start) / 1e9
         sent = sum(p.sent for p in publishers) - sent0
         own1 = os.times()
         busy1, total1 = machine_ticks()
         after = shell.samples([*cores, *edges])
         time.sleep(5)  # drain: what was sent in the window and is still on its way
+        in_window, latencies = ask("stop")
     finally:
         for p in publishers:
             p.client.disconnect()
             p.client.loop_stop()
-        sub.disconnect()
-        sub.loop_stop()
+        child.join(10)
+        if child.is_alive():
+            child.kill()
     cpu = {h: cpu_percent(after[h].ticks - before[h].ticks, elapsed) for h in after}
     tx = {h: (after[h].tx_bytes - before[h].tx_bytes) / elapsed / 1e6 for h in edges}
     own = (own1.user - own0.user + own1.system - own0.system) / elapsed * 100
     return LoadResult(
         offered=rate,
         sent=sent / elapsed,
-        received=consumer.in_window / seconds,
-        p50_ms=percentile(consumer.latencies, 50),
-        p99_ms=percentile(consumer.latencies, 99),
+        received=in_window / seconds,
+        p50_ms=percentile(latencies, 50),
+        p99_ms=percentile(latencies, 99),
         busiest_edge_cpu=max((cpu[h] for h in edges), default=0.0),
         core_cpu=[cpu[h] for h in cores],
         edge_tx_mb_s=max(tx.values(), default=0.0),
