@@ -250,20 +250,23 @@ def tls_client(ca_pem: bytes, client_id: str, endpoint: Endpoint) -> mqtt.Client
 
 
 def connect(client: mqtt.Client, name: str, address: str, timeout: float = 60) -> None:
-    """Connect and start the client's network thread; exits the bench if it is refused."""
-    answers: list[bool] = []
+    """Connect and start the client's network thread (paho retries by itself); exits the bench
+    saying why if there is no successful CONNACK within ``timeout``."""
+    answers: list[str] = []
     connected = threading.Event()
 
     def on_connect(_c: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
-        answers.append(not reason.is_failure)
-        connected.set()
+        answers.append(str(reason))
+        if not reason.is_failure:
+            connected.set()
 
     client.on_connect = on_connect
-    client.connect(address, PORT, keepalive=60)
+    client.connect_async(address, PORT, keepalive=60)
     client.loop_start()
-    if not connected.wait(timeout) or not answers[0]:
+    if not connected.wait(timeout):
         client.loop_stop()
-        raise SystemExit(f"{name} was not accepted by {address}")
+        why = ", ".join(answers) or "no CONNACK"
+        raise SystemExit(f"{name} was not accepted by {address} in {timeout:.0f} s ({why})")
 
 
 @dataclass
