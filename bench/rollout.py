@@ -35,33 +35,41 @@ EMPTY_DEPLOY = "bench/deploys/empty.py"
 _COMMAND = re.compile(r"^\[([^\]]+)\] >>> ", re.MULTILINE)
 
 
-def run(argv: list[str], timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], timeout: float = 1800, lab: str = NAME
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO,
-        env={**os.environ, "IOTFLEET_LAB": NAME},
+        env={**os.environ, "IOTFLEET_LAB": lab},
     )  # fmt: skip
 
 
-def iotfleet(*args: str) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "iotfleet", *args])
+def iotfleet(*args: str, lab: str = NAME) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "iotfleet", *args], lab=lab)
 
 
-def fresh_lab(brokers: int, suite: str) -> None:
-    iotfleet("lab", "down", "--name", NAME)
-    shutil.rmtree(fleet_dir(NAME), ignore_errors=True)
-    up = iotfleet("lab", "up", "--name", NAME, "--brokers", str(brokers), "--suite", suite)
+def fresh_lab(brokers: int, suite: str, lab: str = NAME) -> None:
+    """Lab ``lab`` down and up again with ``brokers`` new hosts, and no fleet state."""
+    iotfleet("lab", "down", "--name", lab, lab=lab)
+    shutil.rmtree(fleet_dir(lab), ignore_errors=True)
+    up = iotfleet("lab", "up", "--name", lab, "--brokers", str(brokers), "--suite", suite, lab=lab)
     if up.returncode != 0:
         sys.exit(f"lab up --brokers {brokers} failed:\n{up.stderr}")
 
 
-def timed_rollout(deploy: str = "deploy.py", *flags: str) -> tuple[float, str, str]:
-    """(seconds, the results' grand total, the output)."""
+def timed_rollout(
+    deploy: str = "deploy.py", *flags: str, inventory: str = "inventory/lab.py", lab: str = NAME
+) -> tuple[float, str, str]:
+    """(seconds, the results' grand total, the output) of one ``pyinfra -y``."""
     start = time.monotonic()
-    result = run([PYINFRA, "-y", *flags, "inventory/lab.py", deploy])
+    result = run([PYINFRA, "-y", *flags, inventory, deploy], lab=lab)
     elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        sys.exit(f"rollout failed:\n{(result.stdout + result.stderr)[-4000:]}")
     output = result.stdout + result.stderr
+    if result.returncode != 0:
+        first_error = max(0, output.find("rror") - 2000)
+        sys.exit(
+            f"rollout failed:\n{output[first_error : first_error + 4000]}\n...\n{output[-1500:]}"
+        )
     total = next((line.split()[-4:] for line in output.splitlines() if "Grand total" in line), [])
     return elapsed, " ".join(total), output
 
