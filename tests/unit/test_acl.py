@@ -16,6 +16,7 @@ from iotfleet.mosquitto.acl import (
     acl_rules,
     broker_identities,
     certificate_topics,
+    effective_rules,
     render_acl,
 )
 
@@ -148,3 +149,49 @@ def test_probe_identities_are_confined_like_devices() -> None:
         ("read", f"iotfleet/pki/{PROBE_DEVICE}/rekey"),
         ("write", f"iotfleet/pki/{PROBE_DEVICE}/csr"),
     ]
+
+
+def test_the_acl_does_not_grow_with_the_fleet() -> None:
+    """10 devices or 10,000: the same ACL lines (devices are the patterns), while each device
+    still gets exactly its own rules and the broker holds every identity."""
+
+    def rendered(count: int) -> tuple[str, list[str]]:
+        f = fleet(
+            fleet_devices=[{"id": f"gw-{i}"} for i in range(count)],
+            fleet_clients=[{"name": "ops", "roles": ["admin"]}, {"name": "dash"}],
+        )
+        acl = acl_file(f, BROKER)
+        for device in ("gw-0", f"gw-{count - 1}"):
+            assert effective_rules(acl, device) == set(acl_rules(f, BROKER)[device])
+        return render_acl(acl), broker_identities(f, BROKER)
+
+    small, small_ids = rendered(10)
+    large, large_ids = rendered(10_000)
+    assert large == small
+    assert len(large.splitlines()) < 60
+    assert len(large_ids) - len(small_ids) == 10_000 - 10
+
+
+def test_only_devices_with_their_own_prefix_or_roles_get_a_block() -> None:
+    f = fleet(
+        fleet_roles={"own-config": {"read": ["config/%u"]}},
+        fleet_devices=[
+            {"id": "gw-1"},
+            {"id": "gw-2", "topic_prefix": "plant/line-2"},
+            {"id": "gw-3", "roles": ["own-config"]},
+        ],
+    )
+    acl = acl_file(f, BROKER)
+    assert "gw-1" not in acl.users
+    # Its own prefix instead of devices/gw-2: the pattern's default prefix is denied.
+    assert acl.users["gw-2"] == [
+        ("write", "plant/line-2/telemetry/#"),
+        ("write", "plant/line-2/status"),
+        ("read", "plant/line-2/commands/#"),
+        ("deny", "devices/gw-2/telemetry/#"),
+        ("deny", "devices/gw-2/status"),
+        ("deny", "devices/gw-2/commands/#"),
+    ]
+    assert acl.users["gw-3"] == [("read", "config/gw-3")]
+    for user, rules in acl_rules(f, BROKER).items():
+        assert effective_rules(acl, user) == set(rules), user
