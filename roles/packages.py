@@ -17,13 +17,16 @@ One remote command per install, which:
 from __future__ import annotations
 
 import shlex
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 from pyinfra.facts.deb import DebPackages
 
+from iotfleet.model import Broker
+
+MOSQUITTO_PACKAGES = ("mosquitto", "mosquitto-clients")
 POLICY_RC = "/usr/sbin/policy-rc.d"
 GUARD_MARK = "# managed by iotfleet: service-start guard"
 # What iotfleet before issue 12 wrote: it refused every start for as long as it existed.
@@ -87,15 +90,34 @@ class PackageHealth(FactBase[tuple[bool, bool]]):
         return "stale-guard" in lines, "dpkg-interrupted" in lines
 
 
+def broker_packages(broker: Broker) -> tuple[list[str], dict[str, str]]:
+    """(names, {name: version}) of everything a broker needs from Debian: Mosquitto at the
+    inventory's version, nftables when the firewall is enabled. Installed in one apt
+    transaction by whichever role runs first (the firewall's)."""
+    names = [*MOSQUITTO_PACKAGES, *(("nftables",) if broker.firewall.enabled else ())]
+    version = broker.mosquitto.package_version
+    return names, ({name: version for name in MOSQUITTO_PACKAGES} if version else {})
+
+
+# host name -> apt specs an install of this run already covers (operations are generated
+# before any runs, so a later role's facts cannot see what an earlier one installs).
+_queued: dict[str, set[str]] = {}
+
+
 def missing_packages(
-    installed: dict[str, list[str]], packages: Sequence[str], version: str | None = None
+    installed: dict[str, list[str]],
+    packages: Sequence[str],
+    version: str | None = None,
+    versions: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """apt specs (``name`` or ``name=version``) of the packages not installed as wanted."""
-    return [
-        f"{name}={version}" if version else name
-        for name in packages
-        if name not in installed or (version is not None and version not in installed[name])
-    ]
+    """apt specs (``name`` or ``name=version``) of the packages not installed as wanted;
+    ``versions`` pins single packages, ``version`` every other one."""
+    specs = []
+    for name in packages:
+        wanted = (versions or {}).get(name, version)
+        if name not in installed or (wanted is not None and wanted not in installed[name]):
+            specs.append(f"{name}={wanted}" if wanted else name)
+    return specs
 
 
 def healing_install_script(specs: Sequence[str], update: bool = True) -> str:
@@ -138,14 +160,26 @@ def healing_install_script(specs: Sequence[str], update: bool = True) -> str:
 
 
 @operation()
-def install_debs(packages: Sequence[str], version: str | None = None) -> Generator[Any, None, None]:
+def install_debs(
+    packages: Sequence[str],
+    version: str | None = None,
+    versions: Mapping[str, str] | None = None,
+) -> Generator[Any, None, None]:
     """Install Debian packages without letting them start services, healing the host first.
+    What an earlier install of this run on the same host already covers is not asked again.
 
     + packages: package names
     + version: the version every package must have (none: any)
+    + versions: the versions of single packages (over ``version``)
     """
-    stale_guard, dpkg_interrupted = host.get_fact(PackageHealth)
-    specs = missing_packages(host.get_fact(DebPackages), packages, version)
+    queued = _queued.setdefault(host.name, set())
+    specs = [
+        spec
+        for spec in missing_packages(host.get_fact(DebPackages), packages, version, versions)
+        if spec not in queued
+    ]
+    stale_guard, dpkg_interrupted = (False, False) if queued else host.get_fact(PackageHealth)
+    queued.update(specs)
     if not specs and not stale_guard and not dpkg_interrupted:
         host.noop(f"{', '.join(packages)} installed")
         return

@@ -144,9 +144,10 @@ def plugin_problems(
             broker,
             listener,
             layout.password_file(listener.port) if listener.requires_password else None,
+            layout.IDENTITIES_FILE,
         )
     )
-    for key in ("password_file", "require_cn", "local_only"):
+    for key in ("password_file", "require_cn", "local_only", "identities_file"):
         want = expected.get(key)
         got = configured.options.get(f"plugin_opt_{key}")
         if got != want:

@@ -1,12 +1,20 @@
 """Mosquitto ACL file from the fleet, deny by default.
 
-Every user gets an explicit block: Mosquitto denies whatever no line allows. ``pattern`` lines
-are never used because they apply to every user; ``%u`` in a role is expanded per user here.
+Deny by default: Mosquitto denies whatever no line allows. What every device may do under the
+topic contract (its default prefix ``<root>/<id>``, its certificate, re-key and CSR topics) is
+said once, by ``pattern`` lines with ``%u``, so the file does not grow with the fleet. Patterns
+apply to every user Mosquitto lets in: every other identity of the broker (clients, iotfleet's
+own identities, devices with their own prefix) gets a block that denies what the patterns would
+give it beyond its inventory grants (Mosquitto checks a user's ``deny`` lines before anything
+else). Logins are confined to the broker's identities by the plugin (``identities_file``), so
+no unknown name (a device of another site) reaches the patterns. ``%u`` in a role is expanded
+per user here. ``acl_rules`` is what each user may do; ``acl_file`` is how the file says it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from iotfleet.device.contract import (
     CERTIFICATE_TOPIC_ROOT,
@@ -37,6 +45,25 @@ def prefix_rules(prefix: str) -> list[tuple[str, str]]:
     ]
 
 
+PATTERN_USER = "%u"
+
+
+def device_patterns(fleet: Fleet) -> list[tuple[str, str]]:
+    """(access, topic) of the ``pattern`` lines: any device's own topics, ``%u`` its name."""
+    return device_rules_of(f"{fleet.topic_root}/{PATTERN_USER}", PATTERN_USER)
+
+
+def device_rules_of(prefix: str, device_id: str) -> list[tuple[str, str]]:
+    """The contract's rules of one device under ``prefix``: its topics, its certificate and
+    re-key topics (read), its CSR topic (write)."""
+    return [
+        *prefix_rules(prefix),
+        ("read", certificate_topic(device_id)),
+        ("read", rekey_topic(device_id)),
+        ("write", csr_topic(device_id)),
+    ]
+
+
 def certificate_topics(fleet: Fleet) -> list[str]:
     """Every active device's certificate delivery, re-key and CSR topics (retained by design: a
     gateway offline during a renewal or re-key picks it up when it comes back, and the CSR waits
@@ -49,17 +76,25 @@ def certificate_topics(fleet: Fleet) -> list[str]:
 
 
 def delivery_rules(fleet: Fleet, broker_name: str) -> list[tuple[str, str]]:
-    """iotfleet's delivery identity: write each device's certificate and re-key topics, read its
-    status and its CSR topic."""
+    """iotfleet's delivery identity: write every device's certificate and re-key topics, read
+    its status and its CSR topic. Said with ``+``, so the block does not grow with the fleet:
+    only the broker's identities log in (the plugin's ``identities_file``), so the topics of a
+    name the broker does not hold reach nobody."""
     allowed = fleet.users_of(broker_name)
-    rules: list[tuple[str, str]] = []
-    for device in fleet.active_devices:
-        if device.id in allowed:
-            rules.append(("write", certificate_topic(device.id)))
-            rules.append(("write", rekey_topic(device.id)))
-            rules.append(("read", csr_topic(device.id)))
-            rules.append(("read", f"{fleet.topic_prefix(device)}/status"))
-    return rules
+    custom = sorted(
+        {
+            f"{device.topic_prefix}/status"
+            for device in fleet.active_devices
+            if device.topic_prefix and device.id in allowed
+        }
+    )
+    return [
+        ("write", certificate_topic("+")),
+        ("write", rekey_topic("+")),
+        ("read", csr_topic("+")),
+        ("read", f"{fleet.topic_root}/+/status"),
+        *(("read", topic) for topic in custom),
+    ]
 
 
 def site_rules(fleet: Fleet, site: Site) -> list[tuple[str, str]]:
@@ -88,10 +123,7 @@ def core_bridge_users(fleet: Fleet, core_name: str) -> dict[str, list[tuple[str,
 def device_rules(fleet: Fleet, device: Device) -> list[tuple[str, str]]:
     """(access, topic) pairs of one device: its own prefix only, its certificate and re-key
     topics (read), its CSR topic (write), plus its extra roles."""
-    rules = prefix_rules(fleet.topic_prefix(device))
-    rules.append(("read", certificate_topic(device.id)))
-    rules.append(("read", rekey_topic(device.id)))
-    rules.append(("write", csr_topic(device.id)))
+    rules = device_rules_of(fleet.topic_prefix(device), device.id)
     for role in device.roles:
         rules.extend(_role_rules(fleet.roles[role], device.id))
     return rules
@@ -140,13 +172,65 @@ def acl_rules(fleet: Fleet, broker_name: str) -> dict[str, list[tuple[str, str]]
     users[DELIVERY_IDENTITY] = delivery_rules(fleet, broker_name)
     users.update(core_bridge_users(fleet, broker_name))
     for probe in PROBE_DEVICES:
-        users[probe] = prefix_rules(probe_prefix(fleet.topic_root, probe))
+        users[probe] = device_rules_of(probe_prefix(fleet.topic_root, probe), probe)
     return users
 
 
-def render_acl(users: dict[str, list[tuple[str, str]]]) -> str:
-    """The ACL file text, users sorted so the same fleet renders the same bytes."""
-    return HEADER + "".join(_user_block(u, users[u]) for u in sorted(users))
+def broker_identities(fleet: Fleet, broker_name: str) -> list[str]:
+    """Every username ``broker_name`` holds (sorted): the only names its plugin lets in."""
+    return sorted(acl_rules(fleet, broker_name))
+
+
+def render_identities(names: Iterable[str]) -> str:
+    """The plugin's ``identities_file``: one username a line."""
+    return HEADER + "".join(f"{name}\n" for name in names)
+
+
+@dataclass(frozen=True)
+class AclFile:
+    """What the ACL file says: ``patterns`` for every user, then a block per user whose
+    grants differ from what the patterns give it."""
+
+    patterns: list[tuple[str, str]]
+    users: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+
+def acl_file(fleet: Fleet, broker_name: str) -> AclFile:
+    """The ACL of ``broker_name``: the device patterns, and a block only for users the patterns
+    do not describe exactly (devices with their own prefix or extra roles, clients, iotfleet's
+    own identities). A user's block denies each pattern grant its rules do not hold."""
+    patterns = device_patterns(fleet)
+    users: dict[str, list[tuple[str, str]]] = {}
+    for user, rules in acl_rules(fleet, broker_name).items():
+        given = [(a, t.replace(PATTERN_USER, user)) for a, t in patterns]
+        block = [rule for rule in _unique(rules) if rule not in given]
+        held = {topic for _, topic in rules}
+        block += [("deny", topic) for _, topic in given if topic not in held]
+        if block:
+            users[user] = block
+    return AclFile(patterns, users)
+
+
+def effective_rules(acl: AclFile, user: str) -> set[tuple[str, str]]:
+    """What ``acl`` grants ``user`` (allow lines of its block and the patterns, minus the
+    pattern grants its block denies by the same topic), as ``acl_rules`` says it."""
+    block = acl.users.get(user, [])
+    given = [(a, t.replace(PATTERN_USER, user)) for a, t in acl.patterns]
+    given_topics = {topic for _, topic in given}
+    denied = {topic for access, topic in block if access == "deny"}
+    own = {(a, t) for a, t in block if a != "deny" or t not in given_topics}
+    return own | {(a, t) for a, t in given if t not in denied}
+
+
+def _unique(rules: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(rules))
+
+
+def render_acl(acl: AclFile) -> str:
+    """The ACL file text: patterns, then users sorted so the same fleet renders the same
+    bytes."""
+    patterns = "".join(f"pattern {access} {topic}\n" for access, topic in acl.patterns)
+    return HEADER + patterns + "".join(_user_block(u, acl.users[u]) for u in sorted(acl.users))
 
 
 def _user_block(username: str, rules: Iterable[tuple[str, str]]) -> str:
@@ -161,7 +245,8 @@ def _user_block(username: str, rules: Iterable[tuple[str, str]]) -> str:
 
 def parse_acl(text: str) -> tuple[dict[str, set[tuple[str, str]]], list[str]]:
     """``({user: {(access, topic)}}, [lines that apply to everyone])``: what ``render_acl``
-    wrote, read back the way Mosquitto reads it (an ACL found on a host, for the checks)."""
+    wrote, read back the way Mosquitto reads it (an ACL found on a host, for the checks; the
+    ``pattern`` lines are among the second)."""
     users: dict[str, set[tuple[str, str]]] = {}
     general: list[str] = []
     current: str | None = None

@@ -9,6 +9,9 @@ option is repeated, one item a line). It enforces what Mosquitto's own files can
 - the health identity logs in only from a local address;
 - a retained PUBLISH is refused except on status topics: a device keeps at most one
   retained message, not one per telemetry topic;
+- only the broker's identities (``identities_file``) log in or, on certificate listeners
+  where no login callback runs, may do anything: the ACL's patterns give any name its device
+  topics, so a device of another site with a valid certificate must get nothing here;
 - on certificate-only listeners a ``certificate+password`` client may do nothing: Mosquitto
   takes the certificate as the login there without asking a plugin, so the connection itself
   cannot be refused.
@@ -57,10 +60,14 @@ def two_factor_clients(fleet: Fleet, broker: Broker) -> list[str]:
 
 
 def plugin_options(
-    fleet: Fleet, broker: Broker, listener: Listener, password_file: str | None
+    fleet: Fleet,
+    broker: Broker,
+    listener: Listener,
+    password_file: str | None,
+    identities_file: str,
 ) -> list[tuple[str, str]]:
     """``(key, value)`` pairs for the ``plugin_opt_<key> <value>`` lines of ``listener``."""
-    options = [("listener", str(listener.port))]
+    options = [("listener", str(listener.port)), ("identities_file", identities_file)]
     if listener.requires_password and password_file is not None:
         options.append(("password_file", password_file))
     if listener.auth == "certificate+password":

@@ -28,6 +28,9 @@ PASSWORD_FILE_PREFIX = f"{CONFIG_DIR}/passwd-"
 # The single shared file of earlier releases; removed by the rollout.
 LEGACY_PASSWORD_FILE = f"{CONFIG_DIR}/passwd"
 ACL_FILE = f"{CONFIG_DIR}/acl"
+# The usernames the broker holds, one a line: its plugin lets no other name in (the ACL's
+# patterns would give any name its own device topics).
+IDENTITIES_FILE = f"{CONFIG_DIR}/identities"
 DROPIN_DIR = "/etc/systemd/system/mosquitto.service.d"
 DROPIN = f"{DROPIN_DIR}/iotfleet-hardening.conf"
 PERSISTENCE_DIR = "/var/lib/mosquitto/"
@@ -115,6 +118,7 @@ DIRECTORIES = (
 
 CONFIG_FILE = _private(CONFIG, "broker configuration", "config", "restart")
 ACL = _private(ACL_FILE, "ACL", "config", "reload")
+IDENTITIES = _private(IDENTITIES_FILE, "identities", "users", "reload")
 CA_CHAIN_FILE = _private(CA_CHAIN, "CA chain", "trust", "restart")
 SERVER_CERT_FILE = _private(SERVER_CERT, "broker certificate", "trust", "restart")
 SERVER_KEY_FILE = _private(SERVER_KEY, "broker private key", "secret", "restart")
@@ -153,6 +157,7 @@ def broker_files(
         CERT_DIR_FILE,
         CONFIG_FILE,
         ACL,
+        IDENTITIES,
         *(password_file_spec(port) for port in password_ports),
         CA_CHAIN_FILE,
         SERVER_CERT_FILE,

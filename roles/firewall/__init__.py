@@ -19,7 +19,7 @@ from pyinfra.operations import files, systemd
 from iotfleet.model import Broker
 from iotfleet.roles.firewall.facts import LoadedRuleset, SshConnection
 from iotfleet.roles.fleet_context import fleet_model
-from iotfleet.roles.packages import install_debs
+from iotfleet.roles.packages import broker_packages, install_debs
 from iotfleet.roles.refusal import RolloutRefusedError
 from iotfleet.roles.this_host import this_broker
 
@@ -184,7 +184,12 @@ def deploy_firewall(broker: Broker | None = None) -> None:
     except FirewallWouldCutSshError as exc:
         raise RolloutRefusedError(f"iotfleet: {exc}") from None
     ruleset = render_ruleset(broker)
-    install_debs(name="Install nftables", packages=["nftables"])
+    names, versions = broker_packages(broker)
+    install_debs(
+        name=f"Install {', '.join(names)} in one apt transaction (no service started)",
+        packages=names,
+        versions=versions,
+    )
     files.directory(name="Create /etc/iotfleet", path="/etc/iotfleet", mode="755")
     files.put(
         name="Write the nftables ruleset",

@@ -30,10 +30,11 @@ from iotfleet.roles.this_host import this_broker
 def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     """
     Install Mosquitto and make it match the fleet: TLS only, client certificates, one password
-    file per password listener, per-device ACLs, CRL, iotfleet's plugin, limits, a systemd
-    sandbox; on an edge broker of a multi-site fleet (``fleet_sites``), its bridge to the
-    site's cores with its own bridge identity. A new configuration is tested on spare ports
-    (without the bridge), health-checked and rolled back if the broker does not come up.
+    file per password listener, an ACL whose device rules are patterns (only the broker's
+    identities log in: the plugin's identities file), CRL, iotfleet's plugin, limits, a
+    systemd sandbox; on an edge broker of a multi-site fleet (``fleet_sites``), its bridge to
+    the site's cores with its own bridge identity. A new configuration is tested on spare
+    ports (without the bridge), health-checked and rolled back if the broker does not come up.
 
     + ctx: the fleet of this run; default: the current pyinfra inventory, validated once, with
       its PKI reconciled on the control machine (CA, broker and device certificates, CRL)

@@ -17,8 +17,9 @@ from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.roles.mosquitto.diff import show_change
 from iotfleet.roles.mosquitto.facts import ManagedFileStates, ServiceActive
+from iotfleet.roles.packages import MOSQUITTO_PACKAGES
 
-PACKAGES = ("mosquitto", "mosquitto-clients")
+PACKAGES = MOSQUITTO_PACKAGES
 
 
 def run_stage_name() -> str:

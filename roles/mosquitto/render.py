@@ -15,7 +15,7 @@ from iotfleet.fleet.credentials import health_password
 from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.model.own_identities import health_identity_name, health_topic
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import acl_rules, render_acl
+from iotfleet.mosquitto.acl import acl_file, broker_identities, render_acl, render_identities
 from iotfleet.mosquitto.auth_plugin import plugin_options
 from iotfleet.mosquitto.bridge import edge_bridge, render_bridge
 from iotfleet.mosquitto.logins import password_users
@@ -58,6 +58,7 @@ class BrokerConfig:
             "server_key": layout.SERVER_KEY,
             "crl": layout.CRL,
             "acl": layout.ACL_FILE,
+            "identities": layout.IDENTITIES_FILE,
             "plugin": layout.AUTH_PLUGIN,
         }
         for listener in self.broker.mosquitto.listeners:
@@ -83,7 +84,9 @@ class BrokerConfig:
             if candidate:
                 view = _ListenerView(listener, port=f"@PORT{index}@", bind_address="127.0.0.1")
             password_file = files.get(f"passwd-{listener.port}")
-            options = plugin_options(self.fleet, self.broker, listener, password_file)
+            options = plugin_options(
+                self.fleet, self.broker, listener, password_file, files["identities"]
+            )
             blocks.append((view, password_file, options))
         text = render_template(
             "mosquitto.conf.j2",
@@ -143,11 +146,13 @@ def service_files(ctx: FleetContext, broker: Broker) -> tuple[BrokerConfig, list
     """mosquitto.conf, ACL, one password file per password listener, the plugin and the
     sandbox drop-in for ``broker``. Pure: the same inventory renders the same bytes."""
     config = BrokerConfig(broker, ctx.fleet)
-    acl = render_acl(acl_rules(ctx.fleet, broker.name))
+    acl = render_acl(acl_file(ctx.fleet, broker.name))
+    identities = render_identities(broker_identities(ctx.fleet, broker.name))
     memory_high, memory_max = memory_limits(broker)
     files = [
         layout.CONFIG_FILE.with_content(config.text().encode()),
         layout.ACL.with_content(acl.encode()),
+        layout.IDENTITIES.with_content(identities.encode()),
         layout.AUTH_PLUGIN_FILE.with_content(auth_plugin()),
         layout.DROPIN_FILE.with_content(
             render_template(

@@ -182,6 +182,10 @@ def _listener_blocks(conf: str, change: Callable[[int, str], str]) -> str:
 
 def _acl_block(acl: str, user: str, change: Callable[[str], str]) -> str:
     head, *blocks = acl.split("\nuser ")
+    if not any(b.split("\n", 1)[0] == user for b in blocks):
+        # A device on the default prefix has no block (the patterns say its rules): add one.
+        blocks.append(f"{user}\n")
+        head = head if head.endswith("\n") else head + "\n"
     return "\nuser ".join(
         [head, *(change(b) if b.split("\n", 1)[0] == user else b for b in blocks)]
     )

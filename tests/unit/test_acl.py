@@ -11,7 +11,14 @@ from iotfleet.model.own_identities import (
     PROBE_DEVICES,
     health_identity_name,
 )
-from iotfleet.mosquitto.acl import acl_rules, certificate_topics, render_acl
+from iotfleet.mosquitto.acl import (
+    acl_file,
+    acl_rules,
+    broker_identities,
+    certificate_topics,
+    effective_rules,
+    render_acl,
+)
 
 BROKER = "mqtt1.example.net"
 
@@ -39,11 +46,12 @@ def test_only_the_delivery_identity_writes_certificate_topics() -> None:
         fleet_clients=[{"name": "ops", "roles": ["admin"]}],
     )
     rules = acl_rules(f, BROKER)
+    # With "+": only the broker's identities log in (the plugin's identities_file).
     assert rules[DELIVERY_IDENTITY] == [
-        ("write", "iotfleet/pki/gw-1/certificate"),
-        ("write", "iotfleet/pki/gw-1/rekey"),
-        ("read", "iotfleet/pki/gw-1/csr"),
-        ("read", "devices/gw-1/status"),
+        ("write", "iotfleet/pki/+/certificate"),
+        ("write", "iotfleet/pki/+/rekey"),
+        ("read", "iotfleet/pki/+/csr"),
+        ("read", "devices/+/status"),
     ]
     writers = {
         (user, topic)
@@ -51,11 +59,13 @@ def test_only_the_delivery_identity_writes_certificate_topics() -> None:
         for access, topic in granted
         if access in ("write", "readwrite") and topic.startswith("iotfleet/pki")
     }
-    # Only iotfleet writes certificates and re-key requests; only the device writes its CSR.
+    # Only iotfleet writes certificates and re-key requests; only the device writes its CSR
+    # (the probes are devices under the same contract).
     assert writers == {
-        (DELIVERY_IDENTITY, "iotfleet/pki/gw-1/certificate"),
-        (DELIVERY_IDENTITY, "iotfleet/pki/gw-1/rekey"),
+        (DELIVERY_IDENTITY, "iotfleet/pki/+/certificate"),
+        (DELIVERY_IDENTITY, "iotfleet/pki/+/rekey"),
         ("gw-1", "iotfleet/pki/gw-1/csr"),
+        *((probe, f"iotfleet/pki/{probe}/csr") for probe in PROBE_DEVICES),
     }
     assert certificate_topics(f) == [
         "iotfleet/pki/gw-1/certificate",
@@ -94,13 +104,18 @@ def test_revoked_identities_lose_every_rule() -> None:
     }
 
 
-def test_rendering_is_deterministic_and_has_no_pattern_lines() -> None:
-    f = fleet(fleet_devices=[{"id": f"gw-{i}"} for i in range(50)])
-    text = render_acl(acl_rules(f, BROKER))
-    assert text == render_acl(acl_rules(f, BROKER))
+def test_rendering_is_deterministic_and_devices_are_patterns() -> None:
+    f = fleet(
+        fleet_devices=[{"id": f"gw-{i}"} for i in range(50)],
+        fleet_clients=[{"name": "ops", "roles": ["admin"]}, {"name": "dash"}],
+    )
+    text = render_acl(acl_file(f, BROKER))
+    assert text == render_acl(acl_file(f, BROKER))
     assert text.startswith("# managed by iotfleet")
-    assert "\npattern " not in text and "topic read #\n" not in text
-    assert text.index("user gw-1\n") < text.index("user gw-2\n")
+    assert "pattern write devices/%u/telemetry/#\n" in text
+    assert "pattern write iotfleet/pki/%u/csr\n" in text
+    assert "user gw-1\n" not in text and "topic read #\n" not in text
+    assert text.index("user dash\n") < text.index("user ops\n")
 
 
 def test_identities_limited_to_some_brokers_exist_only_there() -> None:
@@ -113,8 +128,9 @@ def test_identities_limited_to_some_brokers_exist_only_there() -> None:
     own = {DELIVERY_IDENTITY, *PROBE_DEVICES}
     assert set(acl_rules(two, "b1")) == {"gw-1", "gw-2", health_identity_name("b1"), *own}
     assert set(acl_rules(two, "b2")) == {"gw-2", "ann", health_identity_name("b2"), *own}
-    # The delivery identity writes only the certificate topics of the broker's own devices.
-    assert ("write", "iotfleet/pki/gw-1/certificate") not in acl_rules(two, "b2")[DELIVERY_IDENTITY]
+    # Only the broker's own identities log in: the patterns reach no one else.
+    assert "gw-1" not in broker_identities(two, "b2")
+    assert set(broker_identities(two, "b1")) == set(acl_rules(two, "b1"))
 
 
 def test_unknown_broker_of_an_identity_is_refused() -> None:
@@ -129,4 +145,53 @@ def test_probe_identities_are_confined_like_devices() -> None:
         ("write", f"devices/{PROBE_DEVICE}/telemetry/#"),
         ("write", f"devices/{PROBE_DEVICE}/status"),
         ("read", f"devices/{PROBE_DEVICE}/commands/#"),
+        ("read", f"iotfleet/pki/{PROBE_DEVICE}/certificate"),
+        ("read", f"iotfleet/pki/{PROBE_DEVICE}/rekey"),
+        ("write", f"iotfleet/pki/{PROBE_DEVICE}/csr"),
     ]
+
+
+def test_the_acl_does_not_grow_with_the_fleet() -> None:
+    """10 devices or 10,000: the same ACL lines (devices are the patterns), while each device
+    still gets exactly its own rules and the broker holds every identity."""
+
+    def rendered(count: int) -> tuple[str, list[str]]:
+        f = fleet(
+            fleet_devices=[{"id": f"gw-{i}"} for i in range(count)],
+            fleet_clients=[{"name": "ops", "roles": ["admin"]}, {"name": "dash"}],
+        )
+        acl = acl_file(f, BROKER)
+        for device in ("gw-0", f"gw-{count - 1}"):
+            assert effective_rules(acl, device) == set(acl_rules(f, BROKER)[device])
+        return render_acl(acl), broker_identities(f, BROKER)
+
+    small, small_ids = rendered(10)
+    large, large_ids = rendered(10_000)
+    assert large == small
+    assert len(large.splitlines()) < 60
+    assert len(large_ids) - len(small_ids) == 10_000 - 10
+
+
+def test_only_devices_with_their_own_prefix_or_roles_get_a_block() -> None:
+    f = fleet(
+        fleet_roles={"own-config": {"read": ["config/%u"]}},
+        fleet_devices=[
+            {"id": "gw-1"},
+            {"id": "gw-2", "topic_prefix": "plant/line-2"},
+            {"id": "gw-3", "roles": ["own-config"]},
+        ],
+    )
+    acl = acl_file(f, BROKER)
+    assert "gw-1" not in acl.users
+    # Its own prefix instead of devices/gw-2: the pattern's default prefix is denied.
+    assert acl.users["gw-2"] == [
+        ("write", "plant/line-2/telemetry/#"),
+        ("write", "plant/line-2/status"),
+        ("read", "plant/line-2/commands/#"),
+        ("deny", "devices/gw-2/telemetry/#"),
+        ("deny", "devices/gw-2/status"),
+        ("deny", "devices/gw-2/commands/#"),
+    ]
+    assert acl.users["gw-3"] == [("read", "config/gw-3")]
+    for user, rules in acl_rules(f, BROKER).items():
+        assert effective_rules(acl, user) == set(rules), user

@@ -47,7 +47,7 @@ from iotfleet.check.service_checks import (
 from iotfleet.fleet.context import FleetContext
 from iotfleet.model import Broker, Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import acl_rules, render_acl
+from iotfleet.mosquitto.acl import acl_file, render_acl
 from iotfleet.mosquitto.conf import include_dirs, parse_config
 from iotfleet.mosquitto.logins import password_users
 from iotfleet.roles.mosquitto.render import BrokerConfig
@@ -325,27 +325,43 @@ def test_service_user_and_sandbox(broker: Broker) -> None:
 
 
 def test_acl(fleet: Fleet) -> None:
-    good = render_acl(acl_rules(fleet, HOST))
+    good = render_acl(acl_file(fleet, HOST))
     assert acl_problems(HOST, fleet, HOST, good) == []
-    everything = good.replace("user gw-1\n", "user gw-1\ntopic read #\n")
+    everything = good + "\nuser gw-1\ntopic read #\n"
     assert acl_problems(HOST, fleet, HOST, everything) == [
         f"the ACL on {HOST} lets device gw-1 read '#' (not granted by the inventory)"
     ]
-    swapped = good.replace("write devices/gw-1/telemetry/#", "write devices/gw-2/telemetry/#")
+    swapped = (
+        good
+        + "\nuser gw-1\ntopic deny devices/gw-1/telemetry/#\ntopic write devices/gw-2/telemetry/#\n"
+    )
     assert acl_problems(HOST, fleet, HOST, swapped) == [
         f"the ACL on {HOST} lets device gw-1 write 'devices/gw-2/telemetry/#' (not granted by "
         "the inventory)",
         f"the ACL on {HOST} no longer lets device gw-1 write 'devices/gw-1/telemetry/#' "
         "(granted by the inventory)",
     ]
-    extra = "topic read #\n" + good + "\nuser intruder\ntopic #\npattern read %u/#\n"
-    assert acl_problems(HOST, fleet, HOST, extra) == [
-        f"the ACL on {HOST} has a rule for every client: 'topic read #' (not from the inventory)",
-        f"the ACL on {HOST} has a rule for every client: 'pattern read %u/#' (not from the "
+    widened = good.replace("pattern read devices/%u/commands/#", "pattern read devices/#")
+    assert acl_problems(HOST, fleet, HOST, widened)[:2] == [
+        f"the ACL on {HOST} has the pattern 'read devices/#' for every user (not from the "
         "inventory)",
-        f"the ACL on {HOST} has rules for user intruder, who is not an active user of the "
-        "inventory (readwrite #)",
+        f"the ACL on {HOST} lacks the device pattern 'read devices/%u/commands/#' (from the "
+        "inventory)",
     ]
+    extra = "topic read #\n" + good + "\nuser intruder\ntopic #\npattern read %u/#\n"
+    problems = acl_problems(HOST, fleet, HOST, extra)
+    assert problems[:2] == [
+        f"the ACL on {HOST} has a rule for every client: 'topic read #' (not from the inventory)",
+        f"the ACL on {HOST} has the pattern 'read %u/#' for every user (not from the inventory)",
+    ]
+    # A pattern reaches every user: each one is named with what it gains.
+    assert f"the ACL on {HOST} lets device gw-1 read 'gw-1/#' (not granted by the inventory)" in (
+        problems
+    )
+    assert (
+        f"the ACL on {HOST} has rules for user intruder, who is not an active user of the "
+        "inventory (readwrite #)"
+    ) in problems
 
 
 def test_topic_matching_and_grants() -> None:

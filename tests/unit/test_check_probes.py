@@ -253,7 +253,7 @@ def test_optional_certificates_let_foreign_revoked_and_expired_ones_in(
 def test_a_permissive_acl_is_caught_by_what_arrives(local: Local, tmp_path: Path) -> None:
     acl = local.files[layout.ACL_FILE]
     original = acl.read_text()
-    acl.write_text(original.replace("user gw-1\n", "user gw-1\ntopic readwrite #\n"))
+    acl.write_text(original + "\nuser gw-1\ntopic readwrite #\n")
     try:
         with local.running(tmp_path):
             prober = local.prober()

@@ -11,7 +11,7 @@ import pytest
 
 from iotfleet.model import Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import acl_rules, parse_acl, render_acl
+from iotfleet.mosquitto.acl import acl_file, acl_rules, effective_rules, parse_acl, render_acl
 from iotfleet.mosquitto.conf import parse_config
 from iotfleet.roles.mosquitto.render import BrokerConfig
 
@@ -38,10 +38,15 @@ def fleet() -> Fleet:
 
 def test_the_acl_parses_back_to_the_rules_it_was_rendered_from(fleet: Fleet) -> None:
     rules = acl_rules(fleet, "b1.example.net")
-    users, general = parse_acl(render_acl(rules))
-    assert general == []  # nothing that applies to every client
-    assert users == {user: set(granted) for user, granted in rules.items()}
-    assert "gw-2" not in users  # a revoked device has no block at all
+    rendered = acl_file(fleet, "b1.example.net")
+    users, general = parse_acl(render_acl(rendered))
+    # Nothing applies to every client but the device patterns.
+    assert general == [f"pattern {a} {t}" for a, t in rendered.patterns]
+    assert users == {user: set(granted) for user, granted in rendered.users.items()}
+    # Each user gets, by its block and the patterns, exactly what the inventory grants.
+    for user, granted in rules.items():
+        assert effective_rules(rendered, user) == set(granted), user
+    assert "gw-1" not in users  # a device on the default prefix has no block at all
 
 
 def test_mosquitto_conf_parses_back_to_the_inventorys_listeners(fleet: Fleet) -> None:

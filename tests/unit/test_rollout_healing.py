@@ -11,6 +11,7 @@ import pytest
 
 from iotfleet.check.host_facts import PackageOrigin, PackageState, parse_origin
 from iotfleet.check.service_checks import origin_problems
+from iotfleet.model import RawHost, build_fleet
 from iotfleet.roles import packages
 from iotfleet.roles.pyinfra_fixes import HostConnectionLost, _connection_lost_is_host_error, _lost
 
@@ -134,6 +135,25 @@ def test_missing_packages_honour_the_pinned_version() -> None:
     assert packages.missing_packages(installed, ["mosquitto", "mosquitto-clients"]) == []
     assert packages.missing_packages(installed, ["mosquitto"], "2.0.18-1") == ["mosquitto=2.0.18-1"]
     assert packages.missing_packages({}, ["nftables"]) == ["nftables"]
+    # One transaction for a broker: Mosquitto pinned, nftables at any version.
+    pinned = {"mosquitto": "2.0.18-1", "mosquitto-clients": "2.0.18-1"}
+    assert packages.missing_packages(
+        installed, ["mosquitto", "mosquitto-clients", "nftables"], versions=pinned
+    ) == ["mosquitto=2.0.18-1", "mosquitto-clients=2.0.18-1", "nftables"]
+
+
+def test_a_broker_needs_mosquitto_and_nftables_from_one_install() -> None:
+    def broker(**data: object):
+        fleet = build_fleet([RawHost("b", ("brokers",), {"fleet_name": "x", **data})])
+        return fleet.broker("b")
+
+    names, versions = packages.broker_packages(broker())
+    assert names == ["mosquitto", "mosquitto-clients", "nftables"] and versions == {}
+    names, versions = packages.broker_packages(
+        broker(firewall_enabled=False, mosquitto_package_version="2.0.18-1")
+    )
+    assert names == ["mosquitto", "mosquitto-clients"]
+    assert versions == {"mosquitto": "2.0.18-1", "mosquitto-clients": "2.0.18-1"}
 
 
 def test_eof_from_a_connector_is_that_hosts_connection_lost() -> None:

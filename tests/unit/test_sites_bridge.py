@@ -9,7 +9,7 @@ site off at the core. tests/integration/test_sites.py repeats this on the lab's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +29,11 @@ from iotfleet.check.mqtt_probe import (
     try_connect,
 )
 from iotfleet.check.tls_context import client_context
+from iotfleet.device.contract import certificate_topic, csr_topic
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.model import Fleet, RawHost, build_fleet
-from iotfleet.model.own_identities import bridge_identity_name
+from iotfleet.model.own_identities import DELIVERY_IDENTITY, bridge_identity_name
 from iotfleet.roles.mosquitto.render import service_files
 from iotfleet.roles.pki import bridge_pki_files, broker_pki_files
 from tests.support.local_broker import free_port, running_mosquitto
@@ -95,8 +96,15 @@ class Sites:
 
 
 @contextmanager
-def running_broker(ctx: FleetContext, name: str, work: Path) -> Iterator[Path]:
-    """One broker with its rendered files (and, on an edge, its bridge identity)."""
+def running_broker(
+    ctx: FleetContext,
+    name: str,
+    work: Path,
+    edit: Callable[[str], str] | None = None,
+    port: int | None = None,
+) -> Iterator[Path]:
+    """One broker with its rendered files (and, on an edge, its bridge identity); ``edit``
+    changes its mosquitto.conf first, ``port`` moves its (single) listener."""
     broker = ctx.fleet.broker(name)
     config, files = service_files(ctx, broker)
     pki_files = broker_pki_files(ctx.pki, name)
@@ -108,7 +116,13 @@ def running_broker(ctx: FleetContext, name: str, work: Path) -> Iterator[Path]:
         local.write_bytes(managed.content)
         paths[managed.path] = str(local)
     ports = [listener.port for listener in broker.mosquitto.listeners]
-    with running_mosquitto(config.text(paths), work, ports) as log:
+    text = config.text(paths)
+    if edit is not None:
+        text = edit(text)
+    if port is not None:
+        (old,) = ports
+        text, ports = text.replace(f"\nlistener {old} ", f"\nlistener {port} "), [port]
+    with running_mosquitto(text, work, ports) as log:
         yield log
 
 
@@ -221,12 +235,77 @@ def test_a_device_cannot_read_another_sites_topics_at_the_core(sites: Sites) -> 
         assert {m.topic for m in spy.messages()} == {"devices/gw-a/commands/marker"}
 
 
+def _strangers_attempts(stranger: Session) -> list[int]:
+    """What a device of site b tries on site a's edge under its own name (what the ACL's
+    patterns give any name): reason codes of its publishes and subscriptions."""
+    return [
+        stranger.publish("devices/gw-b/telemetry/temp"),
+        stranger.publish("devices/gw-b/status"),
+        stranger.publish(csr_topic("gw-b")),
+        stranger.subscribe("devices/gw-b/commands/#"),
+        stranger.subscribe(certificate_topic("gw-b")),
+    ]
+
+
 def test_a_device_of_another_site_may_do_nothing_on_this_sites_edge(sites: Sites) -> None:
-    """Its certificate is the fleet's, so TLS lets it in; the edge's ACL has no entry for it."""
+    """Its certificate is the fleet's, so TLS lets it in; the edge's plugin does not hold its
+    name (identities_file), so the ACL's patterns never apply to it."""
     with sites.connect("edge-a1", "gw-b") as stranger, sites.connect("edge-a1", "gw-a") as own:
-        assert stranger.publish("devices/gw-b/telemetry/temp") == NOT_AUTHORIZED
-        assert stranger.publish("devices/gw-b/status") == NOT_AUTHORIZED
+        assert _strangers_attempts(stranger) == [NOT_AUTHORIZED] * 5
+        assert succeeded(own.publish("devices/gw-b/telemetry/temp")) is False
         assert succeeded(own.publish("devices/gw-a/telemetry/temp"))
+
+
+def test_a_client_gets_nothing_from_the_device_patterns(sites: Sites) -> None:
+    """The patterns apply to every user: a client named X would get devices/X/... and X's
+    certificate topics; its block denies them (Mosquitto checks a user's denials first)."""
+    with sites.connect("core-1", "control-room") as operator:
+        assert operator.publish("devices/control-room/telemetry/temp") == NOT_AUTHORIZED
+        assert operator.publish("devices/control-room/status") == NOT_AUTHORIZED
+        assert operator.publish(csr_topic("control-room")) == NOT_AUTHORIZED
+        # What its role grants still works.
+        assert succeeded(operator.publish("devices/gw-a/commands/ping"))
+
+
+def test_a_client_reads_nothing_on_its_namesakes_certificate_topic(sites: Sites) -> None:
+    """Mosquitto 2.0 acknowledges the subscription (the pattern matches it; denials apply to
+    each message), but a retained message there never reaches the client."""
+    topic = certificate_topic("control-room")
+    with sites.connect("core-1", DELIVERY_IDENTITY) as delivery:
+        assert succeeded(delivery.publish(topic, b"planted", retain=True))
+    try:
+        with (
+            sites.connect("core-1", "control-room") as operator,
+            sites.connect("core-1", "gw-a") as device,
+        ):
+            operator.subscribe(topic)
+            operator.subscribe("devices/gw-a/status")
+            # Sent after the retained one was due: once it is in, the other would be too.
+            assert succeeded(device.publish("devices/gw-a/status", b"marker"))
+            wait_until(lambda: bool(operator.messages("devices/gw-a/status")))
+            assert operator.messages(topic) == []
+    finally:
+        with sites.connect("core-1", DELIVERY_IDENTITY) as delivery:
+            delivery.publish(topic, b"", retain=True)
+
+
+def test_without_the_identities_file_the_patterns_would_let_the_stranger_in(
+    sites: Sites, tmp_path: Path
+) -> None:
+    """The attack above is real: the same edge without ``plugin_opt_identities_file`` (and
+    without its bridge, which would take the live one's session at the core) gives the device
+    of site b its own topics."""
+
+    def weakened(text: str) -> str:
+        kept = [line for line in text.split("\n") if "plugin_opt_identities_file" not in line]
+        return "\n".join(kept).split("\nconnection ")[0] + "\n"
+
+    port = free_port()
+    with running_broker(sites.ctx, "edge-a1", tmp_path, edit=weakened, port=port):
+        target = Target("127.0.0.1", port, sites.ctx.pki.ca_chain_pem())
+        with session(target, sites.identity("gw-b")) as stranger:
+            codes = _strangers_attempts(stranger)
+    assert all(code < 0x80 for code in codes), codes
 
 
 def test_revoking_the_bridge_identity_cuts_the_site_off_at_the_core(

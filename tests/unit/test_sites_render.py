@@ -12,7 +12,13 @@ from iotfleet.check.file_checks import expected_files
 from iotfleet.model import RawHost, build_fleet
 from iotfleet.model.fleet import Fleet
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import acl_rules, parse_acl, render_acl
+from iotfleet.mosquitto.acl import (
+    acl_file,
+    broker_identities,
+    effective_rules,
+    parse_acl,
+    render_acl,
+)
 from iotfleet.mosquitto.bridge import (
     Bridge,
     BridgeTopic,
@@ -146,8 +152,9 @@ def test_edge_config_ends_with_its_bridge_and_keeps_its_listeners(fleet: Fleet) 
 
 
 def test_core_acl_confines_each_bridge_to_its_sites_device_topics(fleet: Fleet) -> None:
-    users, general = parse_acl(render_acl(acl_rules(fleet, "core-1")))
-    assert general == []
+    rendered = acl_file(fleet, "core-1")
+    _, general = parse_acl(render_acl(rendered))
+    assert general == [f"pattern {a} {t}" for a, t in rendered.patterns]
     site_a = {
         ("write", "devices/gw-a1/telemetry/#"),
         ("write", "devices/gw-a1/status"),
@@ -156,14 +163,22 @@ def test_core_acl_confines_each_bridge_to_its_sites_device_topics(fleet: Fleet) 
         ("write", "plant-a/line-2/status"),
         ("read", "plant-a/line-2/commands/#"),
     }
-    assert users["iotfleet-bridge-edge-a1"] == users["iotfleet-bridge-edge-a2"] == site_a
-    assert users["iotfleet-bridge-edge-b1"] == {
+    granted = {
+        name: effective_rules(rendered, name)
+        for name in (
+            "iotfleet-bridge-edge-a1",
+            "iotfleet-bridge-edge-a2",
+            "iotfleet-bridge-edge-b1",
+        )
+    }
+    assert granted["iotfleet-bridge-edge-a1"] == granted["iotfleet-bridge-edge-a2"] == site_a
+    assert granted["iotfleet-bridge-edge-b1"] == {
         ("write", "devices/gw-b1/telemetry/#"),
         ("write", "devices/gw-b1/status"),
         ("read", "devices/gw-b1/commands/#"),
     }
     # Edges carry no bridge users: bridges log in at the cores only.
-    edge_users, _ = parse_acl(render_acl(acl_rules(fleet, "edge-a1")))
+    edge_users, _ = parse_acl(render_acl(acl_file(fleet, "edge-a1")))
     assert not any(u.startswith("iotfleet-bridge-") for u in edge_users)
 
 
@@ -172,7 +187,7 @@ def test_a_revoked_sites_bridges_lose_their_acl_at_the_core() -> None:
         {"name": "a", "edges": ["edge-a1", "edge-a2"], "bridge_revoked": "keyCompromise"},
         {"name": "b", "edges": ["edge-b1"]},
     ]
-    users, _ = parse_acl(render_acl(acl_rules(fleet_of(fleet_sites=sites), "core-2")))
+    users, _ = parse_acl(render_acl(acl_file(fleet_of(fleet_sites=sites), "core-2")))
     assert "iotfleet-bridge-edge-a1" not in users and "iotfleet-bridge-edge-b1" in users
 
 
@@ -184,13 +199,14 @@ def test_a_site_with_its_own_core_bridges_to_that_core_only() -> None:
     fleet = fleet_of(fleet_sites=sites)
     bridge = edge_bridge(fleet, "edge-a1")
     assert bridge is not None and bridge.addresses == (("core-2", 8883),)
-    users, _ = parse_acl(render_acl(acl_rules(fleet, "core-1")))
+    users, _ = parse_acl(render_acl(acl_file(fleet, "core-1")))
     assert "iotfleet-bridge-edge-a1" not in users and "iotfleet-bridge-edge-b1" in users
 
 
 def test_device_entries_exist_only_on_their_sites_brokers_and_the_cores(fleet: Fleet) -> None:
     def acl_users(broker: str) -> set[str]:
-        return set(parse_acl(render_acl(acl_rules(fleet, broker)))[0])
+        # The ACL's patterns serve any name: the broker's identities are who gets in.
+        return set(broker_identities(fleet, broker))
 
     assert "gw-a1" in acl_users("edge-a1") and "gw-b1" not in acl_users("edge-a1")
     assert "gw-b1" in acl_users("edge-b1") and "gw-a1" not in acl_users("edge-b1")

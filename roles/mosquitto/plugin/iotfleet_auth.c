@@ -12,12 +12,15 @@
  *   local_only      identities that may only log in from a local address
  *   local_addresses the addresses counted as local (loopback, the broker's bind addresses)
  *   retain_topics   topic filters on which a retained PUBLISH is allowed; refused elsewhere
+ *   identities_file the broker's usernames, one a line ('#' lines are comments): no other name
+ *                   logs in, or, on certificate listeners where no login callback runs, may
+ *                   do anything (the ACL's patterns would give any name its device topics)
  *   no_access       identities that may do nothing on this listener: a certificate+password
  *                   client on a certificate-only listener, where Mosquitto runs no login
  *                   callback (its certificate alone must not be enough)
  *
  * Each refused login is logged at NOTICE with username, client address, listener and reason.
- * The password file is read again on SIGHUP (MOSQ_EVT_RELOAD).
+ * The password and identities files are read again on SIGHUP (MOSQ_EVT_RELOAD).
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -62,6 +65,8 @@ struct instance {
 	struct list local_addresses;
 	struct list retain_topics;
 	struct list no_access;
+	char *identities_file;
+	struct list identities; /* sorted, for bsearch */
 	struct entry *entries;
 	int entry_count;
 	int dummy_iterations;
@@ -111,6 +116,55 @@ static bool list_has(const struct list *list, const char *value)
 		}
 	}
 	return false;
+}
+
+static int compare_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool is_identity(const struct instance *inst, const char *user)
+{
+	if (inst->identities_file == NULL) {
+		return true;
+	}
+	if (user == NULL || inst->identities.count == 0) {
+		return false;
+	}
+	return bsearch(&user, inst->identities.items, (size_t)inst->identities.count,
+		       sizeof(char *), compare_names) != NULL;
+}
+
+/* Read the identities file; on failure the old list stays in place. */
+static int load_identities(struct instance *inst)
+{
+	FILE *file = fopen(inst->identities_file, "r");
+	char line[MAX_LINE];
+	struct list names = {NULL, 0};
+
+	if (file == NULL) {
+		mosquitto_log_printf(MOSQ_LOG_ERR, "iotfleet_auth: listener %s: cannot read %s",
+				     inst->listener, inst->identities_file);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	while (fgets(line, sizeof(line), file)) {
+		line[strcspn(line, "\r\n")] = '\0';
+		if (line[0] == '\0' || line[0] == '#') {
+			continue;
+		}
+		if (list_add(&names, line) != MOSQ_ERR_SUCCESS) {
+			list_free(&names);
+			fclose(file);
+			return MOSQ_ERR_NOMEM;
+		}
+	}
+	fclose(file);
+	if (names.count > 1) {
+		qsort(names.items, (size_t)names.count, sizeof(char *), compare_names);
+	}
+	list_free(&inst->identities);
+	inst->identities = names;
+	return MOSQ_ERR_SUCCESS;
 }
 
 static void entries_free(struct entry *entries, int count)
@@ -341,6 +395,9 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if (ed->username == NULL || ed->username[0] == '\0') {
 		return refuse(inst, ed->username, address, "no username");
 	}
+	if (!is_identity(inst, ed->username)) {
+		return refuse(inst, ed->username, address, "not an identity of this broker");
+	}
 	if (list_has(&inst->local_only, ed->username) && !is_local(inst, address)) {
 		return refuse(inst, ed->username, address, "local-only identity from a remote address");
 	}
@@ -373,6 +430,9 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	(void)event;
 
 	/* Also covers certificate listeners, where no login callback runs. */
+	if (!is_identity(inst, username)) {
+		return MOSQ_ERR_ACL_DENIED;
+	}
 	if (username && list_has(&inst->local_only, username) &&
 	    !is_local(inst, client_address(ed->client))) {
 		return MOSQ_ERR_ACL_DENIED;
@@ -406,6 +466,11 @@ static int on_reload(int event, void *event_data, void *userdata)
 				     "iotfleet_auth: listener %s: keeping the previous passwords",
 				     inst->listener);
 	}
+	if (inst->identities_file != NULL && load_identities(inst) != MOSQ_ERR_SUCCESS) {
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				     "iotfleet_auth: listener %s: keeping the previous identities",
+				     inst->listener);
+	}
 	/* Not DEFER: Mosquitto would stop its own reload of this listener's security. */
 	return MOSQ_ERR_SUCCESS;
 }
@@ -421,6 +486,8 @@ static void instance_free(struct instance *inst)
 	list_free(&inst->local_addresses);
 	list_free(&inst->retain_topics);
 	list_free(&inst->no_access);
+	free(inst->identities_file);
+	list_free(&inst->identities);
 	entries_free(inst->entries, inst->entry_count);
 	free(inst);
 }
@@ -445,6 +512,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		} else if (strcmp(key, "password_file") == 0) {
 			free(inst->password_file);
 			inst->password_file = strdup(value);
+		} else if (strcmp(key, "identities_file") == 0) {
+			free(inst->identities_file);
+			inst->identities_file = strdup(value);
 		} else if (strcmp(key, "require_cn") == 0) {
 			inst->require_cn = strcmp(value, "true") == 0;
 		} else if (strcmp(key, "local_only") == 0) {
@@ -466,8 +536,11 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	if (rc == MOSQ_ERR_SUCCESS && inst->password_file != NULL) {
 		rc = load_password_file(inst);
 	}
+	if (rc == MOSQ_ERR_SUCCESS && inst->identities_file != NULL) {
+		rc = load_identities(inst);
+	}
 	if (rc == MOSQ_ERR_SUCCESS && (inst->password_file || inst->require_cn ||
-				       inst->local_only.count)) {
+				       inst->local_only.count || inst->identities_file)) {
 		rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL,
 						 inst);
 	}
@@ -483,8 +556,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		return rc;
 	}
 	*userdata = inst;
-	mosquitto_log_printf(MOSQ_LOG_INFO, "iotfleet_auth: listener %s: %d passwords%s", inst->listener,
-			     inst->entry_count, inst->require_cn ? ", certificate CN = username" : "");
+	mosquitto_log_printf(MOSQ_LOG_INFO, "iotfleet_auth: listener %s: %d passwords, %d identities%s",
+			     inst->listener, inst->entry_count, inst->identities.count,
+			     inst->require_cn ? ", certificate CN = username" : "");
 	return MOSQ_ERR_SUCCESS;
 }
 
