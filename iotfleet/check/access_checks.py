@@ -5,7 +5,7 @@ from __future__ import annotations
 from iotfleet.model import Fleet, Listener
 from iotfleet.model.own_identities import PROBE_DEVICES, health_identity_name
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import AclFile, acl_file, acl_rules, effective_rules, parse_acl
+from iotfleet.mosquitto.acl import acl_file, acl_rules, effective_rules, read_acl
 from iotfleet.mosquitto.logins import password_users
 
 
@@ -52,13 +52,13 @@ _VERB = {"read": "read", "write": "write", "readwrite": "read and write", "deny"
 def acl_problems(host: str, fleet: Fleet, broker_name: str, text: str) -> list[str]:
     """The ACL on the host grants exactly what the inventory grants: its device patterns and
     blocks, read the way Mosquitto applies them to each user."""
-    actual, general = parse_acl(text)
+    found, general = read_acl(text)
+    actual = found.users
+    patterns = found.patterns
     wanted = acl_file(fleet, broker_name)
-    patterns = [_pattern(line) for line in general if line.startswith("pattern ")]
     problems = [
         f"the ACL on {host} has a rule for every client: '{line}' (not from the inventory)"
         for line in general
-        if not line.startswith("pattern ")
     ]
     problems += [
         f"the ACL on {host} has the pattern '{a} {t}' for every user (not from the inventory)"
@@ -70,7 +70,6 @@ def acl_problems(host: str, fleet: Fleet, broker_name: str, text: str) -> list[s
         for a, t in wanted.patterns
         if (a, t) not in patterns
     ]
-    found = AclFile(patterns, {user: sorted(rules) for user, rules in actual.items()})
     expected = acl_rules(fleet, broker_name)
     for user in sorted(set(actual) | set(expected)):
         who = _owner(fleet, user, broker_name)
@@ -93,12 +92,3 @@ def acl_problems(host: str, fleet: Fleet, broker_name: str, text: str) -> list[s
                 "(granted by the inventory)"
             )
     return problems
-
-
-def _pattern(line: str) -> tuple[str, str]:
-    """``(access, topic)`` of a ``pattern`` line (no access word: readwrite)."""
-    rest = line.removeprefix("pattern ").strip()
-    access, _, topic = rest.partition(" ")
-    if access not in ("read", "write", "readwrite", "deny"):
-        return "readwrite", rest
-    return access, topic.strip()

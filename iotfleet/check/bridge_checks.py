@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from iotfleet.model import Fleet
 from iotfleet.model.own_identities import BRIDGE_PREFIX, bridge_identity_name
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import core_bridge_users, parse_acl
+from iotfleet.mosquitto.acl import core_bridge_users, device_patterns, effective_rules, read_acl
 from iotfleet.mosquitto.bridge import Bridge, edge_bridge, parse_bridges
 
 # bridge_tls_version values Mosquitto takes that are TLS 1.2 or later.
@@ -223,31 +223,39 @@ def bridge_state_problems(
 
 def core_acl_problems(host: str, fleet: Fleet, acl_text: str) -> list[str]:
     """The core's ACL confines each bridge identity to its own site's device topics (write
-    telemetry and status, read commands); no other bridge identity appears; nothing applies
-    to every user."""
-    users, general = parse_acl(acl_text)
-    expected = core_bridge_users(fleet, host)
+    telemetry and status, read commands), the device patterns applied as Mosquitto applies
+    them; no other bridge identity is granted anything; nothing else applies to every user."""
+    found, general = read_acl(acl_text)
+    wanted_patterns = device_patterns(fleet)
     problems = [
         f"the ACL of {host} has lines for every user (they reach the bridges too): {line}"
         for line in general
     ]
+    problems += [
+        f"the ACL of {host} has lines for every user (they reach the bridges too): "
+        f"pattern {access} {topic}"
+        for access, topic in found.patterns
+        if (access, topic) not in wanted_patterns
+    ]
+    expected = core_bridge_users(fleet, host)
     for name, rules in sorted(expected.items()):
         site = fleet.site_of_edge(name.removeprefix(BRIDGE_PREFIX))
         label = f"bridge {name}" + (f" (site {site.name})" if site is not None else "")
-        found = users.get(name)
-        if found is None:
+        if name not in found.users:
             problems.append(f"the ACL of {host} has no entry for {label}: its site cannot cross")
             continue
-        for access, topic in sorted(found - set(rules)):
+        granted = effective_rules(found, name)
+        for access, topic in sorted(granted - set(rules)):
             problems.append(
                 f"the ACL of {host} lets {label} {access} {topic}: beyond its site's devices"
             )
-        for access, topic in sorted(set(rules) - found):
+        for access, topic in sorted(set(rules) - granted):
             problems.append(f"the ACL of {host} does not let {label} {access} {topic}")
-    for name in sorted(set(users) - set(expected)):
-        if name.startswith(BRIDGE_PREFIX) and users[name]:
+    for name in sorted(set(found.users) - set(expected)):
+        granted = effective_rules(found, name) if name.startswith(BRIDGE_PREFIX) else set()
+        if granted:
             problems.append(
                 f"the ACL of {host} grants {name}, a bridge identity the inventory does not "
-                f"bridge to {host}: {', '.join(f'{a} {t}' for a, t in sorted(users[name]))}"
+                f"bridge to {host}: {', '.join(f'{a} {t}' for a, t in sorted(granted))}"
             )
     return problems

@@ -270,3 +270,21 @@ def parse_acl(text: str) -> tuple[dict[str, set[tuple[str, str]]], list[str]]:
             else:
                 users[current].add((access, topic.strip()))
     return users, general
+
+
+def read_acl(text: str) -> tuple[AclFile, list[str]]:
+    """``(the ACL file, its lines for every user other than patterns)``: an ACL found on a
+    host, read back as ``acl_file`` describes one (for ``effective_rules``)."""
+    users, general = parse_acl(text)
+    patterns = [pattern_rule(line) for line in general if line.startswith("pattern ")]
+    others = [line for line in general if not line.startswith("pattern ")]
+    return AclFile(patterns, {user: sorted(rules) for user, rules in users.items()}), others
+
+
+def pattern_rule(line: str) -> tuple[str, str]:
+    """``(access, topic)`` of a ``pattern`` line (no access word: readwrite)."""
+    rest = line.removeprefix("pattern ").strip()
+    access, _, topic = rest.partition(" ")
+    if access not in ("read", "write", "readwrite", "deny"):
+        return "readwrite", rest
+    return access, topic.strip()
