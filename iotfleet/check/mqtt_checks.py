@@ -446,17 +446,20 @@ class BrokerProber:
     def _two_factor_confined(
         self, listener: ListenerTarget, who: Principal, factors: Factors
     ) -> bool:
-        """A certificate+password client's certificate on a certificate-only listener (which
-        ignores passwords): Mosquitto takes the certificate as the login there without asking
-        any plugin, so the connection cannot be refused; it counts as refused only if that
-        session may do nothing (every subscription and publish its roles grant is denied)."""
+        """A certificate on a certificate-only listener that must not let its owner in: a
+        certificate+password client's (the listener ignores passwords), or the certificate of
+        an identity this broker does not hold (a device of another site, a client of the
+        cores only). Mosquitto takes the certificate as the login there without asking any
+        plugin, so the connection cannot be refused; it counts as refused only if that
+        session may do nothing (every subscription and publish its roles grant, on a broker
+        that holds it, is denied: the plugin's ``identities_file``)."""
         if not (
             listener.listener.auth == "certificate"
-            and who.auth == "certificate+password"
+            and (who.auth == "certificate+password" or not who.allowed)
             and CERTIFICATE in factors
         ):
             return False
-        grants = acl_rules(self.ctx.fleet, listener.broker).get(who.name, [])
+        grants = self._grants_of(who.name, listener.broker)
         if not grants:
             return False
         concrete = "iotfleet-check"
@@ -472,6 +475,14 @@ class BrokerProber:
         except (ProbeError, TimeoutError):
             return False
         return True
+
+    def _grants_of(self, name: str, broker: str) -> list[tuple[str, str]]:
+        """What ``name`` may do on ``broker``, or else on the first broker that holds it."""
+        fleet = self.ctx.fleet
+        for candidate in [broker, *(b.name for b in fleet.brokers if b.name != broker)]:
+            if name in fleet.users_of(candidate):
+                return acl_rules(fleet, candidate).get(name, [])
+        return []
 
     def refused_login(self, listener: ListenerTarget) -> tuple[str, str] | str:
         """One login that must be refused: a made-up username with a random password (and the

@@ -19,6 +19,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from iotfleet.check.identities import choose_cast
+from iotfleet.check.mqtt_checks import BrokerProber
 from iotfleet.check.mqtt_probe import (
     NOT_AUTHORIZED,
     Identity,
@@ -28,6 +30,7 @@ from iotfleet.check.mqtt_probe import (
     succeeded,
     try_connect,
 )
+from iotfleet.check.plan import ListenerTarget, plan_for
 from iotfleet.check.tls_context import client_context
 from iotfleet.device.contract import certificate_topic, csr_topic
 from iotfleet.fleet.context import FleetContext
@@ -306,6 +309,38 @@ def test_without_the_identities_file_the_patterns_would_let_the_stranger_in(
         with session(target, sites.identity("gw-b")) as stranger:
             codes = _strangers_attempts(stranger)
     assert all(code < 0x80 for code in codes), codes
+
+
+def _edge_matrix(sites: Sites, port: int) -> list[str]:
+    """The compliance suite's factor matrix on edge-a1's certificate listener at ``port``."""
+    target = plan_for(sites.ctx.fleet, {}).broker("edge-a1")
+    listener = target.listeners[0]
+    at_port = listener.listener.model_copy(update={"port": port})
+    moved = ListenerTarget(listener.broker, listener.connect_name, at_port)
+    cast = choose_cast(sites.ctx.fleet, sites.ctx.pki, set(sites.ctx.passwords))
+    return BrokerProber(sites.ctx, target, cast, timeout=3).factor_matrix(moved)
+
+
+def test_the_factor_matrix_counts_strangers_on_an_edge_as_refused(sites: Sites) -> None:
+    """A client of the cores only (the matrix's stranger here) completes TLS on site a's edge
+    (its certificate listener asks no plugin) but may do nothing there: the matrix passes."""
+    assert _edge_matrix(sites, sites.ports["edge-a1"]) == []
+
+
+def test_the_factor_matrix_names_a_stranger_that_gets_something(
+    sites: Sites, tmp_path: Path
+) -> None:
+    """The same edge without ``plugin_opt_identities_file``: the device patterns give the
+    client of the cores its namesake's topics there, and the matrix says it gets in."""
+
+    def weakened(text: str) -> str:
+        kept = [line for line in text.split("\n") if "plugin_opt_identities_file" not in line]
+        return "\n".join(kept).split("\nconnection ")[0] + "\n"
+
+    port = free_port()
+    with running_broker(sites.ctx, "edge-a1", tmp_path, edit=weakened, port=port):
+        problems = _edge_matrix(sites, port)
+    assert any("control-room" in p and "gets in" in p for p in problems), problems
 
 
 def test_revoking_the_bridge_identity_cuts_the_site_off_at_the_core(
