@@ -5,7 +5,13 @@ from __future__ import annotations
 from iotfleet.model import Fleet, Listener
 from iotfleet.model.own_identities import PROBE_DEVICES, health_identity_name
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import acl_file, acl_rules, effective_rules, read_acl
+from iotfleet.mosquitto.acl import (
+    acl_file,
+    acl_rules,
+    broker_identities,
+    effective_rules,
+    read_acl,
+)
 from iotfleet.mosquitto.logins import password_users
 
 
@@ -31,6 +37,29 @@ def password_file_problems(
     duplicates = sorted({u for u in usernames if usernames.count(u) > 1})
     if duplicates:
         problems.append(f"{path} on {host} lists {', '.join(duplicates)} more than once")
+    return problems
+
+
+def identities_file_problems(
+    host: str, fleet: Fleet, broker_name: str, usernames: list[str] | None
+) -> list[str]:
+    """The plugin's identities file lists exactly the identities the broker holds: a name
+    there is one the plugin lets in (on a certificate listener, the one check between a
+    fleet certificate of another site and the ACL's patterns)."""
+    path = layout.IDENTITIES_FILE
+    if usernames is None:
+        return [f"{path} (the identities iotfleet's plugin lets in) is missing on {host}"]
+    expected = set(broker_identities(fleet, broker_name))
+    problems = [
+        f"{path} on {host} lets {_owner(fleet, user, broker_name)} in, which the inventory "
+        "does not hold on this broker"
+        for user in sorted(set(usernames) - expected)
+    ]
+    problems += [
+        f"{path} on {host} lacks {_owner(fleet, user, broker_name)}, whom the inventory lets "
+        "in there: the plugin refuses it"
+        for user in sorted(expected - set(usernames))
+    ]
     return problems
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from iotfleet.check.access_checks import acl_problems, password_file_problems
+from iotfleet.check.access_checks import (
+    acl_problems,
+    identities_file_problems,
+    password_file_problems,
+)
 from iotfleet.check.broker_config_checks import (
     acl_config_problems,
     anonymous_problems,
@@ -70,6 +74,13 @@ def test_acl_grants_only_the_inventory(broker: Param, suite: Suite) -> None:
         return
     fleet = suite.plan.fleet
     fail_on(acl_problems(broker.host, fleet, broker.host, text.decode(errors="replace")))
+
+
+def test_identities_file_holds_only_this_brokers_identities(broker: Param, suite: Suite) -> None:
+    """The plugin's identities file lists exactly the identities this broker holds."""
+    names = suite.facts(broker.broker).usernames(layout.IDENTITIES_FILE)
+    fleet = suite.plan.fleet
+    fail_on(identities_file_problems(broker.host, fleet, broker.host, names))
 
 
 @pytest.mark.listener_kind("all")

@@ -228,6 +228,12 @@ def break_acl_read_everything(lab: DeployedLab) -> None:
     lab.ssh("systemctl reload mosquitto && sleep 0.5")
 
 
+def break_identities_file(lab: DeployedLab) -> None:
+    """A name the broker does not hold, added where the plugin looks (re-read on SIGHUP)."""
+    lab.edit(layout.IDENTITIES_FILE, lambda names: names + "intruder\n")
+    lab.ssh("systemctl reload mosquitto && sleep 0.5")
+
+
 def break_sandbox(lab: DeployedLab) -> None:
     lab.ssh(f"rm {layout.DROPIN} && systemctl daemon-reload")
     lab.restart()
@@ -299,6 +305,17 @@ REQUIRED = [
                 "the broker refuses every client certificate until then",
             ],
             "test_crl_is_current": ["the CRL on {host} is not the fleet's current CRL"],
+        },
+    ),
+    Breakage(
+        "a name the broker does not hold in the plugin's identities file",
+        break_identities_file,
+        "config",
+        {
+            "test_identities_file_holds_only_this_brokers_identities": [
+                f"{layout.IDENTITIES_FILE} on {{host}} lets user intruder in, which the "
+                "inventory does not hold on this broker"
+            ],
         },
     ),
     Breakage(

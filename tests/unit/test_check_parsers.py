@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
-from iotfleet.check.access_checks import acl_problems, password_file_problems
+from iotfleet.check.access_checks import (
+    acl_problems,
+    identities_file_problems,
+    password_file_problems,
+)
 from iotfleet.check.broker_config_checks import (
     acl_config_problems,
     anonymous_problems,
@@ -47,7 +51,7 @@ from iotfleet.check.service_checks import (
 from iotfleet.fleet.context import FleetContext
 from iotfleet.model import Broker, Fleet, RawHost, build_fleet
 from iotfleet.mosquitto import layout
-from iotfleet.mosquitto.acl import acl_file, render_acl
+from iotfleet.mosquitto.acl import acl_file, broker_identities, render_acl
 from iotfleet.mosquitto.conf import include_dirs, parse_config
 from iotfleet.mosquitto.logins import password_users
 from iotfleet.roles.mosquitto.render import BrokerConfig
@@ -414,3 +418,22 @@ def test_plugin_limits_memory_and_password_names_are_judged(
     ]
     # A certificate+password listener has no place for a password-only client.
     assert "wallboard" not in password_users(fleet, broker.name, both)
+
+
+def test_identities_file_names_extra_and_missing_identities() -> None:
+    data = {"fleet_name": "unit", "fleet_devices": [{"id": "gw-1"}]}
+    fleet = build_fleet([RawHost(HOST, ("brokers",), data)])
+    names = broker_identities(fleet, HOST)
+    assert "gw-1" in names
+    assert identities_file_problems(HOST, fleet, HOST, names) == []
+    path = layout.IDENTITIES_FILE
+    assert identities_file_problems(HOST, fleet, HOST, [*names, "intruder"]) == [
+        f"{path} on {HOST} lets user intruder in, which the inventory does not hold on this broker"
+    ]
+    assert identities_file_problems(HOST, fleet, HOST, [n for n in names if n != "gw-1"]) == [
+        f"{path} on {HOST} lacks device gw-1, whom the inventory lets in there: the plugin "
+        "refuses it"
+    ]
+    assert identities_file_problems(HOST, fleet, HOST, None) == [
+        f"{path} (the identities iotfleet's plugin lets in) is missing on {HOST}"
+    ]
