@@ -29,6 +29,7 @@ from iotfleet.fleet.secrets import SecretError
 from iotfleet.fs.errors import PlanConflictError, WriteError
 from iotfleet.fs.stage import Stage, staged
 from iotfleet.model import Fleet, InventoryError, build_fleet
+from iotfleet.mosquitto.acl import pattern_conflicts
 from iotfleet.pki import PkiError, ReconcileReport
 from iotfleet.roles.refusal import RolloutRefusedError
 
@@ -62,9 +63,16 @@ class FleetPlan:
 def fleet_model() -> Fleet:
     """The validated fleet of this pyinfra run, nothing resolved (exits listing problems)."""
     try:
-        return build_fleet(raw_hosts(current_inventory))
+        fleet = build_fleet(raw_hosts(current_inventory))
     except InventoryError as exc:
         raise RolloutRefusedError(f"iotfleet: {exc}") from None
+    conflicts = pattern_conflicts(fleet)
+    if conflicts:
+        listed = "".join(f"\n  - {line}" for line in conflicts)
+        raise RolloutRefusedError(
+            f"iotfleet: invalid inventory ({len(conflicts)} problem(s)):{listed}"
+        )
+    return fleet
 
 
 @cache

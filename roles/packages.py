@@ -19,6 +19,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
@@ -99,9 +100,10 @@ def broker_packages(broker: Broker) -> tuple[list[str], dict[str, str]]:
     return names, ({name: version for name in MOSQUITTO_PACKAGES} if version else {})
 
 
-# host name -> apt specs an install of this run already covers (operations are generated
-# before any runs, so a later role's facts cannot see what an earlier one installs).
-_queued: dict[str, set[str]] = {}
+# pyinfra state -> host name -> apt specs an install of this run already covers (operations
+# are generated before any runs, so a later role's facts cannot see what an earlier one
+# installs). Keyed by the run's state: a second run in one process starts afresh.
+_queued: WeakKeyDictionary[Any, dict[str, set[str]]] = WeakKeyDictionary()
 
 
 def missing_packages(
@@ -172,7 +174,7 @@ def install_debs(
     + version: the version every package must have (none: any)
     + versions: the versions of single packages (over ``version``)
     """
-    queued = _queued.setdefault(host.name, set())
+    queued = _queued.setdefault(host.state, {}).setdefault(host.name, set())
     specs = [
         spec
         for spec in missing_packages(host.get_fact(DebPackages), packages, version, versions)

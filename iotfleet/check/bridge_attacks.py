@@ -84,7 +84,14 @@ def cross_site_problems(
                     )
             talker = stack.enter_context(session(target, _identity(ctx, pair.victim)))
             telemetry = next(t for t in victim_topics if "/telemetry/" in t)
-            talker.publish(_concrete(telemetry), PROBE_PAYLOAD)
+            # The control: site b's own bridge may publish this at the core; were it refused,
+            # the spy receiving nothing would prove nothing.
+            if not succeeded(talker.publish(_concrete(telemetry), PROBE_PAYLOAD)):
+                return [
+                    *problems,
+                    f"bridge {pair.victim} (site {pair.victim_site.name}) may not publish "
+                    f"{_concrete(telemetry)} at {port}: the cross-site read cannot be shown",
+                ]
             spy.idle(SETTLE_SECONDS)
             received = sorted({m.topic for m in spy.messages()})
     except (ProbeError, TimeoutError) as exc:

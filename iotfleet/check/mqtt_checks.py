@@ -58,7 +58,7 @@ from iotfleet.check.mqtt_probe import try_connect as _try_connect
 from iotfleet.check.plan import BrokerTarget, ListenerTarget
 from iotfleet.fleet.context import FleetContext
 from iotfleet.model.own_identities import PROBE_DEVICES, probe_prefix
-from iotfleet.mosquitto.acl import acl_rules
+from iotfleet.mosquitto.acl import PATTERN_USER, acl_rules, device_patterns
 
 PROBE_LEAF = "iotfleet-compliance"
 PROBE_PAYLOAD = b"iotfleet compliance probe: not a measurement, ignore"
@@ -477,12 +477,17 @@ class BrokerProber:
         return True
 
     def _grants_of(self, name: str, broker: str) -> list[tuple[str, str]]:
-        """What ``name`` may do on ``broker``, or else on the first broker that holds it."""
+        """What ``name`` may do on ``broker``, or else on the first broker that holds it; for
+        a name ``broker`` does not hold, also what the ACL's device patterns would give that
+        name there (its own ``devices/<name>/...``), which only the plugin's identities file
+        keeps from it."""
         fleet = self.ctx.fleet
+        patterns = [(a, t.replace(PATTERN_USER, name)) for a, t in device_patterns(fleet)]
         for candidate in [broker, *(b.name for b in fleet.brokers if b.name != broker)]:
             if name in fleet.users_of(candidate):
-                return acl_rules(fleet, candidate).get(name, [])
-        return []
+                grants = acl_rules(fleet, candidate).get(name, [])
+                return grants if candidate == broker else [*grants, *patterns]
+        return patterns
 
     def refused_login(self, listener: ListenerTarget) -> tuple[str, str] | str:
         """One login that must be refused: a made-up username with a random password (and the

@@ -204,11 +204,64 @@ def acl_file(fleet: Fleet, broker_name: str) -> AclFile:
     for user, rules in acl_rules(fleet, broker_name).items():
         given = [(a, t.replace(PATTERN_USER, user)) for a, t in patterns]
         block = [rule for rule in _unique(rules) if rule not in given]
-        held = {topic for _, topic in rules}
-        block += [("deny", topic) for _, topic in given if topic not in held]
+        held = _accesses(rules)
+        # A pattern grant the user's rules do not cover is denied. Where they hold the topic
+        # with another access (read where the pattern gives write), the deny takes theirs
+        # too: fail closed; ``pattern_conflicts`` refuses such an inventory up front.
+        block += [
+            ("deny", topic)
+            for access, topic in given
+            if not _ACCESS[access] <= held.get(topic, frozenset())
+        ]
         if block:
             users[user] = block
     return AclFile(patterns, users)
+
+
+_ACCESS = {
+    "read": frozenset({"read"}),
+    "write": frozenset({"write"}),
+    "readwrite": frozenset({"read", "write"}),
+    "deny": frozenset(),
+}
+
+
+def _accesses(rules: Iterable[tuple[str, str]]) -> dict[str, frozenset[str]]:
+    """``{topic: the accesses the rules allow on exactly that topic}``."""
+    held: dict[str, frozenset[str]] = {}
+    for access, topic in rules:
+        held[topic] = held.get(topic, frozenset()) | _ACCESS[access]
+    return held
+
+
+def pattern_conflicts(fleet: Fleet) -> list[str]:
+    """Devices and clients whose own rules name a topic of the device patterns (their own
+    ``devices/<name>/...``) with other access than the pattern's: Mosquitto cannot say that
+    (a ``deny`` line takes every access away, and nothing takes back what the pattern gives),
+    so the inventory is refused. One line per user and topic."""
+    owners = [
+        *((f"device {d.id}", d.id, device_rules(fleet, d)) for d in fleet.active_devices),
+        *(
+            (
+                f"client {c.name}",
+                c.name,
+                [rule for role in c.roles for rule in _role_rules(fleet.roles[role], c.name)],
+            )
+            for c in fleet.active_clients
+        ),
+    ]
+    problems = []
+    for who, name, rules in owners:
+        held = _accesses(rules)
+        for access, pattern in device_patterns(fleet):
+            topic = pattern.replace(PATTERN_USER, name)
+            if topic in held and not _ACCESS[access] <= held[topic]:
+                problems.append(
+                    f"{who}: its roles grant {'/'.join(sorted(held[topic]))} on {topic}, "
+                    f"which every device has with {access} (an ACL pattern): grant "
+                    f"readwrite or nothing there, or rename it"
+                )
+    return problems
 
 
 def effective_rules(acl: AclFile, user: str) -> set[tuple[str, str]]:
@@ -218,7 +271,12 @@ def effective_rules(acl: AclFile, user: str) -> set[tuple[str, str]]:
     given = [(a, t.replace(PATTERN_USER, user)) for a, t in acl.patterns]
     given_topics = {topic for _, topic in given}
     denied = {topic for access, topic in block if access == "deny"}
-    own = {(a, t) for a, t in block if a != "deny" or t not in given_topics}
+    # Mosquitto checks a user's deny lines first: a denied topic's own allows are dead too.
+    own = {
+        (a, t)
+        for a, t in block
+        if (a == "deny" and t not in given_topics) or (a != "deny" and t not in denied)
+    }
     return own | {(a, t) for a, t in given if t not in denied}
 
 

@@ -17,6 +17,7 @@ from iotfleet.mosquitto.acl import (
     broker_identities,
     certificate_topics,
     effective_rules,
+    pattern_conflicts,
     render_acl,
 )
 
@@ -195,3 +196,27 @@ def test_only_devices_with_their_own_prefix_or_roles_get_a_block() -> None:
     assert acl.users["gw-3"] == [("read", "config/gw-3")]
     for user, rules in acl_rules(f, BROKER).items():
         assert effective_rules(acl, user) == set(rules), user
+
+
+def test_a_role_naming_a_pattern_topic_with_other_access_is_refused_and_fails_closed() -> None:
+    """A client ``mon`` whose role reads ``devices/%u/telemetry/#``: the device pattern gives
+    every name write there, and no ACL line can keep the read while taking the write away."""
+    f = fleet(
+        fleet_roles={"watch-own": {"read": ["devices/%u/telemetry/#"]}},
+        fleet_devices=[{"id": "gw-1"}],
+        fleet_clients=[{"name": "mon", "roles": ["watch-own"]}],
+    )
+    assert pattern_conflicts(f) == [
+        "client mon: its roles grant read on devices/mon/telemetry/#, which every device has "
+        "with write (an ACL pattern): grant readwrite or nothing there, or rename it"
+    ]
+    granted = effective_rules(acl_file(f, BROKER), "mon")
+    assert ("write", "devices/mon/telemetry/#") not in granted  # closed, not open
+    # readwrite covers the pattern's write: nothing to refuse, the grant is what it says.
+    both = fleet(
+        fleet_roles={"own-topics": {"readwrite": ["devices/%u/telemetry/#"]}},
+        fleet_clients=[{"name": "mon", "roles": ["own-topics"]}],
+    )
+    assert pattern_conflicts(both) == []
+    granted = effective_rules(acl_file(both, BROKER), "mon")
+    assert ("readwrite", "devices/mon/telemetry/#") in granted
