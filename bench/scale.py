@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from iotfleet.fleet.paths import state_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -112,9 +114,16 @@ def main() -> None:
         return
     rows: list[tuple[int, dict[str, float], dict[str, float], str]] = []
     for devices in args.sizes:
-        with tempfile.TemporaryDirectory(prefix="iotfleet-bench-scale-") as home:
-            enroll = _run_phase("enroll", devices, args.brokers, Path(home))
-            again = _run_phase("no-change", devices, args.brokers, Path(home))
+        # The bench fleet's CA keys and passphrase stay under iotfleet's own state (0700),
+        # never in a temp dir; removed when measured.
+        home = state_root() / "bench" / f"scale-{devices}"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(mode=0o700, parents=True)
+        try:
+            enroll = _run_phase("enroll", devices, args.brokers, home)
+            again = _run_phase("no-change", devices, args.brokers, home)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
         one, five, _ = os.getloadavg()
         rows.append((devices, enroll, again, f"{one:.1f}/{five:.1f}"))
         print(f"  {devices} devices done", file=sys.stderr, flush=True)
