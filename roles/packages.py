@@ -22,28 +22,18 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from pyinfra import host
-from pyinfra.api import FactBase, StringCommand, operation
-from pyinfra.facts.deb import DebPackages
+from pyinfra.api import StringCommand, operation
 
 from iotfleet.model import Broker
+from iotfleet.roles.dpkg_health import (
+    DPKG_PENDING_TEST,
+    GUARD,
+    GUARD_MARK,
+    STALE_TEST,
+)
+from iotfleet.roles.host_state import HostQuery, host_state
 
 MOSQUITTO_PACKAGES = ("mosquitto", "mosquitto-clients")
-POLICY_RC = "/usr/sbin/policy-rc.d"
-GUARD_MARK = "# managed by iotfleet: service-start guard"
-# What iotfleet before issue 12 wrote: it refused every start for as long as it existed.
-LEGACY_GUARD = "#!/bin/sh\nexit 101\n"
-
-_GUARD = shlex.quote(POLICY_RC)
-# An iotfleet guard whose owner is gone (it allows the start), or the legacy one, is stale.
-_STALE_TEST = (
-    f'{{ [ "$(cat {_GUARD} 2>/dev/null)" = {shlex.quote(LEGACY_GUARD.rstrip())} ] || '
-    f"{{ grep -qxF {shlex.quote(GUARD_MARK)} {_GUARD} 2>/dev/null && "
-    f"{{ {_GUARD} iotfleet-probe start >/dev/null 2>&1; [ $? -ne 101 ]; }}; }}; }}"
-)
-_DPKG_PENDING_TEST = (
-    '{ [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ] || '
-    '[ -n "$(dpkg --audit 2>/dev/null)" ]; }'
-)
 # The guard names its owner, the installing shell, by PID and start time (a reused PID has
 # another start time), so it refuses starts only while that shell runs.
 _GUARD_LINES = (
@@ -55,11 +45,11 @@ _GUARD_LINES = (
     "exit 0",
 )
 _PLACE_GUARD = (
-    f"if [ ! -e {_GUARD} ]; then\n"
+    f"if [ ! -e {GUARD} ]; then\n"
     "  start=$(cut -d' ' -f22 /proc/$$/stat)\n"
     f"  printf '%s\\n' {' '.join(shlex.quote(line) for line in _GUARD_LINES)} |\n"
-    f'    sed "s/@PID@/$$/g; s/@START@/$start/g" >{_GUARD}.iotfleet\n'
-    f"  chmod 755 {_GUARD}.iotfleet && mv -f {_GUARD}.iotfleet {_GUARD} && made=1\n"
+    f'    sed "s/@PID@/$$/g; s/@START@/$start/g" >{GUARD}.iotfleet\n'
+    f"  chmod 755 {GUARD}.iotfleet && mv -f {GUARD}.iotfleet {GUARD} && made=1\n"
     "fi"
 )
 _APT = "DEBIAN_FRONTEND=noninteractive apt-get -qq -o Dpkg::Options::=--force-confold"
@@ -73,22 +63,9 @@ HALF_INSTALLED_QUERY = (
 )
 
 
-class PackageHealth(FactBase[tuple[bool, bool]]):
-    """(a stale service-start guard is on the host, dpkg was interrupted and needs repair)."""
-
-    def command(self) -> str:
-        return (
-            f"if [ -e {_GUARD} ] && {_STALE_TEST}; then echo stale-guard; fi; "
-            f"if {_DPKG_PENDING_TEST}; then echo dpkg-interrupted; fi; true"
-        )
-
-    @staticmethod
-    def default() -> tuple[bool, bool]:
-        return False, False
-
-    def process(self, output: list[str]) -> tuple[bool, bool]:
-        lines = {line.strip() for line in output}
-        return "stale-guard" in lines, "dpkg-interrupted" in lines
+def packages_query(packages: Sequence[str]) -> HostQuery:
+    """What ``install_debs`` reads of a host: the packages, and dpkg's health."""
+    return HostQuery(packages=frozenset(packages), package_health=True)
 
 
 def broker_packages(broker: Broker) -> tuple[list[str], dict[str, str]]:
@@ -127,17 +104,17 @@ def healing_install_script(specs: Sequence[str], update: bool = True) -> str:
     lines = [
         "set -e",
         "made=0",
-        f'unguard() {{ if [ "$made" = 1 ]; then rm -f {_GUARD}; fi; }}',
+        f'unguard() {{ if [ "$made" = 1 ]; then rm -f {GUARD}; fi; }}',
         "trap unguard EXIT",
         "trap 'exit 129' HUP",
         "trap 'exit 130' INT",
         "trap 'exit 143' TERM",
-        f"if [ -e {_GUARD} ] && {_STALE_TEST}; then rm -f {_GUARD}; fi",
+        f"if [ -e {GUARD} ] && {STALE_TEST}; then rm -f {GUARD}; fi",
     ]
     if specs:
         lines.append(_PLACE_GUARD)
     lines.append(
-        f"if {_DPKG_PENDING_TEST}; then\n"
+        f"if {DPKG_PENDING_TEST}; then\n"
         "  echo 'iotfleet: repairing an interrupted dpkg (dpkg --configure -a)'\n"
         # Packages waiting on a half-installed one stay unconfigured (non-zero): go on to the
         # reinstall, then configure again, this time required to succeed.
@@ -175,12 +152,15 @@ def install_debs(
     + versions: the versions of single packages (over ``version``)
     """
     queued = _queued.setdefault(host.state, {}).setdefault(host.name, set())
+    live = host_state(packages_query(packages))
     specs = [
         spec
-        for spec in missing_packages(host.get_fact(DebPackages), packages, version, versions)
+        for spec in missing_packages(live.packages, packages, version, versions)
         if spec not in queued
     ]
-    stale_guard, dpkg_interrupted = (False, False) if queued else host.get_fact(PackageHealth)
+    stale_guard, dpkg_interrupted = (
+        (False, False) if queued else (live.stale_guard, live.dpkg_interrupted)
+    )
     queued.update(specs)
     if not specs and not stale_guard and not dpkg_interrupted:
         host.noop(f"{', '.join(packages)} installed")

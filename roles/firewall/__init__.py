@@ -6,20 +6,22 @@ import hashlib
 import ipaddress
 import math
 from collections.abc import Generator
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.api.util import get_template
-from pyinfra.facts.files import File
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
 from iotfleet.model import Broker
-from iotfleet.roles.firewall.facts import LoadedRuleset, SshConnection
+from iotfleet.mosquitto import layout
+from iotfleet.mosquitto.managed_file import ManagedFile
+from iotfleet.roles.firewall.unit import FIREWALL_UNIT
 from iotfleet.roles.fleet_context import fleet_model
-from iotfleet.roles.packages import broker_packages, install_debs
+from iotfleet.roles.host_ops import directory, put_files, systemd_unit, units_query
+from iotfleet.roles.host_state import HostQuery, expect, host_state
+from iotfleet.roles.packages import broker_packages, install_debs, packages_query
 from iotfleet.roles.refusal import RolloutRefusedError
 from iotfleet.roles.this_host import this_broker
 
@@ -30,6 +32,7 @@ LAST_GOOD_PATH = "/etc/iotfleet/firewall.last-good.nft"
 # SHA-256 of `nft -t list table inet iotfleet` right after iotfleet loaded it.
 LOADED_DIGEST_PATH = "/etc/iotfleet/firewall.loaded.sha256"
 UNIT_PATH = "/etc/systemd/system/iotfleet-firewall.service"
+CONFIG_DIR = layout.IOTFLEET_ETC_DIR_FILE.path
 _JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 # Sources remembered by the password-listener limit (per family). When the set is full, new
 # sources are not limited until old ones time out: 65536 addresses is far beyond a fleet's
@@ -116,13 +119,36 @@ def check_ssh_survives(broker: Broker, connection: tuple[str, int] | None) -> No
         )
 
 
+def render_unit() -> str:
+    """The unit that loads the ruleset at boot (falling back to the last one that loaded)."""
+    template = get_template(str(TEMPLATES / "iotfleet-firewall.service.j2"), dict(_JINJA))
+    return str(template.render(rules_path=RULES_PATH, last_good_path=LAST_GOOD_PATH))
+
+
+_RULESET_QUERY = HostQuery(paths=frozenset({LAST_GOOD_PATH}), ruleset_record=LOADED_DIGEST_PATH)
+
+
+def host_query(broker: Broker) -> HostQuery:
+    """Everything the role reads of ``broker``'s host (one read per run: ``expect``)."""
+    if not broker.firewall.enabled:
+        return units_query(FIREWALL_UNIT)
+    names, _ = broker_packages(broker)
+    return (
+        HostQuery(paths=frozenset({CONFIG_DIR, RULES_PATH, UNIT_PATH}), ssh_connection=True)
+        | _RULESET_QUERY
+        | units_query(FIREWALL_UNIT)
+        | packages_query(names)
+    )
+
+
 @operation()
 def load_ruleset(ruleset: str) -> Generator[Any, None, None]:
     """Load the ruleset atomically when the loaded one differs from it or was changed since
     iotfleet loaded it (checked with ``nft -c`` first)."""
-    comment, loaded, recorded = host.get_fact(LoadedRuleset, recorded=LOADED_DIGEST_PATH)
+    live = host_state(_RULESET_QUERY)
+    comment, loaded, recorded = live.ruleset
     if comment == ruleset_digest(ruleset) and loaded is not None and loaded == recorded:
-        if host.get_fact(File, path=LAST_GOOD_PATH):
+        if live.file(LAST_GOOD_PATH):
             host.noop("the iotfleet nftables table is loaded and current")
         else:  # loaded by a release that kept no fallback copy: the loaded file is the good one
             yield StringCommand("install", "-m", "600", RULES_PATH, LAST_GOOD_PATH)
@@ -171,16 +197,18 @@ def deploy_firewall(broker: Broker | None = None) -> None:
     if host.name in _rolled_out:
         return
     _rolled_out.add(host.name)
+    expect(host_query(broker))
     if not broker.firewall.enabled:
-        systemd.service(
+        systemd_unit(
             name="Stop the iotfleet firewall (firewall_enabled is false)",
-            service="iotfleet-firewall",
+            service=FIREWALL_UNIT,
             running=False,
             enabled=False,
         )
         return
     try:
-        check_ssh_survives(broker, host.get_fact(SshConnection))
+        live = host_state(HostQuery(ssh_connection=True))
+        check_ssh_survives(broker, live.ssh_connection)
     except FirewallWouldCutSshError as exc:
         raise RolloutRefusedError(f"iotfleet: {exc}") from None
     ruleset = render_ruleset(broker)
@@ -190,24 +218,17 @@ def deploy_firewall(broker: Broker | None = None) -> None:
         packages=names,
         versions=versions,
     )
-    files.directory(name="Create /etc/iotfleet", path="/etc/iotfleet", mode="755")
-    files.put(
+    directory(name=f"Create {CONFIG_DIR}", path=CONFIG_DIR, owner="root", group="root", mode="755")
+    put_files(
         name="Write the nftables ruleset",
-        src=BytesIO(ruleset.encode()),
-        dest=RULES_PATH,
-        user="root",
-        group="root",
-        mode="600",
+        files=[ManagedFile(RULES_PATH, ruleset.encode(), "root", "root", "600", holds="config")],
     )
-    unit = files.template(
+    unit_file = put_files(
         name="Install the unit that loads the ruleset at boot",
-        src=str(TEMPLATES / "iotfleet-firewall.service.j2"),
-        dest=UNIT_PATH,
-        rules_path=RULES_PATH,
-        last_good_path=LAST_GOOD_PATH,
-        mode="644",
-        jinja_env_kwargs=dict(_JINJA),
+        files=[
+            ManagedFile(UNIT_PATH, render_unit().encode(), "root", "root", "644", holds="config")
+        ],
     )
     load_ruleset(name="Load the nftables ruleset atomically", ruleset=ruleset)
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    systemd.service(name="Enable the firewall at boot", service="iotfleet-firewall", enabled=True)
+    systemd.daemon_reload(name="Reload systemd units", _if=unit_file.did_change)
+    systemd_unit(name="Enable the firewall at boot", service=FIREWALL_UNIT, enabled=True)

@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
-from io import StringIO
-
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, systemd
 
 from iotfleet.fleet.context import FleetContext
+from iotfleet.model import Broker
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.bridge import edge_bridge
 from iotfleet.roles.firewall import deploy_firewall, firewall_rolled_out
 from iotfleet.roles.fleet_context import reconciled_fleet
+from iotfleet.roles.host_ops import absent, directory, put_files, systemd_unit, units_query
+from iotfleet.roles.host_state import HostQuery, expect
 from iotfleet.roles.mosquitto.operations import PACKAGES, apply_files
-from iotfleet.roles.mosquitto.private_files import private_files
 from iotfleet.roles.mosquitto.render import (
     apply_script,
     health_options,
     health_topic_of,
     service_files,
 )
-from iotfleet.roles.packages import install_debs
+from iotfleet.roles.packages import install_debs, packages_query
 from iotfleet.roles.pki import bridge_pki_files, broker_pki_files, health_identity_files
 from iotfleet.roles.this_host import this_broker
+
+
+def host_query(broker: Broker) -> HostQuery:
+    """Everything the role reads of ``broker``'s host (one read per run: ``expect``)."""
+    ports = [listener.port for listener in broker.mosquitto.listeners]
+    paths = {spec.path for spec in layout.broker_files(ports, bridge=True)}
+    paths.add(layout.LEGACY_PASSWORD_FILE)
+    return (
+        HostQuery(paths=frozenset(paths)) | units_query(layout.SERVICE) | packages_query(PACKAGES)
+    )
 
 
 @deploy("Hardened Mosquitto")
@@ -58,6 +67,7 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
     """
     ctx = ctx or reconciled_fleet()
     broker = this_broker(ctx.fleet)
+    expect(host_query(broker))
     if not firewall_rolled_out(host.name):
         # A role dependency (Ansible's meta dependencies): Mosquitto's unit requires the
         # firewall's, so the broker never serves unfiltered; the firewall must exist first
@@ -68,29 +78,23 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
         packages=PACKAGES,
         version=broker.mosquitto.package_version,
     )
-    for directory in layout.DIRECTORIES:
-        files.directory(
-            name=f"Directory {directory.path} ({directory.owner}:{directory.group} "
-            f"{directory.mode.lstrip('0')})",
-            path=directory.path,
-            user=directory.owner,
-            group=directory.group,
-            mode=directory.mode.lstrip("0"),
+    for spec in layout.DIRECTORIES:
+        directory(
+            name=f"Directory {spec.path} ({spec.owner}:{spec.group} {spec.mode.lstrip('0')})",
+            path=spec.path,
+            owner=spec.owner,
+            group=spec.group,
+            mode=spec.mode.lstrip("0"),
         )
-    script = layout.APPLY_SCRIPT_FILE
-    files.put(
+    put_files(
         name="Install the apply script (test, restart, health check, rollback)",
-        src=StringIO(apply_script()),
-        dest=script.path,
-        user=script.owner,
-        group=script.group,
-        mode=script.mode.lstrip("0"),
+        files=[layout.APPLY_SCRIPT_FILE.with_content(apply_script().encode())],
     )
     health_files = [
         *health_identity_files(ctx.pki, broker.name),
         layout.HEALTH_OPTIONS_FILE.with_content(health_options(ctx, broker)),
     ]
-    private_files(
+    put_files(
         name="Health-check identity (certificate, key, password; never shown)",
         files=health_files,
     )
@@ -112,21 +116,19 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
         health_timeout=broker.mosquitto.health_timeout,
         lock_wait=broker.mosquitto.apply_lock_wait,
     )
-    files.file(
+    absent(
         name=f"No shared password file ({layout.LEGACY_PASSWORD_FILE}): one per listener",
-        path=layout.LEGACY_PASSWORD_FILE,
-        present=False,
+        paths=[layout.LEGACY_PASSWORD_FILE],
     )
     if ctx.fleet.sites and not bridges:
         # A core, or an edge whose site's bridge was revoked: no bridge identity kept (the
         # configuration that used it is no longer live).
         for bridge_file in (layout.BRIDGE_CERT_FILE, layout.BRIDGE_KEY_FILE):
-            files.file(
+            absent(
                 name=f"No {bridge_file.what} ({bridge_file.path}): this broker has no bridge",
-                path=bridge_file.path,
-                present=False,
+                paths=[bridge_file.path],
             )
-    systemd.service(
+    systemd_unit(
         name="Mosquitto enabled at boot and running",
         service=layout.SERVICE,
         running=True,

@@ -15,8 +15,9 @@ from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.managed_file import ManagedFile
-from iotfleet.roles.mosquitto.diff import show_change
-from iotfleet.roles.mosquitto.facts import ManagedFileStates, ServiceActive
+from iotfleet.roles.file_diff import show_change
+from iotfleet.roles.host_ops import files_query, units_query
+from iotfleet.roles.host_state import host_state
 from iotfleet.roles.packages import MOSQUITTO_PACKAGES
 
 PACKAGES = MOSQUITTO_PACKAGES
@@ -44,12 +45,12 @@ def apply_files(
     tests a new configuration on spare ports, restarts or reloads as the changed files ask,
     checks health and rolls back if the broker does not come up.
     """
-    states = host.get_fact(ManagedFileStates, paths=tuple(f.path for f in files))
-    changed = [f for f in files if not f.matches(states.get(f.path))]
+    live = host_state(files_query(files) | units_query(layout.SERVICE))
+    changed = [f for f in files if not f.matches(live.file(f.path))]
     if state.config.DIFF:
         for managed in changed:
-            show_change(managed, states.get(managed.path))
-    active = host.get_fact(ServiceActive, service=layout.SERVICE)
+            show_change(managed, live.file(managed.path))
+    active = live.unit(layout.SERVICE).active == "active"
     if not changed and active:
         host.noop("Mosquitto files are up to date and the broker is running")
         return

@@ -20,7 +20,7 @@ from pyinfra.api.util import get_template
 
 from iotfleet.model import Broker
 from iotfleet.roles.fleet_context import fleet_model
-from iotfleet.roles.ssh_hardening.facts import ExistingPaths, InstalledDropinDigest
+from iotfleet.roles.host_state import HostQuery, expect, host_state
 from iotfleet.roles.this_host import this_broker
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -75,6 +75,16 @@ def install_script(content: str) -> str:
     )
 
 
+def host_query() -> HostQuery:
+    """Everything the role reads of a host (one read per run: ``expect``)."""
+    return HostQuery(paths=frozenset({DROPIN, *LEGACY_STAGED}))
+
+
+def _installed_digest() -> str | None:
+    live = host_state(HostQuery(paths=frozenset({DROPIN}))).paths.get(DROPIN)
+    return live.sha256 if live else None
+
+
 @operation()
 def install_dropin(content: str) -> Generator[Any, None, None]:
     """Test the drop-in with ``sshd -t`` and install it if it differs, then reload sshd.
@@ -84,7 +94,7 @@ def install_dropin(content: str) -> Generator[Any, None, None]:
     The candidate is staged in a directory of this run's own, removed by the same command.
     """
     digest = hashlib.sha256(content.encode()).hexdigest()
-    if host.get_fact(InstalledDropinDigest, path=DROPIN) == digest:
+    if _installed_digest() == digest:
         host.noop("the sshd hardening drop-in is installed and current")
         return
     yield StringCommand("sh", "-c", shlex.quote(install_script(content)))
@@ -93,7 +103,7 @@ def install_dropin(content: str) -> Generator[Any, None, None]:
 @operation()
 def remove_dropin() -> Generator[Any, None, None]:
     """Remove the drop-in (hardening switched off) and reload sshd."""
-    if host.get_fact(InstalledDropinDigest, path=DROPIN) is None:
+    if _installed_digest() is None:
         host.noop("no sshd hardening drop-in to remove")
         return
     yield StringCommand("rm", "-f", DROPIN, "&&", StringCommand(RELOAD))
@@ -103,7 +113,8 @@ def remove_dropin() -> Generator[Any, None, None]:
 def remove_legacy_staging() -> Generator[Any, None, None]:
     """Remove the candidate and the test configuration that older releases staged at fixed
     paths (safe while another rollout removes them too)."""
-    present = host.get_fact(ExistingPaths, paths=LEGACY_STAGED)
+    live = host_state(HostQuery(paths=frozenset(LEGACY_STAGED)))
+    present = [path for path in LEGACY_STAGED if path in live.paths]
     if not present:
         host.noop("nothing staged at fixed paths")
         return
@@ -131,6 +142,7 @@ def deploy_ssh_hardening(broker: Broker | None = None) -> None:
         deploy_ssh_hardening()
     """
     broker = broker or this_broker(fleet_model())
+    expect(host_query())
     remove_legacy_staging(name="No sshd files staged at fixed paths (older releases)")
     if not broker.ssh_hardening.enabled:
         remove_dropin(name="Remove the sshd hardening drop-in (ssh_hardening_enabled is false)")

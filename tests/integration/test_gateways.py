@@ -23,7 +23,7 @@ from iotfleet.flash import FlashRegistry
 from iotfleet.fleet.context import FleetContext
 from iotfleet.gateway import GatewaySimulator, read_bundle, read_flash_files
 from iotfleet.lab.gateways import stats_file
-from iotfleet.roles.packages import POLICY_RC
+from iotfleet.roles.dpkg_health import POLICY_RC
 from tests.integration.conftest import LabFactory, LabHost, RunningLab
 from tests.support.broker_clients import identity_of, target
 from tests.support.host_faults import interrupt_dpkg

@@ -157,17 +157,3 @@ def test_rendered_limit_without_password_listeners(broker: Broker) -> None:
     ruleset = render_ruleset(certificates_only)
     assert "password_sources" not in ruleset
     assert "tcp dport { 8883 } ct state new accept" in ruleset
-
-
-def test_loaded_ruleset_fact_reads_comment_and_digests() -> None:
-    from iotfleet.roles.firewall.facts import LoadedRuleset
-
-    fact = LoadedRuleset()
-    assert fact.process(["7fba3e03ab30b65f", "aa11", "aa11"]) == (
-        "7fba3e03ab30b65f",
-        "aa11",
-        "aa11",
-    )
-    assert fact.process(["7fba3e03ab30b65f", "bb22", ""]) == ("7fba3e03ab30b65f", "bb22", None)
-    assert fact.process([]) == (None, None, None)  # no table inet iotfleet
-    assert LoadedRuleset.default() == (None, None, None)  # pyinfra's value for no output

@@ -12,7 +12,7 @@ import pytest
 from iotfleet.check.host_facts import PackageOrigin, PackageState, parse_origin
 from iotfleet.check.service_checks import origin_problems
 from iotfleet.model import RawHost, build_fleet
-from iotfleet.roles import packages
+from iotfleet.roles import dpkg_health, packages
 from iotfleet.roles.pyinfra_fixes import HostConnectionLost, _connection_lost_is_host_error, _lost
 
 
@@ -21,7 +21,7 @@ def _script(tmp: Path, install: str) -> str:
     script = packages.healing_install_script(["mosquitto"], update=False)
     install_line = [line for line in script.splitlines() if " install -y " in line][-1]
     return (
-        script.replace(packages.POLICY_RC, str(tmp / "policy-rc.d"))
+        script.replace(dpkg_health.POLICY_RC, str(tmp / "policy-rc.d"))
         .replace("/var/lib/dpkg/updates", str(tmp / "updates"))
         .replace("dpkg --audit", "true")
         .replace("dpkg --force-confold --configure -a", f"{tmp}/configure")
@@ -78,7 +78,7 @@ def test_the_guard_is_removed_when_the_install_is_interrupted(
 
 def test_a_legacy_guard_is_removed_and_a_foreign_one_kept(tmp_path: Path) -> None:
     guard = tmp_path / "policy-rc.d"
-    guard.write_text(packages.LEGACY_GUARD)
+    guard.write_text(dpkg_health.LEGACY_GUARD)
     guard.chmod(0o755)
     assert _run(_script(tmp_path, "true")).returncode == 0
     assert not guard.exists()

@@ -12,6 +12,7 @@ import pytest
 
 from iotfleet.check.ssh_checks import expected_sshd, parse_sshd_t, sshd_problems
 from iotfleet.model import InventoryError, RawHost, SshHardeningSettings, build_fleet
+from iotfleet.roles.host_state import HostQuery, parse_output, query_command
 from iotfleet.roles.ssh_hardening import (
     DROPIN,
     STAGING_ROOT,
@@ -19,7 +20,6 @@ from iotfleet.roles.ssh_hardening import (
     install_script,
     render_dropin,
 )
-from iotfleet.roles.ssh_hardening.facts import ExistingPaths
 
 HOST = "mqtt1.example.net"
 
@@ -153,10 +153,9 @@ def test_staging_left_by_a_killed_run_goes_after_a_day_another_runs_stays(tmp_pa
 def test_the_leftover_check_lists_what_exists_and_never_fails(tmp_path: Path) -> None:
     kept, gone = tmp_path / "sshd-hardening.conf", tmp_path / "sshd-test.conf"
     kept.write_text("# staged by an older release\n")
-    fact = ExistingPaths()
+    query = HostQuery(paths=frozenset({str(kept), str(gone)}))
     result = subprocess.run(
-        ["sh", "-c", fact.command(paths=(str(kept), str(gone)))],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        ["sh", "-c", query_command(query)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0  # a path removed meanwhile (by another rollout) is no error
-    assert fact.process(result.stdout.splitlines()) == [str(kept)]
+    assert list(parse_output(result.stdout.splitlines()).paths) == [str(kept)]
