@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 from iotfleet.fleet.paths import fleet_dir
+from tests.support.rollout import commands_by_host
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bench-rollout"
@@ -32,7 +32,6 @@ TARGET_NO_CHANGE_20_S = 3.0
 TARGET_NO_CHANGE_20_VS_1 = 1.5
 TARGET_FIRST_20_VS_1 = 2.0
 EMPTY_DEPLOY = "bench/deploys/empty.py"
-_COMMAND = re.compile(r"^\[([^\]]+)\] >>> ", re.MULTILINE)
 
 
 def run(
@@ -76,9 +75,7 @@ def timed_rollout(
 
 def commands_per_host(output: str) -> float:
     """Remote commands per host of a ``pyinfra -vvv`` run (its ``[host] >>> cmd`` lines)."""
-    hosts: dict[str, int] = {}
-    for match in _COMMAND.finditer(output):
-        hosts[match.group(1)] = hosts.get(match.group(1), 0) + 1
+    hosts = commands_by_host(output)
     return sum(hosts.values()) / len(hosts) if hosts else 0.0
 
 

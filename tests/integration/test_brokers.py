@@ -33,7 +33,13 @@ from tests.integration.conftest import LabFactory, RunningLab
 from tests.support.broker_clients import MosquittoCli, identity_of, refused_identity, target
 from tests.support.fresh_host import wipe_iotfleet
 from tests.support.lab_fleet import lab_context
-from tests.support.rollout import Rollout, run_iotfleet, run_pyinfra
+from tests.support.rollout import (
+    Rollout,
+    changed_operations,
+    commands_by_host,
+    run_iotfleet,
+    run_pyinfra,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -100,6 +106,29 @@ def test_first_rollout_changed_every_broker_and_second_changes_nothing(
     assert again.returncode == 0, again.explain()
     assert (again.changed, again.errors) == (0, 0), again.explain()
     assert again.unchanged == again.operations > 0
+
+
+def test_a_no_change_rollout_reads_each_broker_in_one_command(deployed: DeployedLab) -> None:
+    """Issue 16: the no-change path is one remote command per broker (the host state read),
+    and drift is still found: a file changed by hand is put back by the one operation that
+    owns it, with the fresh read after it."""
+    quiet = deployed.rollout("-vvv")
+    assert quiet.returncode == 0 and quiet.changed == 0, quiet.explain()
+    brokers = [host.fqdn for host in deployed.lab.hosts if host.name.startswith("broker")]
+    once = dict.fromkeys(brokers, 1)
+    assert commands_by_host(quiet.output, brokers) == once, quiet.output[-3000:]
+
+    broker = brokers[0]
+    deployed.ssh(broker, f"chmod 0644 {layout.APPLY_SCRIPT}")
+    mended = deployed.rollout("-vvv")
+    assert mended.returncode == 0 and mended.changed == 1, mended.explain()
+    assert changed_operations(mended.output) == [
+        "Hardened Mosquitto | Install the apply script (test, restart, health check, rollback)"
+    ], mended.output[-3000:]
+    assert deployed.ssh(broker, f"stat -c %a {layout.APPLY_SCRIPT}").strip() == "755"
+    again = deployed.rollout("-vvv")
+    assert again.changed == 0, again.explain()
+    assert commands_by_host(again.output, brokers) == once, again.output[-3000:]
 
 
 def test_device_certificate_connects_and_publishes_to_its_own_topic(

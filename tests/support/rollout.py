@@ -12,6 +12,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 _TOTAL = re.compile(r"Grand total\s+(\d+)\s+(\d+|-)\s+(\d+|-)\s+(\d+|-)")
+# A remote command as ``pyinfra -vvv`` prints it, and a row of its results table.
+_COMMAND = re.compile(r"^\[([^\]]+)\] >>> ", re.MULTILINE)
+_RESULT_ROW = re.compile(
+    r"^\s+\S+ \| (.+?)\s+(\d+)\s+(\d+|-)\s+(\d+|-)\s+(\d+|-)\s*$", re.MULTILINE
+)
+
+
+def commands_by_host(output: str, hosts: list[str] | None = None) -> dict[str, int]:
+    """Remote commands each host ran in a ``pyinfra -vvv`` run (its ``[host] >>> `` lines);
+    ``hosts``: only these (each listed, 0 if it ran none)."""
+    counts = dict.fromkeys(hosts or [], 0)
+    for match in _COMMAND.finditer(output):
+        if hosts is None or match.group(1) in counts:
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
+
+
+def changed_operations(output: str) -> list[str]:
+    """Names (``role | operation``) of the operations the results table lists as changed."""
+    return [m.group(1) for m in _RESULT_ROW.finditer(output) if m.group(3) != "-"]
 
 
 @dataclass(frozen=True)
