@@ -34,6 +34,8 @@ from iotfleet.roles.dpkg_health import (
 from iotfleet.roles.host_state import HostQuery, host_state
 
 MOSQUITTO_PACKAGES = ("mosquitto", "mosquitto-clients")
+# The broker's apply script finds local addresses and busy ports with ip and ss.
+APPLY_SCRIPT_PACKAGES = ("iproute2",)
 # The guard names its owner, the installing shell, by PID and start time (a reused PID has
 # another start time), so it refuses starts only while that shell runs.
 _GUARD_LINES = (
@@ -70,9 +72,13 @@ def packages_query(packages: Sequence[str]) -> HostQuery:
 
 def broker_packages(broker: Broker) -> tuple[list[str], dict[str, str]]:
     """(names, {name: version}) of everything a broker needs from Debian: Mosquitto at the
-    inventory's version, nftables when the firewall is enabled. Installed in one apt
-    transaction by whichever role runs first (the firewall's)."""
-    names = [*MOSQUITTO_PACKAGES, *(("nftables",) if broker.firewall.enabled else ())]
+    inventory's version, the tools the apply script runs (``ip``, ``ss``), nftables when the
+    firewall is enabled. Installed in one apt transaction by whichever role runs first."""
+    names = [
+        *MOSQUITTO_PACKAGES,
+        *APPLY_SCRIPT_PACKAGES,
+        *(("nftables",) if broker.firewall.enabled else ()),
+    ]
     version = broker.mosquitto.package_version
     return names, ({name: version for name in MOSQUITTO_PACKAGES} if version else {})
 

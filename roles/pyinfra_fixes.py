@@ -28,6 +28,8 @@ Each fix is applied once and is a no-op when pyinfra already behaves (a later re
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import signal
 import sys
 from collections.abc import Callable
@@ -154,12 +156,29 @@ def operation_order_from_frames(state: Any) -> list[int]:
     return line_numbers
 
 
+# SHA-256 of the source of the pyinfra function the frames walk replaces, as
+# tests/unit/test_operation_order.py proved the same order for (pyinfra 3.10.0). Another
+# pyinfra's may compute the order differently: it is then left in place (slower, not wrong).
+ORDER_FUNCTION_SOURCE_SHA256 = "f4807f61585570e091fd453c7552d9e2b49329555f07f395a8e8f1d2a398a0b2"
+
+
+def source_digest(function: Any) -> str | None:
+    """SHA-256 of ``function``'s source; None if it cannot be read."""
+    try:
+        return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
 def order_operations_without_inspect_stack() -> None:
-    """Have pyinfra's operation decorator use :func:`operation_order_from_frames`."""
+    """Have pyinfra's operation decorator use :func:`operation_order_from_frames`, when
+    pyinfra's own function is the one it was shown to match."""
     # sys.modules: the attribute pyinfra.api.operation is the decorator, not its module.
     module: Any = sys.modules["pyinfra.api.operation"]
     current = getattr(module, "get_operation_order_from_stack", None)
-    if current is not None and not getattr(current, _PATCHED, False):
+    if current is None or getattr(current, _PATCHED, False):
+        return
+    if source_digest(current) == ORDER_FUNCTION_SOURCE_SHA256:
         setattr(operation_order_from_frames, _PATCHED, True)
         module.get_operation_order_from_stack = operation_order_from_frames
 

@@ -8,6 +8,7 @@ import math
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
@@ -161,14 +162,15 @@ def load_ruleset(ruleset: str) -> Generator[Any, None, None]:
     )  # fmt: skip
 
 
-# Hosts whose firewall this run already rolled out: the role runs once per host, whether the
-# user's deploy file calls it or the Mosquitto role pulls it in as its dependency.
-_rolled_out: set[str] = set()
+# pyinfra state -> hosts whose firewall this run already rolled out: the role runs once per
+# host, whether the user's deploy file calls it or the Mosquitto role pulls it in as its
+# dependency. Keyed by the run's state: a second run in one process starts afresh.
+_rolled_out: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()
 
 
 def firewall_rolled_out(host_name: str) -> bool:
     """Whether this run already added the firewall role's operations for ``host_name``."""
-    return host_name in _rolled_out
+    return host_name in _rolled_out.get(host.state, set())
 
 
 @deploy("nftables firewall")
@@ -194,9 +196,9 @@ def deploy_firewall(broker: Broker | None = None) -> None:
         deploy_firewall()
     """
     broker = broker or this_broker(fleet_model())
-    if host.name in _rolled_out:
+    if firewall_rolled_out(host.name):
         return
-    _rolled_out.add(host.name)
+    _rolled_out.setdefault(host.state, set()).add(host.name)
     expect(host_query(broker))
     if not broker.firewall.enabled:
         systemd_unit(

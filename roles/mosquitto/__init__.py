@@ -13,14 +13,14 @@ from iotfleet.roles.firewall import deploy_firewall, firewall_rolled_out
 from iotfleet.roles.fleet_context import reconciled_fleet
 from iotfleet.roles.host_ops import absent, directory, put_files, systemd_unit, units_query
 from iotfleet.roles.host_state import HostQuery, expect
-from iotfleet.roles.mosquitto.operations import PACKAGES, apply_files
+from iotfleet.roles.mosquitto.operations import apply_files
 from iotfleet.roles.mosquitto.render import (
     apply_script,
     health_options,
     health_topic_of,
     service_files,
 )
-from iotfleet.roles.packages import install_debs, packages_query
+from iotfleet.roles.packages import broker_packages, install_debs, packages_query
 from iotfleet.roles.pki import bridge_pki_files, broker_pki_files, health_identity_files
 from iotfleet.roles.this_host import this_broker
 
@@ -30,9 +30,8 @@ def host_query(broker: Broker) -> HostQuery:
     ports = [listener.port for listener in broker.mosquitto.listeners]
     paths = {spec.path for spec in layout.broker_files(ports, bridge=True)}
     paths.add(layout.LEGACY_PASSWORD_FILE)
-    return (
-        HostQuery(paths=frozenset(paths)) | units_query(layout.SERVICE) | packages_query(PACKAGES)
-    )
+    names, _ = broker_packages(broker)
+    return HostQuery(paths=frozenset(paths)) | units_query(layout.SERVICE) | packages_query(names)
 
 
 @deploy("Hardened Mosquitto")
@@ -73,10 +72,12 @@ def deploy_mosquitto(ctx: FleetContext | None = None) -> None:
         # firewall's, so the broker never serves unfiltered; the firewall must exist first
         # (or, with firewall_enabled false, an earlier one is stopped, not left stale).
         deploy_firewall(broker=broker)
+    # The same transaction as the firewall's (already queued, when it ran first).
+    names, versions = broker_packages(broker)
     install_debs(
         name="Install Mosquitto from Debian packages (not started yet; dpkg repaired first)",
-        packages=PACKAGES,
-        version=broker.mosquitto.package_version,
+        packages=names,
+        versions=versions,
     )
     for spec in layout.DIRECTORIES:
         directory(

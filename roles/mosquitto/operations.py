@@ -18,9 +18,6 @@ from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.roles.file_diff import show_change
 from iotfleet.roles.host_ops import files_query, units_query
 from iotfleet.roles.host_state import host_state
-from iotfleet.roles.packages import MOSQUITTO_PACKAGES
-
-PACKAGES = MOSQUITTO_PACKAGES
 
 
 def run_stage_name() -> str:

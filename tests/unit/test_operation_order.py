@@ -21,7 +21,12 @@ import pytest
 from pyinfra.api import util
 
 import iotfleet.roles  # noqa: F401 (applies the carried fixes)
-from iotfleet.roles.pyinfra_fixes import operation_order_from_frames
+from iotfleet.roles.pyinfra_fixes import (
+    ORDER_FUNCTION_SOURCE_SHA256,
+    operation_order_from_frames,
+    order_operations_without_inspect_stack,
+    source_digest,
+)
 
 Order = Callable[[Any], list[int]]
 
@@ -62,6 +67,21 @@ def test_two_calls_on_different_lines_are_ordered_as_pyinfra_orders_them() -> No
 def test_pyinfra_operations_use_the_frame_walk() -> None:
     module = sys.modules["pyinfra.api.operation"]
     assert module.get_operation_order_from_stack is operation_order_from_frames
+
+
+def test_another_pyinfras_order_function_is_left_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The frame walk replaces only the function it was shown to match (by source digest)."""
+    module = sys.modules["pyinfra.api.operation"]
+    assert source_digest(util.get_operation_order_from_stack) == ORDER_FUNCTION_SOURCE_SHA256
+
+    def changed_upstream(state: Any) -> list[int]:
+        return [0]
+
+    monkeypatch.setattr(module, "get_operation_order_from_stack", changed_upstream)
+    order_operations_without_inspect_stack()
+    assert module.get_operation_order_from_stack is changed_upstream
 
 
 REPO = Path(__file__).resolve().parents[2]
