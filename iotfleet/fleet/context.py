@@ -61,6 +61,12 @@ class FleetContext:
         shared by every host of the run (re-read only if index.json changes on disk)."""
         return PkiStore(self.pki_settings.state_dir, self.stage)
 
+    @cached_property
+    def password_hashes(self) -> dict[tuple[str, str, int], str]:
+        """Password file entries made in this run, by user, password and rounds: each is
+        hashed once for every broker and listener (in memory only, never written)."""
+        return {}
+
     @property
     def registry_path(self) -> Path:
         """The flash registry: what was flashed on which board."""

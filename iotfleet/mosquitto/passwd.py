@@ -5,7 +5,10 @@ Format ``$7$<iterations>$<base64 salt>$<base64 hash>``: PBKDF2-HMAC-SHA512, 12-b
 default, 101, is far too cheap). Clear passwords never leave the control machine. Salts are
 derived, not random (``derive_salt``), so an unchanged inventory renders a byte-identical file
 without reading the live hashes back from the host, and the broker is not reloaded for
-nothing.
+nothing. A user's entry is the same on every listener and broker of the fleet, so a run hashes
+each password once (``memo``), not once per broker and listener: at 10,000 PBKDF2 rounds that
+is 12 ms per entry, 3 s of a 20-broker run otherwise. A stolen file tells no more for it: every
+broker takes the same password anyway.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 ITERATIONS = 101  # mosquitto_passwd's default; iotfleet renders its own count
 SALT_BYTES = 12
@@ -60,25 +63,33 @@ def parse_password_file(text: str) -> dict[str, str]:
     return entries
 
 
-def derive_salt(key: bytes, *, broker: str, port: int, user: str, password: str) -> bytes:
-    """The salt of one entry: HMAC-SHA256 of the fleet's salt key over broker, listener, user
-    and password. The same inventory renders byte-identical files without reading the host;
-    a changed password gets a new salt; the same password on two listeners or brokers gets
-    two different hashes."""
-    message = "\0".join((broker, str(int(port)), user, password)).encode()
+def derive_salt(key: bytes, *, user: str, password: str) -> bytes:
+    """The salt of one entry: HMAC-SHA256 of the fleet's salt key over user and password. The
+    same inventory renders byte-identical files without reading the host; a changed password
+    gets a new salt; another user with the same password gets another hash."""
+    message = "\0".join((user, password)).encode()
     return hmac.new(key, message, hashlib.sha256).digest()[:SALT_BYTES]
 
 
 def render_password_file(
-    passwords: Mapping[str, str], salt_of: Callable[[str, str], bytes], iterations: int
+    passwords: Mapping[str, str],
+    salt_of: Callable[[str, str], bytes],
+    iterations: int,
+    memo: MutableMapping[tuple[str, str, int], str] | None = None,
 ) -> str:
     """Render the file for ``{username: clear password}``; ``salt_of(user, password)`` gives
-    each entry's salt. A hash made with another iteration count is simply rendered anew."""
+    each entry's salt. A hash made with another iteration count is simply rendered anew.
+    ``memo``: hashes already made in this run (in memory only), by user, password, rounds."""
     lines = []
     for user in sorted(passwords):
         if ":" in user or "\n" in user:
             raise ValueError(f"username {user!r} cannot be written to a Mosquitto password file")
         password = passwords[user]
-        stored = hash_password(password, salt=salt_of(user, password), iterations=iterations)
+        key = (user, password, iterations)
+        stored = memo.get(key) if memo is not None else None
+        if stored is None:
+            stored = hash_password(password, salt=salt_of(user, password), iterations=iterations)
+            if memo is not None:
+                memo[key] = stored
         lines.append(f"{user}:{stored}\n")
     return "".join(lines)

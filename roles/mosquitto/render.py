@@ -175,12 +175,12 @@ def service_files(ctx: FleetContext, broker: Broker) -> tuple[BrokerConfig, list
         if not users:
             continue
 
-        def salt_of(user: str, password: str, port: int = listener.port) -> bytes:
-            return derive_salt(
-                salt_key, broker=broker.name, port=port, user=user, password=password
-            )
+        def salt_of(user: str, password: str) -> bytes:
+            return derive_salt(salt_key, user=user, password=password)
 
-        passwd = render_password_file({u: clear[u] for u in users}, salt_of, iterations)
+        passwd = render_password_file(
+            {u: clear[u] for u in users}, salt_of, iterations, ctx.password_hashes
+        )
         files.append(layout.password_file_spec(listener.port).with_content(passwd.encode()))
     return config, files
 

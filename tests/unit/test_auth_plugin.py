@@ -52,7 +52,7 @@ class Broker:
 
     def write_passwords(self, passwords: dict[str, str]) -> None:
         def salt_of(user: str, password: str) -> bytes:
-            return derive_salt(b"k" * 32, broker="b", port=0, user=user, password=password)
+            return derive_salt(b"k" * 32, user=user, password=password)
 
         (self.work / "passwd").write_text(render_password_file(passwords, salt_of, 1000))
 

@@ -35,31 +35,43 @@ def test_we_verify_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
     assert not verify_password("wrong", stored)
 
 
+def _no_salt(user: str, password: str) -> bytes:
+    raise AssertionError(f"{user} hashed again")
+
+
 def test_salts_are_derived_so_the_same_inventory_renders_the_same_file() -> None:
     key = b"k" * 32
 
-    def salts(port: int) -> Callable[[str, str], bytes]:
+    def salts(key: bytes) -> Callable[[str, str], bytes]:
         def salt_of(user: str, password: str) -> bytes:
-            return derive_salt(key, broker="b1", port=port, user=user, password=password)
+            return derive_salt(key, user=user, password=password)
 
         return salt_of
 
     passwords = {"alice": "a" * 20, "bob": "b" * 20}
-    first = render_password_file(passwords, salts(8884), 1000)
-    assert render_password_file(dict(passwords), salts(8884), 1000) == first
+    first = render_password_file(passwords, salts(key), 1000)
+    assert render_password_file(dict(passwords), salts(key), 1000) == first
     entries = parse_password_file(first)
     assert all(verify_password(passwords[u], entries[u]) for u in passwords)
     # A changed password gets a new salt; the others keep their bytes.
     changed = parse_password_file(
-        render_password_file({**passwords, "bob": "B" * 20}, salts(8884), 1000)
+        render_password_file({**passwords, "bob": "B" * 20}, salts(key), 1000)
     )
     assert changed["alice"] == entries["alice"]
     assert changed["bob"].split("$")[3] != entries["bob"].split("$")[3]
-    # The same password on another listener is another hash.
-    other = parse_password_file(render_password_file(passwords, salts(8885), 1000))
+    # The same password of another user is another hash; another fleet (salt key) too.
+    twins = parse_password_file(
+        render_password_file({"a": "x" * 20, "b": "x" * 20}, salts(key), 1000)
+    )
+    assert twins["a"].split("$")[3:] != twins["b"].split("$")[3:]
+    other = parse_password_file(render_password_file(passwords, salts(b"o" * 32), 1000))
     assert other["alice"] != entries["alice"]
+    # A run hashes each entry once for every listener and broker it is on.
+    memo: dict[tuple[str, str, int], str] = {}
+    once = render_password_file(passwords, salts(key), 1000, memo)
+    assert len(memo) == 2 and render_password_file(passwords, _no_salt, 1000, memo) == once
     # Another iteration count: every entry is hashed anew.
-    stronger = parse_password_file(render_password_file(passwords, salts(8884), 2000))
+    stronger = parse_password_file(render_password_file(passwords, salts(key), 2000))
     assert {h.split("$")[2] for h in stronger.values()} == {"2000"}
     assert verify_password("a" * 20, stronger["alice"])
 
