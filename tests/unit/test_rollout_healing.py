@@ -142,17 +142,17 @@ def test_missing_packages_honour_the_pinned_version() -> None:
     ) == ["mosquitto=2.0.18-1", "mosquitto-clients=2.0.18-1", "nftables"]
 
 
-def test_a_broker_needs_mosquitto_and_nftables_from_one_install() -> None:
+def test_a_broker_needs_mosquitto_iproute2_and_nftables_from_one_install() -> None:
     def broker(**data: object):
         fleet = build_fleet([RawHost("b", ("brokers",), {"fleet_name": "x", **data})])
         return fleet.broker("b")
 
     names, versions = packages.broker_packages(broker())
-    assert names == ["mosquitto", "mosquitto-clients", "nftables"] and versions == {}
+    assert names == ["mosquitto", "mosquitto-clients", "iproute2", "nftables"] and versions == {}
     names, versions = packages.broker_packages(
         broker(firewall_enabled=False, mosquitto_package_version="2.0.18-1")
     )
-    assert names == ["mosquitto", "mosquitto-clients"]
+    assert names == ["mosquitto", "mosquitto-clients", "iproute2"]  # the apply script's ip, ss
     assert versions == {"mosquitto": "2.0.18-1", "mosquitto-clients": "2.0.18-1"}
 
 

@@ -82,7 +82,9 @@ PINNED: dict[str, dict[str, str]] = {
 # Changed on purpose since (issue 16, items 3 and 4): the ACL says the device contract once, by
 # ``pattern`` lines, instead of one block per device; the plugin lets only the broker's
 # identities in, so mosquitto.conf gains ``plugin_opt_identities_file`` on each listener and
-# the broker gains the identities file. Every other file still renders as it did before sites.
+# the broker gains the identities file. Item 2: a user's password entry is the same on every
+# listener and broker (its salt no longer depends on either), so a run hashes it once; the
+# password files hold the same users as before. Every other file renders as it did before.
 CHANGED_SINCE: dict[str, dict[str, str]] = {
     "example": {
         "mqtt1.plant-a.example.net acl": "e0d86073b4890491",
@@ -91,6 +93,7 @@ CHANGED_SINCE: dict[str, dict[str, str]] = {
         "mqtt2.plant-a.example.net acl": "211de026e6629fb7",
         "mqtt2.plant-a.example.net identities": "22708c373aa2952c",
         "mqtt2.plant-a.example.net mosquitto.conf": "ecdeaca2206d4599",
+        "mqtt1.plant-a.example.net passwd-8884": "062b5a653caaf0c3",
     },
     "lab-shaped": {
         "lab-broker-1 acl": "84c419a905b809a3",
@@ -99,6 +102,12 @@ CHANGED_SINCE: dict[str, dict[str, str]] = {
         "lab-broker-2 acl": "0a9ea04dfd5a40cd",
         "lab-broker-2 identities": "668e0f01afb4b668",
         "lab-broker-2 mosquitto.conf": "56c499fe711a69ea",
+        "lab-broker-1 passwd-8443": "22163105504092ce",
+        "lab-broker-1 passwd-8884": "22163105504092ce",
+        "lab-broker-1 passwd-8885": "5af2517c5b00487b",
+        "lab-broker-2 passwd-8443": "d76c09508c642b99",
+        "lab-broker-2 passwd-8884": "d76c09508c642b99",
+        "lab-broker-2 passwd-8885": "ae74e3cf7a733670",
     },
 }
 
