@@ -91,6 +91,11 @@ def fleet_plan() -> FleetPlan:
     stage = Stage()
     try:
         fleet = fleet_model()
+        if fleet.brokers:
+            # gcc compiles the brokers' plugin on another core while this run plans its PKI.
+            from iotfleet.roles.mosquitto.plugin_build import start_auth_plugin_build
+
+            start_auth_plugin_build()
         ctx = FleetContext.for_fleet(fleet, stage=stage)
         with staged(stage):
             report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
