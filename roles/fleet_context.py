@@ -85,9 +85,19 @@ def fleet_context() -> FleetContext:
         raise RolloutRefusedError(f"iotfleet: {exc}") from None
 
 
-@cache
+# pyinfra loads the deploy files of its hosts in greenlets: a plan that yields (the plugin
+# build's subprocess does) must not be computed twice by two hosts at once.
+_plan_lock = threading.Lock()
+
+
 def fleet_plan() -> FleetPlan:
     """The fleet and its PKI plan (computed once per pyinfra run; exits listing problems)."""
+    with _plan_lock:
+        return _fleet_plan()
+
+
+@cache
+def _fleet_plan() -> FleetPlan:
     stage = Stage()
     try:
         fleet = fleet_model()
