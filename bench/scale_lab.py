@@ -49,7 +49,8 @@ HEALTH_TIMEOUT_S = 300
 START_TIMEOUT_S = 600.0
 
 # Issue 16, at 100,000 devices on 5 brokers.
-TARGETS = {"pki_again_s": 2.0, "again_s": 10.0, "first_s": 120.0}
+# "first" is what a new fleet costs: the PKI enroll and the first rollout on new hosts.
+TARGETS = {"pki_again_s": 2.0, "again_s": 10.0, "enroll_first_s": 120.0}
 
 
 @dataclass(frozen=True)
@@ -294,20 +295,27 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
             "targets (at 100,000 devices): PKI no-change <= 2 s, no-change rollout <= 10 s, "
             "first <= 120 s: not measured at that size",
         ]
-    r = large[-1]
-    names = {"pki_again_s": "PKI no-change", "again_s": "no-change rollout", "first_s": "first"}
+    r = {**large[-1], "enroll_first_s": large[-1]["enroll_s"] + large[-1]["first_s"]}
+    names = {
+        "pki_again_s": "PKI no-change (pyinfra)",
+        "again_s": "no-change rollout",
+        "enroll_first_s": "first (PKI enroll + rollout)",
+    }
     for key, limit in TARGETS.items():
-        met = r[key] <= limit
         lines.append(
             f"target {names[key]} at {r['devices']} <= {limit:g} s: "
-            f"{r[key]:.2f} s {'met' if met else 'NOT MET'}"
+            f"{r[key]:.2f} s {_met(r[key], limit)}"
         )
-    inproc = r["plan_s"] <= TARGETS["pki_again_s"]
+    pki, first = TARGETS["pki_again_s"], TARGETS["enroll_first_s"]
     lines.append(
-        f"  (PKI no-change in-process: {r['plan_s']:.2f} s {'met' if inproc else 'NOT MET'};"
-        f" first incl. enroll: {r['enroll_s'] + r['first_s']:.1f} s)"
+        f"  (PKI no-change in-process: {r['plan_s']:.2f} s {_met(r['plan_s'], pki)};"
+        f" the rollout alone, PKI enrolled: {r['first_s']:.1f} s {_met(r['first_s'], first)})"
     )
     return lines
+
+
+def _met(value: float, limit: float) -> str:
+    return "met" if value <= limit else "NOT MET"
 
 
 def hosts_main(args: Any) -> None:
