@@ -60,7 +60,7 @@ def test_verdicts_name_targets_only_at_100000_devices() -> None:
     assert "target PKI no-change (pyinfra) at 100000 <= 2 s: 0.50 s met" in lines
     assert "target no-change rollout at 100000 <= 10 s: 5.00 s met" in lines
     assert "target first (PKI enroll + rollout) at 100000 <= 120 s: 55.00 s met" in lines
-    # The rollout alone (100 s) is within 120 s, the new fleet's cost (11 s + 110 s) is not.
+    # The rollout alone (110 s) is within 120 s, the new fleet's cost (11 s + 110 s) is not.
     slow = verdicts([_row(100_000, 11.0, 2000)])
     assert "target first (PKI enroll + rollout) at 100000 <= 120 s: 121.00 s NOT MET" in slow
     assert slow[-1].endswith("the rollout alone, PKI enrolled: 110.0 s met)")
