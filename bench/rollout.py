@@ -88,9 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--suite", default="bookworm", choices=["bookworm", "trixie"])
+    parser.add_argument("--lab", default=NAME, help=f"the lab's name (default {NAME})")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/rollout.py needs root (it boots a lab)")
+    lab = args.lab
     sizes = sorted(set(args.sizes) | {1})
 
     first: dict[int, float] = {}
@@ -101,11 +103,11 @@ def main() -> None:
     loads: dict[int, str] = {}
     try:
         for n in sizes:
-            fresh_lab(n, args.suite)
-            first[n], _, _ = timed_rollout()
-            again[n], counts[n], _ = timed_rollout()
-            empty[n], _, _ = timed_rollout(EMPTY_DEPLOY)
-            _, _, verbose = timed_rollout("deploy.py", "-vvv")  # counted, not timed
+            fresh_lab(n, args.suite, lab)
+            first[n], _, _ = timed_rollout(lab=lab)
+            again[n], counts[n], _ = timed_rollout(lab=lab)
+            empty[n], _, _ = timed_rollout(EMPTY_DEPLOY, lab=lab)
+            _, _, verbose = timed_rollout("deploy.py", "-vvv", lab=lab)  # counted, not timed
             commands[n] = commands_per_host(verbose)
             loads[n] = load()
             print(
@@ -115,8 +117,8 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        iotfleet("lab", "down", "--name", NAME)
-        shutil.rmtree(fleet_dir(NAME), ignore_errors=True)
+        iotfleet("lab", "down", "--name", lab, lab=lab)
+        shutil.rmtree(fleet_dir(lab), ignore_errors=True)
 
     print(f"\niotfleet rollout bench ({os.cpu_count()} cores, {args.suite}; baseline = 1 broker)")
     print(

@@ -1,17 +1,25 @@
-"""Benchmark: how the control machine's side of a rollout grows with the fleet (issue 16).
+"""Benchmark: how a rollout grows with the fleet, hosts and control machine (issue 16).
 
-    .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--brokers 5]
+Run as root:  .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--brokers 5]
+              [--small] [--lab NAME] [--keep-lab]
+Without root: .venv/bin/python bench/scale.py --control-only [--sizes ...]
 
-For each size, a fresh fleet of N devices on 5 brokers (its own IOTFLEET_HOME), each phase in
-its own process as a pyinfra run would be:
+By default, for each size a fresh lab of 5 brokers whose fleet has N more devices (``iotfleet
+lab up --devices N``), measured from outside with the real pyinfra CLI (bench/scale_lab.py):
+PKI enroll and no-change (``deploy/pki.py``, and the same plan in-process), first and
+no-change ``deploy.py``, one broker's start time (``systemctl start`` until its health
+identity's mTLS CONNACK) and its ACL and password files (bytes, lines). Printed side by side
+with the growth per 1,000 devices, the load, and the targets at 100,000 devices: PKI
+no-change <= 2 s, no-change rollout <= 10 s, first <= 120 s. ``--small``: 100 and 1,000.
+
+``--control-only``: a fresh fleet of N devices on 5 brokers (its own IOTFLEET_HOME, no hosts),
+each phase in its own process as a pyinfra run would be:
 - enroll: the first run's plan (CA, every identity, CRL, secrets) and its commit;
 - no-change: a second run's plan (nothing to commit) and the material every broker's roles
   render from it (PKI files, mosquitto.conf, ACL, password files);
 - the ACL and password file sizes of one broker.
 Printed side by side (wall seconds, and this process's CPU seconds, which a busy machine
-distorts less) with the growth per 1,000 devices. Not measured here (they need hosts):
-first and no-change rollouts and the broker's start time (bench/rollout.py, bench/lab.py).
-Targets at 100,000 devices: PKI no-change <= 2 s.
+distorts less) with the growth per 1,000 devices.
 """
 
 from __future__ import annotations
@@ -103,15 +111,8 @@ def _run_phase(name: str, devices: int, brokers: int, home: Path) -> dict[str, f
     return dict(json.loads(out.stdout.splitlines()[-1]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
-    parser.add_argument("--brokers", type=int, default=5)
-    parser.add_argument("--phase", choices=["enroll", "no-change"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.phase:
-        print(json.dumps(phase(args.phase, args.sizes[0], args.brokers)))
-        return
+def control_main(args: argparse.Namespace) -> None:
+    """The control machine's side alone, in a fleet of its own (``--control-only``)."""
     rows: list[tuple[int, dict[str, float], dict[str, float], str]] = []
     for devices in args.sizes:
         # The bench fleet's CA keys and passphrase stay under iotfleet's own state (0700),
@@ -157,6 +158,37 @@ def main() -> None:
             f"{largest[2]['plan_s']:.2f} s {'met' if met else 'NOT MET'}"
         )
     print("not measured here (need hosts): rollouts first/no-change, broker start time")
+
+
+def main() -> None:
+    from bench.scale_lab import HEALTH_TIMEOUT_S, LAB, hosts_main, lab_plan
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    parser.add_argument("--brokers", type=int, default=5)
+    parser.add_argument("--small", action="store_true", help="smoke run: 100 and 1,000 devices")
+    parser.add_argument(
+        "--control-only", action="store_true", help="no lab: the control machine's side alone"
+    )
+    parser.add_argument("--suite", default="bookworm", choices=["bookworm", "trixie"])
+    parser.add_argument("--lab", default=LAB, help=f"the lab's name (default {LAB})")
+    parser.add_argument(
+        "--health-timeout", type=int, default=HEALTH_TIMEOUT_S, help="mosquitto_health_timeout"
+    )
+    parser.add_argument("--keep-lab", action="store_true", help="leave the last lab running")
+    parser.add_argument("--phase", choices=["enroll", "no-change"], help=argparse.SUPPRESS)
+    parser.add_argument("--lab-plan", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.small:
+        args.sizes = [100, 1000]
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.sizes[0], args.brokers)))
+    elif args.lab_plan:
+        print(json.dumps(lab_plan(args.lab)))
+    elif args.control_only:
+        control_main(args)
+    else:
+        hosts_main(args)
 
 
 if __name__ == "__main__":

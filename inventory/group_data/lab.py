@@ -7,7 +7,7 @@ WebSockets (TLS, passwords) on 8443.
 
 from pyinfra import inventory
 
-from iotfleet.lab.inventory import lab_gateway_names
+from iotfleet.lab.inventory import lab_device_names, lab_gateway_names
 from iotfleet.lab.naming import lab_name
 
 # pyinfra reads every file of group_data/ whatever the inventory: only the lab's own
@@ -37,6 +37,8 @@ fleet_devices = [
         {"id": name, "group": "gateways"}
         for name in (lab_gateway_names() if _lab_inventory else [])
     ),
+    # `iotfleet lab up --devices N`: N more software devices (bench/scale.py).
+    *({"id": name, "group": "software"} for name in (lab_device_names() if _lab_inventory else [])),
 ]
 
 fleet_clients = [

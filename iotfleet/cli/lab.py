@@ -99,6 +99,13 @@ def cli() -> None:
 @click.option("--brokers", default=1, show_default=True, type=click.IntRange(0, 240))
 @click.option("--gateways", default=0, show_default=True, type=click.IntRange(0, 64))
 @click.option(
+    "--devices",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 1_000_000),
+    help="Extra software devices of the lab fleet (dev000001..), for benches.",
+)
+@click.option(
     "--suite",
     type=click.Choice(packages.SUITES),
     default=packages.DEFAULT_SUITE,
@@ -120,18 +127,21 @@ def up_command(
     name: str,
     brokers: int,
     gateways: int,
+    devices: int,
     suite: str,
     subnet: str | None,
     install_missing: bool,
     boot_timeout: float | None,
 ) -> None:
-    """Bring the lab to BROKERS hosts and GATEWAYS boards (adds or removes; idempotent)."""
+    """Bring the lab to BROKERS hosts, GATEWAYS boards and DEVICES extra devices (adds or
+    removes; idempotent)."""
     started = time.monotonic()
     try:
         request = UpRequest(
             name=naming.validate_lab_name(name),
             brokers=brokers,
             gateways=gateways,
+            devices=devices,
             suite=suite,
             subnet=subnet,
             install_missing=install_missing,

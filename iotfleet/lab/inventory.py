@@ -69,6 +69,12 @@ def _board(gw: GatewayState, port: str) -> dict[str, Any]:
     return {"port": port, "device": gw.name, "flash_file": gw.flash_file, "mac": gw.mac}
 
 
+def lab_device_names(lab_name: str | None = None, root: Path | None = None) -> list[str]:
+    """Ids of the lab fleet's extra software devices (``lab up --devices N``)."""
+    state = load_lab(naming.lab_name(lab_name), root)
+    return [naming.device_name(i) for i in range(1, state.devices + 1)]
+
+
 def lab_gateway_names(lab_name: str | None = None, root: Path | None = None) -> list[str]:
     """Names of the lab's emulated boards (each becomes a fleet device of the same name)."""
     state = load_lab(naming.lab_name(lab_name), root)

@@ -74,6 +74,11 @@ def gateway_name(index: int) -> str:
     return f"gw{index}"
 
 
+def device_name(index: int) -> str:
+    """Id of the lab fleet's ``index``-th extra software device (``lab up --devices``)."""
+    return f"dev{index:06d}"
+
+
 def fqdn(host: str, lab: str) -> str:
     return f"{host}.{lab}.{DOMAIN}"
 

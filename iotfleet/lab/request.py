@@ -25,6 +25,9 @@ class UpRequest:
     named_gateways: tuple[NamedGateway, ...] = ()
     # Host names instead of broker1..brokerN (a classroom gives each student a broker).
     host_names: tuple[str, ...] = ()
+    # Extra software devices of the lab fleet (dev000001..): identities, ACL and password
+    # entries only, no boards (bench/scale.py grows a fleet with them).
+    devices: int = 0
     suite: str = packages.DEFAULT_SUITE
     subnet: str | None = None
     install_missing: bool = False

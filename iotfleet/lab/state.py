@@ -87,6 +87,9 @@ class LabState(BaseModel):
     repo_server: ProcessRef | None = None
     hosts: list[HostState] = Field(default_factory=list)
     gateways: list[GatewayState] = Field(default_factory=list)
+    # Extra software devices of the lab fleet (``lab up --devices``); state files written
+    # before the option existed load with 0.
+    devices: int = 0
 
     def host(self, name: str) -> HostState | None:
         return next((h for h in self.hosts if h.name == name), None)

@@ -93,6 +93,7 @@ def up(
             save_state(paths.state_file, state)
             added = converge_hosts(state, paths, request, rep)
             _converge_gateways(state, paths, wanted_gateways(request), rep, env.emulator_argv)
+            state.devices = request.devices
             # Hosts restarted above have a new mount namespace: their boards need new bridges.
             for note in reattach(state, paths):
                 rep.note(note)
@@ -124,6 +125,8 @@ def _preflight(request: UpRequest, env: Environment) -> None:
         raise LabError("host names must be unique")
     if request.gateways < 0:
         raise LabError("--gateways must be 0 or more")
+    if request.devices < 0:
+        raise LabError("--devices must be 0 or more")
     names = [gw.name for gw in request.named_gateways]
     for gw_name in names:
         if not naming.GATEWAY_NAME_RE.match(gw_name):

@@ -314,6 +314,25 @@ def test_two_rollouts_started_together_end_consistent(lab: RunningLab, fresh: st
     assert (again.changed, again.errors) == (0, 0), again.explain()
 
 
+def test_a_rollout_after_the_pki_tier_alone_is_then_unchanged(lab: RunningLab) -> None:
+    # deploy/pki.py enrolls the PKI only; the rollout after it has no PKI change to commit,
+    # yet must keep what it generated (the brokers' health-check passwords): the next rollout
+    # then changes nothing on any broker.
+    fleet = f"{lab.name}-pkifirst"
+    shutil.rmtree(fleet_dir(fleet), ignore_errors=True)
+    try:
+        pki = run_pyinfra(lab.name, "deploy/pki.py", *_data(fleet))
+        assert pki.returncode == 0, pki.explain()
+        first = run_pyinfra(lab.name, "deploy.py", *_data(fleet))
+        assert first.returncode == 0, first.explain()
+        again = run_pyinfra(lab.name, "deploy.py", *_data(fleet))
+        assert again.returncode == 0, again.explain()
+        assert _plan_line(again.output, fleet) == "no change"
+        assert (again.changed, again.errors) == (0, 0), again.explain()
+    finally:
+        shutil.rmtree(fleet_dir(fleet), ignore_errors=True)
+
+
 def test_a_no_change_plan_is_checked_again_before_it_runs(lab: RunningLab, fresh: str) -> None:
     """A run plans "no change", waits at its prompt; meanwhile another run revokes a device and
     pushes the new CRL. Answered yes, the first run must not push its stale files (which would

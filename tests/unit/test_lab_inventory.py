@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 from pathlib import Path
 
 import pytest
 
+from iotfleet.check.plan import read_inventory
 from iotfleet.lab.environment import Environment
 from iotfleet.lab.errors import LabError
-from iotfleet.lab.inventory import lab_inventory_groups
+from iotfleet.lab.inventory import lab_device_names, lab_inventory_groups
 from iotfleet.lab.request import UpRequest
 from iotfleet.lab.state import GatewayState, lab_paths, save_state
 from iotfleet.lab.up import up
+from iotfleet.model import build_fleet
 from tests.unit.test_lab_state import sample_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,3 +113,31 @@ def test_state_gateway_model_rejects_unknown_keys() -> None:
         GatewayState.model_validate(
             {"name": "gw1", "port": 1, "mac": "m", "flash_file": "f", "x": 1}
         )
+
+
+def test_lab_devices_are_in_the_lab_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `lab up --devices 3`: the state says 3, the lab's own inventory (group_data/lab.py
+    # included, as pyinfra loads it) has dev000001..dev000003 beside its fixed devices.
+    monkeypatch.setenv("IOTFLEET_HOME", str(tmp_path))
+    monkeypatch.setenv("IOTFLEET_LAB", "demo")
+    state = sample_state()
+    state.devices = 3
+    save_state(lab_paths("demo", tmp_path).state_file, state)
+    assert lab_device_names("demo", root=tmp_path) == ["dev000001", "dev000002", "dev000003"]
+    fleet = build_fleet(read_inventory(REPO / "inventory" / "lab.py"))
+    ids = [d.id for d in fleet.devices]
+    assert ids[-3:] == ["dev000001", "dev000002", "dev000003"]
+    assert "sensor-1" in ids and "gw1" in ids
+
+
+def test_a_state_without_devices_loads_with_none(tmp_path: Path) -> None:
+    path = lab_paths("demo", tmp_path).state_file
+    save_state(path, sample_state())
+    data = json.loads(path.read_text())
+    data.pop("devices")
+    path.write_text(json.dumps(data))
+    assert lab_device_names("demo", root=tmp_path) == []
+
+
+def test_up_refuses_negative_devices(tmp_path: Path) -> None:
+    assert "--devices" in refused(tmp_path, UpRequest(name="x", devices=-1), euid=0)
