@@ -7,9 +7,7 @@ are generated in memory and the PKI reconcile (issue, renew, revoke, re-sign the
 recorded into a stage that brokers' files and gateways' images are rendered from. The first
 operation of the run commits that stage (``commit_fleet_plan``), so ``--dry``, a declined
 prompt or a run that fails before it leave the state directory byte-identical, and pyinfra's
-own output lists what the commit does. A plan with nothing to commit has no such operation:
-what the hosts' rendering staged after it (secrets first used then) is committed just before
-the first operation runs.
+own output lists what the commit does.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from pyinfra import inventory as current_inventory
 from pyinfra.operations import python
 
 from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.credentials import rendering_secrets
 from iotfleet.fleet.inventory import raw_hosts
 from iotfleet.fleet.pki import reconcile_fleet
 from iotfleet.fleet.secrets import SecretError
@@ -111,6 +110,9 @@ def _fleet_plan() -> FleetPlan:
         ctx = FleetContext.for_fleet(fleet, stage=stage)
         with staged(stage):
             report = reconcile_fleet(ctx.fleet, ctx.pki_settings, ctx.state_dir)
+        # Secrets the hosts' rendering uses are generated now, so that the plan (and the
+        # commit operation pyinfra lists) holds them, even when the PKI has nothing to do.
+        rendering_secrets(ctx)
     except (InventoryError, SecretError, WriteError) as exc:
         raise RolloutRefusedError(f"iotfleet: {exc}") from None
     except PkiError as exc:
@@ -163,8 +165,6 @@ def recheck_before_operations(plan: FleetPlan) -> None:
 
     The commit operation does this check for a plan with changes; the pyinfra CLI has no hook
     between its prompt and the first operation but its ``run_ops``, which is wrapped once.
-    What rendering the hosts' operations added to the stage after the plan was found empty
-    (secrets first used then) is committed there too, before the first operation.
     """
     cli: Any = sys.modules.get("pyinfra_cli.cli")
     run_ops = getattr(cli, "run_ops", None)
@@ -172,20 +172,11 @@ def recheck_before_operations(plan: FleetPlan) -> None:
         return
 
     def run_ops_if_plan_current(state: Any, *args: Any, **kwargs: Any) -> None:
-        fleet = plan.ctx.fleet.name
         try:
             plan.stage.verify_unchanged()
         except (PkiError, PlanConflictError) as exc:
+            fleet = plan.ctx.fleet.name
             raise RolloutRefusedError(f"iotfleet: PKI of fleet {fleet}: {exc}") from None
-        if not plan.stage.empty:
-            # Secrets first used while the hosts' operations were rendered (the brokers'
-            # health-check passwords, the password salt key...), after the plan was found
-            # empty: kept now, or the next run would make new ones and change every broker.
-            print(f"iotfleet: PKI of fleet {fleet}: {plan.summary()}", file=sys.stderr)
-            try:
-                plan.stage.commit()
-            except (PkiError, PlanConflictError, WriteError) as exc:
-                raise RolloutRefusedError(f"iotfleet: PKI of fleet {fleet}: {exc}") from None
         run_ops(state, *args, **kwargs)
 
     setattr(run_ops_if_plan_current, _RECHECKS, True)

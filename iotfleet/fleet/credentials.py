@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import SecretStr
 
 from iotfleet.fleet.secrets import SecretError, SecretStore
 from iotfleet.model import Fleet, InventoryError, Problem
 from iotfleet.model.own_identities import PROBE_PASSWORD_USERS, health_identity_name
+
+if TYPE_CHECKING:  # the context resolves its passwords from here
+    from iotfleet.fleet.context import FleetContext
 
 
 def password_slot(username: str) -> str:
@@ -60,3 +65,24 @@ def mqtt_passwords(fleet: Fleet, store: SecretStore) -> dict[str, SecretStr]:
 def health_password(store: SecretStore, broker_name: str) -> SecretStr:
     """Generated password of the broker's own health-check identity."""
     return SecretStr(store.generated(password_slot(health_identity_name(broker_name))))
+
+
+# Generated once per fleet (0600 in its state dir): the key the password salts derive from.
+SALT_KEY_SLOT = "mosquitto/password-salt-key"
+
+
+def password_salt_key(store: SecretStore) -> bytes:
+    """The fleet's key for deriving password file salts (``derive_salt``)."""
+    return store.generated(SALT_KEY_SLOT).encode()
+
+
+def rendering_secrets(ctx: FleetContext) -> None:
+    """Generate (into a planning run's stage) every secret the brokers' files are rendered
+    with: each broker's health password and the salt key. A plan then holds them all, rather
+    than the first host's rendering adding them after the plan was found to have nothing to
+    commit (they were then never kept, and each run made new ones)."""
+    if not ctx.fleet.brokers:
+        return
+    password_salt_key(ctx.secrets)
+    for broker in ctx.fleet.brokers:
+        health_password(ctx.secrets, broker.name)

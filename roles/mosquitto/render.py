@@ -11,7 +11,7 @@ from typing import Any
 from pyinfra.api.util import get_template
 
 from iotfleet.fleet.context import FleetContext
-from iotfleet.fleet.credentials import health_password
+from iotfleet.fleet.credentials import health_password, password_salt_key
 from iotfleet.model import Broker, Fleet, Listener
 from iotfleet.model.own_identities import health_identity_name, health_topic
 from iotfleet.mosquitto import layout
@@ -28,8 +28,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 _JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 # Headroom over max_connections for the broker's own files, sockets and listeners.
 NOFILE_HEADROOM = 1024
-# Generated once per fleet (0600 in its state dir): the key the password salts derive from.
-SALT_KEY_SLOT = "mosquitto/password-salt-key"
 
 
 def render_template(name: str, **context: Any) -> str:
@@ -168,7 +166,7 @@ def service_files(ctx: FleetContext, broker: Broker) -> tuple[BrokerConfig, list
     ]
     clear = {u: s.get_secret_value() for u, s in ctx.passwords.items()}
     clear.update(health_password_entry(ctx, broker))
-    salt_key = ctx.secrets.generated(SALT_KEY_SLOT).encode()
+    salt_key = password_salt_key(ctx.secrets)
     iterations = broker.mosquitto.password_iterations
     for listener in broker.mosquitto.listeners:
         users = password_users(ctx.fleet, broker.name, listener)
