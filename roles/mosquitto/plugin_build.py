@@ -12,10 +12,14 @@ plugin API v5, and glibc / OpenSSL 3 are forward compatible.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import weakref
 from pathlib import Path
 
@@ -41,6 +45,10 @@ class _Build:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            # gcc's own temporary files (cc1's assembly, as' objects) go in this directory
+            # too, and its whole process group can be stopped: nothing is left anywhere.
+            env={**os.environ, "TMPDIR": str(self.work)},
+            start_new_session=True,
         )
         # Whatever happens to the run (refused, interrupted), the directory goes at exit.
         self.cleanup = weakref.finalize(self, _remove, self.process, self.work)
@@ -59,8 +67,15 @@ class _Build:
 
 def _remove(process: subprocess.Popen[str], work: Path) -> None:
     if process.poll() is None:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # gcc and the cc1, as, ld it started
         process.wait()
+    for _ in range(100):  # until the last of the group is gone (SIGKILL is not instant)
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+        time.sleep(0.01)
     shutil.rmtree(work, ignore_errors=True)
 
 
