@@ -459,11 +459,6 @@ def load_index(layout: StateLayout, read: Callable[[Path], bytes] = Path.read_by
     return index
 
 
-@functools.lru_cache(maxsize=4096)  # a batch shares a handful of timestamps
-def _cached_time(value: str) -> datetime:
-    return parse_time(value)
-
-
 def _sealed_index(path: Path, data: bytes) -> Index:
     """index.json as a verified write produced it (the seal says so): parsed, not re-checked.
 
@@ -473,19 +468,23 @@ def _sealed_index(path: Path, data: bytes) -> Index:
     try:
         doc = json.loads(data)
         records: list[IndexRecord] = []
-        new, setattr_ = object.__new__, object.__setattr__
+        new, setattr_, append = object.__new__, object.__setattr__, records.append
+        times: dict[str, datetime] = {}  # a batch shares a handful of timestamps
         for raw in doc["records"]:
+            pop = raw.pop
             raw["serial"] = int(raw["serial"], 16)
-            raw["not_before"] = _cached_time(raw["not_before"])
-            raw["not_after"] = _cached_time(raw["not_after"])
+            at = raw["not_before"]
+            raw["not_before"] = times.get(at) or times.setdefault(at, parse_time(at))
+            at = raw["not_after"]
+            raw["not_after"] = times.get(at) or times.setdefault(at, parse_time(at))
             if raw["revoked_at"]:
-                raw["revoked_at"] = _cached_time(raw["revoked_at"])
-            raw["cert_span"] = tuple(raw.pop("cert"))
-            raw["key_span"] = tuple(raw.pop("key"))
-            raw[_DIGEST_ATTR] = raw.pop("digest")
+                raw["revoked_at"] = parse_time(raw["revoked_at"])
+            raw["cert_span"] = tuple(pop("cert"))
+            raw["key_span"] = tuple(pop("key"))
+            raw[_DIGEST_ATTR] = pop("digest")
             record = new(IndexRecord)
             setattr_(record, "__dict__", raw)
-            records.append(record)
+            append(record)
     except (KeyError, TypeError, ValueError):  # sealed yet unreadable: an iotfleet bug
         raise _bad(str(path), "sealed but not readable as an index") from None
     return Index(

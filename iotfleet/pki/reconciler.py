@@ -199,7 +199,9 @@ def reconcile(
         state = load_state(layout)
         # Many identities without a certificate (a first enrollment): start the signing
         # workers now, so they boot while this process decrypts the CA key and plans.
-        missing = sum(1 for spec in specs if state.index.current(spec.name) is None)
+        missing = sum(
+            1 for s in specs if s.revoked_reason is None and state.index.current(s.name) is None
+        )
         pool = start_workers(missing, settings.workers)
         if pool is not None:
             stop.enter_context(pool)
@@ -385,6 +387,7 @@ def _plan(
     plan = _Plan()
     serials: set[int] = set()
     capped = 0
+    until: dict[str, datetime] = {}  # notAfter of a new certificate, by kind
     _plan_retirements(plan, specs, index, ledger, now)
     for spec in specs:
         current = index.current(spec.name)
@@ -405,7 +408,11 @@ def _plan(
                 )
             continue
         fingerprint = spec_fingerprint(spec)
-        not_after = min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)
+        not_after = until.get(spec.kind)
+        if not_after is None:
+            not_after = until[spec.kind] = min(
+                now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after
+            )
         if current is None:
             plan.issued.append(spec.name)
         elif spec.kind == "device" and (
