@@ -11,7 +11,9 @@ Prints, in one run and side by side:
 - the floor: key+certificate pairs per second made in memory with ``cryptography`` alone (the
   same leaf shape, nothing written) by one process, times the CPUs, measured in the same run
   (before and after, averaged: load drifts); and, stricter, the same with iotfleet's own
-  in-memory leaf signer (``iotfleet.pki.leaf``), which the enrollment is also compared with.
+  in-memory leaf signer (``iotfleet.pki.leaf``), which the enrollment is also compared with;
+  and what as many in-memory processes as CPUs make together right now (on a shared machine
+  less than CPUs x one: the share of the floor this machine can give at the moment).
 ``--gevent``: monkey-patch this process first, as ``pyinfra`` does, and show how many worker
 processes the enrollment started (a pool that works inside real rollouts).
 Targets (2-core machine): >= 3,000 identities/s, >= 100x the openssl-CLI way, no-change <= 2 s,
@@ -205,6 +207,15 @@ def leaf_signer_rate(count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def parallel_in_memory_rate(count: int, processes: int) -> float:
+    """The in-memory rate of ``processes`` processes at once (summed): what this machine gives
+    that many processes right now (less than processes x one when other work shares the
+    cores)."""
+    argv = [sys.executable, __file__, "--floor-only", str(count)]
+    running = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    return sum(float(proc.communicate()[0].split()[-1]) for proc in running)
+
+
 _STARTED: list[int] = []
 
 
@@ -243,16 +254,22 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=50, help="openssl-CLI sample size")
     parser.add_argument("--floor-sample", type=int, default=3000, help="in-memory pairs")
     parser.add_argument("--gevent", action="store_true", help="monkey-patch like pyinfra")
+    parser.add_argument("--floor-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_only:
+        print(f"{in_memory_rate(args.floor_only):.1f}")
+        return
     _count_workers()
     base = Path(tempfile.mkdtemp(prefix="iotfleet-bench-pki-"))
     try:
         floor_before = in_memory_rate(args.floor_sample)
         leaf_before = leaf_signer_rate(args.floor_sample)
+        together_before = parallel_in_memory_rate(args.floor_sample, _cores())
         pool_enroll, pool_nochange = bench_iotfleet(base / "pool", args.devices, None)
         pool_workers = list(_STARTED)
         single_enroll, _ = bench_iotfleet(base / "single", args.devices, 1)
         per_cli = bench_openssl_cli(base / "openssl", args.sample)
+        together_after = parallel_in_memory_rate(args.floor_sample, _cores())
         leaf_after = leaf_signer_rate(args.floor_sample)
         floor_after = in_memory_rate(args.floor_sample)
     finally:
@@ -260,8 +277,8 @@ def main() -> None:
     n = args.devices
     cli_total = per_cli * n
     rate_pool, rate_single, rate_cli = n / pool_enroll, n / single_enroll, 1 / per_cli
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cpus or 1
+    cpus = cores = _cores()
+    together = (together_before + together_after) / 2
     per_core = (floor_before + floor_after) / 2  # measured before and after: load drifts
     floor = cores * per_core
     leaf_per_core = (leaf_before + leaf_after) / 2
@@ -277,12 +294,17 @@ def main() -> None:
         f"(before {leaf_before:.0f}, after {leaf_after:.0f}) x {cores} = {leaf_floor:.0f}/s"
     )
     print(
+        f"what {cores} processes get here now: in-memory cryptography {together:.0f}/s together "
+        f"(before {together_before:.0f}, after {together_after:.0f}) = "
+        f"{together / floor:.0%} of the floor"
+    )
+    print(
         f"worker processes started by the enrollment: {sum(pool_workers)} "
         f"(+ this process){' under gevent' if args.gevent else ''}"
     )
     print(
         f"{'what':<44}{'seconds':>10}{'ids/s':>10}{'vs openssl':>12}{'of floor':>10}"
-        f"{'of strict':>11}"
+        f"{'of strict':>11}{'of now':>8}"
     )
     rows = [
         ("iotfleet reconcile (every core)", pool_enroll, rate_pool),
@@ -296,7 +318,7 @@ def main() -> None:
     for label, seconds, rate in rows:
         print(
             f"{label:<44}{seconds:>10.2f}{rate:>10.0f}{cli_total / seconds:>11.0f}x"
-            f"{rate / floor:>10.0%}{rate / leaf_floor:>11.0%}"
+            f"{rate / floor:>10.0%}{rate / leaf_floor:>11.0%}{rate / together:>8.0%}"
         )
     print(f"{'iotfleet no-change reconcile':<44}{pool_nochange:>10.2f}")
     targets = [
@@ -316,6 +338,12 @@ def main() -> None:
     ]
     for label, met, figure in targets:
         print(f"target {label:<36}{figure:>12}  {'met' if met else 'NOT MET'}")
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _load() -> str:

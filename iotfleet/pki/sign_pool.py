@@ -35,8 +35,10 @@ from iotfleet.pki import sign_worker
 from iotfleet.pki.certs import Issuer
 from iotfleet.pki.errors import SigningWorkerError
 
-# Jobs per chunk sent to a worker (~25 ms of signing) and signed here between pipe checks.
-CHUNK = 200
+# Jobs per chunk sent to a worker (~12 ms of signing), and chunks each worker holds ahead (so
+# a worker keeps busy while this process is descheduled on a shared machine).
+CHUNK = 100
+IN_FLIGHT = 4
 _LOCAL_SLICE = 16
 # Seconds without a byte from any worker (while this process waits only for them).
 STALL_TIMEOUT = 300.0
@@ -160,7 +162,7 @@ class SignPool:
         try:
             for worker in self.workers:
                 worker.outbox += header
-            for _ in range(2):
+            for _ in range(IN_FLIGHT):
                 for worker in self.workers:
                     batch.assign(worker)
             batch.run(self.workers, local)
@@ -181,6 +183,7 @@ class _Batch:
         self.pending = deque(range(len(chunks)))
         self.consume = consume
         self.delivered = 0  # chunks handed to ``consume``
+        self.taken: set[int] = set()  # chunks of workers this process signs too
 
     def assign(self, worker: _Worker) -> None:
         if self.pending and worker.stdin is not None:
@@ -188,6 +191,8 @@ class _Batch:
             worker.outbox += sign_worker.encode_frame((number, self.chunks[number]))
 
     def done(self, number: int, pairs: list[Pair]) -> None:
+        if self.results[number] is not None:
+            return  # signed twice (this process took it over at the end): keep the first
         self.results[number] = pairs
         while self.delivered < len(self.results):
             ready = self.results[self.delivered]
@@ -197,13 +202,25 @@ class _Batch:
                 self.consume(self.delivered * CHUNK, ready)
             self.delivered += 1
 
+    def _next_for_me(self) -> int | None:
+        """A chunk for this process: the last one nobody has; at the end, the last one still
+        unanswered (a worker holds it): signing it here beats waiting for a slow worker."""
+        if self.pending:
+            return self.pending.pop()
+        missing = [n for n in range(len(self.results) - 1, self.delivered - 1, -1)
+                   if self.results[n] is None and n not in self.taken]  # fmt: skip
+        if not missing:
+            return None
+        self.taken.add(missing[0])
+        return missing[0]
+
     def run(self, pool: list[_Worker], local: Callable[[WireJob], Pair]) -> None:
         mine: list[Pair] = []
         mine_number: int | None = None
         last_heard = time.monotonic()
         while self.delivered < len(self.results):
-            if mine_number is None and self.pending:
-                mine_number, mine = self.pending.pop(), []
+            if mine_number is None:
+                mine_number, mine = self._next_for_me(), []
             readers = [fd for w in pool for fd in (w.stdout, w.stderr) if fd is not None]
             writers = [w.stdin for w in pool if w.outbox and w.stdin is not None]
             wait = 0 if mine_number is not None else 1.0
@@ -222,9 +239,10 @@ class _Batch:
                 todo = self.chunks[mine_number]
                 for job in todo[len(mine) : len(mine) + _LOCAL_SLICE]:
                     mine.append(local(job))
-                if len(mine) == len(todo):
+                if len(mine) == len(todo) or self.results[mine_number] is not None:
                     number, mine_number = mine_number, None
-                    self.done(number, mine)
+                    if len(mine) == len(todo):
+                        self.done(number, mine)
             elif not (ready_r or ready_w) and time.monotonic() - last_heard > STALL_TIMEOUT:
                 raise SigningWorkerError(
                     f"no signing worker answered for {STALL_TIMEOUT:g}s: stopped them all; "
