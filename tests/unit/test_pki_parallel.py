@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from iotfleet.pki import IdentitySpec, PkiStore, reconcile, sign_pool
+from iotfleet.pki import IdentitySpec, PkiStore, leaf, reconcile, sign_pool
 from iotfleet.pki.ca import create_ca, issuer_from
 from iotfleet.pki.certs import build_leaf
 from iotfleet.pki.errors import SigningWorkerError
@@ -115,6 +116,18 @@ def test_parallel_enrollment_persists_what_one_process_does(
     assert not reconcile(settings_for(parallel_state, workers=2), FLEET, now=now).changed
 
 
+def _slow_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process signs slowly (it still signs), so on a loaded machine it cannot finish the
+    whole batch itself, taking the failing worker's chunks over, before the failure arrives."""
+    real = leaf.LeafSigner.issue
+
+    def slow(self: leaf.LeafSigner, job: sign_pool.WireJob) -> tuple[bytes, bytes]:
+        time.sleep(0.01)
+        return real(self, job)
+
+    monkeypatch.setattr(leaf.LeafSigner, "issue", slow)
+
+
 def _fake_worker(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
     """Workers that run ``code`` instead of the real one (which never fails on its own)."""
     argv = [sys.executable, "-c", textwrap.dedent(code)]
@@ -139,6 +152,7 @@ def test_a_dying_worker_fails_the_run_once_and_leaves_the_state_as_it_was(
     reconcile(settings_for(state), (BROKER, CLIENT), now=now)
     before = snapshot(state)
     _fake_worker(monkeypatch, code)
+    _slow_here(monkeypatch)
     with pytest.raises(SigningWorkerError) as failure:
         reconcile(settings_for(state, workers=2), FLEET, now=now)
     message = str(failure.value)
@@ -154,7 +168,9 @@ def test_a_dying_worker_fails_the_run_once_and_leaves_the_state_as_it_was(
     assert len(reconcile(settings_for(state, workers=2), FLEET, now=now).issued) == len(DEVICES)
 
 
-def test_a_worker_failing_on_a_job_names_the_error(tmp_path: Path) -> None:
+def test_a_worker_failing_on_a_job_names_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     now = datetime(2030, 1, 15, 12, tzinfo=UTC)
     new_ca = create_ca(PkiSettings(state_dir=tmp_path), now)
     issuer = issuer_from(new_ca.intermediate_key, new_ca.certs.intermediate)
@@ -163,6 +179,7 @@ def test_a_worker_failing_on_a_job_names_the_error(tmp_path: Path) -> None:
     # The first chunk goes to the worker (this process signs from the end): a CSR key that
     # is not a key.
     jobs[0] = IssueJob(DEVICES[0], 999, now, now + timedelta(days=30), public_key_pem=b"junk")
+    _slow_here(monkeypatch)
     with pytest.raises(SigningWorkerError, match=r"signing worker pid \d+ .*\(ValueError: "):
         sign_batch(jobs, issuer, workers=2)
 
