@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +43,7 @@ if "--gevent" in sys.argv:  # before anything else is imported, like pyinfra_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from iotfleet.fleet.paths import state_root
 from iotfleet.pki import IdentitySpec, PkiSettings, reconcile, sign_pool
 from iotfleet.pki.leaf import LeafSigner
 
@@ -260,7 +260,9 @@ def main() -> None:
         print(f"{in_memory_rate(args.floor_only):.1f}")
         return
     _count_workers()
-    base = Path(tempfile.mkdtemp(prefix="iotfleet-bench-pki-"))
+    # The bench CAs' keys stay under iotfleet's own state (0700), never in a temp dir.
+    base = state_root() / "bench" / f"pki-{os.getpid()}"
+    base.mkdir(mode=0o700, parents=True)
     try:
         floor_before = in_memory_rate(args.floor_sample)
         leaf_before = leaf_signer_rate(args.floor_sample)
