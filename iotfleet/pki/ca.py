@@ -174,7 +174,7 @@ def issuer_from(
         raise StateError(
             f"{where} does not match ca/intermediate.crt; restore both from the same backup"
         )
-    return Issuer(key, intermediate.subject, authority_key_id(intermediate))
+    return Issuer(key, intermediate.subject, authority_key_id(intermediate), intermediate)
 
 
 def load_root_key(layout: StateLayout, passphrase: Passphrase, purpose: str) -> PrivateKey:

@@ -7,7 +7,6 @@ non-root cert, critical basicConstraints and keyUsage.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,9 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from iotfleet.pki.keys import PrivateKey
+from iotfleet.pki.leaf import LeafSigner, key_usage
 from iotfleet.pki.spec import IdentitySpec
 
 # Devices with a slow or unset RTC must accept a certificate issued "just now".
@@ -50,22 +50,6 @@ def intermediate_subject(ca_name: str) -> x509.Name:
 def leaf_subject(name: str) -> x509.Name:
     """Subject of a leaf: just the CN, which Mosquitto maps to the username."""
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-
-
-def _key_usage(
-    *, digital_signature: bool = False, key_encipherment: bool = False, cert_sign: bool = False
-) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=key_encipherment,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def _base(
@@ -106,7 +90,7 @@ def build_root(
     builder = (
         _base(subject, subject, key.public_key(), serial, not_before, not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(key_usage(cert_sign=True), critical=True)
     )
     return builder.sign(key, signature_hash(key))
 
@@ -126,7 +110,7 @@ def build_intermediate(
             intermediate_subject(ca_name), root.subject, public_key, serial, not_before, not_after
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(key_usage(cert_sign=True), critical=True)
         .add_extension(authority_key_id(root), critical=False)
     )
     return builder.sign(root_key, signature_hash(root_key))
@@ -138,14 +122,6 @@ def authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
-# Leaf extensions that never vary, built once (enrolling 10,000 devices builds 10,000 certs).
-_NOT_CA = x509.BasicConstraints(ca=False, path_length=None)
-_KU_EC = _key_usage(digital_signature=True)
-_KU_RSA = _key_usage(digital_signature=True, key_encipherment=True)
-_EKU_SERVER = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
-_EKU_CLIENT = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
-
-
 @dataclass(frozen=True)
 class Issuer:
     """What signing a leaf needs from the intermediate (picklable parts precomputed once)."""
@@ -153,6 +129,16 @@ class Issuer:
     key: PrivateKey
     subject: x509.Name
     aki: x509.AuthorityKeyIdentifier
+    # The intermediate certificate itself: signing workers take the subject from its DER.
+    certificate: x509.Certificate | None = None
+
+    def signer(self) -> LeafSigner:
+        """The leaf signer of this issuer (made once)."""
+        signer: LeafSigner | None = self.__dict__.get("_signer")
+        if signer is None:
+            signer = LeafSigner(self.key, self.subject, self.aki)
+            object.__setattr__(self, "_signer", signer)
+        return signer
 
 
 def build_leaf(
@@ -164,29 +150,17 @@ def build_leaf(
     not_after: datetime,
 ) -> x509.Certificate:
     """Broker (serverAuth + SANs) or device/client/bridge (clientAuth, CN = MQTT identity, a
-    ``urn:iotfleet:<kind>:<name>`` URI SAN) certificate."""
-    # RSA keys also get keyEncipherment: TLS 1.2 RSA key exchange (BearSSL offers it) needs it.
-    usage = _KU_RSA if isinstance(public_key, rsa.RSAPublicKey) else _KU_EC
-    builder = (
-        _base(leaf_subject(spec.name), issuer.subject, public_key, serial, not_before, not_after)
-        .add_extension(_NOT_CA, critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(_EKU_SERVER if spec.kind == "broker" else _EKU_CLIENT, critical=False)
-        .add_extension(issuer.aki, critical=False)
+    ``urn:iotfleet:<kind>:<name>`` URI SAN) certificate (profile: ``iotfleet.pki.leaf``)."""
+    return issuer.signer().sign(
+        spec.name,
+        spec.kind,
+        public_key,
+        serial,
+        not_before,
+        not_after,
+        spec.dns_names,
+        spec.ip_addresses,
     )
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in spec.dns_names]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in spec.ip_addresses]
-    if not sans:
-        # Client certs carry their identity as a URI SAN too: RFC 5280 verifiers (cryptography's
-        # client verifier among them) require a SAN; Mosquitto keeps using the CN.
-        sans = [x509.UniformResourceIdentifier(identity_uri(spec.kind, spec.name))]
-    builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(issuer.key, signature_hash(issuer.key))
-
-
-def identity_uri(kind: str, name: str) -> str:
-    """The URI SAN of a device/client certificate."""
-    return f"urn:iotfleet:{kind}:{name}"
 
 
 def public_key_of(key: CertificateIssuerPrivateKeyTypes) -> CertificatePublicKeyTypes:

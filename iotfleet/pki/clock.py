@@ -42,7 +42,7 @@ def future_dated(state: LoadedState, now: datetime) -> list[FutureDated]:
     items += [
         FutureDated(f"the certificate of {r.name} (notBefore)", r.not_before)
         for r in state.index.records
-        if r.status != "revoked"
+        if r.not_before > now and r.status != "revoked"  # only those dated later are named
     ]
     return sorted((i for i in items if i.at > now), key=lambda i: i.at, reverse=True)
 

@@ -43,6 +43,10 @@ class RootKeyOfflineError(PkiError):
     """An operation needs the root key (renewing the intermediate) but ca/root.key is not there."""
 
 
+class SigningWorkerError(PkiError):
+    """A process signing part of a batch died or failed; the batch was abandoned unwritten."""
+
+
 class StateError(PkiError):
     """The state dir is in a shape the engine refuses to touch (e.g. a key without its cert)."""
 

@@ -8,16 +8,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from iotfleet.pki.errors import PassphraseError, StateError
+from iotfleet.pki.leaf import generate_key, plain_key_pem
 from iotfleet.pki.passphrase import Passphrase
 
+__all__ = ["PrivateKey", "encrypted_key_pem", "generate_key", "key_type_of", "load_encrypted_key",
+           "plain_key_pem"]  # fmt: skip
+
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-def generate_key(key_type: str) -> PrivateKey:
-    """A new private key: "ec-p256" (default) or "rsa-2048"."""
-    if key_type == "rsa-2048":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return ec.generate_private_key(ec.SECP256R1())
 
 
 def key_type_of(key: object) -> str:
@@ -27,13 +24,6 @@ def key_type_of(key: object) -> str:
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         return f"rsa-{key.key_size}"
     return type(key).__name__
-
-
-def plain_key_pem(key: PrivateKey) -> bytes:
-    """Unencrypted PKCS#8 PEM (leaf keys: brokers and devices must read them unattended)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def encrypted_key_pem(key: PrivateKey, passphrase: Passphrase) -> bytes:

@@ -69,6 +69,16 @@ class StateLayout:
         return self.root / "index.txt"
 
     @property
+    def index_seal(self) -> Path:
+        """SHA-256 of the index files and packs as last written, under an HMAC (seal.py)."""
+        return self.root / "index.seal"
+
+    @property
+    def seal_key(self) -> Path:
+        """The seal's HMAC key (0600)."""
+        return self.root / "seal.key"
+
+    @property
     def packs_dir(self) -> Path:
         return self.root / "packs"
 

@@ -13,6 +13,7 @@ A run with nothing to do writes nothing at all.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from iotfleet.pki.certs import BACKDATE, Issuer
 from iotfleet.pki.clock import refuse_future_dated
 from iotfleet.pki.delivery import Delivery, load_ledger
 from iotfleet.pki.index import Index, IndexRecord
-from iotfleet.pki.issue import IssueJob, new_pack_name, sign_batch, write_pack
+from iotfleet.pki.issue import IssueJob, PackBuilder, new_pack_name, sign_batch, start_workers
 from iotfleet.pki.keys import PrivateKey
 from iotfleet.pki.layout import StateLayout
 from iotfleet.pki.passphrase import check_new_passphrase, read_passphrase
@@ -194,8 +195,16 @@ def reconcile(
     passphrase = read_passphrase(settings)
     if StateLayout(settings.state_dir).is_fresh():
         check_new_passphrase(passphrase)  # before the state dir is even created
-    with locked_layout(settings.state_dir, create=True) as layout:
+    with locked_layout(settings.state_dir, create=True) as layout, contextlib.ExitStack() as stop:
         state = load_state(layout)
+        # Many identities without a certificate (a first enrollment): start the signing
+        # workers now, so they boot while this process decrypts the CA key and plans.
+        missing = sum(
+            1 for s in specs if s.revoked_reason is None and state.index.current(s.name) is None
+        )
+        pool = start_workers(missing, settings.workers)
+        if pool is not None:
+            stop.enter_context(pool)
         refuse_future_dated(state, moment)  # a clock behind what was signed: sign nothing
         index = state.index
         warnings: list[str] = []
@@ -283,15 +292,18 @@ def reconcile(
             or state.leftovers
             or state.orphan_cert_packs
             or state.txt_missing
+            or state.unsealed
         ):
             return ReconcileReport(warnings=tuple(warnings))
 
         # ---- nothing above wrote a byte; from here on we write ----
-        pems = sign_batch(plan.jobs, issuer, settings.workers)  # CPU only, still no write
+        pack = PackBuilder(new_pack_name(moment), plan.jobs)
+        # CPU only, still no write: a failed worker leaves the state as it was.
+        pems = sign_batch(plan.jobs, issuer, settings.workers, pool=pool, consume=pack.add)
         if new_ca is not None:
             write_new_ca(layout, new_ca, passphrase)
         fsio.ensure_dir(layout.packs_dir)
-        issued = write_pack(layout, new_pack_name(moment), plan.jobs, pems) if plan.jobs else []
+        issued = pack.write(layout) if plan.jobs else []
         if new_intermediate is not None:
             fsio.atomic_write(layout.intermediate_cert, pem(new_intermediate))
             fsio.atomic_write(layout.chain, chain_pem(ca))
@@ -349,7 +361,9 @@ def reconcile(
             ca_created=new_ca is not None,
             intermediate_renewed=new_intermediate is not None,
             files_repaired=(
-                len(state.leftovers) + len(state.orphan_cert_packs) + int(state.txt_missing)
+                len(state.leftovers)
+                + len(state.orphan_cert_packs)
+                + int(state.txt_missing or state.unsealed)  # index.txt and the seal: one
             ),
             warnings=tuple(warnings),
             captured=captured,
@@ -373,6 +387,7 @@ def _plan(
     plan = _Plan()
     serials: set[int] = set()
     capped = 0
+    until: dict[str, datetime] = {}  # notAfter of a new certificate, by kind
     _plan_retirements(plan, specs, index, ledger, now)
     for spec in specs:
         current = index.current(spec.name)
@@ -393,7 +408,11 @@ def _plan(
                 )
             continue
         fingerprint = spec_fingerprint(spec)
-        not_after = min(now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after)
+        not_after = until.get(spec.kind)
+        if not_after is None:
+            not_after = until[spec.kind] = min(
+                now + timedelta(days=settings.days_for(spec.kind)), issuer_not_after
+            )
         if current is None:
             plan.issued.append(spec.name)
         elif spec.kind == "device" and (

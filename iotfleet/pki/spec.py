@@ -6,6 +6,7 @@ bad inventory never leaves a half-reconciled PKI behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -205,6 +206,19 @@ def _sequence_problem(field_name: str, value: object) -> str | None:
 
 def spec_problems(spec: IdentitySpec) -> list[str]:
     """Every problem with one spec, each phrased without the identity prefix."""
+    if (
+        type(spec.dns_names) is tuple
+        and type(spec.ip_addresses) is tuple
+        and not spec.dns_names
+        and not spec.ip_addresses
+        and spec.revoked_reason is None
+        and spec.kind in KINDS
+        and spec.kind != "broker"
+        and spec.key_type in KEY_TYPES
+        and isinstance(spec.name, str)
+        and NAME_RE.fullmatch(spec.name)
+    ):
+        return []  # the common case (a device), which every check below passes
     problems: list[str] = []
     name_problem = validate_name(spec.name)
     if name_problem:
@@ -247,16 +261,18 @@ def validate_identities(identities: Sequence[IdentitySpec]) -> list[IdentitySpec
                 f"identity #{position}: expected an IdentitySpec, got {type(spec).__name__}"
             )
             continue
-        where = f"identity #{position} ({spec.name!r})"
-        problems.extend(f"{where}: {p}" for p in spec_problems(spec))
+        own = spec_problems(spec)
+        if own:
+            where = f"identity #{position} ({spec.name!r})"
+            problems.extend(f"{where}: {p}" for p in own)
         if isinstance(spec.name, str):
             # Case-insensitive: names differing only by case would collide on case-insensitive
             # file systems and confuse people reading ACLs.
             folded = spec.name.lower()
             if folded in seen:
                 problems.append(
-                    f"{where}: duplicate name (already used by identity "
-                    f"#{seen[folded]}; names are compared case-insensitively)"
+                    f"identity #{position} ({spec.name!r}): duplicate name (already used by "
+                    f"identity #{seen[folded]}; names are compared case-insensitively)"
                 )
             else:
                 seen[folded] = position
@@ -267,12 +283,18 @@ def validate_identities(identities: Sequence[IdentitySpec]) -> list[IdentitySpec
 
 def spec_fingerprint(spec: IdentitySpec) -> str:
     """A short digest of what the certificate encodes; a change means the cert must be re-issued."""
+    try:
+        return _fingerprint(spec.kind, tuple(spec.dns_names), tuple(spec.ip_addresses),
+                            spec.key_type)  # fmt: skip
+    except TypeError:  # an unhashable part (a spec that failed validation)
+        return _fingerprint.__wrapped__(spec.kind, spec.dns_names, spec.ip_addresses, spec.key_type)
+
+
+@functools.lru_cache(maxsize=1024)  # devices of a fleet share a handful of fingerprints
+def _fingerprint(
+    kind: str, dns_names: Sequence[str], ip_addresses: Sequence[str], key_type: str
+) -> str:
     canonical = "|".join(
-        (
-            spec.kind,
-            ",".join(sorted(spec.dns_names)),
-            ",".join(sorted(spec.ip_addresses)),
-            spec.key_type,
-        )
+        (kind, ",".join(sorted(dns_names)), ",".join(sorted(ip_addresses)), key_type)
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -32,7 +32,10 @@ class PkiStore:
         self._stage = stage
         self._index: Index | None = None
         self._stamp: tuple[int, int, int] | None = None
-        self._staged_index: Index | None = None
+        # The index a planning run staged, with the exact bytes it was loaded from: a later
+        # staged write of index.json (another writer in the same plan) replaces those bytes,
+        # so the cache cannot outlive them.
+        self._staged: tuple[bytes, Index] | None = None
 
     def _planned(self) -> Stage | None:
         """The stage while its writes are not on disk yet."""
@@ -100,9 +103,10 @@ class PkiStore:
     def _load(self) -> Index:
         stage = self._planned()
         if stage is not None and stage.has(self.layout.index_json):
-            if self._staged_index is None:
-                self._staged_index = load_index(self.layout, stage.read_bytes)
-            return self._staged_index
+            data = stage.read_bytes(self.layout.index_json)
+            if self._staged is None or self._staged[0] is not data:
+                self._staged = (data, load_index(self.layout, stage.read_bytes))
+            return self._staged[1]
         try:
             info = self.layout.index_json.stat()
         except FileNotFoundError:

@@ -14,6 +14,7 @@ from cryptography.x509.verification import VerificationError
 
 from iotfleet.pki import IdentitySpec, PkiStore, reconcile
 from iotfleet.pki.index import load_index
+from iotfleet.pki.issue import POOL_THRESHOLD
 from iotfleet.pki.layout import StateLayout
 from iotfleet.pki.testing import make_expired_identity, make_foreign_ca_identity
 from tests.unit.pki_helpers import ENV, FLEET, PASSPHRASE, openssl_verify, settings_for, verify_leaf
@@ -54,22 +55,22 @@ def test_large_batch_uses_the_process_pool_and_stays_consistent(
 ) -> None:
     monkeypatch.setenv(ENV, PASSPHRASE)
     state = tmp_path / "pki"
-    specs = tuple(IdentitySpec(f"dev-{i:05d}", "device") for i in range(600))
+    count = POOL_THRESHOLD + 100  # large enough for the worker pool
+    specs = tuple(IdentitySpec(f"dev-{i:05d}", "device") for i in range(count))
     report = reconcile(settings_for(state, workers=2), specs)
-    assert len(report.issued) == 600
+    assert len(report.issued) == count
     store = PkiStore(state)
     now = datetime.now(UTC)
     root = x509.load_pem_x509_certificate(store.root_certificate_pem())
     intermediate = x509.load_pem_x509_certificates(store.ca_chain_pem())[0]
-    for name in ("dev-00000", "dev-00599"):
+    last = f"dev-{count - 1:05d}"
+    for name in ("dev-00000", last):
         verify_leaf(
             x509.load_pem_x509_certificate(store.certificate_pem(name)), root, intermediate, now
         )
-    key = serialization.load_pem_private_key(store.private_key_pem("dev-00599"), None)
-    assert (
-        key.public_key()
-        == x509.load_pem_x509_certificate(store.certificate_pem("dev-00599")).public_key()
-    )
+    key = serialization.load_pem_private_key(store.private_key_pem(last), None)
+    cert = x509.load_pem_x509_certificate(store.certificate_pem(last))
+    assert key.public_key() == cert.public_key()
     assert not reconcile(settings_for(state, workers=2), specs).changed
 
 
