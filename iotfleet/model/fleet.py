@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -343,8 +345,38 @@ class Fleet(_Model):
 
     def users_of(self, broker_name: str) -> set[str]:
         """Usernames of the active devices and clients allowed on ``broker_name`` (with sites:
-        only those of its site, every one of the sites it serves on a core)."""
-        return {
-            *(d.id for d in self.active_devices if self._holds(broker_name, d.brokers, d.site)),
-            *(c.name for c in self.active_clients if self._holds(broker_name, c.brokers, c.site)),
-        }
+        only those of its site, every one of the sites it serves on a core). Computed once per
+        fleet object and broker: a broker's rendering asks several times, and at 100,000
+        devices each answer costs 0.4 s (a copy of the fleet is another object: computed anew)."""
+        known = _USERS_OF.get(id(self))
+        if known is None or known[0]() is not self:
+            known = _USERS_OF[id(self)] = (weakref.ref(self, _forget_users_of(id(self))), {})
+        users = known[1].get(broker_name)
+        if users is None:
+            users = known[1][broker_name] = frozenset(
+                {
+                    *(
+                        d.id
+                        for d in self.active_devices
+                        if self._holds(broker_name, d.brokers, d.site)
+                    ),
+                    *(
+                        c.name
+                        for c in self.active_clients
+                        if self._holds(broker_name, c.brokers, c.site)
+                    ),
+                }
+            )
+        return set(users)
+
+
+# id of a Fleet -> (a weak reference to it, {broker: its users}); an entry goes with its fleet.
+_USERS_OF: dict[int, tuple[weakref.ref[Fleet], dict[str, frozenset[str]]]] = {}
+
+
+def _forget_users_of(key: int) -> Callable[[weakref.ref[Fleet]], None]:
+    def forget(ref: weakref.ref[Fleet]) -> None:
+        if key in _USERS_OF and _USERS_OF[key][0] is ref:
+            del _USERS_OF[key]
+
+    return forget

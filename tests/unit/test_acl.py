@@ -220,3 +220,42 @@ def test_a_role_naming_a_pattern_topic_with_other_access_is_refused_and_fails_cl
     assert pattern_conflicts(both) == []
     granted = effective_rules(acl_file(both, BROKER), "mon")
     assert ("readwrite", "devices/mon/telemetry/#") in granted
+
+
+def test_devices_the_patterns_describe_get_no_block_and_exactly_their_rules() -> None:
+    """The rendering skips computing rules for devices the patterns describe exactly; what
+    Mosquitto grants every user is still exactly the user's rules."""
+    f = fleet(
+        fleet_roles={"own-config": {"read": ["config/%u"]}},
+        fleet_devices=[
+            {"id": "gw-1"},
+            {"id": "gw-2"},
+            {"id": "gw-roles", "roles": ["own-config"]},
+            {"id": "gw-prefix", "topic_prefix": "plant/line-3/gw-prefix"},
+            {"id": "gw-gone", "revoked": "keyCompromise"},
+        ],
+        fleet_clients=[
+            {"name": "ops", "roles": ["admin"]},
+            {"name": "dash", "roles": ["dashboard"]},
+        ],
+    )
+    acl = acl_file(f, BROKER)
+    everyone = acl_rules(f, BROKER)
+    assert "gw-1" not in acl.users and "gw-2" not in acl.users
+    assert {"gw-roles", "gw-prefix", "ops", "dash"} <= set(acl.users)
+    for user, rules in everyone.items():
+        granted = {r for r in effective_rules(acl, user) if r[0] != "deny"}
+        assert granted == {r for r in rules if r[0] != "deny"}, user
+    assert effective_rules(acl, "gw-1") == set(everyone["gw-1"])
+    assert broker_identities(f, BROKER) == sorted(everyone)
+    assert "gw-gone" not in broker_identities(f, BROKER)
+
+
+def test_the_users_of_a_broker_are_remembered_per_fleet_object_not_across_copies() -> None:
+    f = fleet(fleet_devices=[{"id": "gw-1"}, {"id": "gw-2"}])
+    assert {"gw-1", "gw-2"} <= f.users_of(BROKER)
+    fewer = f.model_copy(update={"devices": f.devices[:1]})  # another object, another answer
+    assert "gw-2" not in fewer.users_of(BROKER) and "gw-2" in f.users_of(BROKER)
+    mine = f.users_of(BROKER)
+    mine.discard("gw-1")  # a caller's set is its own
+    assert "gw-1" in f.users_of(BROKER)
