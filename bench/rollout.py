@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from iotfleet.fleet.paths import fleet_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo's tests
 from tests.support.rollout import commands_by_host
 
 REPO = Path(__file__).resolve().parents[1]
