@@ -83,10 +83,10 @@ def broker_packages(broker: Broker) -> tuple[list[str], dict[str, str]]:
     return names, ({name: version for name in MOSQUITTO_PACKAGES} if version else {})
 
 
-# pyinfra state -> host name -> apt specs an install of this run already covers (operations
-# are generated before any runs, so a later role's facts cannot see what an earlier one
-# installs). Keyed by the run's state: a second run in one process starts afresh.
-_queued: WeakKeyDictionary[Any, dict[str, set[str]]] = WeakKeyDictionary()
+# pyinfra state -> host name -> install operation -> the apt specs it installs. Operations are
+# planned before any runs (and, when pyinfra asks first, planned and then run again): a later
+# install operation leaves out what an earlier one of the same run covers, never its own.
+_queued: WeakKeyDictionary[Any, dict[str, dict[str, set[str]]]] = WeakKeyDictionary()
 
 
 def missing_packages(
@@ -157,17 +157,23 @@ def install_debs(
     + version: the version every package must have (none: any)
     + versions: the versions of single packages (over ``version``)
     """
-    queued = _queued.setdefault(host.state, {}).setdefault(host.name, set())
+    by_operation = _queued.setdefault(host.state, {}).setdefault(host.name, {})
+    this = str(host.current_op_hash)
+    order = list(by_operation)  # the install operations in the order the run added them
+    before = order[: order.index(this)] if this in order else order
+    earlier = set().union(*(by_operation[op] for op in before))
     live = host_state(packages_query(packages))
     specs = [
         spec
         for spec in missing_packages(live.packages, packages, version, versions)
-        if spec not in queued
+        if spec not in earlier
     ]
+    # An earlier install of this run heals the host first (its script repairs dpkg).
+    healed_before = bool(before)
     stale_guard, dpkg_interrupted = (
-        (False, False) if queued else (live.stale_guard, live.dpkg_interrupted)
+        (False, False) if healed_before else (live.stale_guard, live.dpkg_interrupted)
     )
-    queued.update(specs)
+    by_operation[this] = set(specs)
     if not specs and not stale_guard and not dpkg_interrupted:
         host.noop(f"{', '.join(packages)} installed")
         return

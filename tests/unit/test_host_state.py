@@ -19,7 +19,7 @@ from pyinfra.api.operations import run_ops
 from pyinfra.context import ctx_host, ctx_state
 
 from iotfleet.mosquitto.managed_file import FileState, ManagedFile
-from iotfleet.roles import host_state
+from iotfleet.roles import host_state, packages
 from iotfleet.roles.host_ops import absent, directory, put_files
 from iotfleet.roles.host_state import HostQuery, parse_output, query_command
 
@@ -176,3 +176,20 @@ def test_a_directory_where_a_file_should_go_is_an_error_not_replaced(
     with pytest.raises(Exception, match="a directory where a file should go"):
         local.run()
     assert (tmp_path / "conf").is_dir()
+
+
+@pytest.mark.parametrize("confirm", [False, True], ids=["-y", "asks first"])
+def test_two_installs_of_the_same_packages_install_once_with_or_without_a_prompt(
+    monkeypatch: pytest.MonkeyPatch, confirm: bool
+) -> None:
+    """The firewall's install covers the Mosquitto role's: the second is a no-op. Planned and
+    then run again (pyinfra without -y), the first must still install."""
+    monkeypatch.setattr(
+        packages, "healing_install_script", lambda specs, update=True: "echo " + " ".join(specs)
+    )
+    run = LocalRun(monkeypatch, confirm=confirm)
+    wanted = ["iotfleet-no-such-a", "iotfleet-no-such-b"]
+    first = run.op(packages.install_debs, packages=wanted)
+    second = run.op(packages.install_debs, packages=wanted)
+    run.run()
+    assert (first.did_change(), second.did_change()) == (True, False)
