@@ -91,10 +91,19 @@ def fleet_context() -> FleetContext:
 _plan_lock = threading.Lock()
 
 
+_plan_refused: list[RolloutRefusedError] = []
+
+
 def fleet_plan() -> FleetPlan:
     """The fleet and its PKI plan (computed once per pyinfra run; exits listing problems)."""
     with _plan_lock:
-        return _fleet_plan()
+        if _plan_refused:  # every host of the run gets the one refusal, not a plan of its own
+            raise _plan_refused[0]
+        try:
+            return _fleet_plan()
+        except RolloutRefusedError as exc:
+            _plan_refused.append(exc)
+            raise
 
 
 @cache

@@ -19,6 +19,12 @@ from iotfleet.roles.file_diff import show_change
 from iotfleet.roles.host_state import HostQuery, host_state, unit_name
 
 
+def shows_diff() -> bool:
+    """Whether an operation should log its ``--diff`` now: when pyinfra plans before a prompt,
+    or when it runs without one (-y), not a second time after the prompt."""
+    return bool(state.config.DIFF) and not (state.is_executing and state.check_for_changes)
+
+
 def files_query(files: Sequence[ManagedFile]) -> HostQuery:
     """What ``put_files`` reads: the files' paths."""
     return HostQuery(paths=frozenset(f.path for f in files))
@@ -52,9 +58,10 @@ def put_files(files: Sequence[ManagedFile]) -> Generator[Any, None, None]:
     ]
     if directories:
         raise OperationError(f"{', '.join(directories)}: a directory where a file should go")
-    for managed in changed:
-        if state.config.DIFF:
+    if shows_diff():
+        for managed in changed:  # all before the first command: pyinfra's plan stops there
             show_change(managed, live.file(managed.path))
+    for managed in changed:
         directory, name = posixpath.split(managed.path)
         # A name of this run's own: two rollouts at once do not rename each other's file away.
         temporary = posixpath.join(directory, f".{name}.iotfleet-new.{secrets.token_hex(4)}")
@@ -66,7 +73,8 @@ def put_files(files: Sequence[ManagedFile]) -> Generator[Any, None, None]:
         yield FileUploadCommand(BytesIO(managed.content), temporary)
         yield StringCommand(
             "chown", owner, temporary, "&&", "chmod", managed.mode, temporary,
-            "&&", "mv", "-f", temporary, managed.path,
+            # -T: a link at the path is replaced, never followed into a directory.
+            "&&", "mv", "-fT", temporary, managed.path,
             # What a killed run left (an hour old: no live run is that slow).
             "&&", "find", directory, "-maxdepth", "1", "-name", f"'.{name}.iotfleet-new.*'",
             "-mmin", "+60", "-delete",
@@ -127,13 +135,17 @@ def systemd_unit(
     """
     name = unit_name(service)
     live = host_state(units_query(name)).unit(name)
+    if not live.read:
+        raise OperationError(f"could not read the state of {name} (systemctl show)")
     commands = []
     if running is not None and running != live.running:
-        commands.append("start" if running else "stop")
+        commands.append(["start" if running else "stop"])
     if enabled is not None and enabled != live.enabled:
-        commands.append("enable" if enabled else "disable")
+        commands.append(["enable"] if enabled else ["disable"])
+    if enabled is False and live.unit_file == "enabled-runtime":
+        commands.append(["disable", "--runtime"])  # enabled until reboot only: that too
     if not commands:
         host.noop(f"{name} is {'running' if live.running else 'stopped'}, {live.unit_file}")
         return
     for command in commands:
-        yield StringCommand("systemctl", command, name)
+        yield StringCommand("systemctl", *command, name)

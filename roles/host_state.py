@@ -107,6 +107,7 @@ class UnitState:
     active: str = "inactive"
     unit_file: str = ""
     load: str = "not-found"
+    read: bool = True  # False: systemctl answered nothing (no D-Bus, no systemd)
 
     @property
     def running(self) -> bool:
@@ -114,7 +115,8 @@ class UnitState:
 
     @property
     def enabled(self) -> bool:
-        return self.unit_file in ("enabled", "enabled-runtime")
+        """Enabled for good (``enabled-runtime`` is gone at the next boot)."""
+        return self.unit_file == "enabled"
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ class HostSnapshot:
         return state.file_state() if state else None
 
     def unit(self, name: str) -> UnitState:
-        return self.units.get(unit_name(name), UnitState())
+        """The unit's state; not read (``read`` false) if the snapshot has no answer for it."""
+        return self.units.get(unit_name(name), UnitState(read=False))
 
     def merged(self, newer: HostSnapshot, query: HostQuery) -> HostSnapshot:
         """This snapshot with what ``newer`` read for ``query`` on top."""
@@ -230,6 +233,7 @@ def parse_output(lines: list[str]) -> HostSnapshot:
                 values.get("ActiveState", "inactive"),
                 values.get("UnitFileState", ""),
                 values.get("LoadState", "not-found"),
+                read="ActiveState" in values,
             )
         elif tag == "k":
             status, _, name_version = rest.partition("|")

@@ -10,13 +10,13 @@ from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
 from typing import Any
 
-from pyinfra import host, state
+from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.managed_file import ManagedFile
 from iotfleet.roles.file_diff import show_change
-from iotfleet.roles.host_ops import files_query, units_query
+from iotfleet.roles.host_ops import files_query, shows_diff, units_query
 from iotfleet.roles.host_state import host_state
 
 
@@ -44,7 +44,7 @@ def apply_files(
     """
     live = host_state(files_query(files) | units_query(layout.SERVICE))
     changed = [f for f in files if not f.matches(live.file(f.path))]
-    if state.config.DIFF:
+    if shows_diff():
         for managed in changed:
             show_change(managed, live.file(managed.path))
     active = live.unit(layout.SERVICE).active == "active"

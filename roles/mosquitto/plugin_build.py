@@ -26,6 +26,7 @@ from pathlib import Path
 SOURCE = Path(__file__).parent / "plugin" / "iotfleet_auth.c"
 HEADERS = ("mosquitto_broker.h", "mosquitto_plugin.h", "openssl/evp.h")
 PACKAGES = "gcc libmosquitto-dev mosquitto-dev libssl-dev"
+BUILD_TIMEOUT = 300  # seconds; the build takes about one
 CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=default")
 
 
@@ -46,8 +47,13 @@ class _Build:
             stderr=subprocess.PIPE,
             text=True,
             # gcc's own temporary files (cc1's assembly, as' objects) go in this directory
-            # too, and its whole process group can be stopped: nothing is left anywhere.
-            env={**os.environ, "TMPDIR": str(self.work)},
+            # too, and its whole process group can be stopped: nothing is left anywhere. Only
+            # what the compiler needs of the environment (never a passphrase variable).
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "LC_ALL": "C",
+                "TMPDIR": str(self.work),
+            },
             start_new_session=True,
         )
         # Whatever happens to the run (refused, interrupted), the directory goes at exit.
@@ -55,7 +61,13 @@ class _Build:
 
     def result(self) -> bytes:
         try:
-            _, stderr = self.process.communicate()
+            try:
+                _, stderr = self.process.communicate(timeout=BUILD_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise PluginBuildError(
+                    f"building iotfleet's Mosquitto plugin took over {BUILD_TIMEOUT} s: gcc "
+                    "was stopped"
+                ) from None
             if self.process.returncode != 0:
                 raise PluginBuildError(
                     f"building iotfleet's Mosquitto plugin failed:\n{stderr.strip()}"

@@ -67,7 +67,7 @@ def install_script(content: str) -> str:
                 ' >"$stage/test.conf"',
                 'sshd -t -f "$stage/test.conf"',
                 'install -m 644 -o root -g root "$stage/hardening.conf" "$new"',
-                f'mv -f "$new" {target}',
+                f'mv -fT "$new" {target}',  # -T: a link there is replaced, not followed
                 RELOAD,
             ]
         )
@@ -80,9 +80,10 @@ def host_query() -> HostQuery:
     return HostQuery(paths=frozenset({DROPIN, *LEGACY_STAGED}))
 
 
-def _installed_digest() -> str | None:
+def _installed() -> tuple[bool, str | None]:
+    """(something is at the drop-in's path, the SHA-256 of it if it is a regular file)."""
     live = host_state(HostQuery(paths=frozenset({DROPIN}))).paths.get(DROPIN)
-    return live.sha256 if live else None
+    return live is not None, live.sha256 if live else None
 
 
 @operation()
@@ -94,7 +95,7 @@ def install_dropin(content: str) -> Generator[Any, None, None]:
     The candidate is staged in a directory of this run's own, removed by the same command.
     """
     digest = hashlib.sha256(content.encode()).hexdigest()
-    if _installed_digest() == digest:
+    if _installed()[1] == digest:
         host.noop("the sshd hardening drop-in is installed and current")
         return
     yield StringCommand("sh", "-c", shlex.quote(install_script(content)))
@@ -103,7 +104,7 @@ def install_dropin(content: str) -> Generator[Any, None, None]:
 @operation()
 def remove_dropin() -> Generator[Any, None, None]:
     """Remove the drop-in (hardening switched off) and reload sshd."""
-    if _installed_digest() is None:
+    if not _installed()[0]:  # a link there is removed too (sshd would read through it)
         host.noop("no sshd hardening drop-in to remove")
         return
     yield StringCommand("rm", "-f", DROPIN, "&&", StringCommand(RELOAD))

@@ -19,7 +19,7 @@ from pyinfra.api.operations import run_ops
 from pyinfra.context import ctx_host, ctx_state
 
 from iotfleet.mosquitto.managed_file import FileState, ManagedFile
-from iotfleet.roles import host_state, packages
+from iotfleet.roles import host_ops, host_state, packages
 from iotfleet.roles.host_ops import absent, directory, put_files
 from iotfleet.roles.host_state import HostQuery, parse_output, query_command
 
@@ -193,3 +193,32 @@ def test_two_installs_of_the_same_packages_install_once_with_or_without_a_prompt
     second = run.op(packages.install_debs, packages=wanted)
     run.run()
     assert (first.did_change(), second.did_change()) == (True, False)
+
+
+def test_a_link_at_a_file_path_is_replaced_never_followed_into_a_directory(
+    tmp_path: Path, local: LocalRun
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "client.key"
+    link.symlink_to(elsewhere)
+    op = local.op(put_files, files=[ManagedFile(str(link), b"key\n", "root", "root", "600")])
+    local.run()
+    assert op.did_change()
+    assert not link.is_symlink() and link.read_bytes() == b"key\n"
+    assert list(elsewhere.iterdir()) == []  # nothing (a secret) moved into the link's target
+
+
+def test_diff_shows_every_changed_file_while_planning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyinfra's plan stops an operation at its first command: every diff comes before."""
+    shown: list[str] = []
+    monkeypatch.setattr(host_ops, "show_change", lambda managed, live: shown.append(managed.path))
+    run = LocalRun(monkeypatch, confirm=True)
+    run.state.config.DIFF = True
+    paths = [str(tmp_path / name) for name in ("a", "b", "c")]
+    run.op(put_files, files=[ManagedFile(p, b"x", "root", "root", "600") for p in paths])
+    assert shown == paths  # at the plan, before the prompt
+    run.run()
+    assert shown == paths  # not again after it
