@@ -32,6 +32,7 @@ from iotfleet.fs.stage import Stage, staged
 from iotfleet.model import Fleet, InventoryError, build_fleet
 from iotfleet.mosquitto.acl import pattern_conflicts
 from iotfleet.pki import PkiError, ReconcileReport
+from iotfleet.roles.host_state import local_only
 from iotfleet.roles.refusal import RolloutRefusedError
 
 # Planned changes of a kind are listed by name up to this many (beyond, counted).
@@ -137,6 +138,7 @@ _commit_lock = threading.Lock()
 _hosts_with_commit: set[str] = set()
 
 
+@local_only
 def _commit(plan: FleetPlan) -> None:
     # Every host runs this first operation; the first one commits, the others find it done.
     with _commit_lock:

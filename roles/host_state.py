@@ -19,7 +19,7 @@ from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
 from pyinfra import host
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, FunctionCommand
 
 from iotfleet.mosquitto.managed_file import FileState
 from iotfleet.roles.dpkg_health import PACKAGE_HEALTH
@@ -294,12 +294,31 @@ def expect(query: HostQuery) -> None:
     expected[host.name] = expected.get(host.name, HostQuery()) | query
 
 
+_LOCAL_ONLY = "_iotfleet_local_only"
+
+
+def local_only(function: Any) -> Any:
+    """Mark a ``python.call`` function as one that changes nothing on the host (the PKI commit
+    on the control machine): running it keeps the host's snapshot fresh."""
+    setattr(function, _LOCAL_ONLY, True)
+    return function
+
+
+def _touched_host(meta: Any) -> bool:
+    # OperationMeta keeps what it ran in _commands (its ``executed`` reads the same).
+    commands = getattr(meta, "_commands", None) or []
+    return any(
+        not (isinstance(c, FunctionCommand) and getattr(c.function, _LOCAL_ONLY, False))
+        for c in commands
+    )
+
+
 def _freshness() -> tuple[bool, int]:
     """Changes when a snapshot of the current host may be out of date: once an operation on
     it ran a command, and between a run's planning and its execution after a prompt."""
     state = host.state
     confirmed_later = bool(state.is_executing and state.check_for_changes)
-    ran = sum(1 for data in state.ops[host].values() if data.operation_meta.executed)
+    ran = sum(1 for data in state.ops[host].values() if _touched_host(data.operation_meta))
     return confirmed_later, ran
 
 

@@ -17,6 +17,7 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.context import ctx_host, ctx_state
+from pyinfra.operations import python
 
 from iotfleet.mosquitto.managed_file import FileState, ManagedFile
 from iotfleet.roles import host_ops, host_state, packages
@@ -222,3 +223,22 @@ def test_diff_shows_every_changed_file_while_planning(
     assert shown == paths  # at the plan, before the prompt
     run.run()
     assert shown == paths  # not again after it
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["local only", "may touch the host"])
+def test_a_control_machine_only_callback_keeps_the_read_fresh(
+    tmp_path: Path, local: LocalRun, marked: bool
+) -> None:
+    """The PKI commit runs before every host's operations: it must not cost a read per
+    operation after it; any other callback might have changed the host."""
+
+    def commit() -> None:
+        pass
+
+    d, gone = str(tmp_path), str(tmp_path / "gone")
+    local.expect(HostQuery(paths=frozenset({d, gone})))
+    local.op(python.call, function=host_state.local_only(commit) if marked else commit)
+    local.op(directory, path=d, owner="root", group="root", mode=oct(tmp_path.stat().st_mode)[-3:])
+    local.op(absent, paths=[gone])
+    local.run()
+    assert len(local.reads) == (1 if marked else 2)
