@@ -237,8 +237,8 @@ def test_a_control_machine_only_callback_keeps_the_read_fresh(
 
     d, gone = str(tmp_path), str(tmp_path / "gone")
     local.expect(HostQuery(paths=frozenset({d, gone})))
-    local.op(python.call, function=host_state.local_only(commit) if marked else commit)
     local.op(directory, path=d, owner="root", group="root", mode=oct(tmp_path.stat().st_mode)[-3:])
+    local.op(python.call, function=host_state.local_only(commit) if marked else commit)
     local.op(absent, paths=[gone])
     local.run()
     assert len(local.reads) == (1 if marked else 2)
