@@ -14,4 +14,5 @@ echo "== format (ruff format --check)"
 echo "== types (mypy)"
 .venv/bin/mypy
 echo "== unit and integration tests (pytest)"
-exec .venv/bin/python -m pytest tests/unit tests/integration "$@"
+# --durations: the slowest tests, so a run shows where its time goes.
+exec .venv/bin/python -m pytest --durations=30 tests/unit tests/integration "$@"
