@@ -1,10 +1,12 @@
 """The compliance suite against real lab brokers (issue 6): a fresh rollout passes it, and each
 way of breaking a broker makes it fail naming the problem, until a rollout repairs the broker.
 
-The lab is the session's bookworm lab of two brokers. Breakages are applied to the first
-broker over SSH, one at a time; the suite runs through the real ``iotfleet check`` CLI.
-Besides the seven breakages of the issue, three batches break several things at once so that
-every check of the suite is seen failing on a real host.
+The lab is the session's bookworm lab of two brokers. Breakages are applied over SSH, two at
+a time, each to a broker of its own (the first of a pair to the first broker, the second to
+the second); one run of the real ``iotfleet check`` CLI must name each breakage's checks on
+its broker, one rollout repairs both and a check run after it passes. Besides the breakages
+of the issue, three batches break several things on one broker so that every check of the
+suite is seen failing on a real host.
 """
 
 from __future__ import annotations
