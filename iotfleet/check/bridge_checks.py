@@ -8,11 +8,13 @@ The outside attack (a site's bridge identity at a core, trying another site's to
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from iotfleet.check.host_facts import TcpConnection
 from iotfleet.model import Fleet
 from iotfleet.model.own_identities import BRIDGE_PREFIX, bridge_identity_name
 from iotfleet.mosquitto import layout
@@ -199,26 +201,59 @@ def bridge_identity_problems(
     return problems
 
 
+@dataclass(frozen=True)
+class BridgeSample:
+    """One look at an edge's bridge: ``$SYS/broker/connection/<connection>/state`` (``b"1"``
+    connected, None if nothing arrived) and mosquitto's established TCP connections, at
+    ``at`` (monotonic seconds)."""
+
+    at: float
+    state: bytes | None
+    connections: tuple[TcpConnection, ...]
+
+
 def bridge_state_problems(
-    host: str, connection: str, state: bytes | None, peers: Iterable[str], cores: Iterable[str]
+    host: str,
+    connection: str,
+    samples: Sequence[BridgeSample],
+    cores: Iterable[str],
+    stable_seconds: float,
 ) -> list[str]:
-    """``$SYS/broker/connection/<connection>/state`` read on the edge (``b"1"`` connected), and
-    the established TCP connections of the broker (``peers``, ``ip:port``) against the site's
-    cores (``cores``, ``ip:port`` of their bridge listeners)."""
+    """The bridge is connected, to a core of its site (``cores``: ``ip:port`` of their bridge
+    listeners), and stays so: the latest sample and one at least ``stable_seconds`` older both
+    say connected and hold the same TCP connection to a core (same local port). A bridge that
+    reconnects in between (two edges sharing a bridge identity take each other's session at
+    the core, over and over) is not stable."""
     topic = f"$SYS/broker/connection/{connection}/state"
-    if state is None:
-        return [f"the bridge state of {host} could not be read ({topic}: nothing arrived)"]
-    if state.strip() != b"1":
-        return [
-            f"the bridge of {host} is not connected ({topic} is {state.decode(errors='replace')!r})"
-        ]
+    if not samples:
+        return [f"the bridge state of {host} was not read"]
     wanted = set(cores)
-    if not wanted & set(peers):
+    last = samples[-1]
+    if last.state is None:
+        return [f"the bridge state of {host} could not be read ({topic}: nothing arrived)"]
+    if last.state.strip() != b"1":
+        shown = last.state.decode(errors="replace")
+        return [f"the bridge of {host} is not connected ({topic} is {shown!r})"]
+    to_cores = {c for c in last.connections if c.peer in wanted}
+    if not to_cores:
         return [
             f"the bridge of {host} says it is connected, but the broker has no connection to a "
             f"core of its site ({', '.join(sorted(wanted)) or 'none resolved'})"
         ]
-    return []
+    earlier = [s for s in samples[:-1] if last.at - s.at >= stable_seconds]
+    if any(
+        s.state is not None and s.state.strip() == b"1" and to_cores & set(s.connections)
+        for s in earlier
+    ):
+        return []
+    seen = sorted({c.local for s in samples for c in s.connections if c.peer in wanted})
+    return [
+        f"the bridge of {host} did not stay connected for {stable_seconds:.0f} s: its "
+        f"connection to a core changed (local {', '.join(seen)}; another broker logging in "
+        "as the same bridge identity takes its session at the core)"
+        if len(seen) > 1
+        else f"the bridge of {host} has not been connected for {stable_seconds:.0f} s yet"
+    ]
 
 
 def core_acl_problems(host: str, fleet: Fleet, acl_text: str) -> list[str]:

@@ -85,17 +85,30 @@ def parse_stat(output: str) -> dict[str, FileStat]:
     return stats
 
 
-def parse_established(output: str, process: str) -> list[str]:
-    """``ss -Htnp state established`` lines (Recv-Q Send-Q Local Peer users): the peers of
-    ``process``'s connections, ``ip:port`` (IPv6 without brackets)."""
-    peers = []
+@dataclass(frozen=True)
+class TcpConnection:
+    """An established TCP connection: ``local`` and ``peer`` as ``ip:port`` (IPv6 without
+    brackets). A reconnect is a new connection: another local (ephemeral) port."""
+
+    local: str
+    peer: str
+
+
+def _ss_address(field: str) -> str:
+    address, _, port = field.rpartition(":")
+    return f"{address.strip('[]').split('%', 1)[0]}:{port}"
+
+
+def parse_established(output: str, process: str) -> list[TcpConnection]:
+    """``ss -Htnp state established`` lines (Recv-Q Send-Q Local Peer users): ``process``'s
+    connections."""
+    connections = []
     for line in output.splitlines():
         fields = line.split()
         if len(fields) < 4 or process not in (n for n, _ in _SS_PROCESS.findall(line)):
             continue
-        address, _, port = fields[3].rpartition(":")
-        peers.append(f"{address.strip('[]').split('%', 1)[0]}:{port}")
-    return peers
+        connections.append(TcpConnection(_ss_address(fields[2]), _ss_address(fields[3])))
+    return connections
 
 
 _SS_PROCESS = re.compile(r'\("([^"]+)",pid=(\d+)')
@@ -300,9 +313,8 @@ class BrokerFacts:
     def config(self) -> MosquittoConfig:
         return parse_config(self.config_text, self.included_configs)
 
-    def established_peers(self) -> list[str]:
-        """``ip:port`` of the peers of mosquitto's established TCP connections (``ss``; read
-        anew at each call)."""
+    def established_connections(self) -> list[TcpConnection]:
+        """Mosquitto's established TCP connections (``ss``; read anew at each call)."""
         output = self._output("ss -Htnp state established")
         return parse_established(output, layout.SERVICE)
 

@@ -9,6 +9,7 @@ import pytest
 
 from iotfleet.check.bridge_attacks import cross_site_pair, cross_site_problems
 from iotfleet.check.bridge_checks import (
+    BridgeSample,
     bridge_config_problems,
     bridge_identity_problems,
     bridge_state_problems,
@@ -26,9 +27,11 @@ from iotfleet.mosquitto import layout
 from iotfleet.mosquitto.bridge import edge_bridge
 
 pytestmark = [pytest.mark.bridges]
-# How long a bridge that is down may take to come back before the state check fails (Mosquitto
-# retries after 5 s, backing off up to 30 s, plus TLS).
+# How long a bridge that is down may take to come back and stay before the state check fails
+# (Mosquitto retries after 5 s, backing off up to 30 s, plus TLS).
 BRIDGE_RECONNECT_SECONDS = 60
+# How long the bridge's connection to a core must last, unbroken, to count as connected.
+BRIDGE_STABLE_SECONDS = 10
 
 
 def _sites_only(suite: Suite) -> None:
@@ -86,7 +89,9 @@ def test_bridge_logs_in_as_its_own_identity(broker: Param, suite: Suite) -> None
 @pytest.mark.host
 def test_bridge_connected_to_a_core(broker: Param, suite: Suite) -> None:
     """The edge's bridge is connected ($SYS/broker/connection/<bridge>/state = 1, read as its
-    health identity) and the broker holds a connection to one of its site's cores."""
+    health identity), the broker holds a connection to one of its site's cores, and both are
+    still so, on the same TCP connection, some seconds later (no bridge taking turns with
+    another broker using the same identity)."""
     _edge_only(broker, suite, bridged=True)
     fleet = suite.plan.fleet
     bridge = edge_bridge(fleet, broker.host)
@@ -103,6 +108,8 @@ def test_bridge_connected_to_a_core(broker: Param, suite: Suite) -> None:
     facts = suite.facts(broker.broker)
     cores = [f"{ip}:{port}" for host, port in bridge.addresses for ip in facts.addresses_of(host)]
 
+    samples: list[BridgeSample] = []
+
     def problems() -> list[str]:
         state = facts.read_retained_as_health(
             listener.bind_address or "127.0.0.1",
@@ -110,11 +117,15 @@ def test_bridge_connected_to_a_core(broker: Param, suite: Suite) -> None:
             bridge_state_topic(broker.host),
             health_identity_name(broker.host),
         )
-        peers = facts.established_peers()
-        return bridge_state_problems(broker.host, bridge.connection, state, peers, cores)
+        connections = tuple(facts.established_connections())
+        samples.append(BridgeSample(time.monotonic(), state, connections))
+        return bridge_state_problems(
+            broker.host, bridge.connection, samples, cores, BRIDGE_STABLE_SECONDS
+        )
 
     # A bridge that just lost its core (a core restarted, the attack check took its place at
-    # the core) is back within Mosquitto's restart back-off: judge only what lasts.
+    # the core) is back within Mosquitto's restart back-off: judge only what lasts. Connected
+    # once is not enough: the same connection must still be there BRIDGE_STABLE_SECONDS later.
     found = problems()
     deadline = time.monotonic() + BRIDGE_RECONNECT_SECONDS
     while found and time.monotonic() < deadline:

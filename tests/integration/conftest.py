@@ -21,11 +21,15 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from iotfleet.fleet.paths import fleet_dir
 from iotfleet.lab.state import lab_paths, load_state
+
+if TYPE_CHECKING:
+    from tests.support.sites_lab import SitesLab
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -167,3 +171,15 @@ def lab_factory() -> Iterator[LabFactory]:
     finally:
         for name in made:
             iotfleet("lab", "down", "--name", name, timeout=300)
+
+
+@pytest.fixture(scope="session", params=["bookworm", "trixie"])
+def sites(request: pytest.FixtureRequest, lab_factory: LabFactory) -> Iterator[SitesLab]:
+    """The multi-site lab of each suite (``tests.support.sites_lab``), rolled out once per
+    session and shared by the modules that use it (test_sites, test_sites_compliance): pytest
+    runs every test of one suite's lab, then the other's. A test that changes the fleet
+    restores it before it ends."""
+    from tests.support.sites_lab import open_sites_lab
+
+    with open_sites_lab(lab_factory, request.param) as lab_sites:
+        yield lab_sites

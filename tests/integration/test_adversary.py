@@ -21,11 +21,12 @@ from iotfleet.mosquitto import layout
 from tests.integration.conftest import LabFactory
 from tests.integration.test_compliance import (
     Breakage,
-    CheckRun,
+    Broker,
     DeployedLab,
     _assert_caught,
     _break_check_repair,
 )
+from tests.support.check_runs import CheckRun
 from tests.support.rollout import run_pyinfra
 
 pytestmark = pytest.mark.lab
@@ -123,7 +124,7 @@ def password_files(conf: str) -> dict[int, str]:
     return files
 
 
-def break_password_listener(lab: DeployedLab) -> None:
+def break_password_listener(lab: Broker) -> None:
     """control-room's hash line in the password file of the password-only listener 8884 (with
     one shared file, as before the fix, it is there already)."""
     files = password_files(lab.ssh(f"cat {layout.CONFIG}"))
@@ -150,7 +151,7 @@ def _without_plugin(port: int) -> Callable[[str], str]:
     return change
 
 
-def _edit_if_changed(lab: DeployedLab, change: Callable[[str], str]) -> None:
+def _edit_if_changed(lab: Broker, change: Callable[[str], str]) -> None:
     before = lab.ssh(f"cat {layout.CONFIG}")
     after = change(before)
     if after != before:  # before the fix there is nothing to remove: the hole is open already
@@ -158,17 +159,17 @@ def _edit_if_changed(lab: DeployedLab, change: Callable[[str], str]) -> None:
         lab.restart()
 
 
-def break_cn_binding(lab: DeployedLab) -> None:
+def break_cn_binding(lab: Broker) -> None:
     """No authentication plugin on 8885: nothing binds the certificate's CN to the username."""
     _edit_if_changed(lab, _without_plugin(8885))
 
 
-def break_retained_limit(lab: DeployedLab) -> None:
+def break_retained_limit(lab: Broker) -> None:
     """No authentication plugin on 8883, where devices publish: retained anywhere again."""
     _edit_if_changed(lab, _without_plugin(8883))
 
 
-def break_packet_limits(lab: DeployedLab) -> None:
+def break_packet_limits(lab: Broker) -> None:
     """No max_packet_size and no memory_limit: the broker reserves what a CONNECT announces
     (on websockets listeners Mosquitto 2.0 ignores max_packet_size: memory_limit stops it)."""
 
@@ -178,7 +179,7 @@ def break_packet_limits(lab: DeployedLab) -> None:
     _edit_if_changed(lab, change)
 
 
-def break_login_log(lab: DeployedLab) -> None:
+def break_login_log(lab: Broker) -> None:
     """The broker no longer logs at notice level, where the plugin names refused logins."""
 
     def change(conf: str) -> str:
@@ -187,7 +188,7 @@ def break_login_log(lab: DeployedLab) -> None:
     _edit_if_changed(lab, change)
 
 
-def break_rate_limit(lab: DeployedLab) -> None:
+def break_rate_limit(lab: Broker) -> None:
     """New connections to the password listeners accepted before any rate limit (the loaded
     table keeps its digest comment, so a rollout would not notice: the cleanup deletes it)."""
     ports = ", ".join(str(p) for p in PASSWORD_PORTS)

@@ -1,20 +1,19 @@
 """The compliance suite against real lab brokers (issue 6): a fresh rollout passes it, and each
 way of breaking a broker makes it fail naming the problem, until a rollout repairs the broker.
 
-The lab is the session's bookworm lab of two brokers. Breakages are applied to the first
-broker over SSH, one at a time; the suite runs through the real ``iotfleet check`` CLI.
-Besides the seven breakages of the issue, three batches break several things at once so that
-every check of the suite is seen failing on a real host.
+The lab is the session's bookworm lab of two brokers. Breakages are applied over SSH, two at
+a time, each to a broker of its own (the first of a pair to the first broker, the second to
+the second); one run of the real ``iotfleet check`` CLI must name each breakage's checks on
+its broker, one rollout repairs both and a check run after it passes. Besides the breakages
+of the issue, three batches break several things on one broker so that every check of the
+suite is seen failing on a real host.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
-import os
 import shlex
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,12 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from iotfleet.check.plan import load_plan
-from iotfleet.check.results import RunResults
 from iotfleet.fleet.context import FleetContext
 from iotfleet.fleet.pki import foreign_canary_paths
 from iotfleet.model.own_identities import PROBE_DEVICE, PROBE_PEER
 from iotfleet.mosquitto import layout
-from tests.integration.conftest import LabFactory, RunningLab
+from tests.integration.conftest import LabFactory, LabHost, RunningLab
+from tests.support.check_runs import CheckRun, run_check
 from tests.support.lab_fleet import lab_environment
 from tests.support.mosquitto_edits import allow_tls_1_1
 from tests.support.rollout import REPO, run_pyinfra
@@ -40,37 +39,20 @@ from tests.support.rollout import REPO, run_pyinfra
 pytestmark = pytest.mark.lab
 
 
-@dataclass(frozen=True)
-class CheckRun:
-    returncode: int
-    output: str
-    results: RunResults | None
-
-    def failed_checks(self) -> dict[str, list[str]]:
-        """``{test function: [messages]}`` of every failed check."""
-        failed: dict[str, list[str]] = {}
-        for result in self.results.failed if self.results else []:
-            name = result.test.split("::")[-1].split("[")[0]
-            failed.setdefault(name, []).append(result.message)
-        return failed
-
-    def explain(self) -> str:
-        return f"iotfleet check exited {self.returncode}:\n{self.output[-8000:]}"
-
-
 @dataclass
-class DeployedLab:
+class Broker:
+    """One broker of the lab, to break over SSH."""
+
     lab: RunningLab
-    reports: Path
-    runs: int = 0
+    host: LabHost
 
     @property
-    def broken(self) -> str:
-        """Inventory name of the broker the breakages are applied to."""
-        return self.lab.hosts[0].fqdn
+    def name(self) -> str:
+        """Its inventory name."""
+        return self.host.fqdn
 
     def ssh(self, command: str) -> str:
-        return self.lab.ssh(self.lab.hosts[0], command).stdout
+        return self.lab.ssh(self.host, command).stdout
 
     def write(self, path: str, content: bytes) -> None:
         """Replace a file's content in place (owner and mode stay)."""
@@ -95,20 +77,29 @@ class DeployedLab:
             plan = load_plan(REPO / "inventory" / "lab.py")
         return FleetContext.for_fleet(plan.fleet)
 
+
+class DeployedLab(Broker):
+    """The lab: its first broker (where single breakages go), any other broker, and
+    ``iotfleet check`` runs, each with a reports directory of its own."""
+
+    def __init__(self, lab: RunningLab, reports: Path) -> None:
+        super().__init__(lab, lab.hosts[0])
+        self.reports = reports
+        self.runs = 0
+
+    def broker(self, index: int) -> Broker:
+        """The ``index``-th broker of the lab (paired breakages go to the first two)."""
+        return Broker(self.lab, self.lab.hosts[index])
+
+    @property
+    def broken(self) -> str:
+        """Inventory name of the broker single breakages are applied to: the first."""
+        return self.name
+
     def check(self, *args: str) -> CheckRun:
         """``iotfleet check inventory/lab.py`` with its own reports directory."""
         self.runs += 1
-        reports = self.reports / f"run-{self.runs}"
-        result = subprocess.run(
-            [sys.executable, "-m", "iotfleet", "check", "inventory/lab.py",
-             "--reports", str(reports), *args],
-            cwd=REPO,
-            env={**os.environ, "IOTFLEET_LAB": self.lab.name, "COLUMNS": "400"},
-            capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-        results_file = reports / "results.json"
-        results = RunResults.load(results_file) if results_file.is_file() else None
-        return CheckRun(result.returncode, result.stdout + result.stderr, results)
+        return run_check(self.lab.name, self.reports / f"run-{self.runs}", *args, timeout=600)
 
     def rollout(self) -> None:
         rollout = run_pyinfra(self.lab.name)
@@ -192,50 +183,50 @@ def _acl_block(acl: str, user: str, change: Callable[[str], str]) -> str:
     )
 
 
-def break_anonymous(lab: DeployedLab) -> None:
+def break_anonymous(lab: Broker) -> None:
     lab.edit(layout.CONFIG, lambda c: c.replace("allow_anonymous false", "allow_anonymous true"))
     lab.restart()
 
 
-def break_key_mode(lab: DeployedLab) -> None:
+def break_key_mode(lab: Broker) -> None:
     lab.ssh(f"chmod 0644 {layout.SERVER_KEY}")
 
 
-def break_plain_listener(lab: DeployedLab) -> None:
+def break_plain_listener(lab: Broker) -> None:
     lab.edit(layout.CONFIG, lambda c: c + "\nlistener 1883 0.0.0.0\nallow_anonymous true\n")
     lab.restart()
 
 
-def break_crl_expired(lab: DeployedLab) -> None:
+def break_crl_expired(lab: Broker) -> None:
     lab.write(layout.CRL, expired_crl(lab.context()))
     lab.restart()
 
 
-def break_crl_future(lab: DeployedLab) -> None:
+def break_crl_future(lab: Broker) -> None:
     """What a control machine whose clock ran 5 days ahead signs and ships."""
     lab.write(layout.CRL, resigned_crl(lab.context(), datetime.now(UTC) + timedelta(days=5), 7))
     lab.restart()
 
 
-def break_tls_1_1(lab: DeployedLab) -> None:
+def break_tls_1_1(lab: Broker) -> None:
     lab.edit(layout.CONFIG, lambda c: _listener_blocks(c, allow_tls_1_1))
     lab.restart()
 
 
-def break_acl_read_everything(lab: DeployedLab) -> None:
+def break_acl_read_everything(lab: Broker) -> None:
     lab.edit(
         layout.ACL_FILE, lambda acl: _acl_block(acl, PROBE_DEVICE, lambda b: b + "topic read #\n")
     )
     lab.ssh("systemctl reload mosquitto && sleep 0.5")
 
 
-def break_identities_file(lab: DeployedLab) -> None:
+def break_identities_file(lab: Broker) -> None:
     """A name the broker does not hold, added where the plugin looks (re-read on SIGHUP)."""
     lab.edit(layout.IDENTITIES_FILE, lambda names: names + "intruder\n")
     lab.ssh("systemctl reload mosquitto && sleep 0.5")
 
 
-def break_sandbox(lab: DeployedLab) -> None:
+def break_sandbox(lab: Broker) -> None:
     lab.ssh(f"rm {layout.DROPIN} && systemctl daemon-reload")
     lab.restart()
 
@@ -243,7 +234,7 @@ def break_sandbox(lab: DeployedLab) -> None:
 @dataclass(frozen=True)
 class Breakage:
     name: str
-    apply: Callable[[DeployedLab], None]
+    apply: Callable[[Broker], None]
     markexpr: str
     # test function -> words its failure message must contain ({host} = the broken broker)
     expected: dict[str, list[str]]
@@ -361,51 +352,17 @@ REQUIRED = [
 ]
 
 
-def _assert_caught(run: CheckRun, breakage: Breakage, host: str) -> None:
-    assert run.returncode == 1, run.explain()
-    failed = run.failed_checks()
-    for check, phrases in breakage.expected.items():
-        assert check in failed, f"{check} did not fail for {breakage.name}:\n{run.explain()}"
-        for phrase in phrases:
-            words = phrase.format(host=host)
-            assert any(words in message for message in failed[check]), (words, failed[check])
-            assert words in run.output, f"the summary does not say {words!r}:\n{run.explain()}"
-    assert f"✗ {host}" in run.output
-
-
-def _break_check_repair(deployed: DeployedLab, breakage: Breakage) -> None:
-    host = deployed.broken
-    scope = ["-m", breakage.markexpr, "--limit", host]
-    try:
-        breakage.apply(deployed)
-        broken = deployed.check(*([] if breakage.full_suite else scope))
-        _assert_caught(broken, breakage, host)
-    finally:
-        if breakage.cleanup:
-            deployed.ssh(breakage.cleanup)
-        deployed.rollout()
-    repaired = deployed.check(*scope)
-    assert repaired.returncode == 0, f"after the rollout:\n{repaired.explain()}"
-
-
-@pytest.mark.parametrize("breakage", REQUIRED, ids=[b.name for b in REQUIRED])
-def test_suite_catches_the_breakage_and_a_rollout_repairs_it(
-    deployed: DeployedLab, breakage: Breakage
-) -> None:
-    _break_check_repair(deployed, breakage)
-
-
 # -- batches: every other check seen failing on a real broker ------------------------------------
 
 
-def break_service_files_firewall(lab: DeployedLab) -> None:
+def break_service_files_firewall(lab: Broker) -> None:
     lab.ssh(
         "apt-mark hold mosquitto >/dev/null && systemctl disable -q mosquitto && "
         f"chmod 0755 {layout.CERT_DIR} && nft delete table inet iotfleet"
     )
 
 
-def break_authentication(lab: DeployedLab) -> None:
+def break_authentication(lab: Broker) -> None:
     """Neither passwords nor ACL on 8884 (anonymous allowed), certificates optional and no
     CRL on 8885, a foreign CA trusted, and the probe device allowed to write its peer's
     telemetry instead of its own."""
@@ -452,10 +409,10 @@ def _to_peer_telemetry(block: str) -> str:
     return block + f"topic write {peer}\ntopic deny {own}\n"
 
 
-def break_tls_certificate(lab: DeployedLab) -> None:
+def break_tls_certificate(lab: Broker) -> None:
     """A 34-hour RSA certificate from another CA without the broker's DNS name, and cipher
     lists with RSA key exchange and CBC."""
-    address = lab.lab.hosts[0].address
+    address = lab.host.address
     certificate, key = foreign_rsa_server_identity(address)
     lab.write(layout.SERVER_CERT, certificate)
     lab.write(layout.SERVER_KEY, key)
@@ -565,11 +522,95 @@ BATCHES = [
 ]
 
 
-@pytest.mark.parametrize("breakage", BATCHES, ids=[b.name for b in BATCHES])
-def test_every_other_check_fails_on_a_broken_broker(
-    deployed: DeployedLab, breakage: Breakage
+# -- two brokers broken at once ------------------------------------------------------------------
+# Each breakage goes to a broker of its own (a broker's breakages cannot hide each other): the
+# first of a pair to the first broker, the second to the second. One check run covers both, one
+# rollout repairs both, one check run after it finds both sound again.
+
+
+def _by_name(name: str) -> Breakage:
+    return next(b for b in REQUIRED + BATCHES if b.name == name)
+
+
+PAIRS = [
+    (_by_name("anonymous allowed"), _by_name("weak authentication and authorization")),
+    (
+        _by_name("a key made 0644"),
+        _by_name("package held, service disabled, certificate directory opened, firewall flushed"),
+    ),
+    (_by_name("an extra plain listener on 0.0.0.0:1883"), _by_name("the sandbox drop-in removed")),
+    (_by_name("an expired CRL"), _by_name("a CRL dated in the future")),
+    (
+        _by_name("a name the broker does not hold in the plugin's identities file"),
+        _by_name("an ACL that lets a device read #"),
+    ),
+    (
+        _by_name("TLS 1.1 allowed"),
+        _by_name("a short-lived foreign RSA certificate and weak ciphers"),
+    ),
+]
+
+
+def _assert_caught(run: CheckRun, breakage: Breakage, host: str) -> None:
+    """Each check the breakage must make fail failed on ``host``, saying what is wrong."""
+    assert run.returncode == 1, run.explain()
+    failed = run.failed_checks(host)
+    for check, phrases in breakage.expected.items():
+        assert check in failed, (
+            f"{check} did not fail on {host} ({breakage.name}):\n{run.explain()}"
+        )
+        for phrase in phrases:
+            words = phrase.format(host=host)
+            assert any(words in message for message in failed[check]), (words, failed[check])
+            assert words in run.output, f"the summary does not say {words!r}:\n{run.explain()}"
+    assert f"✗ {host}" in run.output
+
+
+def _break_check_repair(deployed: DeployedLab, breakage: Breakage) -> None:
+    """One breakage on the first broker: caught by a check run, repaired by a rollout."""
+    broker = deployed.broker(0)
+    scope = ["-m", breakage.markexpr, "--limit", broker.name]
+    try:
+        breakage.apply(broker)
+        broken = deployed.check(*([] if breakage.full_suite else scope))
+        _assert_caught(broken, breakage, broker.name)
+    finally:
+        if breakage.cleanup:
+            broker.ssh(breakage.cleanup)
+        deployed.rollout()
+    repaired = deployed.check(*scope)
+    assert repaired.returncode == 0, f"after the rollout:\n{repaired.explain()}"
+
+
+@pytest.mark.parametrize(
+    "pair", PAIRS, ids=[f"{first.name} + {second.name}" for first, second in PAIRS]
+)
+def test_suite_catches_each_breakage_and_a_rollout_repairs_it(
+    deployed: DeployedLab, pair: tuple[Breakage, Breakage]
 ) -> None:
-    _break_check_repair(deployed, breakage)
+    brokers = [deployed.broker(0), deployed.broker(1)]
+    limits = [arg for broker in brokers for arg in ("--limit", broker.name)]
+    markexpr = " or ".join(f"({breakage.markexpr})" for breakage in pair)
+    scope = ["-m", markexpr, *limits]
+    try:
+        for breakage, broker in zip(pair, brokers, strict=True):
+            breakage.apply(broker)
+        full_suite = any(breakage.full_suite for breakage in pair)
+        broken = deployed.check(*(limits if full_suite else scope))
+        for breakage, broker in zip(pair, brokers, strict=True):
+            _assert_caught(broken, breakage, broker.name)
+    finally:
+        for breakage, broker in zip(pair, brokers, strict=True):
+            if breakage.cleanup:
+                broker.ssh(breakage.cleanup)
+        deployed.rollout()
+    repaired = deployed.check(*scope)
+    assert repaired.returncode == 0, f"after the rollout:\n{repaired.explain()}"
+
+
+def test_each_breakage_is_applied_once() -> None:
+    paired = [breakage.name for pair in PAIRS for breakage in pair]
+    assert sorted(paired) == sorted(b.name for b in REQUIRED + BATCHES)
 
 
 # -- material for the breakages -------------------------------------------------------------------

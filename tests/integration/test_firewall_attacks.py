@@ -21,7 +21,7 @@ import pytest
 from iotfleet.check.mqtt_probe import Identity, try_connect
 from iotfleet.roles.ssh_hardening import DROPIN
 from tests.integration.conftest import LabFactory
-from tests.integration.test_compliance import Breakage, DeployedLab, _break_check_repair
+from tests.integration.test_compliance import Breakage, Broker, DeployedLab, _break_check_repair
 from tests.support.broker_clients import target
 from tests.support.flood import flood
 from tests.support.rollout import run_pyinfra
@@ -222,10 +222,10 @@ def _nft(*commands: str) -> str:
     return " && ".join(f"nft {c}" for c in commands)
 
 
-def _on_broker(command: str) -> Callable[[DeployedLab], None]:
+def _on_broker(command: str) -> Callable[[Broker], None]:
     """A breakage: ``command`` run as root on the broken broker."""
 
-    def apply(lab: DeployedLab) -> None:
+    def apply(lab: Broker) -> None:
         lab.ssh(command)
 
     return apply

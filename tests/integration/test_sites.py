@@ -19,25 +19,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from iotfleet.check.mqtt_probe import Identity, try_connect
 from iotfleet.model.own_identities import bridge_identity_name
 from iotfleet.mosquitto import layout
-from tests.integration.conftest import LabFactory, LabHost
+from tests.integration.conftest import LabHost
 from tests.support.broker_clients import target
-from tests.support.sites_lab import BRIDGE_TIMEOUT, PORT, SitesLab, crosses, open_sites_lab
+from tests.support.sites_lab import BRIDGE_TIMEOUT, PORT, SitesLab, crosses
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(scope="module", params=["bookworm", "trixie"])
-def sites(request: pytest.FixtureRequest, lab_factory: LabFactory) -> Iterator[SitesLab]:
-    with open_sites_lab(lab_factory, request.param) as lab_sites:
-        yield lab_sites
 
 
 def test_only_edges_keep_a_bridge_identity(sites: SitesLab) -> None:

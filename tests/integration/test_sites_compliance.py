@@ -1,10 +1,11 @@
 """The bridge checks of ``iotfleet check`` on the multi-site lab (issue 15, item 4).
 
-The lab is the sites lab of ``test_sites.py`` (shared by tag: 2 sites x 2 edges + 2 cores,
-rolled out with ``--data``). The real ``iotfleet check`` CLI passes on the healthy fleet; each
-breakage (a core ACL giving site a's bridge site b's devices, a plain-text bridge, a bridge
-logging in with a device's certificate and key) makes it fail naming the check and the host;
-a rollout restores the host and a second rollout changes nothing. From outside, a device of
+The lab is the sites lab of ``test_sites.py`` (the session's ``sites`` fixture: 2 sites x 2
+edges + 2 cores, rolled out with ``--data``, once per suite). The real ``iotfleet check`` CLI
+passes on the healthy fleet; the breakages (a core ACL giving site a's bridge site b's devices,
+a plain-text bridge, a bridge logging in with a device's certificate and key), each on a broker
+of its own and applied together, make it fail naming each check and its host; a rollout
+restores the hosts and a second rollout changes nothing. From outside, a device of
 site a gets nothing of site b's topics at b's edge.
 """
 
@@ -12,22 +13,18 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shlex
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from iotfleet.check.results import RunResults
 from iotfleet.model.own_identities import bridge_identity_name
 from iotfleet.mosquitto import layout
-from tests.integration.conftest import LabFactory, LabHost
-from tests.support.rollout import REPO
-from tests.support.sites_lab import SitesLab, open_sites_lab
+from tests.integration.conftest import LabHost
+from tests.support.check_runs import CheckRun, run_check
+from tests.support.sites_lab import SitesLab
 
 pytestmark = pytest.mark.lab
 
@@ -43,50 +40,10 @@ CORE_CHECKS = (
 )
 
 
-@pytest.fixture(scope="module", params=["bookworm", "trixie"])
-def sites(request: pytest.FixtureRequest, lab_factory: LabFactory) -> Iterator[SitesLab]:
-    with open_sites_lab(lab_factory, request.param) as lab_sites:
-        yield lab_sites
-
-
-@dataclass(frozen=True)
-class CheckRun:
-    returncode: int
-    output: str
-    results: RunResults | None
-
-    def outcomes(self, check: str) -> dict[str, str]:
-        """``{host: outcome}`` of one check function."""
-        return {
-            r.host: r.outcome
-            for r in (self.results.results if self.results else [])
-            if r.test.split("::")[-1].split("[")[0] == check
-        }
-
-    def messages(self, check: str, host: str) -> list[str]:
-        return [
-            r.message
-            for r in (self.results.failed if self.results else [])
-            if r.host == host and r.test.split("::")[-1].split("[")[0] == check
-        ]
-
-    def explain(self) -> str:
-        return f"iotfleet check exited {self.returncode}:\n{self.output[-8000:]}"
-
-
 def check(sites: SitesLab, reports: Path, *args: str) -> CheckRun:
     """``iotfleet check inventory/lab.py`` with the sites topology (``--data``, as rolled out)."""
     data = [a for k, v in sites.data().items() for a in ("--data", f"{k}={json.dumps(v)}")]
-    result = subprocess.run(
-        [sys.executable, "-m", "iotfleet", "check", "inventory/lab.py",
-         "--reports", str(reports), *data, *args],
-        cwd=REPO,
-        env={**os.environ, "IOTFLEET_LAB": sites.lab.name, "COLUMNS": "400"},
-        capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    results_file = reports / "results.json"
-    results = RunResults.load(results_file) if results_file.is_file() else None
-    return CheckRun(result.returncode, result.stdout + result.stderr, results)
+    return run_check(sites.lab.name, reports, *data, *args)
 
 
 def test_the_healthy_sites_fleet_passes_the_whole_suite(sites: SitesLab, tmp_path: Path) -> None:
@@ -160,13 +117,13 @@ def break_plain_text_bridge(sites: SitesLab) -> LabHost:
 
 
 def break_device_identity(sites: SitesLab) -> LabHost:
-    """edge a's bridge.pem/bridge.key replaced by device sensor-a's certificate and key."""
+    """edge a2's bridge.pem/bridge.key replaced by device sensor-a's certificate and key."""
     assert sites.ctx is not None
     pki = sites.ctx.pki
-    _write(sites, sites.edge_a, layout.BRIDGE_CERT, pki.certificate_pem("sensor-a"))
-    _write(sites, sites.edge_a, layout.BRIDGE_KEY, pki.private_key_pem("sensor-a"))
-    _restart(sites, sites.edge_a)
-    return sites.edge_a
+    _write(sites, sites.edge_a2, layout.BRIDGE_CERT, pki.certificate_pem("sensor-a"))
+    _write(sites, sites.edge_a2, layout.BRIDGE_KEY, pki.private_key_pem("sensor-a"))
+    _restart(sites, sites.edge_a2)
+    return sites.edge_a2
 
 
 @dataclass(frozen=True)
@@ -215,26 +172,35 @@ BREAKAGES = [
 ]
 
 
-@pytest.mark.parametrize("breakage", BREAKAGES, ids=[b.name for b in BREAKAGES])
+def limits(hosts: list[LabHost]) -> list[str]:
+    return [arg for host in hosts for arg in ("--limit", host.fqdn)]
+
+
 def test_each_broken_bridge_fails_its_check_until_a_rollout_restores_it(
-    sites: SitesLab, breakage: Breakage, tmp_path: Path
+    sites: SitesLab, tmp_path: Path
 ) -> None:
-    host = sites.edge_a if breakage.apply is not break_core_acl else sites.core_1
+    """The breakages at once, each on a broker of its own (core-1, edge a, edge a2): one check
+    run of the three names each failing check on its broker, one rollout restores all three
+    and a second changes nothing, and the bridge checks pass on the three again."""
+    broken_hosts: list[LabHost] = []
     try:
-        assert breakage.apply(sites) == host
-        run = check(sites, tmp_path / "broken", "-m", "bridges", "--limit", host.fqdn)
+        for breakage in BREAKAGES:
+            broken_hosts.append(breakage.apply(sites))
+        assert len({h.fqdn for h in broken_hosts}) == len(BREAKAGES), broken_hosts
+        run = check(sites, tmp_path / "broken", "-m", "bridges", *limits(broken_hosts))
         assert run.returncode == 1, run.explain()
-        for name, phrases in breakage.expected.items():
-            messages = run.messages(name, host.fqdn)
-            assert messages, f"{name} did not fail on {host.fqdn}:\n{run.explain()}"
-            for phrase in phrases:
-                words = phrase.format(host=host.fqdn)
-                assert any(words in m for m in messages), (words, messages)
-                assert words in run.output, f"the summary does not say {words!r}"
-        assert f"✗ {host.fqdn}" in run.output
+        for breakage, host in zip(BREAKAGES, broken_hosts, strict=True):
+            for name, phrases in breakage.expected.items():
+                messages = run.messages(name, host.fqdn)
+                assert messages, f"{name} did not fail on {host.fqdn}:\n{run.explain()}"
+                for phrase in phrases:
+                    words = phrase.format(host=host.fqdn)
+                    assert any(words in m for m in messages), (words, messages)
+                    assert words in run.output, f"the summary does not say {words!r}"
+            assert f"✗ {host.fqdn}" in run.output
     finally:
-        sites.converge()  # restores the host; a second rollout changes nothing
-    repaired = check(sites, tmp_path / "repaired", "-m", "bridges", "--limit", host.fqdn)
+        sites.converge()  # restores the hosts; a second rollout changes nothing
+    repaired = check(sites, tmp_path / "repaired", "-m", "bridges", *limits(broken_hosts))
     assert repaired.returncode == 0, f"after the rollout:\n{repaired.explain()}"
 
 

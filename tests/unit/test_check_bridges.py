@@ -19,12 +19,13 @@ import pytest
 
 from iotfleet.check.bridge_attacks import CrossSite, cross_site_pair, cross_site_problems
 from iotfleet.check.bridge_checks import (
+    BridgeSample,
     bridge_config_problems,
     bridge_identity_problems,
     bridge_state_problems,
     core_acl_problems,
 )
-from iotfleet.check.host_facts import parse_established
+from iotfleet.check.host_facts import TcpConnection, parse_established
 from iotfleet.fleet.context import FleetContext
 from iotfleet.model.own_identities import (
     bridge_identity_name,
@@ -208,17 +209,55 @@ def test_a_missing_bridge_identity_fails(ctx: FleetContext) -> None:
 # -- the bridge state ------------------------------------------------------------------------
 
 
-def test_a_connected_bridge_to_a_core_passes_and_anything_else_fails() -> None:
-    cores = ["192.0.2.10:8883", "192.0.2.11:8883"]
-    peers = ["192.0.2.11:8883", "192.0.2.50:51000"]
-    assert bridge_state_problems(EDGE, BRIDGE, b"1", peers, cores) == []
+CORES = ["192.0.2.10:8883", "192.0.2.11:8883"]
+TO_CORE = TcpConnection("192.0.2.20:41000", "192.0.2.11:8883")
+TO_CORE_AGAIN = TcpConnection("192.0.2.20:41002", "192.0.2.11:8883")  # a new connection
+SSH = TcpConnection("192.0.2.20:22", "192.0.2.50:51000")
+
+
+def _state(samples: list[BridgeSample]) -> list[str]:
+    return bridge_state_problems(EDGE, BRIDGE, samples, CORES, 10)
+
+
+def test_a_bridge_connected_to_a_core_on_one_connection_for_a_while_passes() -> None:
+    assert _state([
+        BridgeSample(0.0, b"1", (TO_CORE, SSH)),
+        BridgeSample(5.0, b"1", (TO_CORE, SSH)),
+        BridgeSample(10.5, b"1", (SSH, TO_CORE)),
+    ]) == []  # fmt: skip
+    # A bridge that came back (a core restarted) and then stayed passes too.
+    assert _state([
+        BridgeSample(0.0, b"0", (SSH,)),
+        BridgeSample(2.0, b"1", (TO_CORE_AGAIN,)),
+        BridgeSample(12.0, b"1", (TO_CORE_AGAIN,)),
+    ]) == []  # fmt: skip
+
+
+def test_a_bridge_down_unreadable_or_elsewhere_fails() -> None:
     topic = f"$SYS/broker/connection/{BRIDGE}/state"
-    assert bridge_state_problems(EDGE, BRIDGE, b"0", peers, cores) == [
-        f"the bridge of {EDGE} is not connected ({topic} is '0')"
-    ]
-    assert "could not be read" in bridge_state_problems(EDGE, BRIDGE, None, peers, cores)[0]
-    elsewhere = bridge_state_problems(EDGE, BRIDGE, b"1", ["192.0.2.99:8883"], cores)
+    down = [BridgeSample(0.0, b"1", (TO_CORE,)), BridgeSample(10.0, b"0", (TO_CORE,))]
+    assert _state(down) == [f"the bridge of {EDGE} is not connected ({topic} is '0')"]
+    unread = _state([BridgeSample(0.0, None, (TO_CORE,))])
+    assert "could not be read" in unread[0]
+    far = TcpConnection("192.0.2.20:41000", "192.0.2.99:8883")
+    elsewhere = _state([BridgeSample(0.0, b"1", (far,)), BridgeSample(10.0, b"1", (far,))])
     assert "no connection to a core of its site" in elsewhere[0]
+
+
+def test_a_bridge_connected_at_each_look_but_on_a_new_connection_each_time_fails() -> None:
+    """Two edges with one cloned bridge identity take each other's session at the core: each
+    bridge says 1 whenever it is looked at, on a connection that did not last."""
+    flapping = [
+        BridgeSample(0.0, b"1", (TO_CORE,)),
+        BridgeSample(10.0, b"1", (TO_CORE_AGAIN,)),
+    ]
+    assert _state(flapping) == [
+        f"the bridge of {EDGE} did not stay connected for 10 s: its connection to a core "
+        "changed (local 192.0.2.20:41000, 192.0.2.20:41002; another broker logging in as the "
+        "same bridge identity takes its session at the core)"
+    ]
+    # Connected once, not yet for long enough: not judged connected either.
+    assert "has not been connected for 10 s yet" in _state(flapping[:1])[0]
 
 
 def test_established_connections_of_mosquitto_are_read_from_ss() -> None:
@@ -227,7 +266,10 @@ def test_established_connections_of_mosquitto_are_read_from_ss() -> None:
         '0 0 10.0.0.5:22 10.0.0.9:50000 users:(("sshd",pid=40,fd=4))\n'
         '0 0 [2001:db8::5]:41000 [2001:db8::1]:8883 users:(("mosquitto",pid=12,fd=10))\n'
     )
-    assert parse_established(output, "mosquitto") == ["10.0.0.1:8883", "2001:db8::1:8883"]
+    assert parse_established(output, "mosquitto") == [
+        TcpConnection("10.0.0.5:41234", "10.0.0.1:8883"),
+        TcpConnection("2001:db8::5:41000", "2001:db8::1:8883"),
+    ]
 
 
 def test_the_health_identity_of_an_edge_may_read_its_bridge_state_and_nothing_more(
