@@ -448,11 +448,14 @@ def load_index(layout: StateLayout, read: Callable[[Path], bytes] = Path.read_by
         known = _verified[3]
     else:
         seal = read_seal(layout, read)
+        sealed: Index | None = None
         if seal is not None and seal.covers(data, txt):
-            known = _sealed_index(path, data)
-            known.seal = seal
-        else:
-            known = _verify_index(layout, path, data, txt)
+            try:
+                sealed = _sealed_index(path, data)
+                sealed.seal = seal
+            except IndexCorruptError:
+                sealed = None  # sealed yet not what this release reads: verify it in full
+        known = sealed if sealed is not None else _verify_index(layout, path, data, txt)
         _verified = (path, data, txt, known)
     index = Index(known.records, known.crl, known.root_crl)
     index.seal = known.seal
@@ -467,6 +470,8 @@ def _sealed_index(path: Path, data: bytes) -> Index:
     """
     try:
         doc = json.loads(data)
+        if doc.get("format") != FORMAT:
+            raise ValueError("another index format")
         records: list[IndexRecord] = []
         new, setattr_, append = object.__new__, object.__setattr__, records.append
         times: dict[str, datetime] = {}  # a batch shares a handful of timestamps

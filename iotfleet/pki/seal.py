@@ -79,7 +79,15 @@ def read_seal(layout: StateLayout, read: Reader = Path.read_bytes) -> Seal | Non
     if doc.get("format") != FORMAT or len(key) != 32:
         return None
     expected = _mac(key, _body(seal.index_json, seal.index_txt, seal.packs))
-    return seal if hmac.compare_digest(mac, expected) else None
+    # As bytes: a damaged seal's text may hold anything (compare_digest refuses non-ASCII str).
+    return seal if hmac.compare_digest(mac.encode(), expected.encode()) else None
+
+
+# What a failed seal write means: it comes after the commit point (index.json).
+_AFTER_COMMIT = (
+    "index.json is committed (this run's changes are kept); its seal is rewritten by the next "
+    "run, which verifies the index in full"
+)
 
 
 def write_seal(
@@ -97,7 +105,7 @@ def write_seal(
     if len(key) != 32:
         fsio.remove(layout.seal_key)
         key = secrets.token_bytes(32)
-        fsio.create_exclusive_durable(layout.seal_key, key, fsio.KEY_MODE)
+        fsio.create_exclusive_durable(layout.seal_key, key, fsio.KEY_MODE, not_done=_AFTER_COMMIT)
     hashes: dict[str, str] = {}
     for path in packs:
         try:
@@ -111,8 +119,7 @@ def write_seal(
         layout.index_seal,
         (json.dumps(doc, sort_keys=True, indent=0) + "\n").encode(),
         fsio.KEY_MODE,
-        not_done="index.json is committed (this run's changes are kept); its seal is "
-        "rewritten by the next run, which verifies the index in full",
+        not_done=_AFTER_COMMIT,
     )
 
 

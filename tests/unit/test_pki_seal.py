@@ -7,6 +7,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,34 @@ def test_the_store_reads_the_latest_staged_index(state: Path) -> None:
     stage.commit()
     assert store.record(DEVICE.name).status == "revoked"  # type: ignore[union-attr]
     assert load_index(layout).current(DEVICE.name) is None
+
+
+def test_a_damaged_seal_means_a_full_verification_not_a_crash(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = StateLayout(state)
+    doc = json.loads(layout.index_seal.read_text())
+    doc["mac"] = "\u00e9" * 64  # not even hex
+    layout.index_seal.write_text(json.dumps(doc))
+    verified: list[bool] = []
+    real = index_module._verify_index
+    monkeypatch.setattr(index_module, "_verify_index", lambda *a: verified.append(True) or real(*a))
+    index = load_index(layout)
+    assert verified == [True] and index.seal is None
+    assert index.current(DEVICE.name) is not None
+
+
+def test_a_sealed_index_of_another_format_is_verified_in_full(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = StateLayout(state)
+    monkeypatch.setattr(index_module, "FORMAT", "iotfleet-pki-index/999")  # a later release's
+    verified: list[bool] = []
+
+    def counted(*args: Any) -> Any:
+        verified.append(True)
+        return index_module.Index()
+
+    monkeypatch.setattr(index_module, "_verify_index", counted)
+    load_index(layout)
+    assert verified == [True]
