@@ -50,8 +50,15 @@ Pair = tuple[bytes, bytes]
 
 
 def worker_command() -> list[str]:
-    """How a worker is started: this interpreter, isolated (-I), running the worker file."""
-    return [sys.executable, "-I", str(Path(sign_worker.__file__).resolve())]
+    """How a worker is started: this interpreter (no user site of its own, -s), running the
+    worker file; it imports from this process's path (``worker_env``)."""
+    return [sys.executable, "-s", str(Path(sign_worker.__file__).resolve())]
+
+
+def worker_env() -> dict[str, str]:
+    """A worker's whole environment: where this process finds ``cryptography`` (a user site,
+    a checkout on PYTHONPATH), and nothing else: no passphrase variable ever reaches it."""
+    return {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}
 
 
 class _Worker:
@@ -61,7 +68,7 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={},
+            env=worker_env(),
             close_fds=True,
         )
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
