@@ -21,6 +21,10 @@
    line numbers come from ``frame.f_code.co_filename`` and ``frame.f_lineno`` (what
    ``getframeinfo`` returns for a frame whose source file exists); tests/unit/
    test_operation_order.py shows the same order as pyinfra's own function.
+4. The global arguments' names and types are computed once, not for every operation.
+   ``pop_global_arguments`` calls ``all_global_arguments()``, which runs ``get_type_hints`` over
+   the same class for each operation: 0.8 s of CPU per 20-broker run (400 operations). The
+   class never changes, so its hints are kept (a fresh list each call, as before).
 
 Each fix is applied once and is a no-op when pyinfra already behaves (a later release).
 """
@@ -38,6 +42,7 @@ from typing import Any, TypeVar
 
 import click
 import pyinfra
+import pyinfra.api.arguments
 import pyinfra.api.operation
 from paramiko import SSHException
 from pyinfra.api.host import Host
@@ -183,9 +188,32 @@ def order_operations_without_inspect_stack() -> None:
         module.get_operation_order_from_stack = operation_order_from_frames
 
 
+# SHA-256 of the source of pyinfra 3.10.0's all_global_arguments (fix 4 replaces only that one).
+GLOBAL_ARGUMENTS_SOURCE_SHA256 = "f7afbc472d78c5d2f0bb282994175647651e888543da001968d903cc4a26a5a1"
+
+
+def global_arguments_computed_once() -> None:
+    """Have pyinfra compute its global arguments' type hints once per process."""
+    module: Any = sys.modules["pyinfra.api.arguments"]
+    current = module.all_global_arguments
+    if (
+        getattr(current, _PATCHED, False)
+        or source_digest(current) != GLOBAL_ARGUMENTS_SOURCE_SHA256
+    ):
+        return
+    hints = tuple(current())
+
+    def all_global_arguments() -> list[tuple[str, type]]:
+        return list(hints)
+
+    setattr(all_global_arguments, _PATCHED, True)
+    module.all_global_arguments = all_global_arguments
+
+
 def apply() -> None:
     """Apply every carried fix (safe to call more than once)."""
     fail_lost_hosts_only()
     name_failed_hosts_in_summary()
     interrupted_rollout_fails()
     order_operations_without_inspect_stack()
+    global_arguments_computed_once()

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -110,7 +111,7 @@ def _toolchain() -> str:
 def start_auth_plugin_build() -> None:
     """Start compiling the plugin now (once per process); ``auth_plugin`` collects it. A
     toolchain problem is left for ``auth_plugin`` to report, where the run needs the plugin."""
-    if _started or auth_plugin.cache_info().currsize:
+    if _started or _built_plugin.cache_info().currsize:
         return
     try:
         _started.append(_Build(_toolchain()))
@@ -118,9 +119,19 @@ def start_auth_plugin_build() -> None:
         return
 
 
-@functools.cache
+# pyinfra loads its hosts' deploy files in greenlets: while one waits for gcc, the others
+# must wait for the same build, not start one each (20 brokers made 20 builds).
+_build_lock = threading.Lock()
+
+
 def auth_plugin() -> bytes:
-    """The compiled plugin (``iotfleet_auth.so``)."""
+    """The compiled plugin (``iotfleet_auth.so``), built once per process."""
+    with _build_lock:
+        return _built_plugin()
+
+
+@functools.cache
+def _built_plugin() -> bytes:
     build = _started.pop() if _started else _Build(_toolchain())
     return build.result()
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, get_type_hints
 
 import pyinfra
 import pytest
@@ -123,3 +123,15 @@ def test_the_patched_pyinfra_orders_as_the_released_one(
     orders = (patched, util.get_operation_order_from_stack)
     ours, theirs = [_nested(9, order, state) for order in orders]  # both from one line
     assert ours == theirs
+
+
+def test_the_global_arguments_are_pyinfras_own_computed_once() -> None:
+    from pyinfra.api import arguments
+
+    from iotfleet.roles.pyinfra_fixes import GLOBAL_ARGUMENTS_SOURCE_SHA256
+
+    computed = list(get_type_hints(arguments.AllArguments).items())
+    assert arguments.all_global_arguments() == computed  # what pyinfra computes, each time
+    assert arguments.all_global_arguments() is not arguments.all_global_arguments()
+    assert getattr(arguments.all_global_arguments, "_iotfleet_connection_lost_fix", False)
+    assert GLOBAL_ARGUMENTS_SOURCE_SHA256  # applied only over the function it was read from
