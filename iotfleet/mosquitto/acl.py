@@ -251,8 +251,14 @@ def pattern_conflicts(fleet: Fleet) -> list[str]:
     ``devices/<name>/...``) with other access than the pattern's: Mosquitto cannot say that
     (a ``deny`` line takes every access away, and nothing takes back what the pattern gives),
     so the inventory is refused. One line per user and topic."""
+    # A device the patterns describe exactly holds each pattern topic with the pattern's own
+    # access: it cannot conflict (and at 100,000 devices its rules cost 2 s to compute).
     owners = [
-        *((f"device {d.id}", d.id, device_rules(fleet, d)) for d in fleet.active_devices),
+        *(
+            (f"device {d.id}", d.id, device_rules(fleet, d))
+            for d in fleet.active_devices
+            if not described_by_patterns(d)
+        ),
         *(
             (
                 f"client {c.name}",
@@ -263,9 +269,10 @@ def pattern_conflicts(fleet: Fleet) -> list[str]:
         ),
     ]
     problems = []
+    patterns = device_patterns(fleet)
     for who, name, rules in owners:
         held = _accesses(rules)
-        for access, pattern in device_patterns(fleet):
+        for access, pattern in patterns:
             topic = pattern.replace(PATTERN_USER, name)
             if topic in held and not _ACCESS[access] <= held[topic]:
                 problems.append(

@@ -259,3 +259,17 @@ def test_the_users_of_a_broker_are_remembered_per_fleet_object_not_across_copies
     mine = f.users_of(BROKER)
     mine.discard("gw-1")  # a caller's set is its own
     assert "gw-1" in f.users_of(BROKER)
+
+
+def test_pattern_conflicts_skip_only_devices_the_patterns_describe() -> None:
+    f = fleet(
+        fleet_roles={"read-own-status": {"read": ["devices/%u/status"]}},
+        fleet_devices=[
+            *({"id": f"gw-{n}"} for n in range(50)),
+            {"id": "gw-own", "topic_prefix": "plant/line-2", "roles": ["read-own-status"]},
+        ],
+    )
+    assert pattern_conflicts(f) == [
+        "device gw-own: its roles grant read on devices/gw-own/status, which every device has "
+        "with write (an ACL pattern): grant readwrite or nothing there, or rename it"
+    ]
