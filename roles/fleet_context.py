@@ -136,6 +136,8 @@ def _fleet_plan() -> FleetPlan:
 
 _commit_lock = threading.Lock()
 _hosts_with_commit: set[str] = set()
+# Hosts whose first operation commits the plan (the others got a no-op: nothing to commit).
+_hosts_committing: set[str] = set()
 
 
 @local_only
@@ -162,6 +164,7 @@ def reconciled_fleet() -> FleetContext:
             host.noop(name)
             recheck_before_operations(plan)
         else:
+            _hosts_committing.add(host.name)
             python.call(name=name, function=_commit, plan=plan)
     return plan.ctx
 
@@ -183,10 +186,19 @@ def recheck_before_operations(plan: FleetPlan) -> None:
         return
 
     def run_ops_if_plan_current(state: Any, *args: Any, **kwargs: Any) -> None:
+        fleet = plan.ctx.fleet.name
+        if not plan.stage.empty and not _hosts_committing:
+            # Something was staged after every host was given "no change": no operation would
+            # commit it, and the next run would make it anew. Stop before writing anything.
+            staged_paths = ", ".join(str(p) for p in plan.stage.changed_paths())
+            raise RolloutRefusedError(
+                f"iotfleet: PKI of fleet {fleet}: state was planned after the run listed "
+                f"no change ({staged_paths}); nothing was written (an iotfleet defect: "
+                "please report it)"
+            )
         try:
             plan.stage.verify_unchanged()
         except (PkiError, PlanConflictError) as exc:
-            fleet = plan.ctx.fleet.name
             raise RolloutRefusedError(f"iotfleet: PKI of fleet {fleet}: {exc}") from None
         run_ops(state, *args, **kwargs)
 

@@ -76,6 +76,23 @@ def wifi_passphrase_slot(ssid: str) -> str:
     return f"wifi-passphrase/{ssid.encode().hex()}"
 
 
+def generate_wifi_passphrases(ctx: DeviceSources) -> None:
+    """Generate every ``generated`` Wi-Fi passphrase the fleet's stations flash with, so that a
+    planning run holds them in its stage (a passphrase first made while an image is built
+    would come after the run decided it had nothing to commit, and be made anew every run)."""
+    for station in ctx.fleet.stations:
+        settings = station.gateway
+        ref = settings.wifi_passphrase
+        ssid = settings.wifi_ssid
+        if station.boards and ssid is not None and ref is not None and ref.kind == "generated":
+            ctx.secrets.resolve(
+                ref,
+                wifi_passphrase_slot(ssid),
+                where=f"host {station.name}",
+                key="espgw_wifi_passphrase",
+            )
+
+
 def find_board(ctx: DeviceSources, device_id: str) -> tuple[FlashStation, Board]:
     """The flash station and board entry that flash ``device_id``."""
     for station in ctx.fleet.stations:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from iotfleet.device.image import generate_wifi_passphrases
 from iotfleet.fleet.secrets import SecretError, SecretStore
 from iotfleet.model import Fleet, InventoryError, Problem
 from iotfleet.model.own_identities import PROBE_PASSWORD_USERS, health_identity_name
@@ -77,10 +78,12 @@ def password_salt_key(store: SecretStore) -> bytes:
 
 
 def rendering_secrets(ctx: FleetContext) -> None:
-    """Generate (into a planning run's stage) every secret the brokers' files are rendered
-    with: each broker's health password and the salt key. A plan then holds them all, rather
-    than the first host's rendering adding them after the plan was found to have nothing to
-    commit (they were then never kept, and each run made new ones)."""
+    """Generate (into a planning run's stage) every secret the hosts' files are rendered
+    with: each broker's health password, the salt key and the stations' generated Wi-Fi
+    passphrases. A plan then holds them all, rather than a host's rendering adding them after
+    every host was given "nothing to commit" (they were then never kept, each run made new
+    ones and reflashed the gateways)."""
+    generate_wifi_passphrases(ctx)
     if not ctx.fleet.brokers:
         return
     password_salt_key(ctx.secrets)

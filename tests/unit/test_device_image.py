@@ -36,6 +36,9 @@ from iotfleet.device.contract import (
     WIFI_PASS_FILE,
 )
 from iotfleet.device.image import wifi_passphrase_slot
+from iotfleet.fleet.context import FleetContext
+from iotfleet.fleet.credentials import rendering_secrets
+from iotfleet.fs.stage import Stage
 from tests.unit.gateway_helpers import (
     REPO,
     WIFI_ENV,
@@ -307,3 +310,32 @@ def test_the_sketch_reads_every_key_of_the_configuration() -> None:
     assert missing == []
     assert f"String ntp[{MAX_NTP_SERVERS}];" in source
     assert f"config.ntpCount < {MAX_NTP_SERVERS}" in source
+
+
+def test_a_plan_holds_every_secret_the_gateways_images_are_built_with(
+    gateways: GatewayFleet,
+) -> None:
+    # A generated Wi-Fi passphrase first made while an image was built came after pyinfra's
+    # hosts were told "nothing to commit": it was never kept, so each run made a new one and
+    # reflashed every gateway.
+    loaded = gateways.context(BOARDS, wifi_passphrase="generated", wifi_ssid="planned-wifi")
+    stage = Stage()
+    ctx = FleetContext.for_fleet(loaded.fleet, stage=stage)
+    slot_path = ctx.secrets.slot_path(wifi_passphrase_slot("planned-wifi"))
+    rendering_secrets(ctx)
+    planned = stage.changed_paths()
+    assert slot_path in planned and not slot_path.exists()
+    for board_entry in BOARDS:
+        build_device_image(ctx, board_entry["device"])
+    assert stage.changed_paths() == planned, "an image made a secret the plan did not hold"
+
+
+def test_a_plan_makes_no_wifi_secret_for_a_passphrase_given_by_reference(
+    gateways: GatewayFleet,
+) -> None:
+    loaded = gateways.context(BOARDS, wifi_ssid="referenced-wifi")
+    stage = Stage()
+    ctx = FleetContext.for_fleet(loaded.fleet, stage=stage)
+    rendering_secrets(ctx)
+    slot_path = ctx.secrets.slot_path(wifi_passphrase_slot("referenced-wifi"))
+    assert slot_path not in stage.changed_paths()

@@ -130,3 +130,34 @@ def test_read_only_commands_never_create_a_secret(tmp_path: Path) -> None:
     with pytest.raises(SecretError, match="run the rollout first"):
         FleetContext.for_fleet(_fleet(["gw-1"]), read_only=True)
     assert not fleet_dir(FLEET).exists()
+
+
+def test_state_staged_after_every_host_got_no_change_stops_the_run_before_its_operations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No operation would commit what a host's rendering staged after the plan was found empty:
+    # the run stops before its first operation, names what, and writes nothing.
+    import pyinfra_cli.cli as cli
+
+    from iotfleet.roles import fleet_context
+    from iotfleet.roles.refusal import RolloutRefusedError
+
+    _, stage, _ = _plan(["gw-1"])
+    stage.commit()
+    ctx, stage, report = _plan(["gw-1"])
+    assert stage.empty
+    ran: list[object] = []
+    monkeypatch.setattr(cli, "run_ops", lambda state, *a, **k: ran.append(state))
+    monkeypatch.setattr(fleet_context, "_hosts_committing", set())
+    plan = fleet_context.FleetPlan(ctx, report, stage)
+    fleet_context.recheck_before_operations(plan)
+    late = ctx.secrets.generated("wifi-passphrase/late")
+    before = _snapshot(fleet_dir(FLEET))
+    with pytest.raises(RolloutRefusedError, match="planned after the run listed no change") as e:
+        cli.run_ops("state")
+    assert "wifi-passphrase/late" in str(e.value) and late not in str(e.value)
+    assert ran == [] and _snapshot(fleet_dir(FLEET)) == before
+    # Had a host been given the commit operation, the run goes on (that operation commits it).
+    monkeypatch.setattr(fleet_context, "_hosts_committing", {"broker-1"})
+    cli.run_ops("state")
+    assert ran == ["state"]
