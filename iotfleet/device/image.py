@@ -85,12 +85,15 @@ def generate_wifi_passphrases(ctx: DeviceSources) -> None:
         ref = settings.wifi_passphrase
         ssid = settings.wifi_ssid
         if station.boards and ssid is not None and ref is not None and ref.kind == "generated":
-            ctx.secrets.resolve(
-                ref,
-                wifi_passphrase_slot(ssid),
-                where=f"host {station.name}",
-                key="espgw_wifi_passphrase",
-            )
+            _resolve_wifi_passphrase(ctx, station, ref, ssid)
+
+
+def _resolve_wifi_passphrase(
+    ctx: DeviceSources, station: FlashStation, ref: SecretRef, ssid: str
+) -> SecretStr:
+    return ctx.secrets.resolve(
+        ref, wifi_passphrase_slot(ssid), where=f"host {station.name}", key="espgw_wifi_passphrase"
+    )
 
 
 def find_board(ctx: DeviceSources, device_id: str) -> tuple[FlashStation, Board]:
@@ -141,11 +144,8 @@ def device_bundle(
     if settings.wifi_passphrase is None:
         raise DeviceImageError(host, "espgw_wifi_passphrase", "required to flash gateways")
     try:
-        passphrase = ctx.secrets.resolve(
-            settings.wifi_passphrase,
-            wifi_passphrase_slot(settings.wifi_ssid),
-            where=host,
-            key="espgw_wifi_passphrase",
+        passphrase = _resolve_wifi_passphrase(
+            ctx, station, settings.wifi_passphrase, settings.wifi_ssid
         )
         check_wifi_passphrase(passphrase.get_secret_value())
     except SecretError as exc:
